@@ -1,0 +1,60 @@
+"""Client channels to internal services.
+
+A target is either a gRPC URI (``dns:///transcode.reelmill.svc:50051``, balanced across every
+address with ``round_robin``) or a comma-separated static list of ``host:port`` (for local runs
+with several replicas), which becomes an ``ipv4:`` target balanced the same way.
+"""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+
+from runtime.telemetry import client_interceptors
+
+_SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [
+            {
+                # Only UNAVAILABLE before anything was sent is safe to retry for every method.
+                "name": [{}],
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+)
+
+
+def normalize_target(target: str) -> str:
+    if "://" in target or target.startswith(("dns:", "ipv4:", "ipv6:", "unix:")):
+        return target
+    hosts = [h.strip() for h in target.split(",") if h.strip()]
+    if len(hosts) > 1 and all(h.split(":")[0].replace(".", "").isdigit() for h in hosts):
+        return "ipv4:" + ",".join(hosts)
+    if len(hosts) > 1:
+        raise ValueError(f"a static target list must be IPv4 host:port pairs, got {target!r}")
+    return f"dns:///{hosts[0]}"
+
+
+def internal_channel(target: str, *, max_message_mib: int = 8) -> grpc.aio.Channel:
+    limit = max_message_mib * 1024 * 1024
+    return grpc.aio.insecure_channel(
+        normalize_target(target),
+        options=[
+            ("grpc.service_config", _SERVICE_CONFIG),
+            ("grpc.enable_retries", 1),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.max_receive_message_length", limit),
+        ],
+        interceptors=client_interceptors(),
+    )

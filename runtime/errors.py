@@ -1,0 +1,254 @@
+"""The one domain error tree, and its one mapping to gRPC.
+
+    ReelmillError                 INTERNAL (message replaced by a generic one on the wire)
+    ├── InvalidArgument           INVALID_ARGUMENT
+    ├── NotFound                  NOT_FOUND
+    ├── AlreadyExists             ALREADY_EXISTS
+    ├── FailedPrecondition        FAILED_PRECONDITION
+    ├── PermissionDenied          PERMISSION_DENIED
+    ├── Unauthenticated           UNAUTHENTICATED
+    ├── ResourceExhausted         RESOURCE_EXHAUSTED
+    ├── Cancelled                 CANCELLED
+    ├── DeadlineExceeded          DEADLINE_EXCEEDED
+    ├── Unavailable               UNAVAILABLE
+    ├── Unimplemented             UNIMPLEMENTED
+    └── Internal                  INTERNAL
+
+Every error carries a machine-readable ``reason`` (sent as ``google.rpc.ErrorInfo``) and a
+message meant for the caller. Code raises these; ``ErrorMappingInterceptor`` turns them into
+statuses, so no servicer handles gRPC codes itself. Anything else that escapes a handler is
+logged with its traceback and reaches the caller as INTERNAL with a generic message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, ClassVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+DOMAIN = "reelmill.dev"
+
+log = logging.getLogger(__name__)
+
+
+class ReelmillError(Exception):
+    """Base of every error reelmill raises on purpose."""
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    default_reason: ClassVar[str] = "INTERNAL"
+    #: Whether a retry of the same call may succeed.
+    transient: ClassVar[bool] = False
+
+    def __init__(
+        self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.metadata = dict(metadata or {})
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.reason}: {self.message})"
+
+
+class InvalidArgument(ReelmillError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    default_reason = "INVALID_ARGUMENT"
+
+
+class NotFound(ReelmillError):
+    code = grpc.StatusCode.NOT_FOUND
+    default_reason = "NOT_FOUND"
+
+
+class AlreadyExists(ReelmillError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    default_reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(ReelmillError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    default_reason = "FAILED_PRECONDITION"
+
+
+class PermissionDenied(ReelmillError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    default_reason = "PERMISSION_DENIED"
+
+
+class Unauthenticated(ReelmillError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = "UNAUTHENTICATED"
+
+
+class ResourceExhausted(ReelmillError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "RESOURCE_EXHAUSTED"
+    transient = True
+
+
+class Cancelled(ReelmillError):
+    code = grpc.StatusCode.CANCELLED
+    default_reason = "CANCELLED"
+
+
+class DeadlineExceeded(ReelmillError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    default_reason = "DEADLINE_EXCEEDED"
+    transient = True
+
+
+class Unavailable(ReelmillError):
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = "UNAVAILABLE"
+    transient = True
+
+
+class Unimplemented(ReelmillError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+    default_reason = "UNIMPLEMENTED"
+
+
+class Internal(ReelmillError):
+    code = grpc.StatusCode.INTERNAL
+    default_reason = "INTERNAL"
+
+
+_BY_CODE: dict[grpc.StatusCode, type[ReelmillError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        FailedPrecondition,
+        PermissionDenied,
+        Unauthenticated,
+        ResourceExhausted,
+        Cancelled,
+        DeadlineExceeded,
+        Unavailable,
+        Unimplemented,
+        Internal,
+    )
+}
+
+GENERIC_INTERNAL_MESSAGE = "internal error; the server logged the details"
+
+
+def to_status(error: ReelmillError) -> grpc.Status:
+    """The ``grpc.Status`` (with an ``ErrorInfo`` detail) that represents ``error``."""
+    message = error.message
+    if type(error) in (ReelmillError, Internal):
+        message = GENERIC_INTERNAL_MESSAGE
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(code=error.code.value[0], message=message, details=[detail])
+    return rpc_status.to_status(status)
+
+
+def error_info(rpc_error: grpc.aio.AioRpcError | grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    """The ``ErrorInfo`` a failed call carried, if any."""
+    status = rpc_status.from_call(rpc_error)  # type: ignore[arg-type]
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None
+
+
+def from_rpc_error(rpc_error: grpc.aio.AioRpcError) -> ReelmillError:
+    """The domain error for a failed downstream call, keeping its code, reason and message."""
+    cls = _BY_CODE.get(rpc_error.code(), Internal)
+    info = error_info(rpc_error)
+    reason = info.reason if info is not None else None
+    metadata = dict(info.metadata) if info is not None else None
+    return cls(rpc_error.details() or cls.default_reason, reason=reason, metadata=metadata)
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+    if isinstance(exc, ReelmillError):
+        error = exc
+        if type(error) in (ReelmillError, Internal):
+            log.error("internal error: %s", error.message, exc_info=error)
+    else:
+        log.exception("unhandled error in handler", exc_info=exc)
+        error = Internal(GENERIC_INTERNAL_MESSAGE)
+    status = to_status(error)
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+Handler = Callable[..., Any]
+
+
+def _wrap_unary(behavior: Handler) -> Handler:
+    async def wrapper(request_or_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await behavior(request_or_iterator, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc)
+
+    return wrapper
+
+
+def _wrap_stream(behavior: Handler) -> Handler:
+    async def wrapper(
+        request_or_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        try:
+            async for response in behavior(request_or_iterator, context):
+                yield response
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc)
+
+    return wrapper
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """Maps exceptions escaping any handler to statuses, in one place."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(handler.stream_unary),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_stream(handler.stream_stream),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        return handler

@@ -1,0 +1,168 @@
+"""Server bootstrap shared by every process.
+
+``run_service`` builds a grpc.aio server with the error-mapping and tracing interceptors,
+grpc.health.v1 reflecting real dependency health, and server reflection; runs the process's
+background tasks in a TaskGroup; and on SIGTERM/SIGINT shuts down gracefully: health goes
+NOT_SERVING, the process stops taking new work (``on_drain``), in-flight calls get
+``grace_seconds`` to finish, then the rest is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from runtime.errors import ErrorMappingInterceptor
+from runtime.settings import ServiceSettings
+from runtime.telemetry import server_interceptors, setup_tracing, shutdown_tracing
+
+log = logging.getLogger(__name__)
+
+HealthCheck = Callable[[], Awaitable[None]]
+"""Raises when a dependency is unhealthy."""
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What a process contributes to the shared bootstrap."""
+
+    name: str
+    #: Fully-qualified gRPC service names, e.g. "reelmill.v1.IngestService".
+    service_names: Sequence[str]
+    #: Adds the process's servicers to the server.
+    register: Callable[[grpc.aio.Server], None]
+    #: Dependency checks; health is SERVING only while all pass.
+    health_checks: Mapping[str, HealthCheck] = field(default_factory=dict)
+    #: Long-running tasks (listeners, workers); if one ends, the process stops.
+    background: Sequence[Callable[[], Awaitable[None]]] = ()
+    #: Called first on shutdown: stop taking new work.
+    on_drain: Callable[[], Awaitable[None]] | None = None
+    #: Called last on shutdown: close pools and clients.
+    on_close: Callable[[], Awaitable[None]] | None = None
+
+
+class ProcessStopped(Exception):
+    """A background task ended; the process stops."""
+
+
+def build_server(settings: ServiceSettings) -> grpc.aio.Server:
+    limit = settings.max_message_mib * 1024 * 1024
+    return grpc.aio.server(
+        interceptors=[*server_interceptors(), ErrorMappingInterceptor()],
+        options=[
+            ("grpc.max_send_message_length", limit),
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+
+
+async def _watch_health(
+    health: HealthServicer, spec: ServiceSpec, interval: float, draining: asyncio.Event
+) -> None:
+    previous: bool | None = None
+    while not draining.is_set():
+        failures: dict[str, str] = {}
+        for name, check in spec.health_checks.items():
+            try:
+                await asyncio.wait_for(check(), timeout=max(interval, 1.0))
+            except Exception as exc:  # a failing dependency, whatever its error
+                failures[name] = f"{type(exc).__name__}: {exc}"[:300]
+        healthy = not failures
+        if draining.is_set():
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if healthy
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *spec.service_names):
+            await health.set(name, status)
+        if healthy != previous:
+            if healthy:
+                log.info("healthy")
+            else:
+                log.warning("unhealthy", extra={"failures": failures})
+            previous = healthy
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(draining.wait(), timeout=interval)
+
+
+async def run_service(spec: ServiceSpec, settings: ServiceSettings) -> None:
+    """Serves until SIGTERM/SIGINT (or a background task dies), then drains and returns."""
+    setup_tracing(spec.name, settings.otlp_endpoint)
+    server = build_server(settings)
+    spec.register(server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        [*spec.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME],
+        server,
+    )
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.listen}")
+    host = settings.listen.rsplit(":", 1)[0]
+    await server.start()
+    log.info("listening", extra={"address": f"{host}:{port}", "services": list(spec.service_names)})
+
+    stop = asyncio.Event()
+    draining = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def background(fn: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await fn()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task failed", extra={"task": getattr(fn, "__name__", "?")})
+            stop.set()
+            raise
+        if not draining.is_set():
+            log.error("background task ended", extra={"task": getattr(fn, "__name__", "?")})
+            stop.set()
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(
+                _watch_health(health, spec, settings.health_interval_seconds, draining),
+                name="health",
+            )
+            tasks = [
+                group.create_task(background(fn), name=getattr(fn, "__name__", "background"))
+                for fn in spec.background
+            ]
+            await stop.wait()
+            log.info("shutting down", extra={"grace_seconds": settings.grace_seconds})
+            draining.set()
+            await health.enter_graceful_shutdown()
+            if spec.on_drain is not None:
+                await spec.on_drain()
+            await server.stop(settings.grace_seconds)
+            for task in tasks:
+                task.cancel()
+    except* Exception as group_error:
+        for exc in group_error.exceptions:
+            log.error("stopped after failure: %r", exc)
+        await server.stop(0)
+        raise ProcessStopped("a background task failed") from group_error
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        if spec.on_close is not None:
+            await spec.on_close()
+        shutdown_tracing()
+        log.info("stopped")

@@ -1,0 +1,74 @@
+"""Settings shared by every process, read once from ``REELMILL_*`` environment variables.
+
+Each process has one settings class (a subclass of ``ServiceSettings``) that it loads at start
+with ``load_settings`` and passes down; nothing else reads the environment. Every field is
+documented in the README's settings table.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from runtime.errors import InvalidArgument
+
+
+class CommonSettings(BaseSettings):
+    """What every process reads."""
+
+    model_config = SettingsConfigDict(env_prefix="REELMILL_", extra="ignore", frozen=True)
+
+    log_level: str = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    #: OTLP/gRPC endpoint for traces, e.g. "http://otel-collector:4317"; unset exports nothing.
+    otlp_endpoint: str | None = None
+
+    storage_backend: Literal["local", "s3"] = "local"
+    #: Root of the local-directory object store.
+    storage_dir: Path = Path(".reelmill/objects")
+    #: host:port of the S3-compatible server.
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_access_key: str = "minioadmin"
+    s3_secret_key: SecretStr = SecretStr("minioadmin")
+    s3_bucket: str = "reelmill"
+    s3_region: str | None = None
+    s3_secure: bool = False
+    #: Part size of multipart uploads to S3, in MiB (5 to 5120).
+    s3_part_size_mib: int = Field(default=16, ge=5, le=5120)
+    #: Threads for blocking storage calls.
+    storage_threads: int = Field(default=8, ge=1, le=256)
+
+    #: Where per-request scratch directories live.
+    scratch_dir: Path = Path(tempfile.gettempdir()) / "reelmill-scratch"
+
+
+class ServiceSettings(CommonSettings):
+    """What every gRPC server process reads."""
+
+    #: host:port this process listens on.
+    listen: str = "127.0.0.1:50051"
+    #: Seconds in-flight calls get to finish after SIGTERM.
+    grace_seconds: float = Field(default=25.0, ge=0)
+    #: Seconds between dependency health checks.
+    health_interval_seconds: float = Field(default=5.0, gt=0)
+    #: Largest gRPC message accepted, in MiB.
+    max_message_mib: int = Field(default=8, ge=1, le=512)
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(cls: type[S]) -> S:
+    """Loads ``cls`` from the environment, failing fast with every problem named."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"REELMILL_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise InvalidArgument(f"bad settings: {problems}", reason="BAD_SETTINGS") from None

@@ -1,0 +1,151 @@
+"""The ``ObjectStore`` interface.
+
+Writes are two-phase: ``open_writer`` returns an ``ObjectWriter`` that streams bytes in
+(hashing them with SHA-256 on the way), and the object becomes visible only on ``commit()``.
+Leaving the ``async with`` block without a commit (an error, a cancel, a failed check) aborts
+the write and leaves nothing behind. Memory stays bounded by the backend's part size.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from types import TracebackType
+
+CHUNK_SIZE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An object that was written and committed."""
+
+    key: str
+    bucket: str
+    size: int
+    sha256: str
+    content_type: str
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    content_type: str
+    #: SHA-256 recorded at write time, if the object was written by reelmill.
+    sha256: str | None
+
+
+class ObjectWriter(abc.ABC):
+    """Streams one object in; commit makes it visible, anything else discards it."""
+
+    key: str
+    size: int
+
+    @property
+    @abc.abstractmethod
+    def sha256(self) -> str:
+        """Lower-case hex digest of the bytes written so far."""
+
+    @abc.abstractmethod
+    async def write(self, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def commit(self) -> StoredObject: ...
+
+    @abc.abstractmethod
+    async def abort(self) -> None:
+        """Discards everything written; safe to call more than once."""
+
+    async def __aenter__(self) -> ObjectWriter:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.abort()
+
+
+class ObjectStore(abc.ABC):
+    bucket: str
+
+    @abc.abstractmethod
+    def open_writer(self, key: str, *, content_type: str) -> ObjectWriter:
+        """A writer for ``key``; use it as an async context manager."""
+
+    async def put_file(self, key: str, path: Path, *, content_type: str) -> StoredObject:
+        """Stores a local file (streamed, hashed)."""
+        async with self.open_writer(key, content_type=content_type) as writer:
+            async for chunk in _read_file(path):
+                await writer.write(chunk)
+            return await writer.commit()
+
+    async def put_bytes(self, key: str, data: bytes, *, content_type: str) -> StoredObject:
+        async with self.open_writer(key, content_type=content_type) as writer:
+            await writer.write(data)
+            return await writer.commit()
+
+    @abc.abstractmethod
+    def read(self, key: str, *, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
+        """Streams an object's bytes. Raises ``NotFound`` when it does not exist."""
+
+    @abc.abstractmethod
+    async def download_file(self, key: str, path: Path) -> None:
+        """Copies an object to a local file."""
+
+    @abc.abstractmethod
+    async def stat(self, key: str) -> ObjectInfo:
+        """Raises ``NotFound`` when the object does not exist."""
+
+    async def exists(self, key: str) -> bool:
+        from runtime.errors import NotFound
+
+        try:
+            await self.stat(key)
+        except NotFound:
+            return False
+        return True
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> None:
+        """Deletes one object; no error when it does not exist."""
+
+    @abc.abstractmethod
+    async def delete_prefix(self, prefix: str) -> int:
+        """Deletes every object under ``prefix``; returns how many."""
+
+    @abc.abstractmethod
+    async def list_keys(self, prefix: str) -> list[str]: ...
+
+    @abc.abstractmethod
+    async def presigned_get_url(self, key: str, expires: timedelta) -> str:
+        """A URL that reads the object without credentials until it expires
+        (``file://`` for the local backend)."""
+
+    @abc.abstractmethod
+    async def media_url(self, key: str) -> str:
+        """Where ffmpeg/PyAV can read the object from: a local path, or a presigned http(s) URL."""
+
+    @abc.abstractmethod
+    async def abort_incomplete_writes(self, older_than: timedelta) -> int:
+        """Removes the leftovers of writes that never committed (crashed processes)."""
+
+    @abc.abstractmethod
+    async def check(self) -> None:
+        """Raises when the store is unreachable (health checks)."""
+
+    async def close(self) -> None:
+        """Releases threads and connections."""
+
+
+async def _read_file(path: Path, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
+    import asyncio
+
+    with path.open("rb") as handle:
+        while chunk := await asyncio.to_thread(handle.read, chunk_size):
+            yield chunk
