@@ -216,6 +216,34 @@ def _wrap_stream(behavior: Handler) -> Handler:
     return wrapper
 
 
+def wrap_handler(
+    handler: grpc.RpcMethodHandler,
+    unary: Callable[[Handler], Handler],
+    stream: Callable[[Handler], Handler],
+) -> grpc.RpcMethodHandler:
+    """The same handler with its behaviour wrapped: ``unary`` for unary responses, ``stream``
+    for streaming ones."""
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
+        )
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer
+        )
+    if handler.stream_stream:
+        return grpc.stream_stream_rpc_method_handler(
+            stream(handler.stream_stream),
+            handler.request_deserializer,
+            handler.response_serializer,
+        )
+    return handler
+
+
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Maps exceptions escaping any handler to statuses, in one place."""
 
@@ -227,28 +255,4 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(handler.stream_stream),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        return handler
+        return wrap_handler(handler, _wrap_unary, _wrap_stream)

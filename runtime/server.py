@@ -13,8 +13,10 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -48,16 +50,20 @@ class ServiceSpec:
     on_drain: Callable[[], Awaitable[None]] | None = None
     #: Called last on shutdown: close pools and clients.
     on_close: Callable[[], Awaitable[None]] | None = None
+    #: Interceptors after the shared ones (tracing, error mapping), e.g. authentication.
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
 
 
 class ProcessStopped(Exception):
     """A background task ended; the process stops."""
 
 
-def build_server(settings: ServiceSettings) -> grpc.aio.Server:
+def build_server(
+    settings: ServiceSettings, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+) -> grpc.aio.Server:
     limit = settings.max_message_mib * 1024 * 1024
     return grpc.aio.server(
-        interceptors=[*server_interceptors(), ErrorMappingInterceptor()],
+        interceptors=[*server_interceptors(), ErrorMappingInterceptor(), *interceptors],
         options=[
             ("grpc.max_send_message_length", limit),
             ("grpc.max_receive_message_length", limit),
@@ -100,7 +106,7 @@ async def _watch_health(
 async def run_service(spec: ServiceSpec, settings: ServiceSettings) -> None:
     """Serves until SIGTERM/SIGINT (or a background task dies), then drains and returns."""
     setup_tracing(spec.name, settings.otlp_endpoint)
-    server = build_server(settings)
+    server = build_server(settings, spec.interceptors)
     spec.register(server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -166,3 +172,37 @@ async def run_service(spec: ServiceSpec, settings: ServiceSettings) -> None:
             await spec.on_close()
         shutdown_tracing()
         log.info("stopped")
+
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+
+
+def serve_main(
+    name: str,
+    settings_cls: type[SettingsT],
+    build: Callable[[SettingsT], Awaitable[ServiceSpec]],
+) -> int:
+    """The whole ``__main__`` of a process: load settings (fail fast), set up logging, build
+    the service and serve until a signal. Returns the exit code."""
+    from runtime.errors import ReelmillError
+    from runtime.logs import setup_logging
+    from runtime.settings import load_settings
+
+    try:
+        settings = load_settings(settings_cls)
+    except ReelmillError as exc:
+        print(f"{name}: {exc.message}", file=sys.stderr)
+        return 2
+    setup_logging(name, settings.log_level, settings.log_format)
+
+    async def main() -> None:
+        await run_service(await build(settings), settings)
+
+    try:
+        asyncio.run(main())
+    except ReelmillError as exc:
+        log.error("cannot start: %s", exc.message)
+        return 2
+    except ProcessStopped:
+        return 1
+    return 0

@@ -1,0 +1,123 @@
+"""Rows <-> protobuf messages. JSONB columns hold protobuf JSON (field names as in the protos)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, TypeVar
+
+from google.protobuf import json_format, timestamp_pb2
+from google.protobuf.message import Message
+
+from gateway.db import models
+from reelmill.v1 import job_pb2, media_pb2
+
+M = TypeVar("M", bound=Message)
+
+
+def to_json(message: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def from_json(data: dict[str, Any] | None, cls: type[M]) -> M:
+    message = cls()
+    if data:
+        json_format.ParseDict(data, message, ignore_unknown_fields=True)
+    return message
+
+
+def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def video_to_proto(row: models.Video) -> media_pb2.Video:
+    return media_pb2.Video(
+        id=str(row.id),
+        filename=row.filename,
+        content_type=row.content_type,
+        size_bytes=row.size_bytes,
+        sha256=row.sha256,
+        object=media_pb2.ObjectRef(bucket=row.bucket, key=row.object_key),
+        media_info=from_json(row.media_info, media_pb2.MediaInfo),
+        create_time=timestamp(row.create_time),
+        source_url=row.source_url or "",
+    )
+
+
+def stage_to_proto(row: models.JobStage) -> job_pb2.Stage:
+    return job_pb2.Stage(
+        name=row.name,
+        state=job_pb2.StageState.Value(f"STAGE_STATE_{row.state}"),
+        progress=row.progress,
+        attempts=row.attempts,
+        error=from_json(row.error, job_pb2.JobError) if row.error else None,
+        start_time=timestamp(row.start_time),
+        end_time=timestamp(row.end_time),
+        depends_on=list(row.depends_on or []),
+    )
+
+
+def artifact_to_proto(row: models.Artifact) -> media_pb2.Artifact:
+    return media_pb2.Artifact(
+        name=row.name,
+        kind=media_pb2.ArtifactKind.Value(row.kind),
+        object=media_pb2.ObjectRef(bucket=row.bucket, key=row.object_key),
+        content_type=row.content_type,
+        size_bytes=row.size_bytes,
+        sha256=row.sha256,
+        attributes={k: str(v) for k, v in (row.attributes or {}).items()},
+        stage=row.stage,
+        create_time=timestamp(row.create_time),
+    )
+
+
+def job_to_proto(
+    row: models.Job,
+    stages: list[models.JobStage],
+    artifacts: list[models.Artifact],
+    queue_position: int = 0,
+) -> job_pb2.Job:
+    from reelmill.v1 import pipeline_pb2
+
+    return job_pb2.Job(
+        id=str(row.id),
+        video_id=str(row.video_id) if row.video_id else "",
+        source_url=row.source_url or "",
+        spec=from_json(row.spec, pipeline_pb2.PipelineSpec),
+        state=job_pb2.JobState.Value(f"JOB_STATE_{row.state}"),
+        stages=[stage_to_proto(s) for s in sorted(stages, key=lambda s: s.position)],
+        labels={k: str(v) for k, v in (row.labels or {}).items()},
+        request_id=row.request_id or "",
+        create_time=timestamp(row.create_time),
+        start_time=timestamp(row.start_time),
+        end_time=timestamp(row.end_time),
+        update_time=timestamp(row.update_time),
+        error=from_json(row.error, job_pb2.JobError) if row.error else None,
+        media_info=from_json(row.media_info, media_pb2.MediaInfo) if row.media_info else None,
+        artifacts=[artifact_to_proto(a) for a in sorted(artifacts, key=lambda a: a.name)],
+        transcript=from_json(row.transcript, media_pb2.Transcript) if row.transcript else None,
+        metadata=from_json(row.metadata_, media_pb2.VideoMetadata) if row.metadata_ else None,
+        queue_position=queue_position,
+        last_event_sequence=row.last_event_sequence,
+    )
+
+
+def event_from_row(row: models.JobEvent) -> job_pb2.JobEvent:
+    event = from_json(row.payload, job_pb2.JobEvent)
+    event.job_id = str(row.job_id)
+    event.sequence = row.sequence
+    event.create_time.FromDatetime(row.create_time)
+    return event
+
+
+def job_state_name(state: int) -> str:
+    return job_pb2.JobState.Name(state).removeprefix("JOB_STATE_")  # type: ignore[arg-type]
+
+
+def is_terminal(event: job_pb2.JobEvent) -> bool:
+    return event.WhichOneof("payload") == "job_state_changed" and job_state_name(
+        event.job_state_changed.state
+    ) in models.TERMINAL_JOB_STATES

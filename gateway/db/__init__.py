@@ -1,0 +1,1 @@
+"""Postgres access for the gateway: models, engine, migrations."""

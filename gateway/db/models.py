@@ -1,0 +1,147 @@
+"""Tables. The schema itself is owned by the Alembic migrations in gateway/migrations; these
+models mirror it for queries."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Double,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JOB_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+TERMINAL_JOB_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
+STAGE_STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "SKIPPED", "CANCELLED")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+    type_annotation_map = {dict[str, Any]: JSONB, datetime: DateTime(timezone=True)}
+
+
+class Video(Base):
+    __tablename__ = "videos"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(256))
+    filename: Mapped[str] = mapped_column(Text)
+    content_type: Mapped[str] = mapped_column(String(256))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    bucket: Mapped[str] = mapped_column(String(256))
+    object_key: Mapped[str] = mapped_column(Text)
+    media_info: Mapped[dict[str, Any]]
+    source_url: Mapped[str | None] = mapped_column(Text)
+    create_time: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(256))
+    video_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("videos.id", ondelete="SET NULL"))
+    source_url: Mapped[str | None] = mapped_column(Text)
+    spec: Mapped[dict[str, Any]]
+    state: Mapped[str] = mapped_column(String(16))
+    labels: Mapped[dict[str, Any]]
+    request_id: Mapped[str | None] = mapped_column(String(256))
+    error: Mapped[dict[str, Any] | None]
+    media_info: Mapped[dict[str, Any] | None]
+    transcript: Mapped[dict[str, Any] | None]
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata")
+    lease_owner: Mapped[str | None] = mapped_column(String(256))
+    lease_expires_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_event_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
+    create_time: Mapped[datetime] = mapped_column(server_default=func.now())
+    start_time: Mapped[datetime | None]
+    end_time: Mapped[datetime | None]
+    update_time: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class JobStage(Base):
+    __tablename__ = "job_stages"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    depends_on: Mapped[dict[str, Any]]
+    state: Mapped[str] = mapped_column(String(16))
+    progress: Mapped[float] = mapped_column(Double, default=0.0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[dict[str, Any] | None]
+    outputs: Mapped[dict[str, Any] | None]
+    start_time: Mapped[datetime | None]
+    end_time: Mapped[datetime | None]
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    type: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]]
+    create_time: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class Artifact(Base):
+    __tablename__ = "artifacts"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    stage: Mapped[str] = mapped_column(String(32))
+    bucket: Mapped[str] = mapped_column(String(256))
+    object_key: Mapped[str] = mapped_column(Text)
+    content_type: Mapped[str] = mapped_column(String(256))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    attributes: Mapped[dict[str, Any]]
+    create_time: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(256))
+    display_name: Mapped[str] = mapped_column(Text)
+    secret_hash: Mapped[str] = mapped_column(String(128))
+    create_time: Mapped[datetime] = mapped_column(server_default=func.now())
+    revoke_time: Mapped[datetime | None]
+
+
+class AiCache(Base):
+    __tablename__ = "ai_cache"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    payload: Mapped[dict[str, Any]]
+    create_time: Mapped[datetime] = mapped_column(server_default=func.now())

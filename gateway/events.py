@@ -1,0 +1,196 @@
+"""Live job events for watchers: one LISTEN connection per gateway process, fanned out in
+process.
+
+A notification names a job and a sequence. For jobs somebody here is watching, the hub loads
+the new events once (one query per notification, however many watchers) into that job's
+``Feed`` and wakes its watchers. A watcher takes events from the feed when the feed holds the
+next sequence it needs, and reads the journal otherwise (its backlog after reconnecting, or a
+gap), so it sees every event exactly once, in order. If the listening connection drops, the
+hub reconnects and tells every feed to re-read, since notifications may have been missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import asyncpg
+
+from gateway.convert import is_terminal
+from gateway.journal import EVENTS_CHANNEL
+from reelmill.v1 import job_pb2
+
+log = logging.getLogger(__name__)
+
+FEED_CAPACITY = 256
+#: A watcher re-reads the journal at least this often even without notifications.
+FALLBACK_SECONDS = 60.0
+
+LoadEvents = Callable[[uuid.UUID, int], Awaitable[list[job_pb2.JobEvent]]]
+
+
+class Feed:
+    """Recent events of one job, shared by its watchers in this process."""
+
+    def __init__(self) -> None:
+        self.events: collections.deque[job_pb2.JobEvent] = collections.deque(maxlen=FEED_CAPACITY)
+        self.latest = 0
+        self.changed = asyncio.Condition()
+        self.watchers = 0
+        self.fetching = False
+        self.pending = False
+
+    def after(self, sequence: int) -> list[job_pb2.JobEvent] | None:
+        """Events after ``sequence`` if the feed holds the very next one; else None."""
+        if not self.events or self.events[0].sequence > sequence + 1:
+            return None
+        return [e for e in self.events if e.sequence > sequence]
+
+    async def publish(self, events: list[job_pb2.JobEvent]) -> None:
+        for event in events:
+            if event.sequence > self.latest:
+                self.events.append(event)
+                self.latest = event.sequence
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def reset(self) -> None:
+        self.events.clear()
+        async with self.changed:
+            self.changed.notify_all()
+
+
+class EventHub:
+    def __init__(self, dsn: str, load_events: LoadEvents) -> None:
+        self.dsn = dsn
+        self.load_events = load_events
+        self.feeds: dict[uuid.UUID, Feed] = {}
+        #: Other channels this process listens to: name -> callbacks(payload).
+        self.channels: dict[str, list[Callable[[str], None]]] = {}
+        self.connected = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # listening --------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Keeps one LISTEN connection open for the life of the process."""
+        backoff = 0.2
+        while True:
+            connection: asyncpg.Connection | None = None
+            try:
+                connection = await asyncpg.connect(self.dsn)
+                closed = asyncio.Event()
+                connection.add_termination_listener(lambda _c: closed.set())
+                await connection.add_listener(EVENTS_CHANNEL, self._on_notify)
+                for channel, callbacks in self.channels.items():
+                    await connection.add_listener(channel, _dispatch(callbacks))
+                self.connected.set()
+                backoff = 0.2
+                # Anything between the last connection's loss and now may have been missed.
+                for feed in self.feeds.values():
+                    await feed.reset()
+                await closed.wait()
+                log.warning("event listener connection lost; reconnecting")
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("event listener cannot connect: %s", exc)
+            finally:
+                self.connected.clear()
+                if connection is not None and not connection.is_closed():
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(connection.close(timeout=2))
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def on(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Calls ``callback(payload)`` for every notification on ``channel`` (register before
+        ``run``)."""
+        self.channels.setdefault(channel, []).append(callback)
+
+    async def check(self) -> None:
+        if not self.connected.is_set():
+            raise ConnectionError("event listener not connected")
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            job_text, seq_text = payload.split(":", 1)
+            job_id, sequence = uuid.UUID(job_text), int(seq_text)
+        except ValueError:
+            log.warning("malformed event notification %r", payload)
+            return
+        feed = self.feeds.get(job_id)
+        if feed is None or sequence <= feed.latest:
+            return
+        if feed.latest == 0:
+            # Watchers already read everything before this from the journal.
+            feed.latest = sequence - 1
+        if feed.fetching:
+            feed.pending = True
+            return
+        task = asyncio.create_task(self._fetch(job_id, feed), name=f"feed-{job_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fetch(self, job_id: uuid.UUID, feed: Feed) -> None:
+        feed.fetching = True
+        try:
+            while True:
+                feed.pending = False
+                try:
+                    events = await self.load_events(job_id, feed.latest)
+                except Exception:
+                    log.exception("loading events of job %s failed", job_id)
+                    await feed.reset()
+                    return
+                await feed.publish(events)
+                if not feed.pending:
+                    return
+        finally:
+            feed.fetching = False
+
+    # watching ---------------------------------------------------------------------------------
+
+    async def watch(self, job_id: uuid.UUID, after: int) -> AsyncIterator[job_pb2.JobEvent]:
+        """Every event of the job after ``after``, in order, each once; ends after the
+        terminal event. Cancelling the consumer unsubscribes cleanly."""
+        feed = self.feeds.get(job_id)
+        if feed is None:
+            feed = self.feeds[job_id] = Feed()
+        feed.watchers += 1
+        try:
+            last = after
+            gap = False
+            while True:
+                batch = None if gap else feed.after(last)
+                if batch is None:
+                    batch = await self.load_events(job_id, last)
+                gap = False
+                for event in batch:
+                    if event.sequence != last + 1:
+                        gap = True  # re-read from the journal
+                        break
+                    yield event
+                    last = event.sequence
+                    if is_terminal(event):
+                        return
+                if batch:
+                    continue
+                async with feed.changed:
+                    if feed.latest <= last:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(feed.changed.wait(), FALLBACK_SECONDS)
+        finally:
+            feed.watchers -= 1
+            if feed.watchers == 0 and self.feeds.get(job_id) is feed:
+                del self.feeds[job_id]
+
+
+def _dispatch(callbacks: list[Callable[[str], None]]) -> Callable[[object, int, str, str], None]:
+    def handler(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+        for callback in callbacks:
+            callback(payload)
+
+    return handler

@@ -1,0 +1,67 @@
+"""Appending job events: in the caller's transaction, numbered per job, announced with NOTIFY.
+
+The sequence comes from ``jobs.last_event_sequence``, bumped with an UPDATE that row-locks the
+job until commit, so events of one job commit in sequence order with no gaps. ``pg_notify`` is
+transactional: watchers on every replica hear of an event only once it is committed.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.convert import artifact_to_proto, job_to_proto, to_json
+from gateway.db import models
+from reelmill.v1 import job_pb2
+
+EVENTS_CHANNEL = "reelmill_job_events"
+QUEUE_CHANNEL = "reelmill_jobs_queued"
+CANCEL_CHANNEL = "reelmill_jobs_cancelled"
+
+
+async def load_job(session: AsyncSession, job_id: uuid.UUID, *, queue_position: int = 0) -> job_pb2.Job:
+    job = await session.get_one(models.Job, job_id, populate_existing=True)
+    stages = (
+        await session.scalars(select(models.JobStage).where(models.JobStage.job_id == job_id))
+    ).all()
+    artifacts = (
+        await session.scalars(select(models.Artifact).where(models.Artifact.job_id == job_id))
+    ).all()
+    return job_to_proto(job, list(stages), list(artifacts), queue_position)
+
+
+async def append_event(
+    session: AsyncSession, job_id: uuid.UUID, event: job_pb2.JobEvent, *, with_job: bool = False
+) -> int:
+    """Adds ``event`` to the job's journal in the current transaction; returns its sequence.
+    With ``with_job`` the event carries the whole job as it stands after this transaction."""
+    sequence = (
+        await session.execute(
+            update(models.Job)
+            .where(models.Job.id == job_id)
+            .values(last_event_sequence=models.Job.last_event_sequence + 1, update_time=func.now())
+            .returning(models.Job.last_event_sequence)
+        )
+    ).scalar_one()
+    if with_job:
+        await session.flush()
+        event.job.CopyFrom(await load_job(session, job_id))
+    payload = event.WhichOneof("payload") or "none"
+    session.add(
+        models.JobEvent(job_id=job_id, sequence=sequence, type=payload, payload=to_json(event))
+    )
+    await session.execute(select(func.pg_notify(EVENTS_CHANNEL, f"{job_id}:{sequence}")))
+    return int(sequence)
+
+
+def state_event(state: str, error: job_pb2.JobError | None = None) -> job_pb2.JobEvent:
+    return job_pb2.JobEvent(
+        job_state_changed=job_pb2.JobStateChanged(
+            state=job_pb2.JobState.Value(f"JOB_STATE_{state}"), error=error
+        )
+    )
+
+
+__all__ = ["EVENTS_CHANNEL", "QUEUE_CHANNEL", "append_event", "artifact_to_proto", "load_job"]

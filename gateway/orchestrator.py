@@ -1,0 +1,240 @@
+"""Runs jobs: claims queued (or abandoned) jobs, keeps their leases, runs their stages as a
+DAG — independent branches concurrently — and records every step.
+
+One orchestrator per gateway process, started as a background task. A job is claimed with
+``FOR UPDATE SKIP LOCKED`` and a lease that a keeper task renews; if the keeper learns the
+lease is gone (another replica took over, or the job was cancelled), the run is cancelled,
+which cancels its in-flight RPCs, which stop their ffmpeg/ASR work. Stages already finished
+(recorded with their outputs) are skipped when a job resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from gateway.runs import ClaimedJob, LeaseLost, Runs
+from gateway.settings import GatewaySettings
+from gateway.stages import Stage, StageContext, StageResult, finished
+from reelmill.v1 import job_pb2
+from runtime.errors import Internal, ReelmillError
+from runtime.logs import log_context
+
+log = logging.getLogger(__name__)
+
+
+class StageFailed(Exception):
+    def __init__(self, stage: str, error: ReelmillError) -> None:
+        super().__init__(f"{stage}: {error.message}")
+        self.stage = stage
+        self.error = error
+
+
+def job_error(error: ReelmillError) -> job_pb2.JobError:
+    message = error.message
+    if isinstance(error, Internal) or type(error) is ReelmillError:
+        message = "internal error"
+    return job_pb2.JobError(code=error.code.name, reason=error.reason, message=message)
+
+
+class Orchestrator:
+    def __init__(self, settings: GatewaySettings, runs: Runs, stages: Sequence[Stage]) -> None:
+        self.settings = settings
+        self.runs = runs
+        self.stages = {s.name: s for s in stages}
+        self.lease = timedelta(seconds=settings.lease_seconds)
+        self.wake = asyncio.Event()
+        self.draining = False
+        self.running: dict[uuid.UUID, asyncio.Task[None]] = {}
+        #: Why a run was cancelled: "cancelled" (job cancel), "lease" (lost), "drain".
+        self.stop_reasons: dict[uuid.UUID, str] = {}
+
+    # notifications (wired to the event hub) ---------------------------------------------------
+
+    def on_queued(self, _payload: str) -> None:
+        self.wake.set()
+
+    def on_cancelled(self, payload: str) -> None:
+        with contextlib.suppress(ValueError):
+            self._stop(uuid.UUID(payload), "cancelled")
+
+    def _stop(self, job_id: uuid.UUID, reason: str) -> None:
+        task = self.running.get(job_id)
+        if task is not None and not task.done():
+            self.stop_reasons.setdefault(job_id, reason)
+            task.cancel()
+
+    # the claim loop ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        backoff = 0.5
+        async with asyncio.TaskGroup() as group:
+            while not self.draining:
+                free = self.settings.max_concurrent_jobs - len(self.running)
+                if free > 0:
+                    try:
+                        claimed = await self.runs.claim(free, self.lease)
+                        backoff = 0.5
+                    except (OSError, Exception) as exc:  # database down: keep trying
+                        log.warning("claiming jobs failed: %s", exc)
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, 10.0)
+                        continue
+                    for job in claimed:
+                        task = group.create_task(self._run_job(job), name=f"job-{job.id}")
+                        self.running[job.id] = task
+                        task.add_done_callback(lambda _t, j=job.id: self._done(j))
+                    if len(claimed) == free:
+                        continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), self.settings.poll_seconds)
+                self.wake.clear()
+
+    def _done(self, job_id: uuid.UUID) -> None:
+        self.running.pop(job_id, None)
+        self.stop_reasons.pop(job_id, None)
+        self.wake.set()
+
+    async def drain(self, seconds: float) -> None:
+        """Stops claiming; gives running jobs ``seconds`` to finish, then hands them back."""
+        self.draining = True
+        self.wake.set()
+        tasks = list(self.running.values())
+        if tasks:
+            log.info("draining %d running jobs", len(tasks))
+            _, pending = await asyncio.wait(tasks, timeout=seconds)
+            for job_id, task in list(self.running.items()):
+                if task in pending:
+                    self._stop(job_id, "drain")
+            if pending:
+                await asyncio.wait(pending, timeout=10)
+
+    # one job ----------------------------------------------------------------------------------
+
+    async def _keep_lease(self, job_id: uuid.UUID) -> None:
+        interval = self.settings.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.runs.renew(job_id, self.lease)
+            except LeaseLost:
+                log.warning("lease lost; stopping the run")
+                self._stop(job_id, "lease")
+                return
+            except Exception as exc:  # database hiccup: the lease outlives a few of these
+                log.warning("renewing the lease failed: %s", exc)
+
+    async def _run_job(self, job: ClaimedJob) -> None:
+        with log_context(job_id=str(job.id)):
+            keeper = asyncio.create_task(self._keep_lease(job.id), name=f"lease-{job.id}")
+            try:
+                await self.runs.start(job.id)
+                log.info("job started", extra={"resumed": job.state == "RUNNING"})
+                await self._run_stages(job)
+                await asyncio.shield(self.runs.finish(job.id, "SUCCEEDED"))
+                log.info("job succeeded")
+            except StageFailed as failure:
+                log.info("job failed at %s: %s", failure.stage, failure.error.message)
+                await asyncio.shield(self._finish_failed(job.id, failure.error))
+            except LeaseLost:
+                log.info("job no longer ours (cancelled or taken over)")
+            except asyncio.CancelledError:
+                reason = self.stop_reasons.get(job.id, "drain")
+                log.info("job run stopped", extra={"reason": reason})
+                if reason == "drain":
+                    await asyncio.shield(self.runs.release(job.id))
+                # The task is ours: it ends here rather than re-raising into the TaskGroup.
+            except Exception as exc:
+                log.exception("job run crashed")
+                error = exc if isinstance(exc, ReelmillError) else Internal("job run crashed")
+                await asyncio.shield(self._finish_failed(job.id, error))
+            finally:
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
+
+    async def _finish_failed(self, job_id: uuid.UUID, error: ReelmillError) -> None:
+        with contextlib.suppress(LeaseLost):
+            await self.runs.finish(job_id, "FAILED", job_error(error))
+
+    async def _run_stages(self, job: ClaimedJob) -> None:
+        rows = {row.name: row for row in job.stages}
+        outputs: dict[str, dict[str, Any]] = {
+            name: dict(row.outputs or {}) for name, row in rows.items() if finished(row)
+        }
+        done = {name for name, row in rows.items() if finished(row)}
+        todo = [name for name in rows if name not in done and name in self.stages]
+        active: dict[asyncio.Task[StageResult | None], str] = {}
+        try:
+            while todo or active:
+                for name in list(todo):
+                    if all(dep in done for dep in rows[name].depends_on):
+                        todo.remove(name)
+                        task = asyncio.create_task(self._run_stage(job, name, outputs))
+                        active[task] = name
+                if not active:
+                    raise Internal(f"stages {todo} can never run: unmet dependencies")
+                finished_tasks, _ = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
+                for task in finished_tasks:
+                    name = active.pop(task)
+                    result = task.result()  # raises StageFailed
+                    outputs[name] = result.outputs if result is not None else {}
+                    done.add(name)
+        finally:
+            for task in active:
+                task.cancel()
+            if active:
+                await asyncio.wait(active)
+
+    async def _run_stage(
+        self, job: ClaimedJob, name: str, outputs: dict[str, dict[str, Any]]
+    ) -> StageResult | None:
+        stage = self.stages[name]
+        with log_context(stage=name):
+            last_write = 0.0
+
+            async def report(fraction: float, message: str) -> None:
+                nonlocal last_write
+                now = time.monotonic()
+                if now - last_write < self.settings.progress_interval_seconds:
+                    return
+                last_write = now
+                await self.runs.update_stage(
+                    job.id, name, state="RUNNING", progress=min(max(fraction, 0.0), 1.0),
+                    message=message,
+                )
+
+            ctx = StageContext(
+                job=job, outputs=outputs, report=report, timeout=self.settings.stage_timeout_seconds
+            )
+            if (reason := stage.skip_reason(ctx)) is not None:
+                await self.runs.update_stage(job.id, name, state="SKIPPED", message=reason)
+                return None
+            await self.runs.update_stage(
+                job.id, name, state="RUNNING", progress=0.0, message="started", started=True
+            )
+            started = time.monotonic()
+            try:
+                result = await stage.run(ctx)
+            except ReelmillError as error:
+                await self.runs.update_stage(
+                    job.id, name, state="FAILED", error=job_error(error), message=error.message
+                )
+                raise StageFailed(name, error) from None
+            await self.runs.update_stage(
+                job.id,
+                name,
+                state="SUCCEEDED",
+                message=f"done in {time.monotonic() - started:.2f}s",
+                outputs=result.outputs,
+                artifacts=result.artifacts,
+                job_fields=result.job_fields,
+            )
+            log.info("stage succeeded", extra={"seconds": round(time.monotonic() - started, 3)})
+            return result

@@ -1,0 +1,259 @@
+"""What the orchestrator writes while it runs jobs: claims, leases, stage state, results.
+
+Every write is fenced by the lease: it applies only while this worker holds the job and the
+job is still running, so a worker that lost its lease (or whose job was cancelled) can never
+overwrite what another replica or a cancel wrote. A fenced write that finds nothing to update
+raises ``LeaseLost``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.convert import to_json
+from gateway.db import models
+from gateway.journal import append_event, state_event
+from reelmill.v1 import job_pb2, media_pb2, pipeline_pb2
+
+
+class LeaseLost(Exception):
+    """The job is no longer this worker's to run (lease taken over, or job cancelled)."""
+
+
+@dataclass(frozen=True)
+class StageRow:
+    name: str
+    state: str
+    depends_on: tuple[str, ...]
+    attempts: int
+    outputs: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: uuid.UUID
+    owner: str
+    state: str
+    spec: pipeline_pb2.PipelineSpec
+    video: media_pb2.Video | None
+    source_url: str | None
+    media_info: media_pb2.MediaInfo | None
+    stages: tuple[StageRow, ...]
+
+
+_CLAIM = text(
+    """
+    UPDATE jobs
+       SET lease_owner = :worker,
+           lease_expires_at = now() + make_interval(secs => :lease),
+           attempts = attempts + 1,
+           update_time = now()
+     WHERE id IN (
+           SELECT id FROM jobs
+            WHERE state = 'QUEUED'
+               OR (state = 'RUNNING' AND (lease_expires_at IS NULL OR lease_expires_at < now()))
+            ORDER BY create_time
+            LIMIT :limit
+            FOR UPDATE SKIP LOCKED)
+    RETURNING id
+    """
+)
+
+
+class Runs:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], worker: str) -> None:
+        self.sessions = sessions
+        self.worker = worker
+
+    async def claim(self, limit: int, lease: timedelta) -> list[ClaimedJob]:
+        async with self.sessions.begin() as session:
+            ids = (
+                await session.execute(
+                    _CLAIM, {"worker": self.worker, "lease": lease.total_seconds(), "limit": limit}
+                )
+            ).scalars().all()
+        return [await self.load(job_id) for job_id in ids]
+
+    async def load(self, job_id: uuid.UUID) -> ClaimedJob:
+        from gateway.convert import from_json, video_to_proto
+
+        async with self.sessions() as session:
+            job = await session.get_one(models.Job, job_id)
+            video = await session.get(models.Video, job.video_id) if job.video_id else None
+            stages = (
+                await session.scalars(
+                    select(models.JobStage)
+                    .where(models.JobStage.job_id == job_id)
+                    .order_by(models.JobStage.position)
+                )
+            ).all()
+        return ClaimedJob(
+            id=job.id,
+            owner=job.owner,
+            state=job.state,
+            spec=from_json(job.spec, pipeline_pb2.PipelineSpec),
+            video=video_to_proto(video) if video is not None else None,
+            source_url=job.source_url,
+            media_info=from_json(job.media_info, media_pb2.MediaInfo) if job.media_info else None,
+            stages=tuple(
+                StageRow(s.name, s.state, tuple(s.depends_on or ()), s.attempts, s.outputs)
+                for s in stages
+            ),
+        )
+
+    async def _fence(self, session: AsyncSession, job_id: uuid.UUID) -> models.Job:
+        job = (
+            await session.scalars(
+                select(models.Job)
+                .where(
+                    models.Job.id == job_id,
+                    models.Job.lease_owner == self.worker,
+                    models.Job.state.in_(("QUEUED", "RUNNING")),
+                )
+                .with_for_update()
+            )
+        ).one_or_none()
+        if job is None:
+            raise LeaseLost(str(job_id))
+        return job
+
+    async def renew(self, job_id: uuid.UUID, lease: timedelta) -> None:
+        async with self.sessions.begin() as session:
+            result = await session.execute(
+                update(models.Job)
+                .where(
+                    models.Job.id == job_id,
+                    models.Job.lease_owner == self.worker,
+                    models.Job.state.in_(("QUEUED", "RUNNING")),
+                )
+                .values(lease_expires_at=func.now() + lease)
+                .returning(models.Job.id)
+            )
+            if result.scalar_one_or_none() is None:
+                raise LeaseLost(str(job_id))
+
+    async def release(self, job_id: uuid.UUID) -> None:
+        """Hands a job back (graceful shutdown): another replica may claim it at once."""
+        async with self.sessions.begin() as session:
+            await session.execute(
+                update(models.Job)
+                .where(models.Job.id == job_id, models.Job.lease_owner == self.worker)
+                .values(lease_expires_at=func.now() - timedelta(seconds=1))
+            )
+
+    async def start(self, job_id: uuid.UUID) -> None:
+        async with self.sessions.begin() as session:
+            job = await self._fence(session, job_id)
+            if job.state == "QUEUED":
+                job.state = "RUNNING"
+                job.start_time = func.now()
+                await append_event(session, job_id, state_event("RUNNING"))
+            # A resumed job: stages that were running when the last worker died run again.
+            await session.execute(
+                update(models.JobStage)
+                .where(models.JobStage.job_id == job_id, models.JobStage.state == "RUNNING")
+                .values(state="PENDING", progress=0.0)
+            )
+
+    async def update_stage(
+        self,
+        job_id: uuid.UUID,
+        name: str,
+        *,
+        state: str,
+        progress: float | None = None,
+        message: str = "",
+        error: job_pb2.JobError | None = None,
+        outputs: dict[str, Any] | None = None,
+        artifacts: Sequence[media_pb2.Artifact] = (),
+        job_fields: dict[str, Any] | None = None,
+        started: bool = False,
+    ) -> None:
+        """Records a stage's new state (and what it produced) with its event, atomically."""
+        async with self.sessions.begin() as session:
+            await self._fence(session, job_id)
+            stage = await session.get_one(models.JobStage, (job_id, name), with_for_update=True)
+            stage.state = state
+            if progress is not None:
+                stage.progress = progress
+            if started:
+                stage.start_time = func.now()
+                stage.attempts = stage.attempts + 1
+                stage.end_time = None
+                stage.error = None
+            if state in ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELLED"):
+                stage.end_time = func.now()
+            if state == "SUCCEEDED":
+                stage.progress = 1.0
+            if error is not None:
+                stage.error = to_json(error)
+            if outputs is not None:
+                stage.outputs = outputs
+            for artifact in artifacts:
+                await self._put_artifact(session, job_id, name, artifact)
+            if job_fields:
+                await session.execute(
+                    update(models.Job).where(models.Job.id == job_id).values(**job_fields)
+                )
+            await session.flush()
+            await session.refresh(stage)
+            from gateway.convert import stage_to_proto
+
+            event = job_pb2.JobEvent(
+                stage_updated=job_pb2.StageUpdated(
+                    stage=stage_to_proto(stage), message=message, artifacts=list(artifacts)
+                )
+            )
+            await append_event(session, job_id, event)
+
+    async def _put_artifact(
+        self, session: AsyncSession, job_id: uuid.UUID, stage: str, artifact: media_pb2.Artifact
+    ) -> None:
+        from sqlalchemy.dialects.postgresql import insert
+
+        values = {
+            "kind": media_pb2.ArtifactKind.Name(artifact.kind),
+            "stage": stage,
+            "bucket": artifact.object.bucket,
+            "object_key": artifact.object.key,
+            "content_type": artifact.content_type,
+            "size_bytes": artifact.size_bytes,
+            "sha256": artifact.sha256,
+            "attributes": dict(artifact.attributes),
+        }
+        # Deterministic names: a retried stage overwrites its artifacts instead of adding more.
+        await session.execute(
+            insert(models.Artifact)
+            .values(job_id=job_id, name=artifact.name, **values)
+            .on_conflict_do_update(index_elements=["job_id", "name"], set_=values)
+        )
+
+    async def finish(
+        self, job_id: uuid.UUID, state: str, error: job_pb2.JobError | None = None
+    ) -> None:
+        """Ends the job (SUCCEEDED/FAILED) with the terminal event carrying the whole job."""
+        async with self.sessions.begin() as session:
+            job = await self._fence(session, job_id)
+            job.state = state
+            job.end_time = func.now()
+            job.lease_owner = None
+            job.lease_expires_at = None
+            if error is not None:
+                job.error = to_json(error)
+            if state == "FAILED":
+                await session.execute(
+                    update(models.JobStage)
+                    .where(
+                        models.JobStage.job_id == job_id,
+                        models.JobStage.state.in_(("PENDING", "RUNNING")),
+                    )
+                    .values(state="CANCELLED", end_time=func.now())
+                )
+            await append_event(session, job_id, state_event(state, error), with_job=True)

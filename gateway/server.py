@@ -1,0 +1,98 @@
+"""Builds the gateway process: database, event hub, orchestrator, JobService. Importing this
+module starts nothing; ``build`` wires the parts and ``runtime.server.run_service`` runs them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+import grpc
+from sqlalchemy import text
+
+from gateway.auth import AuthInterceptor, TokenVerifier
+from gateway.db.engine import make_engine, make_sessionmaker, migrate
+from gateway.events import EventHub
+from gateway.journal import CANCEL_CHANNEL, QUEUE_CHANNEL
+from gateway.orchestrator import Orchestrator
+from gateway.runs import Runs
+from gateway.servicer import JobServicer
+from gateway.settings import GatewaySettings
+from gateway.stages import ProbeStage, Stage
+from gateway.store import Store
+from reelmill.v1 import ingest_service_pb2_grpc, job_service_pb2, job_service_pb2_grpc
+from runtime.channels import internal_channel
+from runtime.errors import InvalidArgument
+from runtime.server import ServiceSpec
+from runtime.storage import open_store
+
+SERVICE_NAME = job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+async def build(settings: GatewaySettings) -> ServiceSpec:
+    secret = settings.jwt_secret.get_secret_value()
+    if not secret:
+        raise InvalidArgument(
+            "REELMILL_JWT_SECRET is required: the gateway never runs unauthenticated",
+            reason="BAD_SETTINGS",
+        )
+    verifier = TokenVerifier(
+        secret,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        leeway=settings.jwt_leeway_seconds,
+    )
+    engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
+    if settings.migrate_on_start:
+        await migrate(engine)
+    sessions = make_sessionmaker(engine)
+    store = Store(sessions)
+    runs = Runs(sessions, worker_id())
+    dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    hub = EventHub(dsn, store.events_after)
+    objects = open_store(settings)
+
+    channels = {
+        "ingest": internal_channel(settings.ingest_target, max_message_mib=settings.max_message_mib),
+    }
+    ingest = ingest_service_pb2_grpc.IngestServiceStub(channels["ingest"])
+    stages: list[Stage] = [ProbeStage(channels["ingest"])]
+    orchestrator = Orchestrator(settings, runs, stages)
+    hub.on(QUEUE_CHANNEL, orchestrator.on_queued)
+    hub.on(CANCEL_CHANNEL, orchestrator.on_cancelled)
+    servicer = JobServicer(settings, store, hub, objects, ingest, stages)
+
+    def register(server: grpc.aio.Server) -> None:
+        job_service_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
+
+    async def check_database() -> None:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    async def drain() -> None:
+        await orchestrator.drain(max(settings.grace_seconds / 2, 1.0))
+
+    async def close() -> None:
+        for channel in channels.values():
+            await channel.close()
+        await objects.close()
+        await engine.dispose()
+
+    return ServiceSpec(
+        name="gateway",
+        service_names=[SERVICE_NAME],
+        register=register,
+        health_checks={
+            "postgres": check_database,
+            "events": hub.check,
+            "storage": objects.check,
+        },
+        background=[hub.run, orchestrator.run],
+        on_drain=drain,
+        on_close=close,
+        interceptors=[AuthInterceptor(verifier)],
+    )

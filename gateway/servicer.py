@@ -1,0 +1,281 @@
+"""JobService: the public API. Thin: messages in, store/hub/orchestrator calls, messages out."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+from typing import Any
+
+import grpc
+
+from gateway.auth import current_owner
+from gateway.events import EventHub
+from gateway.settings import GatewaySettings
+from gateway.stages import Stage, stage_states
+from gateway.store import StagePlan, Store, page_size
+from reelmill.v1 import (
+    ingest_service_pb2,
+    ingest_service_pb2_grpc,
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    media_pb2,
+)
+from runtime.errors import (
+    InvalidArgument,
+    ReelmillError,
+    ResourceExhausted,
+    Unimplemented,
+    from_rpc_error,
+)
+from runtime.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MAX_LABELS = 64
+MAX_URL_EXPIRY = timedelta(days=7)
+DEFAULT_URL_EXPIRY = timedelta(hours=1)
+
+
+def sanitize_filename(name: str) -> str:
+    """The last path component, without control characters, at most 255 characters."""
+    base = re.split(r"[\\/]", name)[-1]
+    base = _CONTROL.sub("", base).strip().lstrip(".")
+    return base[:255] or "upload"
+
+
+def validate_labels(labels: dict[str, str]) -> dict[str, str]:
+    if len(labels) > MAX_LABELS:
+        raise InvalidArgument(f"at most {MAX_LABELS} labels", reason="BAD_LABELS")
+    for key, value in labels.items():
+        if not _LABEL_KEY.match(key):
+            raise InvalidArgument(
+                f"label key {key[:70]!r} must match {_LABEL_KEY.pattern}", reason="BAD_LABELS"
+            )
+        if len(value) > 256 or _CONTROL.search(value):
+            raise InvalidArgument(
+                f"label {key!r}: value too long or has control characters", reason="BAD_LABELS"
+            )
+    return dict(labels)
+
+
+class JobServicer(job_service_pb2_grpc.JobServiceServicer):
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        store: Store,
+        hub: EventHub,
+        objects: ObjectStore,
+        ingest: ingest_service_pb2_grpc.IngestServiceStub,
+        stages: Sequence[Stage],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.hub = hub
+        self.objects = objects
+        self.ingest = ingest
+        self.stages = tuple(stages)
+
+    # videos -----------------------------------------------------------------------------------
+
+    async def UploadVideo(
+        self, request_iterator: AsyncIterator[job_service_pb2.UploadVideoRequest], context: Context
+    ) -> job_service_pb2.UploadVideoResponse:
+        owner = current_owner()
+        first = await anext(aiter(request_iterator), None)
+        if first is None:
+            raise InvalidArgument("empty upload stream: send a header, then chunks",
+                                  reason="MISSING_HEADER")
+        header = first.header if first.WhichOneof("part") == "header" else None
+        if header is not None:
+            if header.size_bytes > self.settings.max_upload_bytes:
+                raise ResourceExhausted(
+                    f"upload of {header.size_bytes} bytes exceeds the limit of "
+                    f"{self.settings.max_upload_bytes}",
+                    reason="UPLOAD_TOO_LARGE",
+                )
+            if header.sha256 and not _SHA256.match(header.sha256):
+                raise InvalidArgument("sha256 must be 64 lower-case hex digits",
+                                      reason="BAD_SHA256")
+        video_id = uuid.uuid4()
+        destination = media_pb2.ObjectRef(bucket=self.objects.bucket,
+                                          key=f"videos/{video_id}/source")
+
+        async def forward() -> AsyncIterator[ingest_service_pb2.IngestVideoRequest]:
+            # Ingest validates the stream's shape (missing/duplicate header, sizes); the
+            # gateway only chooses where the bytes go.
+            message: job_service_pb2.UploadVideoRequest | None = first
+            iterator = aiter(request_iterator)
+            while message is not None:
+                if message.WhichOneof("part") == "header":
+                    yield ingest_service_pb2.IngestVideoRequest(
+                        header=ingest_service_pb2.IngestHeader(
+                            destination=destination,
+                            size_bytes=message.header.size_bytes,
+                            sha256=message.header.sha256,
+                            content_type=message.header.content_type,
+                        )
+                    )
+                else:
+                    yield ingest_service_pb2.IngestVideoRequest(chunk=message.chunk)
+                message = await anext(iterator, None)
+
+        try:
+            stored = await self.ingest.IngestVideo(
+                forward(), timeout=self.settings.upload_timeout_seconds
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+        video = media_pb2.Video(
+            id=str(video_id),
+            filename=sanitize_filename(header.filename if header is not None else ""),
+            content_type=stored.content_type,
+            size_bytes=stored.size_bytes,
+            sha256=stored.sha256,
+            object=stored.object,
+            media_info=stored.media_info,
+        )
+        try:
+            video = await self.store.add_video(owner, video)
+        except BaseException:
+            await self.objects.delete(stored.object.key)
+            raise
+        log.info("video uploaded", extra={"video_id": video.id, "bytes": video.size_bytes})
+        return job_service_pb2.UploadVideoResponse(video=video)
+
+    async def GetVideo(
+        self, request: job_service_pb2.GetVideoRequest, context: Context
+    ) -> job_service_pb2.GetVideoResponse:
+        return job_service_pb2.GetVideoResponse(
+            video=await self.store.get_video(current_owner(), request.video_id)
+        )
+
+    async def ListVideos(
+        self, request: job_service_pb2.ListVideosRequest, context: Context
+    ) -> job_service_pb2.ListVideosResponse:
+        videos, token = await self.store.list_videos(
+            current_owner(), page_size(request.page_size), request.page_token
+        )
+        return job_service_pb2.ListVideosResponse(videos=videos, next_page_token=token)
+
+    async def DeleteVideo(
+        self, request: job_service_pb2.DeleteVideoRequest, context: Context
+    ) -> job_service_pb2.DeleteVideoResponse:
+        raise Unimplemented("deleting videos is not available yet", reason="NOT_AVAILABLE")
+
+    # jobs -------------------------------------------------------------------------------------
+
+    async def CreateJob(
+        self, request: job_service_pb2.CreateJobRequest, context: Context
+    ) -> job_service_pb2.CreateJobResponse:
+        owner = current_owner()
+        source = request.WhichOneof("source")
+        if source is None:
+            raise InvalidArgument("a job needs a source: video_id or url", reason="MISSING_SOURCE")
+        if source == "url":
+            raise Unimplemented(
+                "creating a job from a URL is not available yet; upload the video instead",
+                reason="URL_IMPORT_UNAVAILABLE",
+            )
+        if len(request.request_id) > 256:
+            raise InvalidArgument("request_id is longer than 256 characters",
+                                  reason="BAD_REQUEST_ID")
+        states = stage_states(self.stages, request.spec)
+        plans = [StagePlan(s.name, s.depends_on, states[s.name]) for s in self.stages]
+        job, created = await self.store.create_job(
+            owner,
+            video_id=request.video_id,
+            source_url=None,
+            spec=request.spec,
+            request_id=request.request_id,
+            labels=validate_labels(dict(request.labels)),
+            stages=plans,
+        )
+        log.info("job created" if created else "job returned for repeated request_id",
+                 extra={"job_id": job.id})
+        return job_service_pb2.CreateJobResponse(job=job)
+
+    async def GetJob(
+        self, request: job_service_pb2.GetJobRequest, context: Context
+    ) -> job_service_pb2.GetJobResponse:
+        return job_service_pb2.GetJobResponse(
+            job=await self.store.get_job(current_owner(), request.job_id)
+        )
+
+    async def ListJobs(
+        self, request: job_service_pb2.ListJobsRequest, context: Context
+    ) -> job_service_pb2.ListJobsResponse:
+        states = []
+        for state in request.states:
+            if state == job_pb2.JOB_STATE_UNSPECIFIED:
+                raise InvalidArgument("states must not contain JOB_STATE_UNSPECIFIED",
+                                      reason="BAD_FILTER")
+            states.append(job_pb2.JobState.Name(state).removeprefix("JOB_STATE_"))
+        jobs, token = await self.store.list_jobs(
+            current_owner(),
+            size=page_size(request.page_size),
+            token=request.page_token,
+            states=states,
+            labels=dict(request.labels),
+            video_id=request.video_id,
+        )
+        return job_service_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
+
+    async def CancelJob(
+        self, request: job_service_pb2.CancelJobRequest, context: Context
+    ) -> job_service_pb2.CancelJobResponse:
+        job = await self.store.cancel_job(current_owner(), request.job_id)
+        log.info("job cancelled", extra={"job_id": job.id})
+        return job_service_pb2.CancelJobResponse(job=job)
+
+    async def WatchJob(
+        self, request: job_service_pb2.WatchJobRequest, context: Context
+    ) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
+        if request.after_sequence < 0:
+            raise InvalidArgument("after_sequence must not be negative", reason="BAD_SEQUENCE")
+        job = await self.store.get_job(current_owner(), request.job_id)
+        terminal = job.state in (
+            job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED
+        )
+        if terminal and request.after_sequence >= job.last_event_sequence:
+            return
+        async for event in self.hub.watch(uuid.UUID(job.id), request.after_sequence):
+            yield job_service_pb2.WatchJobResponse(event=event)
+
+    # artifacts --------------------------------------------------------------------------------
+
+    async def GetArtifactUrl(
+        self, request: job_service_pb2.GetArtifactUrlRequest, context: Context
+    ) -> job_service_pb2.GetArtifactUrlResponse:
+        artifact = await self.store.get_artifact(
+            current_owner(), request.job_id, request.artifact_name
+        )
+        expires = DEFAULT_URL_EXPIRY
+        if request.HasField("expires_in"):
+            expires = request.expires_in.ToTimedelta()
+            if not timedelta(seconds=1) <= expires <= MAX_URL_EXPIRY:
+                raise InvalidArgument("expires_in must be between 1 s and 7 days",
+                                      reason="BAD_EXPIRY")
+        url = await self.objects.presigned_get_url(artifact.object.key, expires)
+        return job_service_pb2.GetArtifactUrlResponse(url=url, artifact=artifact)
+
+    async def DownloadArtifact(
+        self, request: job_service_pb2.DownloadArtifactRequest, context: Context
+    ) -> AsyncIterator[job_service_pb2.DownloadArtifactResponse]:
+        artifact = await self.store.get_artifact(
+            current_owner(), request.job_id, request.artifact_name
+        )
+        yield job_service_pb2.DownloadArtifactResponse(artifact=artifact)
+        async for chunk in self.objects.read(artifact.object.key):
+            yield job_service_pb2.DownloadArtifactResponse(chunk=chunk)
+
+
+__all__ = ["JobServicer", "ReelmillError", "sanitize_filename"]

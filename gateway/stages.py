@@ -1,0 +1,111 @@
+"""The pipeline's stages. Each calls one internal service through its stub, passing object
+references (never bytes), and reports what it produced. The DAG is declared here, once."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from gateway.convert import to_json
+from gateway.runs import ClaimedJob, StageRow
+from reelmill.v1 import (
+    ingest_service_pb2,
+    ingest_service_pb2_grpc,
+    media_pb2,
+    pipeline_pb2,
+)
+from runtime.errors import FailedPrecondition, from_rpc_error
+
+Report = Callable[[float, str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class StageContext:
+    job: ClaimedJob
+    #: Outputs of the stages this one depends on (and of every finished stage).
+    outputs: Mapping[str, Mapping[str, Any]]
+    #: Reports progress (fraction 0..1, message); throttled before it is persisted.
+    report: Report
+    #: Deadline of each call, in seconds.
+    timeout: float
+
+    @property
+    def output_prefix(self) -> str:
+        return f"jobs/{self.job.id}/"
+
+    @property
+    def media_info(self) -> media_pb2.MediaInfo:
+        info = media_pb2.MediaInfo()
+        if "media_info" in self.outputs.get("probe", {}):
+            from gateway.convert import from_json
+
+            info = from_json(dict(self.outputs["probe"]["media_info"]), media_pb2.MediaInfo)
+        return info
+
+    @property
+    def source(self) -> media_pb2.ObjectRef:
+        if self.job.video is None:
+            raise FailedPrecondition("the job's video no longer exists", reason="VIDEO_DELETED")
+        return self.job.video.object
+
+
+@dataclass(frozen=True)
+class StageResult:
+    outputs: dict[str, Any] = field(default_factory=dict)
+    artifacts: list[media_pb2.Artifact] = field(default_factory=list)
+    #: Columns of the job to set with the stage's success (media_info, transcript, metadata).
+    job_fields: dict[str, Any] = field(default_factory=dict)
+
+
+class Stage(abc.ABC):
+    name: str
+    depends_on: tuple[str, ...] = ()
+
+    def enabled(self, spec: pipeline_pb2.PipelineSpec) -> bool:
+        """Whether the job's spec asks for this stage at all."""
+        return True
+
+    def skip_reason(self, ctx: StageContext) -> str | None:
+        """Why the stage has nothing to do for this job (e.g. no audio track), if so."""
+        return None
+
+    @abc.abstractmethod
+    async def run(self, ctx: StageContext) -> StageResult: ...
+
+
+class ProbeStage(Stage):
+    """Probes the stored source and records its media info on the job."""
+
+    name = "probe"
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.ingest = ingest_service_pb2_grpc.IngestServiceStub(channel)
+
+    async def run(self, ctx: StageContext) -> StageResult:
+        await ctx.report(0.0, "probing")
+        try:
+            response = await self.ingest.ProbeVideo(
+                ingest_service_pb2.ProbeVideoRequest(object=ctx.source), timeout=ctx.timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+        info = to_json(response.media_info)
+        return StageResult(outputs={"media_info": info}, job_fields={"media_info": info})
+
+
+def stage_states(stages: tuple[Stage, ...], spec: pipeline_pb2.PipelineSpec) -> dict[str, str]:
+    """Initial state of each stage: PENDING, or SKIPPED when the spec (or a skipped
+    dependency) switches it off."""
+    states: dict[str, str] = {}
+    for stage in stages:
+        skipped = not stage.enabled(spec) or any(states[d] == "SKIPPED" for d in stage.depends_on)
+        states[stage.name] = "SKIPPED" if skipped else "PENDING"
+    return states
+
+
+def finished(row: StageRow) -> bool:
+    return row.state in ("SUCCEEDED", "SKIPPED")

@@ -1,0 +1,328 @@
+"""What the public API reads and writes: videos and jobs, always scoped by owner.
+
+Another owner's resources look exactly like missing ones (NOT_FOUND).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.convert import event_from_row, to_json, video_to_proto
+from gateway.db import models
+from gateway.journal import CANCEL_CHANNEL, QUEUE_CHANNEL, append_event, load_job, state_event
+from reelmill.v1 import job_pb2, media_pb2, pipeline_pb2
+from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    name: str
+    depends_on: tuple[str, ...]
+    #: "PENDING", or "SKIPPED" when the spec disables it.
+    state: str
+
+
+def parse_id(value: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidArgument(f"{what} must be a UUID, got {value[:64]!r}", reason="BAD_ID") from None
+
+
+def page_size(requested: int) -> int:
+    if requested < 0:
+        raise InvalidArgument("page_size must not be negative", reason="BAD_PAGE_SIZE")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def _fingerprint(filters: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(filters, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def encode_page_token(create_time: datetime, row_id: uuid.UUID, filters: dict[str, Any]) -> str:
+    raw = json.dumps({"t": create_time.isoformat(), "i": str(row_id), "f": _fingerprint(filters)})
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str, filters: dict[str, Any]) -> tuple[datetime, uuid.UUID] | None:
+    if not token:
+        return None
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        position = (datetime.fromisoformat(raw["t"]), uuid.UUID(raw["i"]))
+        fingerprint = raw["f"]
+    except (ValueError, KeyError, TypeError):
+        raise InvalidArgument("page_token is not valid", reason="BAD_PAGE_TOKEN") from None
+    if fingerprint != _fingerprint(filters):
+        raise InvalidArgument(
+            "page_token was issued for a different filter", reason="BAD_PAGE_TOKEN"
+        )
+    return position
+
+
+class Store:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+
+    # videos -----------------------------------------------------------------------------------
+
+    async def add_video(self, owner: str, video: media_pb2.Video) -> media_pb2.Video:
+        async with self.sessions.begin() as session:
+            row = models.Video(
+                id=uuid.UUID(video.id),
+                owner=owner,
+                filename=video.filename,
+                content_type=video.content_type,
+                size_bytes=video.size_bytes,
+                sha256=video.sha256,
+                bucket=video.object.bucket,
+                object_key=video.object.key,
+                media_info=to_json(video.media_info),
+                source_url=video.source_url or None,
+            )
+            session.add(row)
+            await session.flush()
+            await session.refresh(row)
+            return video_to_proto(row)
+
+    async def _video_row(self, session: AsyncSession, owner: str, video_id: str) -> models.Video:
+        row = await session.get(models.Video, parse_id(video_id, "video_id"))
+        if row is None or row.owner != owner:
+            raise NotFound(f"video {video_id} not found", reason="VIDEO_NOT_FOUND")
+        return row
+
+    async def get_video(self, owner: str, video_id: str) -> media_pb2.Video:
+        async with self.sessions() as session:
+            return video_to_proto(await self._video_row(session, owner, video_id))
+
+    async def list_videos(
+        self, owner: str, size: int, token: str
+    ) -> tuple[list[media_pb2.Video], str]:
+        filters: dict[str, Any] = {"kind": "videos"}
+        query = select(models.Video).where(models.Video.owner == owner)
+        if (position := decode_page_token(token, filters)) is not None:
+            query = query.where(
+                or_(
+                    models.Video.create_time < position[0],
+                    and_(models.Video.create_time == position[0], models.Video.id < position[1]),
+                )
+            )
+        query = query.order_by(models.Video.create_time.desc(), models.Video.id.desc())
+        async with self.sessions() as session:
+            rows = (await session.scalars(query.limit(size + 1))).all()
+        next_token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            next_token = encode_page_token(rows[-1].create_time, rows[-1].id, filters)
+        return [video_to_proto(r) for r in rows], next_token
+
+    async def video_for_job(self, owner: str, video_id: str) -> media_pb2.Video:
+        return await self.get_video(owner, video_id)
+
+    # jobs -------------------------------------------------------------------------------------
+
+    async def create_job(
+        self,
+        owner: str,
+        *,
+        video_id: str | None,
+        source_url: str | None,
+        spec: pipeline_pb2.PipelineSpec,
+        request_id: str,
+        labels: dict[str, str],
+        stages: Sequence[StagePlan],
+    ) -> tuple[job_pb2.Job, bool]:
+        """Creates a queued job, or returns the caller's earlier job with the same request_id.
+        The boolean says whether it was created now."""
+        job_id = uuid.uuid4()
+        async with self.sessions.begin() as session:
+            if video_id is not None:
+                await self._video_row(session, owner, video_id)
+            inserted = (
+                await session.execute(
+                    insert(models.Job)
+                    .values(
+                        id=job_id,
+                        owner=owner,
+                        video_id=uuid.UUID(video_id) if video_id else None,
+                        source_url=source_url,
+                        spec=to_json(spec),
+                        state="QUEUED",
+                        labels=labels,
+                        request_id=request_id or None,
+                    )
+                    .on_conflict_do_nothing(
+                        index_elements=["owner", "request_id"],
+                        index_where=models.Job.request_id.is_not(None),
+                    )
+                    .returning(models.Job.id)
+                )
+            ).scalar_one_or_none()
+            if inserted is None:
+                existing = (
+                    await session.scalars(
+                        select(models.Job.id).where(
+                            models.Job.owner == owner, models.Job.request_id == request_id
+                        )
+                    )
+                ).one()
+                return await load_job(session, existing), False
+            for position, plan in enumerate(stages):
+                session.add(
+                    models.JobStage(
+                        job_id=job_id,
+                        name=plan.name,
+                        position=position,
+                        depends_on=list(plan.depends_on),
+                        state=plan.state,
+                    )
+                )
+            await append_event(session, job_id, state_event("QUEUED"))
+            await session.execute(select(func.pg_notify(QUEUE_CHANNEL, str(job_id))))
+            return await load_job(session, job_id), True
+
+    async def _job_row(
+        self, session: AsyncSession, owner: str, job_id: str, *, lock: bool = False
+    ) -> models.Job:
+        query = select(models.Job).where(models.Job.id == parse_id(job_id, "job_id"))
+        if lock:
+            query = query.with_for_update()
+        row = (await session.scalars(query)).one_or_none()
+        if row is None or row.owner != owner:
+            raise NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND")
+        return row
+
+    async def check_job_owner(self, owner: str, job_id: str) -> uuid.UUID:
+        async with self.sessions() as session:
+            return (await self._job_row(session, owner, job_id)).id
+
+    async def _queue_position(self, session: AsyncSession, row: models.Job) -> int:
+        if row.state != "QUEUED":
+            return 0
+        ahead = await session.scalar(
+            select(func.count())
+            .select_from(models.Job)
+            .where(
+                models.Job.state == "QUEUED",
+                or_(
+                    models.Job.create_time < row.create_time,
+                    and_(models.Job.create_time == row.create_time, models.Job.id < row.id),
+                ),
+            )
+        )
+        return int(ahead or 0) + 1
+
+    async def get_job(self, owner: str, job_id: str) -> job_pb2.Job:
+        async with self.sessions() as session:
+            row = await self._job_row(session, owner, job_id)
+            return await load_job(
+                session, row.id, queue_position=await self._queue_position(session, row)
+            )
+
+    async def list_jobs(
+        self,
+        owner: str,
+        *,
+        size: int,
+        token: str,
+        states: Sequence[str],
+        labels: dict[str, str],
+        video_id: str,
+    ) -> tuple[list[job_pb2.Job], str]:
+        filters: dict[str, Any] = {
+            "kind": "jobs",
+            "states": sorted(states),
+            "labels": labels,
+            "video": video_id,
+        }
+        query = select(models.Job).where(models.Job.owner == owner)
+        if states:
+            query = query.where(models.Job.state.in_(states))
+        if labels:
+            query = query.where(models.Job.labels.contains(labels))
+        if video_id:
+            query = query.where(models.Job.video_id == parse_id(video_id, "video_id"))
+        if (position := decode_page_token(token, filters)) is not None:
+            query = query.where(
+                or_(
+                    models.Job.create_time < position[0],
+                    and_(models.Job.create_time == position[0], models.Job.id < position[1]),
+                )
+            )
+        query = query.order_by(models.Job.create_time.desc(), models.Job.id.desc())
+        async with self.sessions() as session:
+            rows = (await session.scalars(query.limit(size + 1))).all()
+            next_token = ""
+            if len(rows) > size:
+                rows = rows[:size]
+                next_token = encode_page_token(rows[-1].create_time, rows[-1].id, filters)
+            jobs = [
+                await load_job(session, r.id, queue_position=await self._queue_position(session, r))
+                for r in rows
+            ]
+        return jobs, next_token
+
+    async def cancel_job(self, owner: str, job_id: str) -> job_pb2.Job:
+        async with self.sessions.begin() as session:
+            row = await self._job_row(session, owner, job_id, lock=True)
+            if row.state in models.TERMINAL_JOB_STATES:
+                raise FailedPrecondition(
+                    f"job {job_id} already ended ({row.state})", reason="JOB_ALREADY_ENDED"
+                )
+            await session.execute(
+                update(models.Job)
+                .where(models.Job.id == row.id)
+                .values(state="CANCELLED", end_time=func.now(), lease_owner=None,
+                        lease_expires_at=None)
+            )
+            await session.execute(
+                update(models.JobStage)
+                .where(
+                    models.JobStage.job_id == row.id,
+                    models.JobStage.state.in_(("PENDING", "RUNNING")),
+                )
+                .values(state="CANCELLED", end_time=func.now())
+            )
+            await append_event(session, row.id, state_event("CANCELLED"), with_job=True)
+            await session.execute(select(func.pg_notify(CANCEL_CHANNEL, str(row.id))))
+        return await self.get_job(owner, job_id)
+
+    async def events_after(
+        self, job_id: uuid.UUID, after: int, limit: int = 500
+    ) -> list[job_pb2.JobEvent]:
+        async with self.sessions() as session:
+            rows = (
+                await session.scalars(
+                    select(models.JobEvent)
+                    .where(models.JobEvent.job_id == job_id, models.JobEvent.sequence > after)
+                    .order_by(models.JobEvent.sequence)
+                    .limit(limit)
+                )
+            ).all()
+        return [event_from_row(r) for r in rows]
+
+    async def get_artifact(self, owner: str, job_id: str, name: str) -> media_pb2.Artifact:
+        from gateway.convert import artifact_to_proto
+
+        async with self.sessions() as session:
+            row = await self._job_row(session, owner, job_id)
+            artifact = await session.get(models.Artifact, (row.id, name))
+            if artifact is None:
+                raise NotFound(
+                    f"job {job_id} has no artifact {name[:200]!r}", reason="ARTIFACT_NOT_FOUND"
+                )
+            return artifact_to_proto(artifact)
