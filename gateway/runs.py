@@ -57,8 +57,8 @@ _CLAIM = text(
            update_time = now()
      WHERE id IN (
            SELECT id FROM jobs
-            WHERE state = 'QUEUED'
-               OR (state = 'RUNNING' AND (lease_expires_at IS NULL OR lease_expires_at < now()))
+            WHERE state IN ('QUEUED', 'RUNNING')
+              AND (lease_expires_at IS NULL OR lease_expires_at < now())
             ORDER BY create_time
             LIMIT :limit
             FOR UPDATE SKIP LOCKED)

@@ -180,7 +180,7 @@ class Store:
                         )
                     )
                 ).one()
-                return await load_job(session, existing), False
+                return await self._load(session, existing), False
             for position, plan in enumerate(stages):
                 session.add(
                     models.JobStage(
@@ -193,7 +193,11 @@ class Store:
                 )
             await append_event(session, job_id, state_event("QUEUED"))
             await session.execute(select(func.pg_notify(QUEUE_CHANNEL, str(job_id))))
-            return await load_job(session, job_id), True
+            return await self._load(session, job_id), True
+
+    async def _load(self, session: AsyncSession, job_id: uuid.UUID) -> job_pb2.Job:
+        row = await session.get_one(models.Job, job_id, populate_existing=True)
+        return await load_job(session, job_id, queue_position=await self._queue_position(session, row))
 
     async def _job_row(
         self, session: AsyncSession, owner: str, job_id: str, *, lock: bool = False
@@ -229,9 +233,7 @@ class Store:
     async def get_job(self, owner: str, job_id: str) -> job_pb2.Job:
         async with self.sessions() as session:
             row = await self._job_row(session, owner, job_id)
-            return await load_job(
-                session, row.id, queue_position=await self._queue_position(session, row)
-            )
+            return await self._load(session, row.id)
 
     async def list_jobs(
         self,
@@ -270,10 +272,7 @@ class Store:
             if len(rows) > size:
                 rows = rows[:size]
                 next_token = encode_page_token(rows[-1].create_time, rows[-1].id, filters)
-            jobs = [
-                await load_job(session, r.id, queue_position=await self._queue_position(session, r))
-                for r in rows
-            ]
+            jobs = [await self._load(session, r.id) for r in rows]
         return jobs, next_token
 
     async def cancel_job(self, owner: str, job_id: str) -> job_pb2.Job:

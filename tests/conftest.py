@@ -36,3 +36,48 @@ def shared_media() -> Path:
     if not SHARED_MEDIA.is_dir():
         pytest.fail(f"../shared/media not found at {SHARED_MEDIA}")
     return SHARED_MEDIA
+
+
+@pytest.fixture(scope="session")
+def migrated_template(postgres: PostgresServer) -> str:
+    """A database with every migration applied, cloned by each test that needs one."""
+    import asyncio
+
+    import asyncpg
+
+    from gateway.db.engine import make_engine, migrate
+
+    async def build() -> None:
+        conn = await asyncpg.connect(postgres.dsn())
+        try:
+            await conn.execute("CREATE DATABASE reelmill_template")
+        finally:
+            await conn.close()
+        engine = make_engine(postgres.url("reelmill_template"))
+        try:
+            await migrate(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(build())
+    return "reelmill_template"
+
+
+@pytest.fixture
+def database_url(postgres: PostgresServer, migrated_template: str) -> str:
+    """A fresh, migrated database per test."""
+    import asyncio
+
+    import asyncpg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(postgres.dsn())
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE {migrated_template}')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return postgres.url(name)

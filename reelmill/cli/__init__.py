@@ -1,0 +1,1 @@
+"""The ``reelmill`` command line."""

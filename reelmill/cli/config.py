@@ -1,0 +1,41 @@
+"""CLI settings: where the gateway is and which token to use.
+
+``REELMILL_GATEWAY`` and ``REELMILL_TOKEN`` win; otherwise the credentials file that
+``reelmill up`` writes into ``REELMILL_HOME`` (default ``./.reelmill``) is used.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CliSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REELMILL_", extra="ignore", frozen=True)
+
+    #: Working directory of `reelmill up`: database, objects, logs, credentials.
+    home: Path = Path(".reelmill")
+    #: Gateway address for the CLI.
+    gateway: str | None = None
+    #: Bearer token for the CLI.
+    token: str | None = None
+
+    @property
+    def credentials_file(self) -> Path:
+        return self.home / "credentials.json"
+
+    def resolve(self) -> tuple[str, str]:
+        """(gateway target, token), or raise SystemExit with what to do."""
+        saved: dict[str, str] = {}
+        if self.credentials_file.is_file():
+            saved = json.loads(self.credentials_file.read_text())
+        gateway = self.gateway or saved.get("gateway")
+        token = self.token or saved.get("token")
+        if not gateway or not token:
+            raise SystemExit(
+                "reelmill: no gateway credentials; run `reelmill up` first, or set "
+                "REELMILL_GATEWAY and REELMILL_TOKEN"
+            )
+        return gateway, token

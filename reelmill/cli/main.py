@@ -1,0 +1,268 @@
+"""``reelmill``: run the suite and use it from a terminal.
+
+    reelmill up                         start every process on localhost (Ctrl-C stops all)
+    reelmill demo                       start, process a generated sample video, stop
+    reelmill submit FILE [--watch]      upload, create a job, follow it
+    reelmill jobs ls|get|cancel|watch   inspect and steer jobs
+    reelmill videos ls|get              inspect uploads
+    reelmill artifacts get|url          fetch what a job produced
+    reelmill migrate                    apply database migrations (REELMILL_DATABASE_URL)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from reelmill.cli import render
+from reelmill.cli.config import CliSettings
+from reelmill.client import ReelmillClient
+from reelmill.v1 import job_pb2
+
+Command = Callable[[argparse.Namespace, ReelmillClient], Awaitable[int]]
+
+
+def _labels(values: list[str]) -> dict[str, str]:
+    labels = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep:
+            raise SystemExit(f"reelmill: label {value!r} must be key=value")
+        labels[key] = val
+    return labels
+
+
+async def submit(args: argparse.Namespace, client: ReelmillClient) -> int:
+    path = Path(args.file)
+    if not path.is_file():
+        raise SystemExit(f"reelmill: {path} is not a file")
+    render.console.print(f"uploading {path} ({path.stat().st_size:,} bytes) …")
+    video = await client.upload_file(path)
+    render.console.print(f"video {video.id}")
+    render.show_media(video.media_info)
+    job = await client.create_job(video.id, request_id=args.request_id or "",
+                                  labels=_labels(args.label))
+    render.console.print(f"job {job.id} {render.state_name(job.state)}")
+    if not args.watch:
+        return 0
+    return await _follow(client, job.id)
+
+
+async def _follow(client: ReelmillClient, job_id: str) -> int:
+    final = await render.follow(client.watch_job(job_id))
+    job = final if final is not None else await client.get_job(job_id)
+    render.show_job(job)
+    return 0 if job.state == job_pb2.JOB_STATE_SUCCEEDED else 1
+
+
+async def jobs_ls(args: argparse.Namespace, client: ReelmillClient) -> int:
+    states = [job_pb2.JobState.Value(f"JOB_STATE_{s.upper()}") for s in args.state]
+    jobs, token = await client.list_jobs(states=states, page_size=args.limit,
+                                         page_token=args.page_token or "")
+    table = render.Table("job", "state", "created", "video", "labels", box=None)
+    for job in jobs:
+        table.add_row(job.id, render.state_name(job.state),
+                      job.create_time.ToDatetime().isoformat(timespec="seconds"),
+                      job.video_id, ",".join(f"{k}={v}" for k, v in job.labels.items()))
+    render.console.print(table)
+    if token:
+        render.console.print(f"next page: --page-token {token}")
+    return 0
+
+
+async def jobs_get(args: argparse.Namespace, client: ReelmillClient) -> int:
+    job = await client.get_job(args.job_id)
+    if args.json:
+        print(render.as_json(job))
+    else:
+        render.show_job(job)
+    return 0
+
+
+async def jobs_cancel(args: argparse.Namespace, client: ReelmillClient) -> int:
+    job = await client.cancel_job(args.job_id)
+    render.console.print(f"job {job.id} {render.state_name(job.state)}")
+    return 0
+
+
+async def jobs_watch(args: argparse.Namespace, client: ReelmillClient) -> int:
+    return await _follow(client, args.job_id)
+
+
+async def videos_ls(args: argparse.Namespace, client: ReelmillClient) -> int:
+    from reelmill.v1 import job_service_pb2
+
+    response = await client.stub.ListVideos(
+        job_service_pb2.ListVideosRequest(page_size=args.limit), metadata=client._metadata
+    )
+    table = render.Table("video", "file", "bytes", "created", box=None)
+    for video in response.videos:
+        table.add_row(video.id, video.filename, f"{video.size_bytes:,}",
+                      video.create_time.ToDatetime().isoformat(timespec="seconds"))
+    render.console.print(table)
+    return 0
+
+
+async def videos_get(args: argparse.Namespace, client: ReelmillClient) -> int:
+    video = await client.get_video(args.video_id)
+    print(render.as_json(video))
+    return 0
+
+
+async def artifacts_get(args: argparse.Namespace, client: ReelmillClient) -> int:
+    out = Path(args.output or Path(args.name).name)
+    artifact = await client.download_artifact(args.job_id, args.name, out)
+    render.console.print(f"{out} ({artifact.size_bytes:,} bytes, sha256 {artifact.sha256})")
+    return 0
+
+
+async def artifacts_url(args: argparse.Namespace, client: ReelmillClient) -> int:
+    print(await client.artifact_url(args.job_id, args.name))
+    return 0
+
+
+def _with_client(command: Command, args: argparse.Namespace) -> int:
+    gateway, token = CliSettings().resolve()
+
+    async def main() -> int:
+        async with ReelmillClient(gateway, token=token) as client:
+            return await command(args, client)
+
+    try:
+        return asyncio.run(main())
+    except grpc.aio.AioRpcError as exc:
+        render.console.print(f"[red]{exc.code().name}[/]: {exc.details()}")
+        return 1
+
+
+def up(args: argparse.Namespace) -> int:
+    from reelmill.cli.up import run_suite, serve_forever
+
+    settings = CliSettings()
+    with run_suite(settings, listen=args.listen, echo=render.console.print) as suite:
+        render.console.print(
+            f"[bold green]reelmill is up[/]: gateway at [bold]{suite.gateway}[/]\n"
+            f"credentials: {settings.credentials_file} (the CLI uses them)\n"
+            f"dev token: {suite.token}\nlogs: {suite.home / 'logs'}\nCtrl-C stops everything."
+        )
+        return serve_forever(suite)
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Starts the suite, processes a generated sample video, shows the result, stops."""
+    from reelmill.cli.sample import make_sample
+    from reelmill.cli.up import run_suite
+
+    settings = CliSettings()
+    with tempfile.TemporaryDirectory() as tmp:
+        sample = make_sample(Path(tmp) / "sample.mp4")
+        with run_suite(settings, listen=args.listen, echo=render.console.print) as suite:
+            render.console.print(f"[bold green]reelmill is up[/] at {suite.gateway}")
+            submit_args = argparse.Namespace(file=str(sample), watch=True, request_id="",
+                                             label=["source=demo"])
+
+            async def main() -> int:
+                async with ReelmillClient(suite.gateway, token=suite.token) as client:
+                    return await submit(submit_args, client)
+
+            code = asyncio.run(main())
+            render.console.print("stopping the suite …")
+            return code
+
+
+def migrate(_args: argparse.Namespace) -> int:
+    from gateway.db.engine import make_engine
+    from gateway.db.engine import migrate as run_migrations
+    from gateway.settings import GatewaySettings
+    from runtime.settings import load_settings
+
+    settings = load_settings(GatewaySettings)
+
+    async def main() -> None:
+        engine = make_engine(settings.database_url)
+        try:
+            await run_migrations(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+    render.console.print("database is at the newest migration")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="reelmill", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = root.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("up", help="start the whole suite on localhost")
+    p.add_argument("--listen", default="127.0.0.1:50051", help="gateway address")
+    p.set_defaults(run=up)
+    p = commands.add_parser("demo", help="start the suite, process a sample video, stop")
+    p.add_argument("--listen", default="127.0.0.1:50051", help="gateway address")
+    p.set_defaults(run=demo)
+    p = commands.add_parser("migrate", help="apply database migrations")
+    p.set_defaults(run=migrate)
+
+    p = commands.add_parser("submit", help="upload a video and create a job")
+    p.add_argument("file")
+    p.add_argument("--watch", action="store_true", help="follow the job to its end")
+    p.add_argument("--request-id", help="idempotency key")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(call=submit)
+
+    jobs = commands.add_parser("jobs", help="list, inspect, watch and cancel jobs")
+    sub = jobs.add_subparsers(dest="action", required=True)
+    p = sub.add_parser("ls")
+    p.add_argument("--state", action="append", default=[],
+                   choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--page-token")
+    p.set_defaults(call=jobs_ls)
+    for name, fn in (("get", jobs_get), ("cancel", jobs_cancel), ("watch", jobs_watch)):
+        p = sub.add_parser(name)
+        p.add_argument("job_id")
+        if name == "get":
+            p.add_argument("--json", action="store_true")
+        p.set_defaults(call=fn)
+
+    videos = commands.add_parser("videos", help="list and inspect uploaded videos")
+    sub = videos.add_subparsers(dest="action", required=True)
+    p = sub.add_parser("ls")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(call=videos_ls)
+    p = sub.add_parser("get")
+    p.add_argument("video_id")
+    p.set_defaults(call=videos_get)
+
+    artifacts = commands.add_parser("artifacts", help="download what a job produced")
+    sub = artifacts.add_subparsers(dest="action", required=True)
+    p = sub.add_parser("get")
+    p.add_argument("job_id")
+    p.add_argument("name")
+    p.add_argument("-o", "--output")
+    p.set_defaults(call=artifacts_get)
+    p = sub.add_parser("url")
+    p.add_argument("job_id")
+    p.add_argument("name")
+    p.set_defaults(call=artifacts_url)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    run: Any = getattr(args, "run", None)
+    if run is not None:
+        return int(run(args))
+    return _with_client(args.call, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

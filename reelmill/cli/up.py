@@ -1,0 +1,189 @@
+"""``reelmill up``: the whole suite on this machine, each service its own process.
+
+Embedded defaults: Postgres from the ``pgserver`` wheel in ``$REELMILL_HOME/pg`` and the
+local-directory object store in ``$REELMILL_HOME/objects``. Set ``REELMILL_DATABASE_URL`` (and
+``REELMILL_STORAGE_BACKEND=s3`` with the ``REELMILL_S3_*`` settings) to use external ones.
+Children are started by PID and stopped the same way: SIGTERM, a grace period, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from reelmill.cli.config import CliSettings
+
+#: Internal services, in start order; the gateway starts last, stops first.
+SERVICES: tuple[tuple[str, str], ...] = (("ingest", "services.ingest"),)
+GATEWAY = ("gateway", "gateway")
+START_TIMEOUT = 120.0
+STOP_GRACE = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def available_services() -> list[tuple[str, str]]:
+    """The internal services this install has (each later issue adds one)."""
+    import importlib.util
+
+    return [(name, module) for name, module in SERVICES if importlib.util.find_spec(module)]
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+    address: str
+    log_path: Path
+
+
+@dataclass
+class Suite:
+    home: Path
+    gateway: str
+    token: str
+    children: list[Child] = field(default_factory=list)
+    postgres: Any = None
+
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        for child in reversed(self.children):
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for child in reversed(self.children):
+            try:
+                child.process.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+        self.children.clear()
+        if self.postgres is not None:
+            self.postgres.cleanup()
+            self.postgres = None
+
+    def dead_child(self) -> Child | None:
+        return next((c for c in self.children if c.process.poll() is not None), None)
+
+
+def _secret(home: Path) -> str:
+    path = home / "jwt-secret"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _dev_token(secret: str, issuer: str, audience: str) -> str:
+    import jwt
+
+    now = int(time.time())
+    claims = {"sub": "dev", "iss": issuer, "aud": audience, "iat": now, "nbf": now,
+              "exp": now + 30 * 24 * 3600}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def wait_serving(address: str, child: Child, timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if child.process.poll() is not None:
+                raise RuntimeError(f"{child.name} exited with {child.process.returncode}\n"
+                                   + tail(child.log_path))
+            try:
+                response = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise TimeoutError(f"{child.name} not serving after {timeout:.0f}s\n" + tail(child.log_path))
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+@contextlib.contextmanager
+def run_suite(settings: CliSettings, *, listen: str = "127.0.0.1:50051",
+              echo: Any = print) -> Iterator[Suite]:
+    """Starts everything, yields the running suite, stops everything on exit."""
+    home = settings.home.resolve()
+    (home / "logs").mkdir(parents=True, exist_ok=True)
+    base_env = dict(os.environ)
+    base_env.setdefault("REELMILL_STORAGE_DIR", str(home / "objects"))
+    base_env.setdefault("REELMILL_SCRATCH_DIR", str(home / "scratch"))
+    secret = base_env.setdefault("REELMILL_JWT_SECRET", _secret(home))
+    token = _dev_token(secret, base_env.get("REELMILL_JWT_ISSUER", "reelmill"),
+                       base_env.get("REELMILL_JWT_AUDIENCE", "reelmill"))
+    suite = Suite(home=home, gateway=listen, token=token)
+    try:
+        if "REELMILL_DATABASE_URL" not in base_env:
+            import pgserver
+
+            echo("starting embedded Postgres …")
+            suite.postgres = pgserver.get_server(home / "pg", cleanup_mode="stop")
+            base_env["REELMILL_DATABASE_URL"] = (
+                f"postgresql+asyncpg://postgres@/postgres?host={home / 'pg'}"
+            )
+        targets: dict[str, str] = {}
+        for name, module in [*available_services(), GATEWAY]:
+            address = listen if name == "gateway" else f"127.0.0.1:{free_port()}"
+            env = {**base_env, "REELMILL_LISTEN": address,
+                   **{f"REELMILL_{k.upper()}_TARGET": v for k, v in targets.items()}}
+            log_path = home / "logs" / f"{name}.log"
+            with log_path.open("ab") as log:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", module], env=env, stdout=log,
+                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                )
+            child = Child(name, process, address, log_path)
+            suite.children.append(child)
+            echo(f"starting {name} (pid {process.pid}) on {address} …")
+            wait_serving(address, child)
+            targets[name] = address
+        settings.credentials_file.write_text(json.dumps({"gateway": listen, "token": token}))
+        settings.credentials_file.chmod(0o600)
+        yield suite
+    finally:
+        suite.stop()
+
+
+def serve_forever(suite: Suite) -> int:
+    stop = {"signal": 0}
+
+    def handler(signum: int, _frame: Any) -> None:
+        stop["signal"] = signum
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    while not stop["signal"]:
+        dead = suite.dead_child()
+        if dead is not None:
+            print(f"{dead.name} exited with {dead.process.returncode}; stopping the suite\n"
+                  + tail(dead.log_path), file=sys.stderr)
+            return 1
+        time.sleep(0.5)
+    print("stopping …")
+    return 0

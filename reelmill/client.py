@@ -1,0 +1,239 @@
+"""A small typed async client for reelmill's public API.
+
+    async with ReelmillClient("127.0.0.1:50051", token=...) as client:
+        video = await client.upload_file(Path("talk.mp4"))
+        job = await client.create_job(video.id, request_id="talk-1")
+        async for event in client.watch_job(job.id):
+            ...
+
+It imports only grpc and the generated stubs: no server code. ``watch_job`` reconnects by
+itself after transient failures and resumes from the last sequence it saw, so the caller gets
+every event exactly once, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+
+from reelmill.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc, media_pb2, pipeline_pb2
+
+CHUNK_SIZE = 1024 * 1024
+TERMINAL_STATES = frozenset(
+    {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}
+)
+_RECONNECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL})
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ReelmillClient:
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str,
+        channel: grpc.aio.Channel | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self._channel = channel or grpc.aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                ("grpc.keepalive_time_ms", 30_000),
+            ],
+        )
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        self._timeout = timeout
+        self.stub = job_service_pb2_grpc.JobServiceStub(self._channel)
+
+    async def __aenter__(self) -> ReelmillClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    # videos -----------------------------------------------------------------------------------
+
+    async def upload(
+        self,
+        chunks: AsyncIterator[bytes],
+        *,
+        filename: str,
+        size: int,
+        sha256: str = "",
+        content_type: str = "",
+        timeout: float | None = None,
+    ) -> media_pb2.Video:
+        """Uploads a byte stream of exactly ``size`` bytes."""
+
+        async def requests() -> AsyncIterator[job_service_pb2.UploadVideoRequest]:
+            yield job_service_pb2.UploadVideoRequest(
+                header=job_service_pb2.UploadHeader(
+                    filename=filename, size_bytes=size, sha256=sha256, content_type=content_type
+                )
+            )
+            async for chunk in chunks:
+                yield job_service_pb2.UploadVideoRequest(chunk=chunk)
+
+        response = await self.stub.UploadVideo(
+            requests(), metadata=self._metadata, timeout=timeout
+        )
+        return response.video
+
+    async def upload_file(
+        self, path: Path, *, verify_sha256: bool = True, timeout: float | None = None
+    ) -> media_pb2.Video:
+        """Uploads a local file (streamed; hashed first when ``verify_sha256``)."""
+        sha256 = await asyncio.to_thread(file_sha256, path) if verify_sha256 else ""
+
+        async def chunks() -> AsyncIterator[bytes]:
+            with path.open("rb") as handle:
+                while chunk := await asyncio.to_thread(handle.read, CHUNK_SIZE):
+                    yield chunk
+
+        return await self.upload(
+            chunks(), filename=path.name, size=path.stat().st_size, sha256=sha256, timeout=timeout
+        )
+
+    async def get_video(self, video_id: str) -> media_pb2.Video:
+        response = await self.stub.GetVideo(
+            job_service_pb2.GetVideoRequest(video_id=video_id),
+            metadata=self._metadata,
+            timeout=self._timeout,
+        )
+        return response.video
+
+    # jobs -------------------------------------------------------------------------------------
+
+    async def create_job(
+        self,
+        video_id: str,
+        *,
+        spec: pipeline_pb2.PipelineSpec | None = None,
+        request_id: str = "",
+        labels: Mapping[str, str] | None = None,
+    ) -> job_pb2.Job:
+        response = await self.stub.CreateJob(
+            job_service_pb2.CreateJobRequest(
+                video_id=video_id, spec=spec, request_id=request_id, labels=dict(labels or {})
+            ),
+            metadata=self._metadata,
+            timeout=self._timeout,
+        )
+        return response.job
+
+    async def get_job(self, job_id: str) -> job_pb2.Job:
+        response = await self.stub.GetJob(
+            job_service_pb2.GetJobRequest(job_id=job_id),
+            metadata=self._metadata,
+            timeout=self._timeout,
+        )
+        return response.job
+
+    async def list_jobs(
+        self,
+        *,
+        states: list[job_pb2.JobState.ValueType] | None = None,
+        labels: Mapping[str, str] | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> tuple[list[job_pb2.Job], str]:
+        response = await self.stub.ListJobs(
+            job_service_pb2.ListJobsRequest(
+                states=states or [],
+                labels=dict(labels or {}),
+                page_size=page_size,
+                page_token=page_token,
+            ),
+            metadata=self._metadata,
+            timeout=self._timeout,
+        )
+        return list(response.jobs), response.next_page_token
+
+    async def cancel_job(self, job_id: str) -> job_pb2.Job:
+        response = await self.stub.CancelJob(
+            job_service_pb2.CancelJobRequest(job_id=job_id),
+            metadata=self._metadata,
+            timeout=self._timeout,
+        )
+        return response.job
+
+    async def watch_job(
+        self, job_id: str, *, after_sequence: int = 0, max_reconnects: int = 20
+    ) -> AsyncIterator[job_pb2.JobEvent]:
+        """Every event after ``after_sequence`` until the terminal one, reconnecting (and
+        resuming) after transient failures."""
+        last = after_sequence
+        failures = 0
+        while True:
+            call = self.stub.WatchJob(
+                job_service_pb2.WatchJobRequest(job_id=job_id, after_sequence=last),
+                metadata=self._metadata,
+            )
+            try:
+                async for response in call:
+                    failures = 0
+                    event = response.event
+                    if event.sequence <= last:
+                        continue
+                    last = event.sequence
+                    yield event
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in _RECONNECT_CODES or failures >= max_reconnects:
+                    raise
+                failures += 1
+                await asyncio.sleep(min(0.2 * 2**failures, 5.0) * random.uniform(0.5, 1.0))
+            finally:
+                call.cancel()
+
+    # artifacts --------------------------------------------------------------------------------
+
+    async def artifact_url(self, job_id: str, name: str) -> str:
+        response = await self.stub.GetArtifactUrl(
+            job_service_pb2.GetArtifactUrlRequest(job_id=job_id, artifact_name=name),
+            metadata=self._metadata,
+            timeout=self._timeout,
+        )
+        return response.url
+
+    async def download_artifact(self, job_id: str, name: str, path: Path) -> media_pb2.Artifact:
+        """Streams an artifact into ``path`` (written to a temporary name, then renamed)."""
+        call = self.stub.DownloadArtifact(
+            job_service_pb2.DownloadArtifactRequest(job_id=job_id, artifact_name=name),
+            metadata=self._metadata,
+        )
+        artifact = media_pb2.Artifact()
+        partial = path.with_name(path.name + ".partial")
+        try:
+            with partial.open("wb") as handle:
+                async for response in call:
+                    if response.WhichOneof("part") == "artifact":
+                        artifact = response.artifact
+                    else:
+                        await asyncio.to_thread(handle.write, response.chunk)
+            partial.replace(path)
+        finally:
+            partial.unlink(missing_ok=True)
+        return artifact
