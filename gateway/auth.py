@@ -87,8 +87,9 @@ def _bearer(metadata: Any) -> str:
                     "authorization must be 'Bearer <token>'", reason="MISSING_CREDENTIALS"
                 )
             return token.strip()
-    raise Unauthenticated("missing credentials (authorization metadata)",
-                          reason="MISSING_CREDENTIALS")
+    raise Unauthenticated(
+        "missing credentials (authorization metadata)", reason="MISSING_CREDENTIALS"
+    )
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -97,14 +98,18 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(details)
         if handler is None or not details.method.startswith(PROTECTED_PREFIX):
             return handler
         try:
-            owner: str | Unauthenticated = self.verifier.verify(_bearer(details.invocation_metadata))
+            owner: str | Unauthenticated = self.verifier.verify(
+                _bearer(details.invocation_metadata)
+            )
         except Unauthenticated as exc:
             owner = exc
 
@@ -119,7 +124,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 return refuse
 
             def bind(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                _owner.set(owner)  # type: ignore[arg-type]
+                _owner.set(owner)
                 return behavior(request, context)
 
             return wrap(bind)

@@ -118,6 +118,7 @@ def job_state_name(state: int) -> str:
 
 
 def is_terminal(event: job_pb2.JobEvent) -> bool:
-    return event.WhichOneof("payload") == "job_state_changed" and job_state_name(
-        event.job_state_changed.state
-    ) in models.TERMINAL_JOB_STATES
+    return (
+        event.WhichOneof("payload") == "job_state_changed"
+        and job_state_name(event.job_state_changed.state) in models.TERMINAL_JOB_STATES
+    )

@@ -21,7 +21,9 @@ QUEUE_CHANNEL = "reelmill_jobs_queued"
 CANCEL_CHANNEL = "reelmill_jobs_cancelled"
 
 
-async def load_job(session: AsyncSession, job_id: uuid.UUID, *, queue_position: int = 0) -> job_pb2.Job:
+async def load_job(
+    session: AsyncSession, job_id: uuid.UUID, *, queue_position: int = 0
+) -> job_pb2.Job:
     job = await session.get_one(models.Job, job_id, populate_existing=True)
     stages = (
         await session.scalars(select(models.JobStage).where(models.JobStage.job_id == job_id))

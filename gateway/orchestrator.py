@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -89,14 +90,14 @@ class Orchestrator:
                     for job in claimed:
                         task = group.create_task(self._run_job(job), name=f"job-{job.id}")
                         self.running[job.id] = task
-                        task.add_done_callback(lambda _t, j=job.id: self._done(j))
+                        task.add_done_callback(functools.partial(self._done, job.id))
                     if len(claimed) == free:
                         continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), self.settings.poll_seconds)
                 self.wake.clear()
 
-    def _done(self, job_id: uuid.UUID) -> None:
+    def _done(self, job_id: uuid.UUID, _task: asyncio.Task[None]) -> None:
         self.running.pop(job_id, None)
         self.stop_reasons.pop(job_id, None)
         self.wake.set()
@@ -206,7 +207,10 @@ class Orchestrator:
                     return
                 last_write = now
                 await self.runs.update_stage(
-                    job.id, name, state="RUNNING", progress=min(max(fraction, 0.0), 1.0),
+                    job.id,
+                    name,
+                    state="RUNNING",
+                    progress=min(max(fraction, 0.0), 1.0),
                     message=message,
                 )
 

@@ -75,10 +75,15 @@ class Runs:
     async def claim(self, limit: int, lease: timedelta) -> list[ClaimedJob]:
         async with self.sessions.begin() as session:
             ids = (
-                await session.execute(
-                    _CLAIM, {"worker": self.worker, "lease": lease.total_seconds(), "limit": limit}
+                (
+                    await session.execute(
+                        _CLAIM,
+                        {"worker": self.worker, "lease": lease.total_seconds(), "limit": limit},
+                    )
                 )
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
         return [await self.load(job_id) for job_id in ids]
 
     async def load(self, job_id: uuid.UUID) -> ClaimedJob:

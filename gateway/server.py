@@ -57,7 +57,9 @@ async def build(settings: GatewaySettings) -> ServiceSpec:
     objects = open_store(settings)
 
     channels = {
-        "ingest": internal_channel(settings.ingest_target, max_message_mib=settings.max_message_mib),
+        "ingest": internal_channel(
+            settings.ingest_target, max_message_mib=settings.max_message_mib
+        ),
     }
     ingest = ingest_service_pb2_grpc.IngestServiceStub(channels["ingest"])
     stages: list[Stage] = [ProbeStage(channels["ingest"])]

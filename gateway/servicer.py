@@ -35,7 +35,7 @@ from runtime.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
-Context = grpc.aio.ServicerContext[Any, Any]
+Context = grpc.aio.ServicerContext[Any, Any]  # noqa: the alias keeps signatures short
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
@@ -92,8 +92,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         owner = current_owner()
         first = await anext(aiter(request_iterator), None)
         if first is None:
-            raise InvalidArgument("empty upload stream: send a header, then chunks",
-                                  reason="MISSING_HEADER")
+            raise InvalidArgument(
+                "empty upload stream: send a header, then chunks", reason="MISSING_HEADER"
+            )
         header = first.header if first.WhichOneof("part") == "header" else None
         if header is not None:
             if header.size_bytes > self.settings.max_upload_bytes:
@@ -103,11 +104,13 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                     reason="UPLOAD_TOO_LARGE",
                 )
             if header.sha256 and not _SHA256.match(header.sha256):
-                raise InvalidArgument("sha256 must be 64 lower-case hex digits",
-                                      reason="BAD_SHA256")
+                raise InvalidArgument(
+                    "sha256 must be 64 lower-case hex digits", reason="BAD_SHA256"
+                )
         video_id = uuid.uuid4()
-        destination = media_pb2.ObjectRef(bucket=self.objects.bucket,
-                                          key=f"videos/{video_id}/source")
+        destination = media_pb2.ObjectRef(
+            bucket=self.objects.bucket, key=f"videos/{video_id}/source"
+        )
 
         async def forward() -> AsyncIterator[ingest_service_pb2.IngestVideoRequest]:
             # Ingest validates the stream's shape (missing/duplicate header, sizes); the
@@ -186,8 +189,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 reason="URL_IMPORT_UNAVAILABLE",
             )
         if len(request.request_id) > 256:
-            raise InvalidArgument("request_id is longer than 256 characters",
-                                  reason="BAD_REQUEST_ID")
+            raise InvalidArgument(
+                "request_id is longer than 256 characters", reason="BAD_REQUEST_ID"
+            )
         states = stage_states(self.stages, request.spec)
         plans = [StagePlan(s.name, s.depends_on, states[s.name]) for s in self.stages]
         job, created = await self.store.create_job(
@@ -199,8 +203,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             labels=validate_labels(dict(request.labels)),
             stages=plans,
         )
-        log.info("job created" if created else "job returned for repeated request_id",
-                 extra={"job_id": job.id})
+        log.info(
+            "job created" if created else "job returned for repeated request_id",
+            extra={"job_id": job.id},
+        )
         return job_service_pb2.CreateJobResponse(job=job)
 
     async def GetJob(
@@ -216,8 +222,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         states = []
         for state in request.states:
             if state == job_pb2.JOB_STATE_UNSPECIFIED:
-                raise InvalidArgument("states must not contain JOB_STATE_UNSPECIFIED",
-                                      reason="BAD_FILTER")
+                raise InvalidArgument(
+                    "states must not contain JOB_STATE_UNSPECIFIED", reason="BAD_FILTER"
+                )
             states.append(job_pb2.JobState.Name(state).removeprefix("JOB_STATE_"))
         jobs, token = await self.store.list_jobs(
             current_owner(),
@@ -243,7 +250,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             raise InvalidArgument("after_sequence must not be negative", reason="BAD_SEQUENCE")
         job = await self.store.get_job(current_owner(), request.job_id)
         terminal = job.state in (
-            job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED
+            job_pb2.JOB_STATE_SUCCEEDED,
+            job_pb2.JOB_STATE_FAILED,
+            job_pb2.JOB_STATE_CANCELLED,
         )
         if terminal and request.after_sequence >= job.last_event_sequence:
             return
@@ -262,8 +271,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         if request.HasField("expires_in"):
             expires = request.expires_in.ToTimedelta()
             if not timedelta(seconds=1) <= expires <= MAX_URL_EXPIRY:
-                raise InvalidArgument("expires_in must be between 1 s and 7 days",
-                                      reason="BAD_EXPIRY")
+                raise InvalidArgument(
+                    "expires_in must be between 1 s and 7 days", reason="BAD_EXPIRY"
+                )
         url = await self.objects.presigned_get_url(artifact.object.key, expires)
         return job_service_pb2.GetArtifactUrlResponse(url=url, artifact=artifact)
 

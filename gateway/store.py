@@ -40,7 +40,9 @@ def parse_id(value: str, what: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError:
-        raise InvalidArgument(f"{what} must be a UUID, got {value[:64]!r}", reason="BAD_ID") from None
+        raise InvalidArgument(
+            f"{what} must be a UUID, got {value[:64]!r}", reason="BAD_ID"
+        ) from None
 
 
 def page_size(requested: int) -> int:
@@ -197,7 +199,9 @@ class Store:
 
     async def _load(self, session: AsyncSession, job_id: uuid.UUID) -> job_pb2.Job:
         row = await session.get_one(models.Job, job_id, populate_existing=True)
-        return await load_job(session, job_id, queue_position=await self._queue_position(session, row))
+        return await load_job(
+            session, job_id, queue_position=await self._queue_position(session, row)
+        )
 
     async def _job_row(
         self, session: AsyncSession, owner: str, job_id: str, *, lock: bool = False
@@ -285,8 +289,9 @@ class Store:
             await session.execute(
                 update(models.Job)
                 .where(models.Job.id == row.id)
-                .values(state="CANCELLED", end_time=func.now(), lease_owner=None,
-                        lease_expires_at=None)
+                .values(
+                    state="CANCELLED", end_time=func.now(), lease_owner=None, lease_expires_at=None
+                )
             )
             await session.execute(
                 update(models.JobStage)

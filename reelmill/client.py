@@ -96,7 +96,7 @@ class ReelmillClient:
             async for chunk in chunks:
                 yield job_service_pb2.UploadVideoRequest(chunk=chunk)
 
-        response = await self.stub.UploadVideo(
+        response: job_service_pb2.UploadVideoResponse = await self.stub.UploadVideo(
             requests(), metadata=self._metadata, timeout=timeout
         )
         return response.video
@@ -117,7 +117,7 @@ class ReelmillClient:
         )
 
     async def get_video(self, video_id: str) -> media_pb2.Video:
-        response = await self.stub.GetVideo(
+        response: job_service_pb2.GetVideoResponse = await self.stub.GetVideo(
             job_service_pb2.GetVideoRequest(video_id=video_id),
             metadata=self._metadata,
             timeout=self._timeout,
@@ -134,7 +134,7 @@ class ReelmillClient:
         request_id: str = "",
         labels: Mapping[str, str] | None = None,
     ) -> job_pb2.Job:
-        response = await self.stub.CreateJob(
+        response: job_service_pb2.CreateJobResponse = await self.stub.CreateJob(
             job_service_pb2.CreateJobRequest(
                 video_id=video_id, spec=spec, request_id=request_id, labels=dict(labels or {})
             ),
@@ -144,7 +144,7 @@ class ReelmillClient:
         return response.job
 
     async def get_job(self, job_id: str) -> job_pb2.Job:
-        response = await self.stub.GetJob(
+        response: job_service_pb2.GetJobResponse = await self.stub.GetJob(
             job_service_pb2.GetJobRequest(job_id=job_id),
             metadata=self._metadata,
             timeout=self._timeout,
@@ -159,7 +159,7 @@ class ReelmillClient:
         page_size: int = 0,
         page_token: str = "",
     ) -> tuple[list[job_pb2.Job], str]:
-        response = await self.stub.ListJobs(
+        response: job_service_pb2.ListJobsResponse = await self.stub.ListJobs(
             job_service_pb2.ListJobsRequest(
                 states=states or [],
                 labels=dict(labels or {}),
@@ -172,7 +172,7 @@ class ReelmillClient:
         return list(response.jobs), response.next_page_token
 
     async def cancel_job(self, job_id: str) -> job_pb2.Job:
-        response = await self.stub.CancelJob(
+        response: job_service_pb2.CancelJobResponse = await self.stub.CancelJob(
             job_service_pb2.CancelJobRequest(job_id=job_id),
             metadata=self._metadata,
             timeout=self._timeout,
@@ -211,7 +211,7 @@ class ReelmillClient:
     # artifacts --------------------------------------------------------------------------------
 
     async def artifact_url(self, job_id: str, name: str) -> str:
-        response = await self.stub.GetArtifactUrl(
+        response: job_service_pb2.GetArtifactUrlResponse = await self.stub.GetArtifactUrl(
             job_service_pb2.GetArtifactUrlRequest(job_id=job_id, artifact_name=name),
             metadata=self._metadata,
             timeout=self._timeout,

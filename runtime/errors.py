@@ -149,12 +149,15 @@ def to_status(error: ReelmillError) -> grpc.Status:
     detail = any_pb2.Any()
     detail.Pack(info)
     status = status_pb2.Status(code=error.code.value[0], message=message, details=[detail])
-    return rpc_status.to_status(status)
+    result: grpc.Status = rpc_status.to_status(status)
+    return result
 
 
-def error_info(rpc_error: grpc.aio.AioRpcError | grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+def error_info(
+    rpc_error: grpc.aio.AioRpcError | grpc.RpcError,
+) -> error_details_pb2.ErrorInfo | None:
     """The ``ErrorInfo`` a failed call carried, if any."""
-    status = rpc_status.from_call(rpc_error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(rpc_error)
     if status is None:
         return None
     for detail in status.details:
@@ -217,10 +220,10 @@ def _wrap_stream(behavior: Handler) -> Handler:
 
 
 def wrap_handler(
-    handler: grpc.RpcMethodHandler,
+    handler: grpc.RpcMethodHandler[Any, Any],
     unary: Callable[[Handler], Handler],
     stream: Callable[[Handler], Handler],
-) -> grpc.RpcMethodHandler:
+) -> grpc.RpcMethodHandler[Any, Any]:
     """The same handler with its behaviour wrapped: ``unary`` for unary responses, ``stream``
     for streaming ones."""
     if handler.unary_unary:
@@ -249,9 +252,11 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler

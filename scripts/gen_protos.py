@@ -1,7 +1,7 @@
 """Generates the Python stubs in reelmill/v1 from protos/ (the one place they come from).
 
-    python scripts/gen_protos.py          # regenerate in place
-    python scripts/gen_protos.py --check  # exit 1 if the committed stubs differ from the protos
+python scripts/gen_protos.py          # regenerate in place
+python scripts/gen_protos.py --check  # exit 1 if the committed stubs differ from the protos
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ def generate(out: Path) -> None:
         f"--python_out={out}",
         f"--grpc_python_out={out}",
         f"--mypy_out={out}",
-        f"--mypy_grpc_out={out}",
         *sources,
     ]
     if protoc.main(args) != 0:
@@ -53,7 +52,9 @@ def main() -> int:
         if args.check:
             fresh = {p.name for p in (out / PACKAGE).iterdir()}
             old = {p.name for p in target.iterdir() if p.is_file()} if target.exists() else set()
-            _, mismatch, errors = filecmp.cmpfiles(out / PACKAGE, target, sorted(fresh), shallow=False)
+            _, mismatch, errors = filecmp.cmpfiles(
+                out / PACKAGE, target, sorted(fresh), shallow=False
+            )
             drift = sorted(set(mismatch) | set(errors) | (old ^ fresh))
             if drift:
                 print("stubs out of date with protos/: " + ", ".join(drift), file=sys.stderr)

@@ -25,7 +25,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -55,7 +57,9 @@ class S3Server:
     secret_key: str = "testing"
 
     def client(self) -> Minio:
-        return Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False)
+        return Minio(
+            self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False
+        )
 
     def env(self, bucket: str) -> dict[str, str]:
         return {

@@ -50,11 +50,21 @@ async def add_video(store: Store, owner: str = "alice") -> str:
     return video_id
 
 
-async def create(store: Store, video_id: str, owner: str = "alice", request_id: str = "",
-                 labels: dict[str, str] | None = None) -> tuple[job_pb2.Job, bool]:
+async def create(
+    store: Store,
+    video_id: str,
+    owner: str = "alice",
+    request_id: str = "",
+    labels: dict[str, str] | None = None,
+) -> tuple[job_pb2.Job, bool]:
     return await store.create_job(
-        owner, video_id=video_id, source_url=None, spec=pipeline_pb2.PipelineSpec(),
-        request_id=request_id, labels=labels or {}, stages=STAGES,
+        owner,
+        video_id=video_id,
+        source_url=None,
+        spec=pipeline_pb2.PipelineSpec(),
+        request_id=request_id,
+        labels=labels or {},
+        stages=STAGES,
     )
 
 
@@ -103,22 +113,26 @@ async def test_list_jobs_pages_newest_first_without_overlap(store: Store) -> Non
     token = ""
     pages = 0
     while True:
-        jobs, token = await store.list_jobs("alice", size=3, token=token, states=[], labels={},
-                                            video_id="")
+        jobs, token = await store.list_jobs(
+            "alice", size=3, token=token, states=[], labels={}, video_id=""
+        )
         seen += [j.id for j in jobs]
         pages += 1
         if not token:
             break
     assert pages == 3
     assert seen == list(reversed(created))
-    odd, _ = await store.list_jobs("alice", size=50, token="", states=[], labels={"n": "1"},
-                                   video_id="")
+    odd, _ = await store.list_jobs(
+        "alice", size=50, token="", states=[], labels={"n": "1"}, video_id=""
+    )
     assert [j.id for j in odd] == [j for i, j in reversed(list(enumerate(created))) if i % 2]
-    first_page, token = await store.list_jobs("alice", size=2, token="", states=[], labels={},
-                                              video_id="")
+    first_page, token = await store.list_jobs(
+        "alice", size=2, token="", states=[], labels={}, video_id=""
+    )
     with pytest.raises(InvalidArgument, match="different filter"):
-        await store.list_jobs("alice", size=2, token=token, states=["QUEUED"], labels={},
-                              video_id="")
+        await store.list_jobs(
+            "alice", size=2, token=token, states=["QUEUED"], labels={}, video_id=""
+        )
     with pytest.raises(InvalidArgument):
         await store.list_jobs("alice", size=2, token="garbage!", states=[], labels={}, video_id="")
 
@@ -128,10 +142,12 @@ async def test_list_jobs_filters_by_state(store: Store) -> None:
     keep, _ = await create(store, video)
     gone, _ = await create(store, video)
     await store.cancel_job("alice", gone.id)
-    queued, _ = await store.list_jobs("alice", size=10, token="", states=["QUEUED"], labels={},
-                                      video_id="")
-    cancelled, _ = await store.list_jobs("alice", size=10, token="", states=["CANCELLED"],
-                                         labels={}, video_id="")
+    queued, _ = await store.list_jobs(
+        "alice", size=10, token="", states=["QUEUED"], labels={}, video_id=""
+    )
+    cancelled, _ = await store.list_jobs(
+        "alice", size=10, token="", states=["CANCELLED"], labels={}, video_id=""
+    )
     assert [j.id for j in queued] == [keep.id]
     assert [j.id for j in cancelled] == [gone.id]
 
@@ -148,8 +164,9 @@ async def test_cancel_ends_job_and_refuses_twice(store: Store) -> None:
         await store.cancel_job("alice", job.id)
 
 
-async def test_concurrent_claims_never_share_a_job(sessions: async_sessionmaker[AsyncSession],
-                                                   store: Store) -> None:
+async def test_concurrent_claims_never_share_a_job(
+    sessions: async_sessionmaker[AsyncSession], store: Store
+) -> None:
     video = await add_video(store)
     ids = {(await create(store, video))[0].id for _ in range(10)}
     workers = [Runs(sessions, f"w{i}") for i in range(4)]

@@ -1,12 +1,12 @@
 """``reelmill``: run the suite and use it from a terminal.
 
-    reelmill up                         start every process on localhost (Ctrl-C stops all)
-    reelmill demo                       start, process a generated sample video, stop
-    reelmill submit FILE [--watch]      upload, create a job, follow it
-    reelmill jobs ls|get|cancel|watch   inspect and steer jobs
-    reelmill videos ls|get              inspect uploads
-    reelmill artifacts get|url          fetch what a job produced
-    reelmill migrate                    apply database migrations (REELMILL_DATABASE_URL)
+reelmill up                         start every process on localhost (Ctrl-C stops all)
+reelmill demo                       start, process a generated sample video, stop
+reelmill submit FILE [--watch]      upload, create a job, follow it
+reelmill jobs ls|get|cancel|watch   inspect and steer jobs
+reelmill videos ls|get              inspect uploads
+reelmill artifacts get|url          fetch what a job produced
+reelmill migrate                    apply database migrations (REELMILL_DATABASE_URL)
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from rich.table import Table
 
 from reelmill.cli import render
 from reelmill.cli.config import CliSettings
@@ -47,8 +48,9 @@ async def submit(args: argparse.Namespace, client: ReelmillClient) -> int:
     video = await client.upload_file(path)
     render.console.print(f"video {video.id}")
     render.show_media(video.media_info)
-    job = await client.create_job(video.id, request_id=args.request_id or "",
-                                  labels=_labels(args.label))
+    job = await client.create_job(
+        video.id, request_id=args.request_id or "", labels=_labels(args.label)
+    )
     render.console.print(f"job {job.id} {render.state_name(job.state)}")
     if not args.watch:
         return 0
@@ -64,13 +66,18 @@ async def _follow(client: ReelmillClient, job_id: str) -> int:
 
 async def jobs_ls(args: argparse.Namespace, client: ReelmillClient) -> int:
     states = [job_pb2.JobState.Value(f"JOB_STATE_{s.upper()}") for s in args.state]
-    jobs, token = await client.list_jobs(states=states, page_size=args.limit,
-                                         page_token=args.page_token or "")
-    table = render.Table("job", "state", "created", "video", "labels", box=None)
+    jobs, token = await client.list_jobs(
+        states=states, page_size=args.limit, page_token=args.page_token or ""
+    )
+    table = Table("job", "state", "created", "video", "labels", box=None)
     for job in jobs:
-        table.add_row(job.id, render.state_name(job.state),
-                      job.create_time.ToDatetime().isoformat(timespec="seconds"),
-                      job.video_id, ",".join(f"{k}={v}" for k, v in job.labels.items()))
+        table.add_row(
+            job.id,
+            render.state_name(job.state),
+            job.create_time.ToDatetime().isoformat(timespec="seconds"),
+            job.video_id,
+            ",".join(f"{k}={v}" for k, v in job.labels.items()),
+        )
     render.console.print(table)
     if token:
         render.console.print(f"next page: --page-token {token}")
@@ -102,10 +109,14 @@ async def videos_ls(args: argparse.Namespace, client: ReelmillClient) -> int:
     response = await client.stub.ListVideos(
         job_service_pb2.ListVideosRequest(page_size=args.limit), metadata=client._metadata
     )
-    table = render.Table("video", "file", "bytes", "created", box=None)
+    table = Table("video", "file", "bytes", "created", box=None)
     for video in response.videos:
-        table.add_row(video.id, video.filename, f"{video.size_bytes:,}",
-                      video.create_time.ToDatetime().isoformat(timespec="seconds"))
+        table.add_row(
+            video.id,
+            video.filename,
+            f"{video.size_bytes:,}",
+            video.create_time.ToDatetime().isoformat(timespec="seconds"),
+        )
     render.console.print(table)
     return 0
 
@@ -165,8 +176,9 @@ def demo(args: argparse.Namespace) -> int:
         sample = make_sample(Path(tmp) / "sample.mp4")
         with run_suite(settings, listen=args.listen, echo=render.console.print) as suite:
             render.console.print(f"[bold green]reelmill is up[/] at {suite.gateway}")
-            submit_args = argparse.Namespace(file=str(sample), watch=True, request_id="",
-                                             label=["source=demo"])
+            submit_args = argparse.Namespace(
+                file=str(sample), watch=True, request_id="", label=["source=demo"]
+            )
 
             async def main() -> int:
                 async with ReelmillClient(suite.gateway, token=suite.token) as client:
@@ -198,8 +210,9 @@ def migrate(_args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="reelmill", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    root = argparse.ArgumentParser(
+        prog="reelmill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = root.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("up", help="start the whole suite on localhost")
@@ -221,8 +234,12 @@ def parser() -> argparse.ArgumentParser:
     jobs = commands.add_parser("jobs", help="list, inspect, watch and cancel jobs")
     sub = jobs.add_subparsers(dest="action", required=True)
     p = sub.add_parser("ls")
-    p.add_argument("--state", action="append", default=[],
-                   choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    p.add_argument(
+        "--state",
+        action="append",
+        default=[],
+        choices=["queued", "running", "succeeded", "failed", "cancelled"],
+    )
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--page-token")
     p.set_defaults(call=jobs_ls)

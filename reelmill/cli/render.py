@@ -61,24 +61,33 @@ async def follow(events: AsyncIterator[job_pb2.JobEvent]) -> job_pb2.Job | None:
 
 
 def show_job(job: job_pb2.Job) -> None:
-    console.print(f"[bold]job[/] {job.id}  state [bold]{state_name(job.state)}[/]"
-                  f"  video {job.video_id or job.source_url}")
+    console.print(
+        f"[bold]job[/] {job.id}  state [bold]{state_name(job.state)}[/]"
+        f"  video {job.video_id or job.source_url}"
+    )
     if job.error.message:
         console.print(f"[red]error[/] {job.error.code} {job.error.reason}: {job.error.message}")
     stages = Table("stage", "state", "progress", "attempts", "error", box=None)
     for stage in job.stages:
-        stages.add_row(stage.name, stage_state_name(stage.state), f"{stage.progress:.0%}",
-                       str(stage.attempts), stage.error.message)
+        stages.add_row(
+            stage.name,
+            stage_state_name(stage.state),
+            f"{stage.progress:.0%}",
+            str(stage.attempts),
+            stage.error.message,
+        )
     console.print(stages)
     if job.HasField("media_info"):
         show_media(job.media_info)
     if job.artifacts:
         artifacts = Table("artifact", "kind", "bytes", "content type", box=None)
         for artifact in job.artifacts:
-            artifacts.add_row(artifact.name,
-                              media_pb2.ArtifactKind.Name(artifact.kind).removeprefix(
-                                  "ARTIFACT_KIND_"),
-                              f"{artifact.size_bytes:,}", artifact.content_type)
+            artifacts.add_row(
+                artifact.name,
+                media_pb2.ArtifactKind.Name(artifact.kind).removeprefix("ARTIFACT_KIND_"),
+                f"{artifact.size_bytes:,}",
+                artifact.content_type,
+            )
         console.print(artifacts)
 
 
@@ -86,11 +95,14 @@ def show_media(info: media_pb2.MediaInfo) -> None:
     duration = info.duration.ToTimedelta().total_seconds()
     console.print(f"media: {info.container}, {duration:.2f} s, {info.size_bytes:,} bytes")
     for video in info.video_streams:
-        console.print(f"  video #{video.index}: {video.codec} {video.width}x{video.height} "
-                      f"{video.fps:.2f} fps {video.pixel_format}")
+        console.print(
+            f"  video #{video.index}: {video.codec} {video.width}x{video.height} "
+            f"{video.fps:.2f} fps {video.pixel_format}"
+        )
     for audio in info.audio_streams:
-        console.print(f"  audio #{audio.index}: {audio.codec} {audio.channels} ch "
-                      f"{audio.sample_rate} Hz")
+        console.print(
+            f"  audio #{audio.index}: {audio.codec} {audio.channels} ch {audio.sample_rate} Hz"
+        )
 
 
 def as_json(message: job_pb2.Job | media_pb2.Video) -> str:

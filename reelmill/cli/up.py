@@ -95,8 +95,14 @@ def _dev_token(secret: str, issuer: str, audience: str) -> str:
     import jwt
 
     now = int(time.time())
-    claims = {"sub": "dev", "iss": issuer, "aud": audience, "iat": now, "nbf": now,
-              "exp": now + 30 * 24 * 3600}
+    claims = {
+        "sub": "dev",
+        "iss": issuer,
+        "aud": audience,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 30 * 24 * 3600,
+    }
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
@@ -106,8 +112,9 @@ def wait_serving(address: str, child: Child, timeout: float = START_TIMEOUT) -> 
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if child.process.poll() is not None:
-                raise RuntimeError(f"{child.name} exited with {child.process.returncode}\n"
-                                   + tail(child.log_path))
+                raise RuntimeError(
+                    f"{child.name} exited with {child.process.returncode}\n" + tail(child.log_path)
+                )
             try:
                 response = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
                 if response.status == health_pb2.HealthCheckResponse.SERVING:
@@ -126,8 +133,9 @@ def tail(path: Path, lines: int = 20) -> str:
 
 
 @contextlib.contextmanager
-def run_suite(settings: CliSettings, *, listen: str = "127.0.0.1:50051",
-              echo: Any = print) -> Iterator[Suite]:
+def run_suite(
+    settings: CliSettings, *, listen: str = "127.0.0.1:50051", echo: Any = print
+) -> Iterator[Suite]:
     """Starts everything, yields the running suite, stops everything on exit."""
     home = settings.home.resolve()
     (home / "logs").mkdir(parents=True, exist_ok=True)
@@ -135,8 +143,11 @@ def run_suite(settings: CliSettings, *, listen: str = "127.0.0.1:50051",
     base_env.setdefault("REELMILL_STORAGE_DIR", str(home / "objects"))
     base_env.setdefault("REELMILL_SCRATCH_DIR", str(home / "scratch"))
     secret = base_env.setdefault("REELMILL_JWT_SECRET", _secret(home))
-    token = _dev_token(secret, base_env.get("REELMILL_JWT_ISSUER", "reelmill"),
-                       base_env.get("REELMILL_JWT_AUDIENCE", "reelmill"))
+    token = _dev_token(
+        secret,
+        base_env.get("REELMILL_JWT_ISSUER", "reelmill"),
+        base_env.get("REELMILL_JWT_AUDIENCE", "reelmill"),
+    )
     suite = Suite(home=home, gateway=listen, token=token)
     try:
         if "REELMILL_DATABASE_URL" not in base_env:
@@ -150,13 +161,19 @@ def run_suite(settings: CliSettings, *, listen: str = "127.0.0.1:50051",
         targets: dict[str, str] = {}
         for name, module in [*available_services(), GATEWAY]:
             address = listen if name == "gateway" else f"127.0.0.1:{free_port()}"
-            env = {**base_env, "REELMILL_LISTEN": address,
-                   **{f"REELMILL_{k.upper()}_TARGET": v for k, v in targets.items()}}
+            env = {
+                **base_env,
+                "REELMILL_LISTEN": address,
+                **{f"REELMILL_{k.upper()}_TARGET": v for k, v in targets.items()},
+            }
             log_path = home / "logs" / f"{name}.log"
             with log_path.open("ab") as log:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", module], env=env, stdout=log,
-                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    [sys.executable, "-m", module],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
                 )
             child = Child(name, process, address, log_path)
             suite.children.append(child)
@@ -181,8 +198,11 @@ def serve_forever(suite: Suite) -> int:
     while not stop["signal"]:
         dead = suite.dead_child()
         if dead is not None:
-            print(f"{dead.name} exited with {dead.process.returncode}; stopping the suite\n"
-                  + tail(dead.log_path), file=sys.stderr)
+            print(
+                f"{dead.name} exited with {dead.process.returncode}; stopping the suite\n"
+                + tail(dead.log_path),
+                file=sys.stderr,
+            )
             return 1
         time.sleep(0.5)
     print("stopping …")

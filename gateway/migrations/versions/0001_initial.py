@@ -81,8 +81,12 @@ def upgrade() -> None:
 
     op.create_table(
         "job_stages",
-        sa.Column("job_id", UUID(as_uuid=True), sa.ForeignKey("jobs.id", ondelete="CASCADE"),
-                  primary_key=True),
+        sa.Column(
+            "job_id",
+            UUID(as_uuid=True),
+            sa.ForeignKey("jobs.id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
         sa.Column("name", sa.String(32), primary_key=True),
         sa.Column("position", sa.Integer, nullable=False),
         sa.Column("depends_on", JSONB, nullable=False, server_default="[]"),
@@ -97,8 +101,12 @@ def upgrade() -> None:
 
     op.create_table(
         "job_events",
-        sa.Column("job_id", UUID(as_uuid=True), sa.ForeignKey("jobs.id", ondelete="CASCADE"),
-                  primary_key=True),
+        sa.Column(
+            "job_id",
+            UUID(as_uuid=True),
+            sa.ForeignKey("jobs.id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
         sa.Column("sequence", sa.BigInteger, primary_key=True),
         sa.Column("type", sa.String(32), nullable=False),
         sa.Column("payload", JSONB, nullable=False),
@@ -107,8 +115,12 @@ def upgrade() -> None:
 
     op.create_table(
         "artifacts",
-        sa.Column("job_id", UUID(as_uuid=True), sa.ForeignKey("jobs.id", ondelete="CASCADE"),
-                  primary_key=True),
+        sa.Column(
+            "job_id",
+            UUID(as_uuid=True),
+            sa.ForeignKey("jobs.id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
         sa.Column("name", sa.Text, primary_key=True),
         sa.Column("kind", sa.String(64), nullable=False),
         sa.Column("stage", sa.String(32), nullable=False),
@@ -141,5 +153,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("ai_cache", "api_keys", "artifacts", "job_events", "job_stages", "jobs", "videos"):
+    for table in (
+        "ai_cache",
+        "api_keys",
+        "artifacts",
+        "job_events",
+        "job_stages",
+        "jobs",
+        "videos",
+    ):
         op.drop_table(table)

@@ -1,0 +1,143 @@
+"""Runs reelmill's processes as real subprocesses for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import jwt
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.servers import free_port, stop_process
+
+JWT_SECRET = "test-secret-" + "x" * 40
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def token(
+    subject: str | None = None, *, ttl: int = 3600, secret: str = JWT_SECRET, **overrides: object
+) -> str:
+    now = int(time.time())
+    claims: dict[str, object] = {
+        "sub": subject or f"user-{uuid.uuid4().hex[:8]}",
+        "iss": "reelmill",
+        "aud": "reelmill",
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl,
+    }
+    claims.update(overrides)
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+@dataclass
+class Process:
+    name: str
+    proc: subprocess.Popen[bytes]
+    address: str
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def wait_serving(process: Process, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(process.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{process.name} exited with {process.proc.returncode}:\n{process.output()[-4000:]}"
+                )
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise TimeoutError(f"{process.name} not serving:\n{process.output()[-4000:]}")
+
+
+def start(name: str, module: str, env: dict[str, str], logs: Path) -> Process:
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    log = logs / f"{name}-{port}.log"
+    with log.open("wb") as handle:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                **env,
+                "REELMILL_LISTEN": address,
+                "REELMILL_HEALTH_INTERVAL_SECONDS": "0.5",
+            },
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    process = Process(name, proc, address, log)
+    try:
+        wait_serving(process)
+    except BaseException:
+        stop_process(proc, timeout=5)
+        raise
+    return process
+
+
+@dataclass
+class Suite:
+    env: dict[str, str]
+    logs: Path
+    processes: dict[str, list[Process]] = field(default_factory=dict)
+    _stack: ExitStack = field(default_factory=ExitStack)
+
+    @property
+    def gateway(self) -> str:
+        return self.processes["gateway"][0].address
+
+    def add(self, name: str, module: str, extra: dict[str, str] | None = None) -> Process:
+        env = dict(self.env)
+        for service, processes in self.processes.items():
+            env[f"REELMILL_{service.upper()}_TARGET"] = ",".join(p.address for p in processes)
+        env.update(extra or {})
+        process = start(name, module, env, self.logs)
+        self.processes.setdefault(name, []).append(process)
+        self._stack.callback(stop_process, process.proc)
+        return process
+
+    def stop(self) -> None:
+        self._stack.close()
+
+
+@contextmanager
+def run_suite(env: dict[str, str], gateways: int = 1) -> Iterator[Suite]:
+    logs = Path(tempfile.mkdtemp(prefix="reelmill-logs-"))
+    scratch = Path(tempfile.mkdtemp(prefix="reelmill-scratch-"))
+    suite = Suite(
+        env={
+            "REELMILL_JWT_SECRET": JWT_SECRET,
+            "REELMILL_SCRATCH_DIR": str(scratch),
+            "REELMILL_LEASE_SECONDS": "6",
+            "REELMILL_POLL_SECONDS": "1",
+            **env,
+        },
+        logs=logs,
+    )
+    try:
+        suite.add("ingest", "services.ingest")
+        for _ in range(gateways):
+            suite.add("gateway", "gateway")
+        yield suite
+    finally:
+        suite.stop()

@@ -1,0 +1,294 @@
+"""End to end through real processes: gateway + ingest as subprocesses, real Postgres, a real
+S3 server (moto) or the local-directory store, real media."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from reelmill.client import ReelmillClient
+from reelmill.v1 import job_pb2, job_service_pb2
+from runtime.errors import error_info
+from tests.media import make_clip
+from tests.servers import PostgresServer, S3Server
+from tests.suite import Suite, run_suite, token
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module", params=["local", "s3"])
+def suite(
+    request: pytest.FixtureRequest,
+    postgres: PostgresServer,
+    migrated_template: str,
+    s3_server: S3Server,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Suite]:
+    import asyncio as aio
+
+    import asyncpg
+
+    database = f"e2e_{uuid.uuid4().hex[:10]}"
+
+    async def create_db() -> None:
+        conn = await asyncpg.connect(postgres.dsn())
+        try:
+            await conn.execute(f'CREATE DATABASE "{database}" TEMPLATE {migrated_template}')
+        finally:
+            await conn.close()
+
+    aio.run(create_db())
+    env = {"REELMILL_DATABASE_URL": postgres.url(database)}
+    if request.param == "s3":
+        bucket = f"e2e-{uuid.uuid4().hex[:12]}"
+        s3_server.client().make_bucket(bucket)
+        env.update(s3_server.env(bucket))
+    else:
+        env.update(
+            {
+                "REELMILL_STORAGE_BACKEND": "local",
+                "REELMILL_STORAGE_DIR": str(tmp_path_factory.mktemp("objects")),
+            }
+        )
+    with run_suite(env, gateways=2) as running:
+        running.backend = request.param  # type: ignore[attr-defined]
+        running.s3 = s3_server  # type: ignore[attr-defined]
+        yield running
+
+
+@pytest.fixture
+async def client(suite: Suite) -> AsyncIterator[ReelmillClient]:
+    async with ReelmillClient(suite.gateway, token=token()) as c:
+        yield c
+
+
+def stored_keys(suite: Suite) -> set[str]:
+    if suite.backend == "s3":
+        bucket = suite.env["REELMILL_S3_BUCKET"]
+        s3: S3Server = suite.s3
+        return {o.object_name for o in s3.client().list_objects(bucket, recursive=True)}
+    root = Path(suite.env["REELMILL_STORAGE_DIR"])
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def scratch_left(suite: Suite) -> list[Path]:
+    return list(Path(suite.env["REELMILL_SCRATCH_DIR"]).rglob("*"))
+
+
+async def run_to_end(client: ReelmillClient, job_id: str) -> list[job_pb2.JobEvent]:
+    return [e async for e in client.watch_job(job_id)]
+
+
+async def test_upload_probe_and_job_through_real_processes(
+    client: ReelmillClient, shared_media: Path
+) -> None:
+    video = await client.upload_file(shared_media / "video" / "testvideo.mp4")
+    info = video.media_info
+    assert info.video_streams[0].codec == "h264"
+    assert (info.video_streams[0].width, info.video_streams[0].height) == (1280, 720)
+    assert info.video_streams[0].fps == pytest.approx(29.97, abs=0.01)
+    assert info.duration.ToTimedelta().total_seconds() == pytest.approx(24.02, abs=0.05)
+    assert not info.audio_streams
+    data = (shared_media / "video" / "testvideo.mp4").read_bytes()
+    assert video.sha256 == hashlib.sha256(data).hexdigest()
+    assert video.size_bytes == len(data)
+
+    job = await client.create_job(video.id, labels={"case": "e2e"})
+    events = await asyncio.wait_for(run_to_end(client, job.id), 60)
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert events[-1].job.state == job_pb2.JOB_STATE_SUCCEEDED
+    done = await client.get_job(job.id)
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED
+    probe = next(s for s in done.stages if s.name == "probe")
+    assert probe.state == job_pb2.STAGE_STATE_SUCCEEDED and probe.attempts == 1
+    assert done.media_info.video_streams[0].width == 1280
+
+
+async def test_generated_clip_with_audio(client: ReelmillClient, tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "tone.mp4", seconds=2, width=320, height=240)
+    video = await client.upload_file(clip)
+    assert video.media_info.audio_streams[0].codec == "aac"
+    assert video.media_info.audio_streams[0].sample_rate == 48000
+    assert video.filename == "tone.mp4"
+
+
+async def _upload_raw(
+    client: ReelmillClient, messages: list[job_service_pb2.UploadVideoRequest]
+) -> grpc.aio.AioRpcError:
+    async def stream() -> AsyncIterator[job_service_pb2.UploadVideoRequest]:
+        for message in messages:
+            yield message
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.stub.UploadVideo(stream(), metadata=client._metadata, timeout=30)
+    return caught.value
+
+
+def _header(size: int, sha256: str = "", name: str = "x.mp4") -> job_service_pb2.UploadVideoRequest:
+    return job_service_pb2.UploadVideoRequest(
+        header=job_service_pb2.UploadHeader(filename=name, size_bytes=size, sha256=sha256)
+    )
+
+
+def _chunk(data: bytes) -> job_service_pb2.UploadVideoRequest:
+    return job_service_pb2.UploadVideoRequest(chunk=data)
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("zero_bytes", "EMPTY_UPLOAD"),
+        ("not_a_video", "NOT_A_VIDEO"),
+        ("more_than_declared", "SIZE_MISMATCH"),
+        ("ended_early", "TRUNCATED_UPLOAD"),
+        ("sha256_mismatch", "SHA256_MISMATCH"),
+        ("no_header", "MISSING_HEADER"),
+        ("two_headers", "DUPLICATE_HEADER"),
+    ],
+)
+async def test_bad_uploads_are_refused_and_leave_nothing(
+    suite: Suite, client: ReelmillClient, tmp_path: Path, case: str, reason: str
+) -> None:
+    clip = make_clip(tmp_path / "ok.mp4", seconds=1, width=160, height=120).read_bytes()
+    messages = {
+        "zero_bytes": [_header(0)],
+        "not_a_video": [_header(4096), _chunk(os.urandom(4096))],
+        "more_than_declared": [_header(10), _chunk(clip[:20])],
+        "ended_early": [_header(len(clip)), _chunk(clip[: len(clip) // 2])],
+        "sha256_mismatch": [_header(len(clip), "0" * 64), _chunk(clip)],
+        "no_header": [_chunk(clip)],
+        "two_headers": [_header(len(clip)), _header(len(clip)), _chunk(clip)],
+    }[case]
+    before = stored_keys(suite)
+    error = await _upload_raw(client, messages)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    info = error_info(error)
+    assert info is not None and info.reason == reason, (info, error.details())
+    assert "Traceback" not in (error.details() or "")
+    assert stored_keys(suite) == before
+    assert scratch_left(suite) == []
+
+
+async def test_unauthenticated_calls_are_refused(suite: Suite) -> None:
+    for bad in ["", "not-a-jwt", token(ttl=-120), token(secret="y" * 48)]:
+        async with ReelmillClient(suite.gateway, token=bad) as anonymous:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await anonymous.list_jobs()
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_watch_resumes_after_disconnect_exactly_once(
+    client: ReelmillClient, tmp_path: Path
+) -> None:
+    video = await client.upload_file(make_clip(tmp_path / "a.mp4", seconds=1))
+    job = await client.create_job(video.id)
+    seen: list[int] = []
+    call = client.stub.WatchJob(
+        job_service_pb2.WatchJobRequest(job_id=job.id), metadata=client._metadata
+    )
+    async for response in call:
+        seen.append(response.event.sequence)
+        if len(seen) == 2:
+            break
+    call.cancel()
+    async for event in client.watch_job(job.id, after_sequence=seen[-1]):
+        seen.append(event.sequence)
+    assert seen == list(range(1, len(seen) + 1))
+    final = await client.get_job(job.id)
+    assert seen[-1] == final.last_event_sequence
+
+
+async def test_job_run_by_one_gateway_is_watched_through_another(
+    suite: Suite, tmp_path: Path
+) -> None:
+    first, second = suite.processes["gateway"]
+    owner = token()
+    video_path = make_clip(tmp_path / "b.mp4", seconds=1)
+    async with (
+        ReelmillClient(first.address, token=owner) as a,
+        ReelmillClient(second.address, token=owner) as b,
+    ):
+        video = await a.upload_file(video_path)
+        job = await a.create_job(video.id)
+        via_a, via_b = await asyncio.wait_for(
+            asyncio.gather(run_to_end(a, job.id), run_to_end(b, job.id)), 60
+        )
+    assert [e.sequence for e in via_a] == [e.sequence for e in via_b]
+    assert via_b[-1].job.state == job_pb2.JOB_STATE_SUCCEEDED
+    runners = [
+        g
+        for g in (first, second)
+        if f'"job_id": "{job.id}"' in g.output() and "job started" in g.output()
+    ]
+    assert len(runners) >= 1
+
+
+async def test_request_id_makes_create_idempotent(client: ReelmillClient, tmp_path: Path) -> None:
+    video = await client.upload_file(make_clip(tmp_path / "c.mp4", seconds=1))
+    first = await client.create_job(video.id, request_id="same")
+    again = await client.create_job(video.id, request_id="same")
+    other = await client.create_job(video.id, request_id="other")
+    assert again.id == first.id and other.id != first.id
+
+
+async def test_list_jobs_paginates(client: ReelmillClient, tmp_path: Path) -> None:
+    video = await client.upload_file(make_clip(tmp_path / "d.mp4", seconds=1))
+    ids = [(await client.create_job(video.id)).id for _ in range(5)]
+    seen: list[str] = []
+    token_ = ""
+    while True:
+        jobs, token_ = await client.list_jobs(page_size=2, page_token=token_)
+        seen += [j.id for j in jobs]
+        if not token_:
+            break
+    assert seen == list(reversed(ids))
+
+
+async def test_cancel_running_job(suite: Suite, client: ReelmillClient, tmp_path: Path) -> None:
+    video = await client.upload_file(make_clip(tmp_path / "e.mp4", seconds=1))
+    ingest = suite.processes["ingest"][0].proc
+    ingest.send_signal(signal.SIGSTOP)  # the probe stage now hangs mid-call
+    try:
+        job = await client.create_job(video.id)
+        for _ in range(100):
+            current = await client.get_job(job.id)
+            if current.stages[0].state == job_pb2.STAGE_STATE_RUNNING:
+                break
+            await asyncio.sleep(0.1)
+        assert current.stages[0].state == job_pb2.STAGE_STATE_RUNNING
+        cancelled = await client.cancel_job(job.id)
+        assert cancelled.state == job_pb2.JOB_STATE_CANCELLED
+    finally:
+        ingest.send_signal(signal.SIGCONT)
+    events = await asyncio.wait_for(run_to_end(client, job.id), 30)
+    assert events[-1].job_state_changed.state == job_pb2.JOB_STATE_CANCELLED
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.cancel_job(job.id)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    await asyncio.sleep(1.0)  # the runner must not overwrite the cancel
+    assert (await client.get_job(job.id)).state == job_pb2.JOB_STATE_CANCELLED
+
+
+async def test_owners_are_isolated(suite: Suite, client: ReelmillClient, tmp_path: Path) -> None:
+    video = await client.upload_file(make_clip(tmp_path / "f.mp4", seconds=1))
+    job = await client.create_job(video.id)
+    async with ReelmillClient(suite.gateway, token=token()) as stranger:
+        for call in (
+            stranger.get_job(job.id),
+            stranger.cancel_job(job.id),
+            stranger.get_video(video.id),
+            stranger.create_job(video.id),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        jobs, _ = await stranger.list_jobs()
+        assert jobs == []
