@@ -35,9 +35,12 @@ def test_demo_processes_a_sample_and_stops_cleanly(tmp_path: Path) -> None:
     credentials = tmp_path / "home" / "credentials.json"
     assert credentials.is_file()
     # Every child was stopped: no process still runs from this home.
-    leftovers = [
-        p.info["pid"]
-        for p in psutil.process_iter(["pid", "cmdline"])
-        if any(str(tmp_path) in part for part in (p.info["cmdline"] or []))
-    ]
-    assert leftovers == []
+    assert [p.pid for p in psutil.process_iter() if _mentions(p, str(tmp_path))] == []
+
+
+def _mentions(process: psutil.Process, needle: str) -> bool:
+    try:
+        parts = [*process.cmdline(), *process.environ().values()]
+    except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    return any(needle in part for part in parts)
