@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from dataclasses import dataclass
 
 import grpc
 from sqlalchemy import text
@@ -33,7 +34,21 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+@dataclass(frozen=True)
+class Gateway:
+    """The assembled parts of a gateway process."""
+
+    store: Store
+    hub: EventHub
+    orchestrator: Orchestrator
+    spec: ServiceSpec
+
+
 async def build(settings: GatewaySettings) -> ServiceSpec:
+    return (await assemble(settings)).spec
+
+
+async def assemble(settings: GatewaySettings) -> Gateway:
     secret = settings.jwt_secret.get_secret_value()
     if not secret:
         raise InvalidArgument(
@@ -84,7 +99,7 @@ async def build(settings: GatewaySettings) -> ServiceSpec:
         await objects.close()
         await engine.dispose()
 
-    return ServiceSpec(
+    spec = ServiceSpec(
         name="gateway",
         service_names=[SERVICE_NAME],
         register=register,
@@ -98,3 +113,4 @@ async def build(settings: GatewaySettings) -> ServiceSpec:
         on_close=close,
         interceptors=[AuthInterceptor(verifier)],
     )
+    return Gateway(store=store, hub=hub, orchestrator=orchestrator, spec=spec)
