@@ -76,8 +76,8 @@ def artifact_to_proto(row: models.Artifact) -> media_pb2.Artifact:
 
 def job_to_proto(
     row: models.Job,
-    stages: list[models.JobStage],
-    artifacts: list[models.Artifact],
+    stages: list[Any],
+    artifacts: list[Any],
     queue_position: int = 0,
 ) -> job_pb2.Job:
     from reelmill.v1 import pipeline_pb2
@@ -103,6 +103,28 @@ def job_to_proto(
         queue_position=queue_position,
         last_event_sequence=row.last_event_sequence,
     )
+
+
+def _record(data: dict[str, Any], *times: str) -> Any:
+    """A JSON-aggregated row as an object with attributes, timestamps parsed."""
+    from types import SimpleNamespace
+
+    values = dict(data)
+    for name in times:
+        if values.get(name):
+            values[name] = datetime.fromisoformat(values[name])
+    return SimpleNamespace(**values)
+
+
+def job_from_record(row: Any) -> job_pb2.Job:
+    """A job from the single-query load (jobs.* plus aggregated stages and artifacts)."""
+    from types import SimpleNamespace
+
+    job: Any = SimpleNamespace(**{k: row[k] for k in row.keys()})
+    job.metadata_ = row["metadata"]
+    stages = [_record(s, "start_time", "end_time") for s in row["stages_json"]]
+    artifacts = [_record(a, "create_time") for a in row["artifacts_json"]]
+    return job_to_proto(job, stages, artifacts, int(row["queue_position"]))
 
 
 def event_from_row(row: models.JobEvent) -> job_pb2.JobEvent:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.convert import artifact_to_proto, job_to_proto, to_json
+from gateway.convert import artifact_to_proto, job_from_record, to_json
 from gateway.db import models
 from reelmill.v1 import job_pb2
 
@@ -21,17 +21,32 @@ QUEUE_CHANNEL = "reelmill_jobs_queued"
 CANCEL_CHANNEL = "reelmill_jobs_cancelled"
 
 
+_LOAD_JOB = text(
+    """
+    SELECT j.*,
+           COALESCE((SELECT json_agg(s ORDER BY s.position)
+                       FROM job_stages s WHERE s.job_id = j.id), '[]') AS stages_json,
+           COALESCE((SELECT json_agg(a ORDER BY a.name)
+                       FROM artifacts a WHERE a.job_id = j.id), '[]') AS artifacts_json,
+           CASE WHEN j.state = 'QUEUED' THEN
+                (SELECT count(*) FROM jobs q
+                  WHERE q.state = 'QUEUED' AND (q.create_time, q.id) < (j.create_time, j.id)) + 1
+                ELSE 0 END AS queue_position
+      FROM jobs j
+     WHERE j.id = :id AND (CAST(:owner AS text) IS NULL OR j.owner = :owner)
+    """
+)
+
+
 async def load_job(
-    session: AsyncSession, job_id: uuid.UUID, *, queue_position: int = 0
+    session: AsyncSession, job_id: uuid.UUID, *, owner: str | None = None
 ) -> job_pb2.Job:
-    job = await session.get_one(models.Job, job_id, populate_existing=True)
-    stages = (
-        await session.scalars(select(models.JobStage).where(models.JobStage.job_id == job_id))
-    ).all()
-    artifacts = (
-        await session.scalars(select(models.Artifact).where(models.Artifact.job_id == job_id))
-    ).all()
-    return job_to_proto(job, list(stages), list(artifacts), queue_position)
+    """The whole job (stages, artifacts, queue position) in one round trip. Raises
+    ``LookupError`` when there is no such job (of ``owner``, when given)."""
+    row = (await session.execute(_LOAD_JOB, {"id": job_id, "owner": owner})).mappings().first()
+    if row is None:
+        raise LookupError(str(job_id))
+    return job_from_record(row)
 
 
 async def append_event(

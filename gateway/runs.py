@@ -180,8 +180,9 @@ class Runs:
         artifacts: Sequence[media_pb2.Artifact] = (),
         job_fields: dict[str, Any] | None = None,
         started: bool = False,
-    ) -> None:
-        """Records a stage's new state (and what it produced) with its event, atomically."""
+    ) -> int:
+        """Records a stage's new state (and what it produced) with its event, atomically;
+        returns the event's sequence."""
         async with self.sessions.begin() as session:
             await self._fence(session, job_id)
             stage = await session.get_one(models.JobStage, (job_id, name), with_for_update=True)
@@ -216,7 +217,7 @@ class Runs:
                     stage=stage_to_proto(stage), message=message, artifacts=list(artifacts)
                 )
             )
-            await append_event(session, job_id, event)
+            return await append_event(session, job_id, event)
 
     async def _put_artifact(
         self, session: AsyncSession, job_id: uuid.UUID, stage: str, artifact: media_pb2.Artifact

@@ -198,10 +198,7 @@ class Store:
             return await self._load(session, job_id), True
 
     async def _load(self, session: AsyncSession, job_id: uuid.UUID) -> job_pb2.Job:
-        row = await session.get_one(models.Job, job_id, populate_existing=True)
-        return await load_job(
-            session, job_id, queue_position=await self._queue_position(session, row)
-        )
+        return await load_job(session, job_id)
 
     async def _job_row(
         self, session: AsyncSession, owner: str, job_id: str, *, lock: bool = False
@@ -218,26 +215,13 @@ class Store:
         async with self.sessions() as session:
             return (await self._job_row(session, owner, job_id)).id
 
-    async def _queue_position(self, session: AsyncSession, row: models.Job) -> int:
-        if row.state != "QUEUED":
-            return 0
-        ahead = await session.scalar(
-            select(func.count())
-            .select_from(models.Job)
-            .where(
-                models.Job.state == "QUEUED",
-                or_(
-                    models.Job.create_time < row.create_time,
-                    and_(models.Job.create_time == row.create_time, models.Job.id < row.id),
-                ),
-            )
-        )
-        return int(ahead or 0) + 1
-
     async def get_job(self, owner: str, job_id: str) -> job_pb2.Job:
         async with self.sessions() as session:
-            row = await self._job_row(session, owner, job_id)
-            return await self._load(session, row.id)
+            try:
+                job = await load_job(session, parse_id(job_id, "job_id"), owner=owner)
+            except LookupError:
+                raise NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND") from None
+            return job
 
     async def list_jobs(
         self,

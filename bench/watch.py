@@ -1,0 +1,173 @@
+"""WatchJob fan-out and GetJob latency on one gateway.
+
+- N concurrent WatchJob streams (default 1,000: 20 jobs x 50 watchers) while the jobs emit
+  events: latency from the event's commit (wall clock taken right after COMMIT returns) to its
+  receipt by each client (p50/p99).
+- GetJob latency (p50/p99) under an open-loop load of 200 requests/s.
+
+The events are written exactly as the orchestrator writes them (``Runs.update_stage`` under a
+lease this benchmark holds, so the gateway's own orchestrator leaves the jobs alone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import timedelta
+
+import grpc
+
+from bench.common import percentile, table
+from gateway.db.engine import make_engine, make_sessionmaker, migrate
+from gateway.runs import Runs
+from gateway.store import StagePlan, Store
+from reelmill.v1 import job_service_pb2, job_service_pb2_grpc, media_pb2, pipeline_pb2
+from tests.servers import run_postgres
+from tests.suite import JWT_SECRET, Suite, token
+
+
+async def _setup(url: str, owner: str, jobs: int) -> tuple[Runs, list[uuid.UUID]]:
+    engine = make_engine(url, pool_size=5)
+    await migrate(engine)
+    sessions = make_sessionmaker(engine)
+    store = Store(sessions)
+    video_id = str(uuid.uuid4())
+    await store.add_video(owner, media_pb2.Video(
+        id=video_id, filename="bench.mp4", content_type="video/mp4", size_bytes=1,
+        sha256="0" * 64, object=media_pb2.ObjectRef(key="bench")))
+    ids = []
+    for _ in range(jobs):
+        job, _ = await store.create_job(
+            owner, video_id=video_id, source_url=None, spec=pipeline_pb2.PipelineSpec(),
+            request_id="", labels={}, stages=[StagePlan("probe", (), "PENDING")])
+        ids.append(uuid.UUID(job.id))
+    runs = Runs(sessions, "bench-writer")
+    claimed = await runs.claim(jobs, timedelta(hours=1))
+    assert len(claimed) == jobs
+    for job_id in ids:
+        await runs.start(job_id)
+        await runs.update_stage(job_id, "probe", state="RUNNING", progress=0.0, started=True)
+    return runs, ids
+
+
+async def _run(suite: Suite, url: str, watchers_per_job: int, jobs: int, events_per_job: int,
+               rate: float, get_rps: float, get_seconds: float) -> dict[str, float]:
+    owner = f"bench-{uuid.uuid4().hex[:6]}"
+    # The jobs are leased to this benchmark before the gateway starts, so its orchestrator
+    # leaves them alone.
+    runs, ids = await _setup(url, owner, jobs)
+    address = (await asyncio.to_thread(suite.add, "gateway", "gateway")).address
+    metadata = (("authorization", f"Bearer {token(owner)}"),)
+    commit_time: dict[tuple[str, int], float] = {}
+    receipts: list[tuple[tuple[str, int], float]] = []
+    channel = grpc.aio.insecure_channel(address)
+    stub = job_service_pb2_grpc.JobServiceStub(channel)
+    ready = asyncio.Event()
+    subscribed = 0
+
+    async def watch(job_id: uuid.UUID) -> None:
+        nonlocal subscribed
+        start = (await stub.GetJob(job_service_pb2.GetJobRequest(job_id=str(job_id)),
+                                   metadata=metadata)).job.last_event_sequence
+        call = stub.WatchJob(job_service_pb2.WatchJobRequest(job_id=str(job_id),
+                                                             after_sequence=start),
+                             metadata=metadata)
+        subscribed += 1
+        if subscribed == jobs * watchers_per_job:
+            ready.set()
+        async for response in call:
+            receipts.append(((response.event.job_id, response.event.sequence), time.time()))
+            if response.event.HasField("job"):
+                return
+
+    async def emit(job_id: uuid.UUID) -> None:
+        for step in range(1, events_per_job + 1):
+            sequence = await runs.update_stage(
+                job_id, "probe", state="RUNNING", progress=step / events_per_job
+            )
+            commit_time[(str(job_id), sequence)] = time.time()
+            await asyncio.sleep(1 / rate)
+        await runs.update_stage(job_id, "probe", state="SUCCEEDED")
+        await runs.finish(job_id, "SUCCEEDED")
+
+    watchers = [asyncio.create_task(watch(j)) for j in ids for _ in range(watchers_per_job)]
+    await asyncio.wait_for(ready.wait(), 120)
+    await asyncio.sleep(1.0)  # let every stream reach the live phase
+    began = time.monotonic()
+    await asyncio.gather(*(emit(j) for j in ids))
+    await asyncio.wait_for(asyncio.gather(*watchers), 120)
+    emit_seconds = time.monotonic() - began
+    latencies = [t - commit_time[key] for key, t in receipts if key in commit_time]
+
+    # GetJob at a fixed arrival rate (open loop: requests are sent on schedule, not after
+    # the previous answer).
+    get_latencies: list[float] = []
+
+    async def one_get(job_id: uuid.UUID) -> None:
+        sent = time.perf_counter()
+        await stub.GetJob(job_service_pb2.GetJobRequest(job_id=str(job_id)), metadata=metadata)
+        get_latencies.append(time.perf_counter() - sent)
+
+    pending = []
+    total = int(get_rps * get_seconds)
+    start = time.perf_counter()
+    for i in range(total):
+        delay = start + i / get_rps - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        pending.append(asyncio.create_task(one_get(ids[i % len(ids)])))
+    await asyncio.gather(*pending)
+    await channel.close()
+    return {
+        "streams": jobs * watchers_per_job,
+        "deliveries": len(latencies),
+        "expected": jobs * watchers_per_job * events_per_job,
+        "p50": percentile(latencies, 50),
+        "p99": percentile(latencies, 99),
+        "max": max(latencies) if latencies else float("nan"),
+        "emit_seconds": emit_seconds,
+        "get_n": len(get_latencies),
+        "get_p50": percentile(get_latencies, 50),
+        "get_p99": percentile(get_latencies, 99),
+    }
+
+
+def main(quick: bool = False) -> None:
+    jobs, per_job = (4, 25) if quick else (20, 50)
+    events, rate = (5, 5.0) if quick else (20, 2.0)
+    with run_postgres() as pg:
+        import asyncpg
+
+        async def create_db() -> None:
+            conn = await asyncpg.connect(pg.dsn())
+            await conn.execute("CREATE DATABASE bench")
+            await conn.close()
+
+        asyncio.run(create_db())
+        url = pg.url("bench")
+        import tempfile
+
+        suite = Suite(env={"REELMILL_JWT_SECRET": JWT_SECRET, "REELMILL_DATABASE_URL": url,
+                           "REELMILL_STORAGE_DIR": tempfile.mkdtemp(prefix="bench-objects-"),
+                           "REELMILL_LOG_LEVEL": "WARNING"},
+                      logs=__import__("pathlib").Path(tempfile.mkdtemp(prefix="bench-logs-")))
+        try:
+            result = asyncio.run(_run(suite, url, per_job, jobs, events, rate,
+                                      get_rps=200.0, get_seconds=3.0 if quick else 10.0))
+        finally:
+            suite.stop()
+    ms = 1000.0
+    print(table(
+        f"WatchJob fan-out: {result['streams']} concurrent streams on one gateway",
+        ["metric", "value", "target"],
+        [
+            ["events delivered", f"{result['deliveries']}/{result['expected']}", "all"],
+            ["commit -> receipt p50", f"{result['p50'] * ms:.1f} ms", ""],
+            ["commit -> receipt p99", f"{result['p99'] * ms:.1f} ms", "<= 100 ms"],
+            ["commit -> receipt max", f"{result['max'] * ms:.1f} ms", ""],
+            ["GetJob @200/s p50", f"{result['get_p50'] * ms:.2f} ms", ""],
+            ["GetJob @200/s p99", f"{result['get_p99'] * ms:.2f} ms", "<= 10 ms"],
+            ["GetJob requests", str(result["get_n"]), ""],
+        ],
+    ))
