@@ -12,6 +12,7 @@ lease this benchmark holds, so the gateway's own orchestrator leaves the jobs al
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from datetime import timedelta
@@ -82,6 +83,7 @@ async def _run(suite: Suite, url: str, watchers_per_job: int, jobs: int, events_
                 return
 
     async def emit(job_id: uuid.UUID) -> None:
+        await asyncio.sleep(random.uniform(0, 1 / rate))  # jobs do not progress in lockstep
         for step in range(1, events_per_job + 1):
             sequence = await runs.update_stage(
                 job_id, "probe", state="RUNNING", progress=step / events_per_job

@@ -127,7 +127,7 @@ def job_from_record(row: Any) -> job_pb2.Job:
     return job_to_proto(job, stages, artifacts, int(row["queue_position"]))
 
 
-def event_from_row(row: models.JobEvent) -> job_pb2.JobEvent:
+def event_from_row(row: Any) -> job_pb2.JobEvent:
     event = from_json(row.payload, job_pb2.JobEvent)
     event.job_id = str(row.job_id)
     event.sequence = row.sequence

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,13 +23,11 @@ import asyncpg
 
 from gateway.convert import is_terminal
 from gateway.journal import EVENTS_CHANNEL
-from reelmill.v1 import job_pb2
+from reelmill.v1 import job_pb2, job_service_pb2
 
 log = logging.getLogger(__name__)
 
 FEED_CAPACITY = 256
-#: A watcher re-reads the journal at least this often even without notifications.
-FALLBACK_SECONDS = 60.0
 
 LoadEvents = Callable[[uuid.UUID, int], Awaitable[list[job_pb2.JobEvent]]]
 
@@ -37,23 +36,28 @@ class Feed:
     """Recent events of one job, shared by its watchers in this process."""
 
     def __init__(self) -> None:
-        self.events: collections.deque[job_pb2.JobEvent] = collections.deque(maxlen=FEED_CAPACITY)
+        #: Responses built once per event and shared by every watcher.
+        self.events: collections.deque[job_service_pb2.WatchJobResponse] = collections.deque(
+            maxlen=FEED_CAPACITY
+        )
         self.latest = 0
         self.changed = asyncio.Condition()
         self.watchers = 0
         self.fetching = False
         self.pending = False
 
-    def after(self, sequence: int) -> list[job_pb2.JobEvent] | None:
+    def after(self, sequence: int) -> list[job_service_pb2.WatchJobResponse] | None:
         """Events after ``sequence`` if the feed holds the very next one; else None."""
-        if not self.events or self.events[0].sequence > sequence + 1:
+        if not self.events or self.events[0].event.sequence > sequence + 1:
             return None
-        return [e for e in self.events if e.sequence > sequence]
+        # The feed holds contiguous sequences, so the next one sits at a known index.
+        start = sequence + 1 - self.events[0].event.sequence
+        return list(itertools.islice(self.events, start, None))
 
     async def publish(self, events: list[job_pb2.JobEvent]) -> None:
         for event in events:
             if event.sequence > self.latest:
-                self.events.append(event)
+                self.events.append(job_service_pb2.WatchJobResponse(event=event))
                 self.latest = event.sequence
         async with self.changed:
             self.changed.notify_all()
@@ -153,7 +157,9 @@ class EventHub:
 
     # watching ---------------------------------------------------------------------------------
 
-    async def watch(self, job_id: uuid.UUID, after: int) -> AsyncIterator[job_pb2.JobEvent]:
+    async def watch(
+        self, job_id: uuid.UUID, after: int
+    ) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
         """Every event of the job after ``after``, in order, each once; ends after the
         terminal event. Cancelling the consumer unsubscribes cleanly."""
         feed = self.feeds.get(job_id)
@@ -166,22 +172,26 @@ class EventHub:
             while True:
                 batch = None if gap else feed.after(last)
                 if batch is None:
-                    batch = await self.load_events(job_id, last)
+                    batch = [
+                        job_service_pb2.WatchJobResponse(event=event)
+                        for event in await self.load_events(job_id, last)
+                    ]
                 gap = False
-                for event in batch:
-                    if event.sequence != last + 1:
+                for response in batch:
+                    if response.event.sequence != last + 1:
                         gap = True  # re-read from the journal
                         break
-                    yield event
-                    last = event.sequence
-                    if is_terminal(event):
+                    yield response
+                    last = response.event.sequence
+                    if is_terminal(response.event):
                         return
                 if batch:
                     continue
                 async with feed.changed:
                     if feed.latest <= last:
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(feed.changed.wait(), FALLBACK_SECONDS)
+                        # No timer: a lost listener connection resets every feed, which
+                        # wakes its watchers to re-read the journal.
+                        await feed.changed.wait()
         finally:
             feed.watchers -= 1
             if feed.watchers == 0 and self.feeds.get(job_id) is feed:

@@ -256,8 +256,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         )
         if terminal and request.after_sequence >= job.last_event_sequence:
             return
-        async for event in self.hub.watch(uuid.UUID(job.id), request.after_sequence):
-            yield job_service_pb2.WatchJobResponse(event=event)
+        async for response in self.hub.watch(uuid.UUID(job.id), request.after_sequence):
+            yield response
 
     # artifacts --------------------------------------------------------------------------------
 

@@ -292,15 +292,19 @@ class Store:
     async def events_after(
         self, job_id: uuid.UUID, after: int, limit: int = 500
     ) -> list[job_pb2.JobEvent]:
+        query = (
+            select(
+                models.JobEvent.job_id,
+                models.JobEvent.sequence,
+                models.JobEvent.payload,
+                models.JobEvent.create_time,
+            )
+            .where(models.JobEvent.job_id == job_id, models.JobEvent.sequence > after)
+            .order_by(models.JobEvent.sequence)
+            .limit(limit)
+        )
         async with self.sessions() as session:
-            rows = (
-                await session.scalars(
-                    select(models.JobEvent)
-                    .where(models.JobEvent.job_id == job_id, models.JobEvent.sequence > after)
-                    .order_by(models.JobEvent.sequence)
-                    .limit(limit)
-                )
-            ).all()
+            rows = (await session.execute(query)).all()
         return [event_from_row(r) for r in rows]
 
     async def get_artifact(self, owner: str, job_id: str, name: str) -> media_pb2.Artifact:

@@ -211,7 +211,7 @@ async def test_cancelled_job_fences_out_its_runner(
 
 
 async def _collect(hub: EventHub, job_id: uuid.UUID, after: int) -> list[job_pb2.JobEvent]:
-    return [event async for event in hub.watch(job_id, after)]
+    return [response.event async for response in hub.watch(job_id, after)]
 
 
 async def test_watchers_get_each_event_once_in_order_live_and_resumed(
