@@ -34,14 +34,28 @@ async def _setup(url: str, owner: str, jobs: int) -> tuple[Runs, list[uuid.UUID]
     sessions = make_sessionmaker(engine)
     store = Store(sessions)
     video_id = str(uuid.uuid4())
-    await store.add_video(owner, media_pb2.Video(
-        id=video_id, filename="bench.mp4", content_type="video/mp4", size_bytes=1,
-        sha256="0" * 64, object=media_pb2.ObjectRef(key="bench")))
+    await store.add_video(
+        owner,
+        media_pb2.Video(
+            id=video_id,
+            filename="bench.mp4",
+            content_type="video/mp4",
+            size_bytes=1,
+            sha256="0" * 64,
+            object=media_pb2.ObjectRef(key="bench"),
+        ),
+    )
     ids = []
     for _ in range(jobs):
         job, _ = await store.create_job(
-            owner, video_id=video_id, source_url=None, spec=pipeline_pb2.PipelineSpec(),
-            request_id="", labels={}, stages=[StagePlan("probe", (), "PENDING")])
+            owner,
+            video_id=video_id,
+            source_url=None,
+            spec=pipeline_pb2.PipelineSpec(),
+            request_id="",
+            labels={},
+            stages=[StagePlan("probe", (), "PENDING")],
+        )
         ids.append(uuid.UUID(job.id))
     runs = Runs(sessions, "bench-writer")
     claimed = await runs.claim(jobs, timedelta(hours=1))
@@ -52,8 +66,16 @@ async def _setup(url: str, owner: str, jobs: int) -> tuple[Runs, list[uuid.UUID]
     return runs, ids
 
 
-async def _run(suite: Suite, url: str, watchers_per_job: int, jobs: int, events_per_job: int,
-               rate: float, get_rps: float, get_seconds: float) -> dict[str, float]:
+async def _run(
+    suite: Suite,
+    url: str,
+    watchers_per_job: int,
+    jobs: int,
+    events_per_job: int,
+    rate: float,
+    get_rps: float,
+    get_seconds: float,
+) -> dict[str, float]:
     owner = f"bench-{uuid.uuid4().hex[:6]}"
     # The jobs are leased to this benchmark before the gateway starts, so its orchestrator
     # leaves them alone.
@@ -69,11 +91,13 @@ async def _run(suite: Suite, url: str, watchers_per_job: int, jobs: int, events_
 
     async def watch(job_id: uuid.UUID) -> None:
         nonlocal subscribed
-        start = (await stub.GetJob(job_service_pb2.GetJobRequest(job_id=str(job_id)),
-                                   metadata=metadata)).job.last_event_sequence
-        call = stub.WatchJob(job_service_pb2.WatchJobRequest(job_id=str(job_id),
-                                                             after_sequence=start),
-                             metadata=metadata)
+        start = (
+            await stub.GetJob(job_service_pb2.GetJobRequest(job_id=str(job_id)), metadata=metadata)
+        ).job.last_event_sequence
+        call = stub.WatchJob(
+            job_service_pb2.WatchJobRequest(job_id=str(job_id), after_sequence=start),
+            metadata=metadata,
+        )
         subscribed += 1
         if subscribed == jobs * watchers_per_job:
             ready.set()
@@ -150,26 +174,43 @@ def main(quick: bool = False) -> None:
         url = pg.url("bench")
         import tempfile
 
-        suite = Suite(env={"REELMILL_JWT_SECRET": JWT_SECRET, "REELMILL_DATABASE_URL": url,
-                           "REELMILL_STORAGE_DIR": tempfile.mkdtemp(prefix="bench-objects-"),
-                           "REELMILL_LOG_LEVEL": "WARNING"},
-                      logs=__import__("pathlib").Path(tempfile.mkdtemp(prefix="bench-logs-")))
+        suite = Suite(
+            env={
+                "REELMILL_JWT_SECRET": JWT_SECRET,
+                "REELMILL_DATABASE_URL": url,
+                "REELMILL_STORAGE_DIR": tempfile.mkdtemp(prefix="bench-objects-"),
+                "REELMILL_LOG_LEVEL": "WARNING",
+            },
+            logs=__import__("pathlib").Path(tempfile.mkdtemp(prefix="bench-logs-")),
+        )
         try:
-            result = asyncio.run(_run(suite, url, per_job, jobs, events, rate,
-                                      get_rps=200.0, get_seconds=3.0 if quick else 10.0))
+            result = asyncio.run(
+                _run(
+                    suite,
+                    url,
+                    per_job,
+                    jobs,
+                    events,
+                    rate,
+                    get_rps=200.0,
+                    get_seconds=3.0 if quick else 10.0,
+                )
+            )
         finally:
             suite.stop()
     ms = 1000.0
-    print(table(
-        f"WatchJob fan-out: {result['streams']} concurrent streams on one gateway",
-        ["metric", "value", "target"],
-        [
-            ["events delivered", f"{result['deliveries']}/{result['expected']}", "all"],
-            ["commit -> receipt p50", f"{result['p50'] * ms:.1f} ms", ""],
-            ["commit -> receipt p99", f"{result['p99'] * ms:.1f} ms", "<= 100 ms"],
-            ["commit -> receipt max", f"{result['max'] * ms:.1f} ms", ""],
-            ["GetJob @200/s p50", f"{result['get_p50'] * ms:.2f} ms", ""],
-            ["GetJob @200/s p99", f"{result['get_p99'] * ms:.2f} ms", "<= 10 ms"],
-            ["GetJob requests", str(result["get_n"]), ""],
-        ],
-    ))
+    print(
+        table(
+            f"WatchJob fan-out: {result['streams']} concurrent streams on one gateway",
+            ["metric", "value", "target"],
+            [
+                ["events delivered", f"{result['deliveries']}/{result['expected']}", "all"],
+                ["commit -> receipt p50", f"{result['p50'] * ms:.1f} ms", ""],
+                ["commit -> receipt p99", f"{result['p99'] * ms:.1f} ms", "<= 100 ms"],
+                ["commit -> receipt max", f"{result['max'] * ms:.1f} ms", ""],
+                ["GetJob @200/s p50", f"{result['get_p50'] * ms:.2f} ms", ""],
+                ["GetJob @200/s p99", f"{result['get_p99'] * ms:.2f} ms", "<= 10 ms"],
+                ["GetJob requests", str(result["get_n"]), ""],
+            ],
+        )
+    )

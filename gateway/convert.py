@@ -120,7 +120,7 @@ def job_from_record(row: Any) -> job_pb2.Job:
     """A job from the single-query load (jobs.* plus aggregated stages and artifacts)."""
     from types import SimpleNamespace
 
-    job: Any = SimpleNamespace(**{k: row[k] for k in row.keys()})
+    job: Any = SimpleNamespace(**dict(row))
     job.metadata_ = row["metadata"]
     stages = [_record(s, "start_time", "end_time") for s in row["stages_json"]]
     artifacts = [_record(a, "create_time") for a in row["artifacts_json"]]

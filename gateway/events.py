@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import itertools
 import logging
 import uuid
@@ -28,6 +29,8 @@ from reelmill.v1 import job_pb2, job_service_pb2
 log = logging.getLogger(__name__)
 
 FEED_CAPACITY = 256
+#: How often an idle listening connection is probed.
+LIVENESS_SECONDS = 15.0
 
 LoadEvents = Callable[[uuid.UUID, int], Awaitable[list[job_pb2.JobEvent]]]
 
@@ -88,7 +91,7 @@ class EventHub:
             try:
                 connection = await asyncpg.connect(self.dsn)
                 closed = asyncio.Event()
-                connection.add_termination_listener(lambda _c: closed.set())
+                connection.add_termination_listener(functools.partial(_set_event, closed))
                 await connection.add_listener(EVENTS_CHANNEL, self._on_notify)
                 for channel, callbacks in self.channels.items():
                     await connection.add_listener(channel, _dispatch(callbacks))
@@ -97,9 +100,14 @@ class EventHub:
                 # Anything between the last connection's loss and now may have been missed.
                 for feed in self.feeds.values():
                     await feed.reset()
-                await closed.wait()
+                while not closed.is_set():
+                    try:
+                        await asyncio.wait_for(closed.wait(), LIVENESS_SECONDS)
+                    except TimeoutError:
+                        # A silent network failure never closes the socket: probe it.
+                        await connection.execute("SELECT 1", timeout=LIVENESS_SECONDS)
                 log.warning("event listener connection lost; reconnecting")
-            except (OSError, asyncpg.PostgresError) as exc:
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("event listener cannot connect: %s", exc)
             finally:
                 self.connected.clear()
@@ -204,3 +212,7 @@ def _dispatch(callbacks: list[Callable[[str], None]]) -> Callable[[object, int, 
             callback(payload)
 
     return handler
+
+
+def _set_event(event: asyncio.Event, _connection: object) -> None:
+    event.set()

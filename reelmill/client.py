@@ -106,6 +106,7 @@ class ReelmillClient:
     ) -> media_pb2.Video:
         """Uploads a local file (streamed; hashed first when ``verify_sha256``)."""
         sha256 = await asyncio.to_thread(file_sha256, path) if verify_sha256 else ""
+        size = (await asyncio.to_thread(path.stat)).st_size
 
         async def chunks() -> AsyncIterator[bytes]:
             with path.open("rb") as handle:
@@ -113,7 +114,7 @@ class ReelmillClient:
                     yield chunk
 
         return await self.upload(
-            chunks(), filename=path.name, size=path.stat().st_size, sha256=sha256, timeout=timeout
+            chunks(), filename=path.name, size=size, sha256=sha256, timeout=timeout
         )
 
     async def get_video(self, video_id: str) -> media_pb2.Video:

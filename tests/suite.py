@@ -56,9 +56,8 @@ def wait_serving(process: Process, timeout: float = 60.0) -> None:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{process.name} exited with {process.proc.returncode}:\n{process.output()[-4000:]}"
-                )
+                code = process.proc.returncode
+                raise RuntimeError(f"{process.name} exited with {code}:\n{process.output()[-4000:]}")
             try:
                 status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
                 if status == health_pb2.HealthCheckResponse.SERVING:

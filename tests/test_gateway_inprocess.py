@@ -53,18 +53,30 @@ async def test_client_cancelling_watch_leaves_no_task_behind(
     video_id = str(uuid.uuid4())
     await parts.store.add_video(
         owner,
-        media_pb2.Video(id=video_id, filename="a.mp4", content_type="video/mp4", size_bytes=1,
-                        sha256="0" * 64, object=media_pb2.ObjectRef(key="k")),
+        media_pb2.Video(
+            id=video_id,
+            filename="a.mp4",
+            content_type="video/mp4",
+            size_bytes=1,
+            sha256="0" * 64,
+            object=media_pb2.ObjectRef(key="k"),
+        ),
     )
     job, _ = await parts.store.create_job(
-        owner, video_id=video_id, source_url=None, spec=pipeline_pb2.PipelineSpec(),
-        request_id="", labels={}, stages=[],
+        owner,
+        video_id=video_id,
+        source_url=None,
+        spec=pipeline_pb2.PipelineSpec(),
+        request_id="",
+        labels={},
+        stages=[],
     )
     tasks_before = {t.get_name() for t in asyncio.all_tasks()}
     async with ReelmillClient(address, token=token(owner)) as client:
         calls = [
-            client.stub.WatchJob(job_service_pb2.WatchJobRequest(job_id=job.id),
-                                 metadata=client._metadata)
+            client.stub.WatchJob(
+                job_service_pb2.WatchJobRequest(job_id=job.id), metadata=client._metadata
+            )
             for _ in range(20)
         ]
         for call in calls:

@@ -42,9 +42,10 @@ def _labels(values: list[str]) -> dict[str, str]:
 
 async def submit(args: argparse.Namespace, client: ReelmillClient) -> int:
     path = Path(args.file)
-    if not path.is_file():
+    size = await asyncio.to_thread(lambda: path.stat().st_size if path.is_file() else -1)
+    if size < 0:
         raise SystemExit(f"reelmill: {path} is not a file")
-    render.console.print(f"uploading {path} ({path.stat().st_size:,} bytes) …")
+    render.console.print(f"uploading {path} ({size:,} bytes) …")
     video = await client.upload_file(path)
     render.console.print(f"video {video.id}")
     render.show_media(video.media_info)
