@@ -22,7 +22,12 @@ def make_clip(
     """Writes an H.264/AAC test clip (testsrc2 + a sine tone)."""
     args = [ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-y"]
     if video:
-        args += ["-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={fps}:duration={seconds}"]
+        args += [
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size={width}x{height}:rate={fps}:duration={seconds}",
+        ]
     if audio:
         args += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}"]
     if video:

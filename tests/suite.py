@@ -57,7 +57,8 @@ def wait_serving(process: Process, timeout: float = 60.0) -> None:
         while time.monotonic() < deadline:
             if process.proc.poll() is not None:
                 code = process.proc.returncode
-                raise RuntimeError(f"{process.name} exited with {code}:\n{process.output()[-4000:]}")
+                tail = process.output()[-4000:]
+                raise RuntimeError(f"{process.name} exited with {code}:\n{tail}")
             try:
                 status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
                 if status == health_pb2.HealthCheckResponse.SERVING:

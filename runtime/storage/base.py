@@ -43,6 +43,9 @@ class ObjectWriter(abc.ABC):
 
     key: str
     size: int
+    #: Recorded with the object at ``commit()``; may be changed until then (e.g. once a probe
+    #: has decided what the bytes are).
+    content_type: str
 
     @property
     @abc.abstractmethod
@@ -139,7 +142,7 @@ class ObjectStore(abc.ABC):
     async def check(self) -> None:
         """Raises when the store is unreachable (health checks)."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 (a no-op unless the backend holds resources)
         """Releases threads and connections."""
 
 
