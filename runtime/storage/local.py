@@ -1,0 +1,325 @@
+"""The local-directory object store (the embedded default).
+
+Layout under ``root``::
+
+    {bucket}/{key}            the objects, nothing else (so listing is a directory walk)
+    .meta/{bucket}/{key}      JSON sidecar per object: size, sha256, content_type
+    .incomplete/{uuid}        writes in progress; renamed into place on commit
+
+A write streams into ``.incomplete/`` and is fsynced and ``os.replace``d into place on commit, so
+an object appears whole or not at all. All file IO runs in worker threads. Because a directory
+cannot also be a file, a key may not be a "directory" of another key here (``a`` and ``a/b``);
+such a write fails with FAILED_PRECONDITION (``KEY_CONFLICT``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import IO, Any
+
+from runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from runtime.storage.base import CHUNK_SIZE, ObjectInfo, ObjectStore, StoredObject
+from runtime.storage.keys import validate_key, validate_prefix
+from runtime.storage.staged import StagedWriter
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+
+
+def _not_found(key: str) -> NotFound:
+    return NotFound(f"object {key!r} does not exist", reason="OBJECT_NOT_FOUND")
+
+
+def _conflict(key: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"object key {key!r} conflicts with an existing key that is a prefix of it, or that it "
+        "is a prefix of (the local store keeps keys as paths)",
+        reason="KEY_CONFLICT",
+    )
+
+
+def _io_error(exc: OSError) -> Exception:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
+        return Unavailable(
+            f"local object store cannot write: {exc.strerror}", reason="STORAGE_UNAVAILABLE"
+        )
+    return exc
+
+
+class _LocalWriter(StagedWriter):
+    def __init__(self, store: LocalObjectStore, key: str, content_type: str) -> None:
+        super().__init__(key, bucket=store.bucket, content_type=content_type, executor=None)
+        self._store = store
+        self._temp = store._incomplete / uuid.uuid4().hex
+        self._file: IO[bytes] | None = None
+
+    def _translate(self, exc: BaseException) -> BaseException:
+        return _io_error(exc) if isinstance(exc, OSError) else exc
+
+    def _open(self) -> IO[bytes]:
+        if self._file is None:
+            self._store._ensure_dirs()
+            self._file = self._temp.open("xb")
+        return self._file
+
+    async def _write(self, data: bytes) -> None:
+        await self._run(self._write_sync, data)
+
+    def _write_sync(self, data: bytes) -> None:
+        self._open().write(data)
+
+    async def _commit(self) -> StoredObject:
+        return await self._run(self._commit_sync)
+
+    def _commit_sync(self) -> StoredObject:
+        handle = self._open()
+        handle.flush()
+        os.fsync(handle.fileno())
+        handle.close()
+        stored = StoredObject(
+            key=self.key,
+            bucket=self.bucket,
+            size=self.size,
+            sha256=self.sha256,
+            content_type=self.content_type,
+        )
+        meta_temp = self._temp.with_suffix(".meta")
+        meta_temp.write_text(
+            json.dumps(
+                {"size": stored.size, "sha256": stored.sha256, "content_type": stored.content_type}
+            )
+        )
+        try:
+            self._store._place(self._temp, self._store._object_path(self.key), self.key)
+            self._store._place(meta_temp, self._store._meta_path(self.key), self.key)
+        finally:
+            meta_temp.unlink(missing_ok=True)
+        return stored
+
+    async def _discard(self) -> None:
+        await self._run(self._discard_sync)
+
+    def _discard_sync(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._temp.unlink(missing_ok=True)
+
+    async def _undo_commit(self) -> None:
+        await self._store.delete(self.key)
+
+
+class LocalObjectStore(ObjectStore):
+    """Objects as files under ``root``; see the module docstring for the layout."""
+
+    def __init__(self, root: Path, *, bucket: str = "local") -> None:
+        if not bucket or "/" in bucket or bucket.startswith("."):
+            raise ValueError(f"bad bucket name {bucket!r}")
+        self.root = Path(root).absolute()
+        self.bucket = bucket
+        self._objects = self.root / bucket
+        self._meta = self.root / ".meta" / bucket
+        self._incomplete = self.root / ".incomplete"
+        self._dirs_ready = False
+
+    # -- paths -------------------------------------------------------------------------------
+
+    def _ensure_dirs(self) -> None:
+        if not self._dirs_ready:
+            for path in (self._objects, self._meta, self._incomplete):
+                path.mkdir(parents=True, exist_ok=True)
+            self._dirs_ready = True
+
+    def _object_path(self, key: str) -> Path:
+        return self._objects / validate_key(key)
+
+    def _meta_path(self, key: str) -> Path:
+        return self._meta / validate_key(key)
+
+    def _place(self, source: Path, target: Path, key: str) -> None:
+        """``os.replace`` with the parents made; retried if a concurrent delete prunes them."""
+        for attempt in range(3):
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(source, target)
+                return
+            except FileNotFoundError:
+                if attempt == 2 or not source.exists():
+                    raise
+            except (NotADirectoryError, IsADirectoryError, FileExistsError):
+                raise _conflict(key) from None
+
+    def _prune(self, directory: Path, top: Path) -> None:
+        """Removes empty directories from ``directory`` up to (not including) ``top``."""
+        while directory != top and top in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:
+                return
+            directory = directory.parent
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def open_writer(self, key: str, *, content_type: str) -> _LocalWriter:
+        return _LocalWriter(self, validate_key(key), content_type or DEFAULT_CONTENT_TYPE)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def _open_for_read(self, key: str) -> IO[bytes]:
+        path = self._object_path(key)
+        try:
+            handle = path.open("rb")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise _not_found(key) from None
+        if not os.path.isfile(handle.name):
+            handle.close()
+            raise _not_found(key)
+        return handle
+
+    async def read(self, key: str, *, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
+        handle = await asyncio.to_thread(self._open_for_read, key)
+        try:
+            while chunk := await asyncio.to_thread(handle.read, chunk_size):
+                yield chunk
+        finally:
+            handle.close()
+
+    async def download_file(self, key: str, path: Path) -> None:
+        def copy() -> None:
+            with self._open_for_read(key) as source, Path(path).open("wb") as target:
+                shutil.copyfileobj(source, target, CHUNK_SIZE)
+
+        await asyncio.to_thread(copy)
+
+    def _stat_sync(self, key: str) -> ObjectInfo:
+        path = self._object_path(key)
+        try:
+            st = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            raise _not_found(key) from None
+        if not path.is_file():
+            raise _not_found(key)
+        meta: dict[str, Any] = {}
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError, ValueError):
+            meta = json.loads(self._meta_path(key).read_text())
+        # A sidecar that does not describe these bytes (a crash between the two renames) is
+        # ignored rather than trusted.
+        described = meta.get("size") == st.st_size
+        return ObjectInfo(
+            key=key,
+            size=st.st_size,
+            content_type=str(meta.get("content_type") or DEFAULT_CONTENT_TYPE),
+            sha256=str(meta["sha256"]) if described and meta.get("sha256") else None,
+        )
+
+    async def stat(self, key: str) -> ObjectInfo:
+        return await asyncio.to_thread(self._stat_sync, key)
+
+    def _list_sync(self, prefix: str) -> list[str]:
+        validate_prefix(prefix)
+        directory, _, _ = prefix.rpartition("/")
+        start = self._objects / directory if directory else self._objects
+        keys: list[str] = []
+        if not start.is_dir():
+            return keys
+        for dirpath, dirnames, filenames in os.walk(start):
+            dirnames.sort()
+            relative = Path(dirpath).relative_to(self._objects).as_posix()
+            base = "" if relative == "." else relative + "/"
+            for name in filenames:
+                key = base + name
+                if key.startswith(prefix) and not os.path.islink(os.path.join(dirpath, name)):
+                    keys.append(key)
+        return sorted(keys)
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        return await asyncio.to_thread(self._list_sync, prefix)
+
+    # -- deletes -----------------------------------------------------------------------------
+
+    def _delete_sync(self, key: str) -> bool:
+        path = self._object_path(key)
+        try:
+            path.unlink()
+            removed = True
+        except (FileNotFoundError, NotADirectoryError):
+            removed = False
+        except IsADirectoryError:
+            return False
+        meta = self._meta_path(key)
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            meta.unlink()
+        self._prune(path.parent, self._objects)
+        self._prune(meta.parent, self._meta)
+        return removed
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self._delete_sync, key)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        if not prefix:
+            raise InvalidArgument("refusing to delete every object", reason="BAD_OBJECT_PREFIX")
+
+        def delete_all() -> int:
+            return sum(self._delete_sync(key) for key in self._list_sync(prefix))
+
+        return await asyncio.to_thread(delete_all)
+
+    # -- URLs --------------------------------------------------------------------------------
+
+    async def presigned_get_url(self, key: str, expires: timedelta) -> str:
+        await self.stat(key)
+        return self._object_path(key).as_uri()
+
+    async def media_url(self, key: str) -> str:
+        await self.stat(key)
+        return str(self._object_path(key))
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    def _abort_incomplete_sync(self, older_than: timedelta) -> int:
+        cutoff = time.time() - older_than.total_seconds()
+        removed = 0
+        try:
+            entries = list(os.scandir(self._incomplete))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime <= cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
+
+    async def abort_incomplete_writes(self, older_than: timedelta) -> int:
+        removed = await asyncio.to_thread(self._abort_incomplete_sync, older_than)
+        if removed:
+            log.info("removed incomplete writes", extra={"count": removed})
+        return removed
+
+    def _check_sync(self) -> None:
+        try:
+            self._ensure_dirs()
+            probe = self._incomplete / f"check-{uuid.uuid4().hex}"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            raise Unavailable(
+                f"local object store is not writable: {exc.strerror}", reason="STORAGE_UNAVAILABLE"
+            ) from exc
+
+    async def check(self) -> None:
+        await asyncio.to_thread(self._check_sync)

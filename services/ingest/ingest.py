@@ -1,0 +1,245 @@
+"""Storing an upload stream: size and SHA-256 checked, probed, and committed only when whole.
+
+The bytes go two ways as they arrive, in constant memory: into the object store's two-phase
+writer (multipart parts upload while the stream goes on) and into a per-request scratch file
+that the probe reads. Only when every check passes is the object committed; anything else (a
+bad upload, a failed probe, a cancelled call) aborts the write, and the scratch directory is
+removed whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import IO, Any
+
+from runtime.errors import InvalidArgument, ResourceExhausted
+from runtime.storage import ObjectStore, StoredObject
+from runtime.storage.keys import validate_key
+from services.ingest.probe import MediaInfo, probe
+
+log = logging.getLogger(__name__)
+
+SCRATCH_PREFIX = "ingest-"
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_TOKEN = r"[A-Za-z0-9!#$&^_.+-]+"
+_CONTENT_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}(\s*;[\x20-\x7e]*)?")
+
+
+@dataclass(frozen=True)
+class UploadHeader:
+    """What the caller declares before the bytes."""
+
+    key: str
+    #: "" for the store's bucket.
+    bucket: str
+    size: int
+    #: Lower-case hex, or "" when the caller gave none.
+    sha256: str
+    #: "" lets the probe decide.
+    content_type: str
+
+
+@dataclass(frozen=True)
+class IngestedMedia:
+    object: StoredObject
+    media: MediaInfo
+
+
+class _Spool:
+    """The scratch copy of an upload: written in a worker thread, never closed under a write."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._file: IO[bytes] | None = None
+        self._pending: asyncio.Future[None] | None = None
+
+    def _write(self, data: bytes) -> None:
+        if self._file is None:
+            self._file = self._path.open("xb")
+        self._file.write(data)
+
+    async def write(self, data: bytes) -> None:
+        self._pending = asyncio.get_running_loop().run_in_executor(None, self._write, data)
+        await asyncio.shield(self._pending)
+
+    async def close(self) -> None:
+        """Waits for a write still running, then closes the file (safe to call again)."""
+        if self._pending is not None and not self._pending.done():
+            await asyncio.wait([self._pending])
+        if self._file is not None:
+            await asyncio.to_thread(self._file.close)
+
+
+#: Cleanups that outlive a cancelled call (asyncio keeps only weak references to tasks).
+_cleanups: set[asyncio.Task[None]] = set()
+
+
+async def _finish(cleanup: Coroutine[Any, Any, None]) -> None:
+    """Runs ``cleanup`` to the end even if the caller is cancelled again meanwhile (grpc.aio
+    may cancel a handler more than once when its client goes away)."""
+    task = asyncio.create_task(cleanup)
+    _cleanups.add(task)
+    task.add_done_callback(_cleanups.discard)
+    await asyncio.shield(task)
+
+
+class Ingestor:
+    """Stores uploads and probes stored objects."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        *,
+        scratch_dir: Path,
+        max_upload_bytes: int,
+        probe_timeout: float,
+    ) -> None:
+        self._store = store
+        self._scratch_dir = scratch_dir
+        self._max_upload_bytes = max_upload_bytes
+        self._probe_timeout = probe_timeout
+
+    # -- checks ------------------------------------------------------------------------------
+
+    def _check_bucket(self, bucket: str) -> None:
+        if bucket and bucket != self._store.bucket:
+            raise InvalidArgument(
+                f"bucket {bucket!r} is not this store's ({self._store.bucket!r})",
+                reason="UNKNOWN_BUCKET",
+            )
+
+    def _check_key(self, key: str) -> None:
+        if not key:
+            raise InvalidArgument("an object key is required", reason="MISSING_OBJECT_KEY")
+        validate_key(key)
+
+    def check_header(self, header: UploadHeader) -> UploadHeader:
+        """The header with its SHA-256 normalised; raises ``InvalidArgument`` when it is bad."""
+        self._check_bucket(header.bucket)
+        self._check_key(header.key)
+        if header.size < 0:
+            raise InvalidArgument("size_bytes must not be negative", reason="INVALID_SIZE")
+        if header.size == 0:
+            raise InvalidArgument("the upload declares zero bytes", reason="EMPTY_UPLOAD")
+        if header.size > self._max_upload_bytes:
+            raise ResourceExhausted(
+                f"the upload declares {header.size} bytes; the limit is {self._max_upload_bytes}",
+                reason="UPLOAD_TOO_LARGE",
+            )
+        if header.sha256 and not _SHA256.fullmatch(header.sha256):
+            raise InvalidArgument("sha256 must be 64 hexadecimal characters", reason="BAD_SHA256")
+        if header.content_type and (
+            len(header.content_type) > 255 or not _CONTENT_TYPE.fullmatch(header.content_type)
+        ):
+            raise InvalidArgument(
+                "content_type must look like 'type/subtype'", reason="INVALID_CONTENT_TYPE"
+            )
+        return UploadHeader(
+            key=header.key,
+            bucket=header.bucket,
+            size=header.size,
+            sha256=header.sha256.lower(),
+            content_type=header.content_type,
+        )
+
+    # -- ingest ------------------------------------------------------------------------------
+
+    def _make_scratch(self) -> Path:
+        self._scratch_dir.mkdir(parents=True, exist_ok=True)
+        scratch = self._scratch_dir / f"{SCRATCH_PREFIX}{uuid.uuid4().hex}"
+        scratch.mkdir(mode=0o700)
+        return scratch
+
+    async def ingest(self, header: UploadHeader, chunks: AsyncIterator[bytes]) -> IngestedMedia:
+        """Stores ``chunks`` at ``header.key`` once they prove to be the declared, whole media."""
+        header = self.check_header(header)
+        scratch = await asyncio.to_thread(self._make_scratch)
+        upload = scratch / "upload"
+        spool = _Spool(upload)
+        try:
+            async with self._store.open_writer(
+                header.key, content_type=header.content_type
+            ) as writer:
+                received = 0
+                async for chunk in chunks:
+                    received += len(chunk)
+                    if received > header.size:
+                        raise InvalidArgument(
+                            f"more bytes arrived than the {header.size} declared",
+                            reason="SIZE_MISMATCH",
+                        )
+                    await writer.write(chunk)
+                    await spool.write(chunk)
+                await spool.close()
+                if received == 0:
+                    raise InvalidArgument("no bytes followed the header", reason="EMPTY_UPLOAD")
+                if received < header.size:
+                    raise InvalidArgument(
+                        f"the stream ended after {received} of the {header.size} declared bytes",
+                        reason="TRUNCATED_UPLOAD",
+                    )
+                if header.sha256 and writer.sha256 != header.sha256:
+                    raise InvalidArgument(
+                        f"the bytes have SHA-256 {writer.sha256}, not the declared {header.sha256}",
+                        reason="SHA256_MISMATCH",
+                    )
+                media = await probe(upload, size=received, timeout=self._probe_timeout)
+                if not header.content_type:
+                    writer.content_type = media.content_type
+                stored = await writer.commit()
+            log.info(
+                "ingested",
+                extra={"key": stored.key, "size": stored.size, "container": media.container},
+            )
+            return IngestedMedia(object=stored, media=media)
+        finally:
+            await _finish(self._remove_scratch(spool, scratch))
+
+    @staticmethod
+    async def _remove_scratch(spool: _Spool, scratch: Path) -> None:
+        await spool.close()
+        await asyncio.to_thread(shutil.rmtree, scratch, ignore_errors=True)
+
+    # -- probe -------------------------------------------------------------------------------
+
+    async def probe_object(self, bucket: str, key: str) -> MediaInfo:
+        """Probes an object already in the store (``NotFound`` when it is not)."""
+        self._check_bucket(bucket)
+        self._check_key(key)
+        info = await self._store.stat(key)
+        url = await self._store.media_url(key)
+        source: Path | str = url if url.startswith(("http://", "https://")) else Path(url)
+        return await probe(source, size=info.size, timeout=self._probe_timeout)
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    def _sweep_scratch(self, older_than: timedelta) -> int:
+        cutoff = time.time() - older_than.total_seconds()
+        removed = 0
+        if not self._scratch_dir.is_dir():
+            return 0
+        for path in self._scratch_dir.glob(f"{SCRATCH_PREFIX}*"):
+            try:
+                # A long upload keeps writing its file while its directory's mtime stands still.
+                touched = max(p.stat().st_mtime for p in (path, *path.iterdir()))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if touched <= cutoff:
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+        return removed
+
+    async def sweep(self, older_than: timedelta) -> dict[str, Any]:
+        """Removes what crashed processes left: scratch dirs and uncommitted writes."""
+        scratch = await asyncio.to_thread(self._sweep_scratch, older_than)
+        writes = await self._store.abort_incomplete_writes(older_than)
+        return {"scratch_dirs": scratch, "incomplete_writes": writes}

@@ -1,0 +1,54 @@
+"""The ingest process's contribution to the shared bootstrap. Importing this starts nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+import grpc
+
+from reelmill.v1 import ingest_service_pb2, ingest_service_pb2_grpc
+from runtime.server import ServiceSpec
+from runtime.storage import ObjectStore
+from services.ingest.ingest import Ingestor
+from services.ingest.servicer import IngestServicer
+from services.ingest.settings import IngestSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME: str = ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
+
+
+def build_spec(settings: IngestSettings, store: ObjectStore) -> ServiceSpec:
+    """The ingest service over ``store``; the spec closes the store on shutdown."""
+    ingestor = Ingestor(
+        store,
+        scratch_dir=settings.scratch_dir,
+        max_upload_bytes=settings.max_upload_bytes,
+        probe_timeout=settings.probe_timeout_seconds,
+    )
+    servicer = IngestServicer(ingestor)
+
+    def register(server: grpc.aio.Server) -> None:
+        ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server)
+
+    async def sweep_leftovers() -> None:
+        older_than = timedelta(seconds=settings.stale_after_seconds)
+        while True:
+            try:
+                removed = await ingestor.sweep(older_than)
+                if any(removed.values()):
+                    log.info("removed leftovers", extra=removed)
+            except Exception:  # the store may be down for a while; try again next time
+                log.warning("could not sweep leftovers", exc_info=True)
+            await asyncio.sleep(settings.sweep_interval_seconds)
+
+    return ServiceSpec(
+        name="ingest",
+        service_names=(SERVICE_NAME,),
+        register=register,
+        health_checks={"storage": store.check},
+        background=(sweep_leftovers,),
+        on_close=store.close,
+    )

@@ -1,0 +1,86 @@
+"""The IngestService servicer: messages in, core calls, messages out.
+
+Errors are domain exceptions; ``runtime.errors.ErrorMappingInterceptor`` turns them into
+statuses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from reelmill.v1 import ingest_service_pb2, ingest_service_pb2_grpc
+from runtime.errors import InvalidArgument, Unimplemented
+from services.ingest import convert
+from services.ingest.ingest import Ingestor, UploadHeader
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+async def read_upload(
+    requests: AsyncIterator[ingest_service_pb2.IngestVideoRequest],
+) -> tuple[UploadHeader, AsyncIterator[bytes]]:
+    """Splits an upload stream into its header and its chunks, enforcing their order."""
+    iterator = aiter(requests)
+    try:
+        first = await anext(iterator)
+    except StopAsyncIteration:
+        raise InvalidArgument(
+            "the stream ended before its header", reason="MISSING_HEADER"
+        ) from None
+    if first.WhichOneof("part") != "header":
+        raise InvalidArgument(
+            "the first message must be a header, not a chunk", reason="MISSING_HEADER"
+        )
+    header = first.header
+    received = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal received
+        async for request in iterator:
+            if request.WhichOneof("part") == "header":
+                raise InvalidArgument(
+                    f"a second header arrived after {received} bytes", reason="DUPLICATE_HEADER"
+                )
+            if request.chunk:
+                received += len(request.chunk)
+                yield request.chunk
+
+    return (
+        UploadHeader(
+            key=header.destination.key,
+            bucket=header.destination.bucket,
+            size=header.size_bytes,
+            sha256=header.sha256,
+            content_type=header.content_type,
+        ),
+        chunks(),
+    )
+
+
+class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
+    def __init__(self, ingestor: Ingestor) -> None:
+        self._ingestor = ingestor
+
+    async def IngestVideo(
+        self,
+        request_iterator: AsyncIterator[ingest_service_pb2.IngestVideoRequest],
+        context: Context,
+    ) -> ingest_service_pb2.IngestVideoResponse:
+        header, chunks = await read_upload(request_iterator)
+        result = await self._ingestor.ingest(header, chunks)
+        return convert.ingest_response(result)
+
+    async def ProbeVideo(
+        self, request: ingest_service_pb2.ProbeVideoRequest, context: Context
+    ) -> ingest_service_pb2.ProbeVideoResponse:
+        media = await self._ingestor.probe_object(request.object.bucket, request.object.key)
+        return ingest_service_pb2.ProbeVideoResponse(media_info=convert.media_info(media))
+
+    async def ImportUrl(
+        self, request: ingest_service_pb2.ImportUrlRequest, context: Context
+    ) -> AsyncIterator[ingest_service_pb2.ImportUrlResponse]:
+        raise Unimplemented("URL import is not available yet", reason="URL_IMPORT_UNAVAILABLE")
+        yield  # an async generator, as a server-streaming handler must be
