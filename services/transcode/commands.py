@@ -1,0 +1,289 @@
+"""ffmpeg argument lists for each step, built from plans (pure; nothing runs here).
+
+Every list goes after ``ffmpeg_runner.COMMON_ARGS`` and opens the untrusted source only through
+``ffmpeg_runner.source_input_args``. Output paths are absolute paths in the scratch directory,
+passed with an explicit ``-f`` so no name is ever interpreted.
+
+All outputs are 8-bit 4:2:0 with square pixels (``format=yuv420p``, ``setsar=1``) whatever the
+source's pixel format (4:4:4, 10-bit, ...), at a constant frame rate (an ``fps`` filter ahead of
+everything plus ``-fps_mode cfr``), with stereo 48 kHz audio; container metadata (GPS tags,
+device names) is not copied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from services.transcode.ffmpeg_runner import source_input_args
+from services.transcode.model import ClipContainer
+from services.transcode.plan import (
+    ClipPlan,
+    LadderPlan,
+    Rung,
+    StoryboardPlan,
+    ThumbnailPlan,
+)
+
+TILE_PATTERN = "tile_%05d.jpg"
+SPRITE_PATTERN = "sprite_%03d.jpg"
+SEGMENT_PATTERN = "seg_%05d.ts"
+AUDIO_RATE = 48000
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """Service-wide encoder knobs (from ``TranscodeSettings``)."""
+
+    #: ``-threads`` per encoder; 0 lets each encoder pick.
+    threads: int = 0
+    #: libvpx-vp9 ``-cpu-used`` (0 slowest/best .. 8 fastest) with ``-deadline good``.
+    vp9_cpu_used: int = 4
+    #: x264 CRF for re-encoded clips.
+    clip_crf: int = 20
+
+
+def _fps(fps: Fraction) -> str:
+    return f"{fps.numerator}/{fps.denominator}"
+
+
+def _threads(settings: EncoderSettings) -> list[str]:
+    return ["-threads", str(settings.threads)] if settings.threads > 0 else []
+
+
+def _keyframes(ladder: LadderPlan) -> list[str]:
+    """A keyframe at every segment boundary in every rung; no scene-cut keyframes."""
+    seg = f"{ladder.segment_seconds:g}"
+    gop = str(ladder.gop_frames)
+    return [
+        "-force_key_frames",
+        f"expr:gte(t,n_forced*{seg})",
+        "-sc_threshold",
+        "0",
+        "-g",
+        gop,
+        "-keyint_min",
+        gop,
+    ]
+
+
+def _aac(kbps: int) -> list[str]:
+    return ["-c:a", "aac", "-b:a", f"{kbps}k", "-ac", "2", "-ar", str(AUDIO_RATE)]
+
+
+def _scale(width: int, height: int) -> str:
+    return f"scale={width}:{height}:flags=bicubic,setsar=1,format=yuv420p"
+
+
+def _jpeg_scale(width: int, height: int) -> str:
+    """Scaling for JPEG stills: full-range 4:2:0 chosen explicitly, so the encoder opens even
+    when no frame arrives (a seek past the end), instead of failing on a default range."""
+    return f"scale={width}:{height}:flags=bicubic:out_range=full,setsar=1,format=yuvj420p"
+
+
+def ladder_command(
+    source: str,
+    ladder: LadderPlan,
+    outputs: dict[str, Path],
+    settings: EncoderSettings,
+    *,
+    storyboard: StoryboardPlan | None = None,
+    tiles_dir: Path | None = None,
+) -> list[str]:
+    """One decode, one frame-rate conversion, ``split`` into a ``scale`` per rung, one
+    H.264/AAC MP4 per rung (``outputs`` maps rung name to file). With a storyboard, one more
+    branch writes its tiles as small JPEGs (``fps,scale``: almost free once frames are
+    decoded); ``sprite_command`` then lays them out. The tiles are not tiled here because a
+    ``tile`` output emits nothing until a whole sheet is full, and ffmpeg reports no progress
+    until every output has started."""
+    branches = len(ladder.rungs) + (1 if storyboard is not None else 0)
+    labels = [f"s{i}" for i in range(branches)]
+    graph = [f"[0:v:0]fps={_fps(ladder.fps)},split={branches}" + "".join(f"[{x}]" for x in labels)]
+    for index, rung in enumerate(ladder.rungs):
+        graph.append(f"[s{index}]{_scale(rung.width, rung.height)}[v{index}]")
+    if storyboard is not None:
+        # Exactly ``tiles`` frames whatever the rounding at the end: clone the last frame past
+        # the end, cut at tiles x interval, then take one frame per interval.
+        span = f"{storyboard.tiles * storyboard.interval:.6g}"
+        graph.append(
+            f"[s{len(ladder.rungs)}]tpad=stop_mode=clone:stop_duration={span},trim=end={span},"
+            f"fps=1/{storyboard.interval:g},"
+            f"{_jpeg_scale(storyboard.tile_width, storyboard.tile_height)}[sb]"
+        )
+    args = [*source_input_args(source), "-filter_complex", ";".join(graph)]
+    if settings.threads > 0:
+        args += ["-filter_complex_threads", str(settings.threads)]
+    for index, rung in enumerate(ladder.rungs):
+        args += ["-map", f"[v{index}]"]
+        if ladder.audio:
+            args += ["-map", "0:a:0"]
+        args += _h264(rung, ladder, settings)
+        if ladder.audio:
+            args += _aac(rung.audio_bitrate_kbps)
+        args += ["-map_metadata", "-1", "-map_chapters", "-1", "-movflags", "+faststart"]
+        args += ["-f", "mp4", str(outputs[rung.name])]
+    if storyboard is not None:
+        assert tiles_dir is not None
+        args += ["-map", "[sb]", "-c:v", "mjpeg", "-q:v", "3", "-fps_mode", "passthrough"]
+        args += ["-start_number", "0", "-f", "image2", str(tiles_dir / TILE_PATTERN)]
+    return args
+
+
+def sprite_command(storyboard: StoryboardPlan, tiles_dir: Path, board_dir: Path) -> list[str]:
+    """Lays the storyboard tiles (our own files) out on sheets of columns x rows; the last
+    sheet is padded."""
+    return [
+        *("-protocol_whitelist", "file", "-f", "image2", "-framerate", "1"),
+        *("-start_number", "0", "-i", f"file:{tiles_dir / TILE_PATTERN}"),
+        *("-vf", f"tile={storyboard.columns}x{storyboard.rows}", "-c:v", "mjpeg", "-q:v", "5"),
+        *("-fps_mode", "passthrough", "-start_number", "0"),
+        *("-f", "image2", str(board_dir / SPRITE_PATTERN)),
+    ]
+
+
+def _h264(rung: Rung, ladder: LadderPlan, settings: EncoderSettings) -> list[str]:
+    kbps = rung.video_bitrate_kbps
+    return [
+        "-c:v",
+        "libx264",
+        "-preset",
+        ladder.preset,
+        "-profile:v",
+        "high",
+        "-b:v",
+        f"{kbps}k",
+        "-maxrate",
+        f"{kbps * 3 // 2}k",
+        "-bufsize",
+        f"{kbps * 2}k",
+        "-r",
+        _fps(ladder.fps),
+        "-fps_mode",
+        "cfr",
+        *_keyframes(ladder),
+        *_threads(settings),
+    ]
+
+
+def hls_command(ladder: LadderPlan, renditions: dict[str, Path], hls_dir: Path) -> list[str]:
+    """Packages every rung's MP4 as HLS (MPEG-TS segments) by stream copy, in one run. The
+    keyframes the ladder forced at segment boundaries make every variant cut at the same
+    times."""
+    args: list[str] = []
+    for rung in ladder.rungs:
+        args += ["-protocol_whitelist", "file", "-f", "mp4", "-i", f"file:{renditions[rung.name]}"]
+    for index, rung in enumerate(ladder.rungs):
+        variant = hls_dir / rung.name
+        args += ["-map", str(index), "-c", "copy", "-f", "hls"]
+        args += ["-hls_time", f"{ladder.segment_seconds:g}", "-hls_playlist_type", "vod"]
+        args += ["-hls_flags", "independent_segments", "-hls_segment_type", "mpegts"]
+        args += ["-start_number", "0", "-hls_list_size", "0"]
+        args += ["-hls_segment_filename", str(variant / SEGMENT_PATTERN)]
+        args += [str(variant / "index.m3u8")]
+    return args
+
+
+def webm_command(
+    source: str, ladder: LadderPlan, output: Path, settings: EncoderSettings
+) -> list[str]:
+    """VP9/Opus WebM at the top rung's size, constrained quality capped at about two thirds of
+    the H.264 rate (VP9 needs less for the same quality)."""
+    top = ladder.top
+    kbps = max(100, top.video_bitrate_kbps * 2 // 3)
+    args = [*source_input_args(source), "-map", "0:v:0"]
+    if ladder.audio:
+        args += ["-map", "0:a:0"]
+    args += ["-vf", f"fps={_fps(ladder.fps)},{_scale(top.width, top.height)}"]
+    args += ["-c:v", "libvpx-vp9", "-crf", "33", "-b:v", f"{kbps}k"]
+    args += ["-deadline", "good", "-cpu-used", str(settings.vp9_cpu_used), "-row-mt", "1"]
+    args += ["-r", _fps(ladder.fps), "-fps_mode", "cfr", *_keyframes(ladder)]
+    args += _threads(settings)
+    if ladder.audio:
+        args += ["-c:a", "libopus", "-b:a", "96k", "-ac", "2", "-ar", str(AUDIO_RATE)]
+    args += ["-map_metadata", "-1", "-map_chapters", "-1", "-f", "webm", str(output)]
+    return args
+
+
+def still_command(
+    source: str, times: list[float], outputs: list[Path], width: int, height: int
+) -> list[str]:
+    """One JPEG per time, in one process: each time is its own input with ``-ss`` before
+    ``-i`` (a demuxer seek, then decoding only up to that frame), much cheaper than decoding
+    the whole video through a ``select`` filter."""
+    args: list[str] = []
+    for time in times:
+        args += source_input_args(source, seek=time)
+    for index, output in enumerate(outputs):
+        args += ["-map", f"{index}:v:0", "-frames:v", "1"]
+        args += ["-vf", _jpeg_scale(width, height)]
+        args += ["-q:v", "3", "-update", "1", "-f", "image2", str(output)]
+    return args
+
+
+def thumbnail_command(
+    source: str, plan: ThumbnailPlan, poster: Path, thumbnails: list[Path]
+) -> list[str]:
+    return still_command(
+        source, [plan.poster_time, *plan.times], [poster, *thumbnails], plan.width, plan.height
+    )
+
+
+def audio_command(source: str, wav: Path, m4a: Path | None, channels: int) -> list[str]:
+    """The first audio stream as 16 kHz mono s16 WAV (what speech recognition wants) and, from
+    the same decode, AAC in an M4A (mono sources stay mono)."""
+    args = [*source_input_args(source), "-map", "0:a:0", "-vn", "-sn", "-dn"]
+    args += ["-c:a", "pcm_s16le", "-ac", "1", "-ar", "16000", "-rf64", "auto"]
+    args += ["-map_metadata", "-1", "-bitexact", "-f", "wav", str(wav)]
+    if m4a is not None:
+        args += ["-map", "0:a:0", "-vn", "-sn", "-dn"]
+        args += ["-c:a", "aac", "-b:a", "128k", "-ac", "1" if channels == 1 else "2"]
+        args += ["-map_metadata", "-1", "-movflags", "+faststart", "-f", "ipod", str(m4a)]
+    return args
+
+
+def clip_command(
+    source: str,
+    clip: ClipPlan,
+    output: Path,
+    *,
+    size: tuple[int, int] | None,
+    fps: Fraction | None,
+    preset: str,
+    has_audio: bool,
+    settings: EncoderSettings,
+) -> list[str]:
+    """A time range, seeking on the input. Stream copy starts at the keyframe at or before
+    ``start`` (fast, no quality loss); re-encoding starts on the exact frame (after a seek,
+    ffmpeg decodes from the previous keyframe and drops frames until ``start``)."""
+    args = [*source_input_args(source, seek=clip.start), "-t", f"{clip.duration:.3f}"]
+    has_video = size is not None
+    if has_video:
+        args += ["-map", "0:v:0"]
+    if has_audio:
+        args += ["-map", "0:a:0"]
+    webm = clip.container is ClipContainer.WEBM
+    if not clip.encode:
+        args += ["-c", "copy", "-avoid_negative_ts", "make_zero"]
+    else:
+        if size is not None and fps is not None:
+            args += ["-vf", f"fps={_fps(fps)},{_scale(*size)}", "-fps_mode", "cfr"]
+            if webm:
+                args += ["-c:v", "libvpx-vp9", "-crf", "32", "-b:v", "0"]
+                args += ["-deadline", "good", "-cpu-used", str(settings.vp9_cpu_used)]
+                args += ["-row-mt", "1"]
+            else:
+                args += ["-c:v", "libx264", "-preset", preset, "-crf", str(settings.clip_crf)]
+                args += ["-profile:v", "high"]
+            args += _threads(settings)
+        if has_audio:
+            if webm:
+                args += ["-c:a", "libopus", "-b:a", "96k", "-ac", "2", "-ar", str(AUDIO_RATE)]
+            else:
+                args += _aac(128)
+    args += ["-map_metadata", "-1", "-map_chapters", "-1"]
+    if webm:
+        args += ["-f", "webm", str(output)]
+    else:
+        args += ["-movflags", "+faststart", "-f", "mp4", str(output)]
+    return args

@@ -1,0 +1,142 @@
+"""Conversions between the wire messages and the core's dataclasses (protobuf only, no gRPC).
+
+Defaults the contract documents are applied here: a field left unset means "the default", so
+the core sees complete options.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from reelmill.v1 import media_pb2, pipeline_pb2
+from services.transcode.model import (
+    Artifact,
+    AudioInfo,
+    AudioOptions,
+    ClipContainer,
+    ClipOptions,
+    ProgressUpdate,
+    RungSpec,
+    SourceInfo,
+    StoryboardOptions,
+    ThumbnailOptions,
+    TranscodeOptions,
+    VideoInfo,
+)
+
+DEFAULT_SEGMENT_SECONDS = 4.0
+
+
+def seconds(duration: duration_pb2.Duration) -> float:
+    return duration.seconds + duration.nanos / 1e9
+
+
+def duration_message(value: float) -> duration_pb2.Duration:
+    message = duration_pb2.Duration()
+    message.FromNanoseconds(round(value * 1e9))
+    return message
+
+
+def source_info(media: media_pb2.MediaInfo) -> SourceInfo | None:
+    """The core's view of a probe result; ``None`` when the request carried none (the
+    service then probes the source itself)."""
+    if not media.video_streams and not media.audio_streams:
+        return None
+    video = audio = None
+    if media.video_streams:
+        stream = media.video_streams[0]
+        video = VideoInfo(
+            width=stream.width,
+            height=stream.height,
+            fps=stream.fps,
+            rotation=stream.rotation % 360,
+            codec=stream.codec,
+            pixel_format=stream.pixel_format,
+            bit_rate=stream.bit_rate,
+            duration=seconds(stream.duration),
+        )
+    if media.audio_streams:
+        track = media.audio_streams[0]
+        audio = AudioInfo(
+            codec=track.codec,
+            channels=track.channels,
+            sample_rate=track.sample_rate,
+            bit_rate=track.bit_rate,
+            duration=seconds(track.duration),
+        )
+    return SourceInfo(media.container, seconds(media.duration), video, audio)
+
+
+def transcode_options(spec: pipeline_pb2.TranscodeSpec) -> TranscodeOptions:
+    thumbs = spec.thumbnails
+    board = spec.storyboard
+    return TranscodeOptions(
+        ladder=tuple(
+            RungSpec(rung.height, rung.video_bitrate_kbps, rung.audio_bitrate_kbps)
+            for rung in spec.ladder
+        ),
+        hls=spec.hls if spec.HasField("hls") else True,
+        hls_segment_seconds=(
+            seconds(spec.hls_segment_duration)
+            if spec.HasField("hls_segment_duration")
+            else DEFAULT_SEGMENT_SECONDS
+        ),
+        webm=spec.webm if spec.HasField("webm") else False,
+        thumbnails=ThumbnailOptions(
+            enabled=thumbs.enabled if thumbs.HasField("enabled") else True,
+            count=thumbs.count or 5,
+            width=thumbs.width or 320,
+        ),
+        storyboard=StoryboardOptions(
+            enabled=board.enabled if board.HasField("enabled") else True,
+            interval=seconds(board.interval) if board.HasField("interval") else None,
+            tile_width=board.tile_width or 160,
+            columns=board.columns or 10,
+            rows=board.rows or 10,
+        ),
+        clips=tuple(
+            ClipOptions(
+                start=seconds(clip.start),
+                end=seconds(clip.end) if clip.HasField("end") else None,
+                container=(
+                    ClipContainer.WEBM
+                    if clip.container == pipeline_pb2.CLIP_CONTAINER_WEBM
+                    else ClipContainer.MP4
+                ),
+                frame_accurate=clip.frame_accurate,
+            )
+            for clip in spec.clips
+        ),
+        preset=spec.preset,
+    )
+
+
+def audio_options(spec: pipeline_pb2.AudioSpec) -> AudioOptions:
+    return AudioOptions(m4a=spec.m4a if spec.HasField("m4a") else True)
+
+
+def progress_message(update: ProgressUpdate) -> media_pb2.Progress:
+    return media_pb2.Progress(
+        fraction=update.fraction,
+        processed=duration_message(update.processed_seconds),
+        speed=update.speed,
+        message=update.message,
+    )
+
+
+def artifact_message(artifact: Artifact, *, now: datetime | None = None) -> media_pb2.Artifact:
+    created = timestamp_pb2.Timestamp()
+    created.FromDatetime(now or datetime.now(UTC))
+    return media_pb2.Artifact(
+        name=artifact.name,
+        kind=media_pb2.ArtifactKind.Value("ARTIFACT_KIND_" + artifact.kind.name),
+        object=media_pb2.ObjectRef(bucket=artifact.bucket, key=artifact.key),
+        content_type=artifact.content_type,
+        size_bytes=artifact.size,
+        sha256=artifact.sha256,
+        attributes=dict(artifact.attributes),
+        stage=artifact.stage,
+        create_time=created,
+    )

@@ -1,0 +1,162 @@
+"""Probing with PyAV (blocking: call these through ``asyncio.to_thread``).
+
+``probe_source`` is the fallback when a request carries no ``MediaInfo``; it opens the source
+with the same protocol and format whitelists as ffmpeg. ``inspect_output`` reads what a step
+wrote, for the artifact attributes and the HLS codec strings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import av.error
+
+from runtime.errors import InvalidArgument, NotFound, Unavailable
+from services.transcode.ffmpeg_runner import LOCAL_PROTOCOLS, REMOTE_PROTOCOLS, SOURCE_FORMATS
+from services.transcode.model import AudioInfo, SourceInfo, VideoInfo
+
+log = logging.getLogger(__name__)
+
+
+def probe_source(url: str, *, timeout: float = 30.0) -> SourceInfo:
+    """Probes an untrusted source (``url`` as ``ffmpeg_runner.source_url`` returns it)."""
+    remote = url.startswith(("http://", "https://"))
+    options = {
+        "protocol_whitelist": REMOTE_PROTOCOLS if remote else LOCAL_PROTOCOLS,
+        "format_whitelist": ",".join(SOURCE_FORMATS),
+    }
+    try:
+        container = av.open(url, options=options, timeout=timeout)
+    except (av.error.FileNotFoundError, av.error.HTTPNotFoundError):
+        raise NotFound("the source could not be found", reason="SOURCE_NOT_FOUND") from None
+    except av.error.ArgumentError:
+        raise InvalidArgument(
+            "the source is not a media format the service accepts", reason="UNSUPPORTED_FORMAT"
+        ) from None
+    except (av.error.HTTPError, av.error.TimeoutError, TimeoutError, ConnectionError) as exc:
+        log.warning("source unreadable", extra={"error": type(exc).__name__})
+        raise Unavailable(
+            "the source could not be read; try again", reason="SOURCE_UNAVAILABLE"
+        ) from None
+    except (av.error.FFmpegError, OSError):
+        raise InvalidArgument(
+            "the source could not be decoded; it is corrupt or not a supported video",
+            reason="CORRUPT_SOURCE",
+        ) from None
+    with container:
+        duration = container.duration / av.time_base if container.duration else 0.0
+        video = audio = None
+        if container.streams.video:
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            rotation = 0
+            with contextlib.suppress(av.error.FFmpegError, StopIteration, ValueError):
+                rotation = int(next(container.decode(stream)).rotation) % 360
+            video = VideoInfo(
+                width=stream.codec_context.width,
+                height=stream.codec_context.height,
+                fps=float(rate) if rate else 0.0,
+                rotation=rotation,
+                codec=stream.codec_context.name,
+                pixel_format=_pixel_format(stream),
+                bit_rate=stream.codec_context.bit_rate or 0,
+                duration=_seconds(stream),
+            )
+        if container.streams.audio:
+            track = container.streams.audio[0]
+            audio = AudioInfo(
+                codec=track.codec_context.name,
+                channels=track.codec_context.channels,
+                sample_rate=track.codec_context.sample_rate,
+                bit_rate=track.codec_context.bit_rate or 0,
+                duration=_seconds(track),
+            )
+        return SourceInfo(container.format.name, duration, video, audio)
+
+
+def _pixel_format(stream: av.VideoStream) -> str:
+    fmt = stream.codec_context.format
+    return fmt.name if fmt is not None else ""
+
+
+def _seconds(stream: av.stream.Stream) -> float:
+    if stream.duration is None or stream.time_base is None:
+        return 0.0
+    return float(stream.duration * stream.time_base)
+
+
+@dataclass(frozen=True)
+class OutputFacts:
+    duration: float
+    bit_rate: int
+    video_codec: str = ""
+    width: int = 0
+    height: int = 0
+    fps: float = 0.0
+    #: The video stream's extradata (an ``avcC`` record for H.264 in MP4).
+    video_extradata: bytes = b""
+    audio_codec: str = ""
+    channels: int = 0
+    sample_rate: int = 0
+
+    def attributes(self) -> dict[str, str]:
+        """The artifact attributes these facts give."""
+        facts = {"duration_seconds": f"{self.duration:.3f}", "bit_rate": str(self.bit_rate)}
+        if self.video_codec:
+            facts |= {
+                "codec": self.video_codec,
+                "width": str(self.width),
+                "height": str(self.height),
+            }
+            if self.fps:
+                facts["fps"] = f"{self.fps:.3f}"
+        if self.audio_codec:
+            facts |= {
+                "audio_codec": self.audio_codec,
+                "channels": str(self.channels),
+                "sample_rate": str(self.sample_rate),
+            }
+            if not self.video_codec:
+                facts["codec"] = self.audio_codec
+        return facts
+
+
+def inspect_output(path: Path) -> OutputFacts:
+    """Facts about a file the service wrote (trusted)."""
+    with av.open(str(path)) as container:
+        duration = container.duration / av.time_base if container.duration else 0.0
+        bit_rate = container.bit_rate or (
+            round(path.stat().st_size * 8 / duration) if duration else 0
+        )
+        facts = OutputFacts(duration=duration, bit_rate=bit_rate)
+        if container.streams.video:
+            video = container.streams.video[0]
+            rate = video.average_rate or video.guessed_rate
+            facts = dataclasses.replace(
+                facts,
+                video_codec=video.codec_context.name,
+                width=video.codec_context.width,
+                height=video.codec_context.height,
+                fps=float(rate) if rate else 0.0,
+                video_extradata=bytes(video.codec_context.extradata or b""),
+            )
+        if container.streams.audio:
+            audio = container.streams.audio[0]
+            facts = dataclasses.replace(
+                facts,
+                audio_codec=audio.codec_context.name,
+                channels=audio.codec_context.channels,
+                sample_rate=audio.codec_context.sample_rate,
+            )
+        return facts
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return stream.codec_context.width, stream.codec_context.height

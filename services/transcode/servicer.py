@@ -1,0 +1,75 @@
+"""TranscodeService over gRPC: messages in, ``Transcoder`` calls, messages out.
+
+Both RPCs stream ``progress`` updates and end with one ``result``. Errors are raised as
+``runtime.errors`` exceptions and mapped to statuses by the shared interceptor. A cancelled
+call (client cancel, deadline) cancels the handler, and closing the transcoder's iterator
+stops ffmpeg and removes scratch before the handler returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from reelmill.v1 import transcode_service_pb2 as pb
+from reelmill.v1 import transcode_service_pb2_grpc as pb_grpc
+from runtime.logs import log_context
+from services.transcode import messages
+from services.transcode.model import Outcome, ProgressUpdate
+from services.transcode.transcoder import SourceRef, Transcoder
+
+
+class TranscodeServicer(pb_grpc.TranscodeServiceServicer):
+    def __init__(self, transcoder: Transcoder) -> None:
+        self._transcoder = transcoder
+
+    async def Transcode(
+        self, request: pb.TranscodeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.TranscodeResponse]:
+        if request.spec.disabled:
+            yield pb.TranscodeResponse(result=pb.TranscodeResult())
+            return
+        updates = self._transcoder.transcode(
+            SourceRef(request.source.key, request.source.bucket),
+            messages.source_info(request.media_info),
+            messages.transcode_options(request.spec),
+            request.output_prefix,
+        )
+        with log_context(stage="transcode"):
+            async with contextlib.aclosing(updates):
+                async for update in updates:
+                    if isinstance(update, ProgressUpdate):
+                        yield pb.TranscodeResponse(progress=messages.progress_message(update))
+                    else:
+                        yield pb.TranscodeResponse(
+                            result=pb.TranscodeResult(artifacts=_artifacts(update))
+                        )
+
+    async def ExtractAudio(
+        self, request: pb.ExtractAudioRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.ExtractAudioResponse]:
+        if request.spec.disabled:
+            yield pb.ExtractAudioResponse(result=pb.ExtractAudioResult())
+            return
+        updates = self._transcoder.extract_audio(
+            SourceRef(request.source.key, request.source.bucket),
+            messages.source_info(request.media_info),
+            messages.audio_options(request.spec),
+            request.output_prefix,
+        )
+        with log_context(stage="audio"):
+            async with contextlib.aclosing(updates):
+                async for update in updates:
+                    if isinstance(update, ProgressUpdate):
+                        yield pb.ExtractAudioResponse(progress=messages.progress_message(update))
+                    else:
+                        yield pb.ExtractAudioResponse(
+                            result=pb.ExtractAudioResult(artifacts=_artifacts(update))
+                        )
+
+
+def _artifacts(outcome: Outcome) -> list[Any]:
+    return [messages.artifact_message(artifact) for artifact in outcome.artifacts]

@@ -1,0 +1,333 @@
+"""The transcode service's core: a request in, progress and then the stored artifacts out.
+
+``Transcoder.transcode`` and ``Transcoder.extract_audio`` are async iterators of
+``ProgressUpdate`` ending with one ``Outcome``. The work runs in a task that reports through a
+``ProgressTracker`` into a queue the iterator drains. When the consumer goes away (the RPC is
+cancelled, its deadline passes) the iterator's ``finally`` cancels that task, which stops
+ffmpeg (``FfmpegRunner``), removes the scratch directory and deletes anything it had already
+uploaded, before the iterator itself finishes.
+
+Flow of a request: check the output prefix; stat the source and get the URL ffmpeg reads
+(``ObjectStore.media_url``: a path for the local store, a presigned URL for S3); use the
+request's probe or probe the source; plan (validation errors surface here, before any work);
+wait for a slot; run the steps into scratch; upload everything to
+``{output_prefix}{name}``; return the artifacts. Outputs go up only after every step has
+succeeded, so a failed request leaves nothing new under its prefix, and keys are
+deterministic, so a retry overwrites.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from runtime.errors import FailedPrecondition, InvalidArgument
+from runtime.storage import ObjectStore
+from services.transcode import steps
+from services.transcode.commands import EncoderSettings
+from services.transcode.ffmpeg_runner import FfmpegRunner, source_url
+from services.transcode.model import (
+    Artifact,
+    AudioOptions,
+    Outcome,
+    ProgressUpdate,
+    SourceInfo,
+    TranscodeOptions,
+)
+from services.transcode.plan import TranscodePlan, plan_transcode
+from services.transcode.probe import probe_source
+from services.transcode.progress import ProgressTracker
+from services.transcode.steps import Output, StepContext
+from services.transcode.workspace import Slots, scratch_dir
+
+log = logging.getLogger(__name__)
+
+Update = ProgressUpdate | Outcome
+REFERENCE_PIXELS = 1280 * 720
+
+
+@dataclass(frozen=True)
+class TranscoderConfig:
+    scratch_dir: Path
+    #: x264 preset when the spec names none.
+    preset: str = "veryfast"
+    encoder: EncoderSettings = field(default_factory=EncoderSettings)
+    #: Transcodes running at once; more wait, up to ``max_waiting``, then RESOURCE_EXHAUSTED.
+    max_concurrent: int = 1
+    max_waiting: int = 16
+    #: Audio extractions running at once (cheap; kept apart so transcription is not stuck
+    #: behind long transcodes).
+    max_concurrent_audio: int = 2
+    #: Uploads in flight per request.
+    upload_concurrency: int = 8
+    probe_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    key: str
+    #: Empty means the store's bucket, the only one the service reads.
+    bucket: str = ""
+
+
+def normalize_prefix(prefix: str) -> str:
+    """A safe relative key prefix ending in "/"."""
+    parts = prefix.rstrip("/").split("/")
+    if (
+        not prefix
+        or prefix.startswith("/")
+        or "\\" in prefix
+        or any(part in ("", ".", "..") for part in parts)
+        or any(ord(char) < 32 or ord(char) == 127 for char in prefix)
+    ):
+        raise InvalidArgument(
+            "output_prefix must be a relative key prefix such as 'jobs/123/'",
+            reason="INVALID_OUTPUT_PREFIX",
+        )
+    return prefix if prefix.endswith("/") else prefix + "/"
+
+
+def step_weights(plan: TranscodePlan, info: SourceInfo) -> dict[str, float]:
+    """Each step's expected cost in seconds of 720p H.264 encoding (rough, but it keeps the
+    overall fraction moving at a steady pace)."""
+    duration = max(info.duration, 1.0)
+    weights: dict[str, float] = {}
+    if plan.ladder is not None and info.video is not None:
+        width, height = info.video.display_size
+        encode = sum(rung.width * rung.height for rung in plan.ladder.rungs) / REFERENCE_PIXELS
+        weights["ladder"] = duration * (0.25 * width * height / REFERENCE_PIXELS + encode)
+        if plan.hls:
+            weights["hls"] = 0.2 + 0.01 * duration * len(plan.ladder.rungs)
+        if plan.webm:
+            top = plan.ladder.top
+            weights["webm"] = duration * 2.5 * top.width * top.height / REFERENCE_PIXELS
+    if plan.storyboard is not None:
+        weights["storyboard"] = 0.1 + 0.002 * plan.storyboard.tiles
+    if plan.thumbnails is not None:
+        weights["thumbnails"] = 0.3 + 0.1 * (len(plan.thumbnails.times) + 1)
+    clip_pixels = (plan.clip_size[0] * plan.clip_size[1]) if plan.clip_size else REFERENCE_PIXELS
+    for clip in plan.clips:
+        if clip.encode:
+            weights[f"clip{clip.index}"] = 0.2 + clip.duration * clip_pixels / REFERENCE_PIXELS
+        else:
+            weights[f"clip{clip.index}"] = 0.1 + 0.01 * clip.duration
+    weights["upload"] = 0.1 + 0.05 * sum(weights.values())
+    return weights
+
+
+class Transcoder:
+    def __init__(self, store: ObjectStore, runner: FfmpegRunner, config: TranscoderConfig) -> None:
+        self.store = store
+        self.runner = runner
+        self.config = config
+        self._transcode_slots = Slots(config.max_concurrent, config.max_waiting)
+        self._audio_slots = Slots(config.max_concurrent_audio, config.max_waiting)
+
+    def transcode(
+        self,
+        source: SourceRef,
+        info: SourceInfo | None,
+        options: TranscodeOptions,
+        output_prefix: str,
+    ) -> AsyncGenerator[Update, None]:
+        return _stream(
+            lambda tracker: self._transcode(source, info, options, output_prefix, tracker)
+        )
+
+    def extract_audio(
+        self,
+        source: SourceRef,
+        info: SourceInfo | None,
+        options: AudioOptions,
+        output_prefix: str,
+    ) -> AsyncGenerator[Update, None]:
+        return _stream(
+            lambda tracker: self._extract_audio(source, info, options, output_prefix, tracker)
+        )
+
+    async def _transcode(
+        self,
+        source: SourceRef,
+        info: SourceInfo | None,
+        options: TranscodeOptions,
+        output_prefix: str,
+        tracker: ProgressTracker,
+    ) -> Outcome:
+        prefix = normalize_prefix(output_prefix)
+        url, redact = await self._resolve(source)
+        info = info or await self._probe(url)
+        plan = plan_transcode(options, info, preset=self.config.preset)
+        tracker.set_weights(step_weights(plan, info))
+        waiting = lambda: tracker.note("waiting for a free slot")  # noqa: E731
+        async with (
+            self._transcode_slots.hold(waiting),
+            scratch_dir(self.config.scratch_dir, "transcode") as scratch,
+        ):
+            ctx = self._context(url, redact, info, scratch, tracker)
+            outputs = await _run_steps(ctx, plan)
+            artifacts = await self._upload(outputs, prefix, tracker, stage="transcode")
+        tracker.finish()
+        log.info("transcoded", extra={"artifacts": len(artifacts), "prefix": prefix})
+        return Outcome(artifacts)
+
+    async def _extract_audio(
+        self,
+        source: SourceRef,
+        info: SourceInfo | None,
+        options: AudioOptions,
+        output_prefix: str,
+        tracker: ProgressTracker,
+    ) -> Outcome:
+        prefix = normalize_prefix(output_prefix)
+        url, redact = await self._resolve(source)
+        info = info or await self._probe(url)
+        if info.audio is None:
+            # Not an error: a silent video simply has nothing to transcribe. An empty result
+            # tells the caller to skip transcription.
+            tracker.finish("the source has no audio")
+            return Outcome(())
+        tracker.set_weights({"audio": 1.0, "upload": 0.1})
+        waiting = lambda: tracker.note("waiting for a free slot")  # noqa: E731
+        async with (
+            self._audio_slots.hold(waiting),
+            scratch_dir(self.config.scratch_dir, "audio") as scratch,
+        ):
+            ctx = self._context(url, redact, info, scratch, tracker)
+            outputs = await steps.extract_audio(ctx, options)
+            artifacts = await self._upload(outputs, prefix, tracker, stage="audio")
+        tracker.finish()
+        return Outcome(artifacts)
+
+    def _context(
+        self,
+        url: str,
+        redact: tuple[str, ...],
+        info: SourceInfo,
+        scratch: Path,
+        tracker: ProgressTracker,
+    ) -> StepContext:
+        return StepContext(
+            runner=self.runner,
+            source=url,
+            redact=redact,
+            info=info,
+            scratch=scratch,
+            tracker=tracker,
+            encoder=self.config.encoder,
+        )
+
+    async def _resolve(self, source: SourceRef) -> tuple[str, tuple[str, ...]]:
+        """The URL ffmpeg reads the source from, and what of it must never be logged."""
+        if source.bucket and source.bucket != self.store.bucket:
+            raise FailedPrecondition(
+                f"the service reads only bucket {self.store.bucket!r}", reason="UNKNOWN_BUCKET"
+            )
+        if not source.key:
+            raise InvalidArgument("source.key is required", reason="MISSING_SOURCE")
+        await self.store.stat(source.key)
+        url = source_url(await self.store.media_url(source.key))
+        remote = url.startswith(("http://", "https://"))
+        return url, ((url,) if remote else ())
+
+    async def _probe(self, url: str) -> SourceInfo:
+        return await asyncio.to_thread(probe_source, url, timeout=self.config.probe_timeout)
+
+    async def _upload(
+        self, outputs: Sequence[Output], prefix: str, tracker: ProgressTracker, *, stage: str
+    ) -> tuple[Artifact, ...]:
+        """Uploads every output (a few at a time); if any fails or the request is cancelled,
+        deletes those already stored and re-raises."""
+        tracker.begin("upload", f"storing {len(outputs)} files")
+        if not outputs:
+            return ()
+        limit = asyncio.Semaphore(self.config.upload_concurrency)
+        stored: list[str] = []
+
+        async def upload(output: Output) -> Artifact:
+            async with limit:
+                obj = await self.store.put_file(
+                    prefix + output.name, output.path, content_type=output.content_type
+                )
+            stored.append(obj.key)
+            tracker.update(len(stored) / len(outputs))
+            return Artifact(
+                name=output.name,
+                kind=output.kind,
+                bucket=obj.bucket,
+                key=obj.key,
+                content_type=obj.content_type,
+                size=obj.size,
+                sha256=obj.sha256,
+                attributes=MappingProxyType(dict(output.attributes)),
+                stage=stage,
+            )
+
+        tasks = [asyncio.create_task(upload(output)) for output in outputs]
+        try:
+            return tuple(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
+            await self._discard(stored)
+            raise
+
+    async def _discard(self, keys: Sequence[str]) -> None:
+        """Best effort, and not stopped by a second cancel."""
+
+        async def delete_all() -> None:
+            for key in keys:
+                try:
+                    await self.store.delete(key)
+                except Exception:
+                    log.warning("could not delete a partial output", extra={"key": key})
+
+        if keys:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(asyncio.wait_for(delete_all(), 60))
+
+
+async def _run_steps(ctx: StepContext, plan: TranscodePlan) -> list[Output]:
+    outputs: list[Output] = []
+    if plan.ladder is not None:
+        renditions, facts, board = await steps.encode_ladder(ctx, plan.ladder, plan.storyboard)
+        outputs += renditions
+        if plan.hls:
+            outputs += await steps.package_hls(ctx, plan.ladder, renditions, facts)
+        if plan.webm:
+            outputs += await steps.encode_webm(ctx, plan.ladder)
+        if plan.thumbnails is not None:
+            outputs += await steps.extract_thumbnails(ctx, plan.thumbnails)
+        outputs += board
+    preset = plan.ladder.preset if plan.ladder else "veryfast"
+    for clip in plan.clips:
+        outputs.append(await steps.cut_clip(ctx, clip, plan, preset))
+    return outputs
+
+
+class _Done:
+    pass
+
+
+async def _stream(
+    work: Callable[[ProgressTracker], Coroutine[Any, Any, Outcome]],
+) -> AsyncGenerator[Update, None]:
+    queue: asyncio.Queue[ProgressUpdate | _Done] = asyncio.Queue()
+    tracker = ProgressTracker(queue.put_nowait)
+    tracker.note("starting")
+    task = asyncio.create_task(work(tracker), name="transcode-work")
+    task.add_done_callback(lambda _: queue.put_nowait(_Done()))
+    try:
+        while not isinstance(item := await queue.get(), _Done):
+            yield item
+        yield task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
