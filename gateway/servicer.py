@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import mimetypes
 import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -50,6 +51,12 @@ def sanitize_filename(name: str) -> str:
     base = re.split(r"[\\/]", name)[-1]
     base = _CONTROL.sub("", base).strip().lstrip(".")
     return base[:255] or "upload"
+
+
+def guess_content_type(filename: str) -> str:
+    """A media type from the file name's extension; empty lets ingest's probe decide."""
+    guessed, _ = mimetypes.guess_type(sanitize_filename(filename))
+    return guessed if guessed and guessed.startswith(("video/", "audio/")) else ""
 
 
 def validate_labels(labels: dict[str, str]) -> dict[str, str]:
@@ -124,7 +131,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                             destination=destination,
                             size_bytes=message.header.size_bytes,
                             sha256=message.header.sha256,
-                            content_type=message.header.content_type,
+                            content_type=message.header.content_type
+                            or guess_content_type(message.header.filename),
                         )
                     )
                 else:

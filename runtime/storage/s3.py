@@ -11,11 +11,13 @@ size.
 
 - An object no larger than one part is sent on ``commit()`` as a single PUT, carrying its
   content type and SHA-256 (user metadata ``x-amz-meta-sha256``).
-- A larger one is completed on ``commit()``; because S3 fixes metadata when a multipart upload
-  is *created* (before the digest is known), the completed object is then copied onto itself
-  with its final metadata (a metadata-only update on MinIO; a server-side copy on AWS, done as
-  a multipart copy above 5 GiB). Between those two calls the object is visible without its
-  sha256; if the copy fails, the object is deleted and the commit fails.
+- A larger one is completed on ``commit()``. S3 fixes metadata when a multipart upload is
+  *created*, before the digest is known, so the digest goes into an object tag (``sha256``),
+  a metadata-only call that copies no data; ``stat`` reads it from there. Only when the
+  content type changed after the upload began is the object copied onto itself with its final
+  metadata (a server-side copy; a multipart copy above 5 GiB). Between completing and tagging,
+  the object is visible without its sha256; if tagging fails, the object is deleted and the
+  commit fails.
 - ``abort()`` aborts the multipart upload after the parts in flight have finished.
 
 This uses minio's multipart primitives (``_create_multipart_upload``, ``_upload_part``,
@@ -40,7 +42,7 @@ from typing import Any, TypeVar
 
 import urllib3
 from minio import Minio
-from minio.commonconfig import REPLACE, CopySource
+from minio.commonconfig import REPLACE, CopySource, Tags
 from minio.datatypes import Part
 from minio.deleteobjects import DeleteObject
 from minio.error import MinioException, S3Error, ServerError
@@ -58,6 +60,8 @@ MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
 MAX_PARTS = 10_000
 SHA256_HEADER = "x-amz-meta-sha256"
+#: Object tag holding the SHA-256 of objects written in several parts.
+SHA256_TAG = "sha256"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 MEDIA_URL_EXPIRY = timedelta(hours=1)
 
@@ -107,6 +111,7 @@ class _S3Writer(StagedWriter):
         self._next_part = 1
         self._parts: list[tuple[int, asyncio.Future[str]]] = []
         self._completed = False
+        self._created_content_type = content_type
 
     def _translate(self, exc: BaseException) -> BaseException:
         return translate(exc, self.key)
@@ -146,9 +151,19 @@ class _S3Writer(StagedWriter):
         if self._upload_id is None:
             await self._store._ensure_bucket()
             headers = {"Content-Type": self.content_type}
-            self._upload_id = await self._run(
+            self._created_content_type = self.content_type
+            future = self._spawn(
                 self._client._create_multipart_upload, self.bucket, self.key, headers
             )
+            try:
+                self._upload_id = await asyncio.shield(future)
+            except asyncio.CancelledError:
+                # The thread still creates the upload: keep its id so abort() can remove it.
+                with contextlib.suppress(Exception):
+                    self._upload_id = await asyncio.wait_for(asyncio.shield(future), 30)
+                raise
+            except Exception as exc:
+                raise self._translate(exc) from exc
 
     async def _wait_for_slot(self) -> None:
         while len(uploading := self._uploading()) >= self._store.parts_in_flight:
@@ -214,6 +229,13 @@ class _S3Writer(StagedWriter):
         )
         self._completed = True
         try:
+            if self.content_type == self._created_content_type:
+                # The digest as an object tag: a metadata-only call, no copy of the data.
+                tags = Tags.new_object_tags()
+                tags[SHA256_TAG] = stored.sha256
+                await self._run(self._client.set_object_tags, self.bucket, self.key, tags)
+                return stored
+            # The content type changed after the upload began: rewrite the metadata.
             await self._run(
                 self._client.copy_object,
                 self.bucket,
@@ -355,6 +377,9 @@ class S3ObjectStore(ObjectStore):
         result = await self._call(self._client.stat_object, self.bucket, key, key=key)
         metadata = result.metadata or {}
         sha256 = metadata.get(SHA256_HEADER) or metadata.get(SHA256_HEADER.title())
+        if not sha256:
+            tags = await self._call(self._client.get_object_tags, self.bucket, key, key=key)
+            sha256 = (tags or {}).get(SHA256_TAG)
         return ObjectInfo(
             key=key,
             size=int(result.size or 0),
