@@ -36,7 +36,7 @@ from runtime.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
-Context = grpc.aio.ServicerContext[Any, Any]  # noqa: the alias keeps signatures short
+Context = grpc.aio.ServicerContext[Any, Any]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
