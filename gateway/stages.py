@@ -17,8 +17,10 @@ from reelmill.v1 import (
     ingest_service_pb2_grpc,
     media_pb2,
     pipeline_pb2,
+    transcode_service_pb2,
+    transcode_service_pb2_grpc,
 )
-from runtime.errors import FailedPrecondition, from_rpc_error
+from runtime.errors import FailedPrecondition, Unavailable, from_rpc_error
 
 Report = Callable[[float, str], Awaitable[None]]
 
@@ -95,6 +97,103 @@ class ProbeStage(Stage):
             raise from_rpc_error(exc) from None
         info = to_json(response.media_info)
         return StageResult(outputs={"media_info": info}, job_fields={"media_info": info})
+
+
+async def follow_stream(call: Any, ctx: StageContext) -> Any:
+    """Consumes a stage's server stream: progress goes to ``ctx.report``; returns the
+    ``result``. Cancelling the stage cancels the call, which stops the service's work."""
+    try:
+        async for response in call:
+            kind = response.WhichOneof("update")
+            if kind == "progress":
+                await ctx.report(response.progress.fraction, response.progress.message)
+            elif kind == "result":
+                return response.result
+    except grpc.aio.AioRpcError as exc:
+        raise from_rpc_error(exc) from None
+    finally:
+        call.cancel()
+    raise Unavailable("the service ended the stream without a result", reason="NO_RESULT")
+
+
+def has_video(info: media_pb2.MediaInfo) -> bool:
+    return len(info.video_streams) > 0
+
+
+def has_audio(info: media_pb2.MediaInfo) -> bool:
+    return len(info.audio_streams) > 0
+
+
+class TranscodeStage(Stage):
+    """Renditions (MP4 ladder, HLS, WebM), thumbnails, storyboard and clips."""
+
+    name = "transcode"
+    depends_on = ("probe",)
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.transcode = transcode_service_pb2_grpc.TranscodeServiceStub(channel)
+
+    def enabled(self, spec: pipeline_pb2.PipelineSpec) -> bool:
+        return not spec.transcode.disabled
+
+    def skip_reason(self, ctx: StageContext) -> str | None:
+        info = ctx.media_info
+        if not has_video(info) and not ctx.job.spec.transcode.clips:
+            return "the source has no video stream"
+        return None
+
+    async def run(self, ctx: StageContext) -> StageResult:
+        call = self.transcode.Transcode(
+            transcode_service_pb2.TranscodeRequest(
+                source=ctx.source,
+                media_info=ctx.media_info,
+                spec=ctx.job.spec.transcode,
+                output_prefix=ctx.output_prefix,
+            ),
+            timeout=ctx.timeout,
+        )
+        result = await follow_stream(call, ctx)
+        return StageResult(
+            outputs={"artifacts": [a.name for a in result.artifacts]},
+            artifacts=list(result.artifacts),
+        )
+
+
+class AudioStage(Stage):
+    """The audio track: 16 kHz mono WAV for transcription, and an AAC M4A."""
+
+    name = "audio"
+    depends_on = ("probe",)
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.transcode = transcode_service_pb2_grpc.TranscodeServiceStub(channel)
+
+    def enabled(self, spec: pipeline_pb2.PipelineSpec) -> bool:
+        return not spec.audio.disabled
+
+    def skip_reason(self, ctx: StageContext) -> str | None:
+        return None if has_audio(ctx.media_info) else "the source has no audio stream"
+
+    async def run(self, ctx: StageContext) -> StageResult:
+        call = self.transcode.ExtractAudio(
+            transcode_service_pb2.ExtractAudioRequest(
+                source=ctx.source,
+                media_info=ctx.media_info,
+                spec=ctx.job.spec.audio,
+                output_prefix=ctx.output_prefix,
+            ),
+            timeout=ctx.timeout,
+        )
+        result = await follow_stream(call, ctx)
+        outputs: dict[str, Any] = {"artifacts": [a.name for a in result.artifacts]}
+        for artifact in result.artifacts:
+            if artifact.kind == media_pb2.ARTIFACT_KIND_AUDIO_WAV:
+                outputs["wav"] = {
+                    "bucket": artifact.object.bucket,
+                    "key": artifact.object.key,
+                    "sha256": artifact.sha256,
+                }
+        return StageResult(outputs=outputs, artifacts=list(result.artifacts))
 
 
 def stage_states(stages: tuple[Stage, ...], spec: pipeline_pb2.PipelineSpec) -> dict[str, str]:

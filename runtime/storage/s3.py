@@ -378,7 +378,9 @@ class S3ObjectStore(ObjectStore):
         metadata = result.metadata or {}
         sha256 = metadata.get(SHA256_HEADER) or metadata.get(SHA256_HEADER.title())
         if not sha256:
-            tags = await self._call(self._client.get_object_tags, self.bucket, key, key=key)
+            tags: dict[str, str] | None = await self._call(
+                self._client.get_object_tags, self.bucket, key, key=key
+            )
             sha256 = (tags or {}).get(SHA256_TAG)
         return ObjectInfo(
             key=key,
