@@ -19,7 +19,7 @@ from gateway.orchestrator import Orchestrator
 from gateway.runs import Runs
 from gateway.servicer import JobServicer
 from gateway.settings import GatewaySettings
-from gateway.stages import ProbeStage, Stage
+from gateway.stages import AudioStage, ProbeStage, Stage, TranscodeStage
 from gateway.store import Store
 from reelmill.v1 import ingest_service_pb2_grpc, job_service_pb2, job_service_pb2_grpc
 from runtime.channels import internal_channel
@@ -72,12 +72,18 @@ async def assemble(settings: GatewaySettings) -> Gateway:
     objects = open_store(settings)
 
     channels = {
-        "ingest": internal_channel(
-            settings.ingest_target, max_message_mib=settings.max_message_mib
-        ),
+        name: internal_channel(target, max_message_mib=settings.max_message_mib)
+        for name, target in (
+            ("ingest", settings.ingest_target),
+            ("transcode", settings.transcode_target),
+        )
     }
     ingest = ingest_service_pb2_grpc.IngestServiceStub(channels["ingest"])
-    stages: list[Stage] = [ProbeStage(channels["ingest"])]
+    stages: list[Stage] = [
+        ProbeStage(channels["ingest"]),
+        TranscodeStage(channels["transcode"]),
+        AudioStage(channels["transcode"]),
+    ]
     orchestrator = Orchestrator(settings, runs, stages)
     hub.on(QUEUE_CHANNEL, orchestrator.on_queued)
     hub.on(CANCEL_CHANNEL, orchestrator.on_cancelled)

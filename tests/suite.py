@@ -17,9 +17,16 @@ import grpc
 import jwt
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from reelmill.v1 import pipeline_pb2
+
 from tests.servers import free_port, stop_process
 
 JWT_SECRET = "test-secret-" + "x" * 40
+#: A spec that runs only the probe stage: for tests about jobs, not media.
+PROBE_ONLY = pipeline_pb2.PipelineSpec(
+    transcode=pipeline_pb2.TranscodeSpec(disabled=True),
+    audio=pipeline_pb2.AudioSpec(disabled=True),
+)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -136,6 +143,7 @@ def run_suite(env: dict[str, str], gateways: int = 1) -> Iterator[Suite]:
     )
     try:
         suite.add("ingest", "services.ingest")
+        suite.add("transcode", "services.transcode")
         for _ in range(gateways):
             suite.add("gateway", "gateway")
         yield suite

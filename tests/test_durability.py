@@ -15,7 +15,7 @@ from reelmill.client import ReelmillClient
 from reelmill.v1 import job_pb2
 from tests.media import make_clip
 from tests.servers import PostgresServer
-from tests.suite import Suite, run_suite, token
+from tests.suite import PROBE_ONLY, Suite, run_suite, token
 
 pytestmark = pytest.mark.e2e
 
@@ -39,7 +39,7 @@ async def test_sigterm_hands_a_running_job_to_another_gateway(suite: Suite, tmp_
         video = await client.upload_file(make_clip(tmp_path / "a.mp4", seconds=1))
         ingest.send_signal(signal.SIGSTOP)  # the probe call hangs: the job stays in flight
         try:
-            job = await client.create_job(video.id)
+            job = await client.create_job(video.id, spec=PROBE_ONLY)
             for _ in range(100):
                 stage = (await client.get_job(job.id)).stages[0]
                 if stage.state == job_pb2.STAGE_STATE_RUNNING:

@@ -15,11 +15,11 @@ import grpc
 import pytest
 
 from reelmill.client import ReelmillClient
-from reelmill.v1 import job_pb2, job_service_pb2
+from reelmill.v1 import job_pb2, job_service_pb2, media_pb2
 from runtime.errors import error_info
 from tests.media import make_clip
 from tests.servers import PostgresServer, S3Server
-from tests.suite import Suite, run_suite, token
+from tests.suite import PROBE_ONLY, Suite, run_suite, token
 
 pytestmark = pytest.mark.e2e
 
@@ -101,7 +101,7 @@ async def test_upload_probe_and_job_through_real_processes(
     assert video.sha256 == hashlib.sha256(data).hexdigest()
     assert video.size_bytes == len(data)
 
-    job = await client.create_job(video.id, labels={"case": "e2e"})
+    job = await client.create_job(video.id, labels={"case": "e2e"}, spec=PROBE_ONLY)
     events = await asyncio.wait_for(run_to_end(client, job.id), 60)
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
     assert events[-1].job.state == job_pb2.JOB_STATE_SUCCEEDED
@@ -110,6 +110,44 @@ async def test_upload_probe_and_job_through_real_processes(
     probe = next(s for s in done.stages if s.name == "probe")
     assert probe.state == job_pb2.STAGE_STATE_SUCCEEDED and probe.attempts == 1
     assert done.media_info.video_streams[0].width == 1280
+    skipped = {s.name for s in done.stages if s.state == job_pb2.STAGE_STATE_SKIPPED}
+    assert skipped == {"transcode", "audio"}, done.stages  # switched off in the spec
+
+
+async def test_full_pipeline_produces_downloadable_artifacts(
+    suite: Suite, client: ReelmillClient, tmp_path: Path
+) -> None:
+    clip = make_clip(tmp_path / "full.mp4", seconds=3, width=320, height=240)
+    video = await client.upload_file(clip)
+    job = await client.create_job(video.id)
+    events = await asyncio.wait_for(run_to_end(client, job.id), 240)
+    done = events[-1].job
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
+    states = {s.name: s.state for s in done.stages}
+    assert states["transcode"] == job_pb2.STAGE_STATE_SUCCEEDED
+    assert states["audio"] == job_pb2.STAGE_STATE_SUCCEEDED
+    progress = [
+        e.stage_updated.stage.progress
+        for e in events
+        if e.stage_updated.stage.name == "transcode"
+        and e.stage_updated.stage.state == job_pb2.STAGE_STATE_RUNNING
+    ]
+    assert progress == sorted(progress)  # progress only moves forward
+    names = {a.name for a in done.artifacts}
+    assert any(n.endswith(".mp4") and n.startswith("renditions/") for n in names), names
+    assert any(n.endswith("master.m3u8") for n in names), names
+    assert any(n.endswith(".wav") for n in names), names
+    keys = stored_keys(suite)
+    for artifact in done.artifacts:
+        assert any(k.endswith(artifact.object.key) for k in keys), artifact.object.key
+    wav = next(a for a in done.artifacts if a.kind == media_pb2.ARTIFACT_KIND_AUDIO_WAV)
+    target = tmp_path / "audio.wav"
+    downloaded = await client.download_artifact(job.id, wav.name, target)
+    assert downloaded.sha256 == hashlib.sha256(target.read_bytes()).hexdigest()
+    assert target.stat().st_size == wav.size_bytes
+    url = await client.artifact_url(job.id, wav.name)
+    assert url.startswith("http://" if getattr(suite, "backend") == "s3" else "file://")
+    assert scratch_left(suite) == []
 
 
 async def test_generated_clip_with_audio(client: ReelmillClient, tmp_path: Path) -> None:
@@ -189,7 +227,7 @@ async def test_watch_resumes_after_disconnect_exactly_once(
     client: ReelmillClient, tmp_path: Path
 ) -> None:
     video = await client.upload_file(make_clip(tmp_path / "a.mp4", seconds=1))
-    job = await client.create_job(video.id)
+    job = await client.create_job(video.id, spec=PROBE_ONLY)
     seen: list[int] = []
     call = client.stub.WatchJob(
         job_service_pb2.WatchJobRequest(job_id=job.id), metadata=client._metadata
@@ -217,7 +255,7 @@ async def test_job_run_by_one_gateway_is_watched_through_another(
         ReelmillClient(second.address, token=owner) as b,
     ):
         video = await a.upload_file(video_path)
-        job = await a.create_job(video.id)
+        job = await a.create_job(video.id, spec=PROBE_ONLY)
         via_a, via_b = await asyncio.wait_for(
             asyncio.gather(run_to_end(a, job.id), run_to_end(b, job.id)), 60
         )
@@ -233,15 +271,15 @@ async def test_job_run_by_one_gateway_is_watched_through_another(
 
 async def test_request_id_makes_create_idempotent(client: ReelmillClient, tmp_path: Path) -> None:
     video = await client.upload_file(make_clip(tmp_path / "c.mp4", seconds=1))
-    first = await client.create_job(video.id, request_id="same")
-    again = await client.create_job(video.id, request_id="same")
-    other = await client.create_job(video.id, request_id="other")
+    first = await client.create_job(video.id, request_id="same", spec=PROBE_ONLY)
+    again = await client.create_job(video.id, request_id="same", spec=PROBE_ONLY)
+    other = await client.create_job(video.id, request_id="other", spec=PROBE_ONLY)
     assert again.id == first.id and other.id != first.id
 
 
 async def test_list_jobs_paginates(client: ReelmillClient, tmp_path: Path) -> None:
     video = await client.upload_file(make_clip(tmp_path / "d.mp4", seconds=1))
-    ids = [(await client.create_job(video.id)).id for _ in range(5)]
+    ids = [(await client.create_job(video.id, spec=PROBE_ONLY)).id for _ in range(5)]
     seen: list[str] = []
     token_ = ""
     while True:
@@ -257,7 +295,7 @@ async def test_cancel_running_job(suite: Suite, client: ReelmillClient, tmp_path
     ingest = suite.processes["ingest"][0].proc
     ingest.send_signal(signal.SIGSTOP)  # the probe stage now hangs mid-call
     try:
-        job = await client.create_job(video.id)
+        job = await client.create_job(video.id, spec=PROBE_ONLY)
         for _ in range(100):
             current = await client.get_job(job.id)
             if current.stages[0].state == job_pb2.STAGE_STATE_RUNNING:
@@ -279,13 +317,13 @@ async def test_cancel_running_job(suite: Suite, client: ReelmillClient, tmp_path
 
 async def test_owners_are_isolated(suite: Suite, client: ReelmillClient, tmp_path: Path) -> None:
     video = await client.upload_file(make_clip(tmp_path / "f.mp4", seconds=1))
-    job = await client.create_job(video.id)
+    job = await client.create_job(video.id, spec=PROBE_ONLY)
     async with ReelmillClient(suite.gateway, token=token()) as stranger:
         for call in (
             stranger.get_job(job.id),
             stranger.cancel_job(job.id),
             stranger.get_video(video.id),
-            stranger.create_job(video.id),
+            stranger.create_job(video.id, spec=PROBE_ONLY),
         ):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await call

@@ -28,7 +28,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from reelmill.cli.config import CliSettings
 
 #: Internal services, in start order; the gateway starts last, stops first.
-SERVICES: tuple[tuple[str, str], ...] = (("ingest", "services.ingest"),)
+SERVICES: tuple[tuple[str, str], ...] = (
+    ("ingest", "services.ingest"),
+    ("transcode", "services.transcode"),
+)
 GATEWAY = ("gateway", "gateway")
 START_TIMEOUT = 120.0
 STOP_GRACE = 30.0
