@@ -18,7 +18,6 @@ import jwt
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from reelmill.v1 import pipeline_pb2
-
 from tests.servers import free_port, stop_process
 
 JWT_SECRET = "test-secret-" + "x" * 40

@@ -146,7 +146,7 @@ async def test_full_pipeline_produces_downloadable_artifacts(
     assert downloaded.sha256 == hashlib.sha256(target.read_bytes()).hexdigest()
     assert target.stat().st_size == wav.size_bytes
     url = await client.artifact_url(job.id, wav.name)
-    assert url.startswith("http://" if getattr(suite, "backend") == "s3" else "file://")
+    assert url.startswith("http://" if suite.backend == "s3" else "file://")
     assert scratch_left(suite) == []
 
 
