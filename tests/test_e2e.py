@@ -330,3 +330,40 @@ async def test_owners_are_isolated(suite: Suite, client: ReelmillClient, tmp_pat
             assert caught.value.code() == grpc.StatusCode.NOT_FOUND
         jobs, _ = await stranger.list_jobs()
         assert jobs == []
+
+
+def ffmpeg_children(pid: int) -> list[int]:
+    import psutil
+
+    return [
+        child.pid
+        for child in psutil.Process(pid).children(recursive=True)
+        if "ffmpeg" in child.name().lower()
+    ]
+
+
+async def test_cancel_mid_transcode_stops_ffmpeg_and_cleans_up(
+    suite: Suite, client: ReelmillClient, tmp_path: Path
+) -> None:
+    clip = make_clip(tmp_path / "long.mp4", seconds=40, width=640, height=480)
+    video = await client.upload_file(clip)
+    job = await client.create_job(video.id)
+    transcode = suite.processes["transcode"][0].proc
+    async for event in client.watch_job(job.id):
+        stage = event.stage_updated.stage
+        if stage.name == "transcode" and stage.state == job_pb2.STAGE_STATE_RUNNING and (
+            stage.progress > 0.05
+        ):
+            break
+    assert ffmpeg_children(transcode.pid), "ffmpeg should be running mid-transcode"
+    cancelled = await client.cancel_job(job.id)
+    assert cancelled.state == job_pb2.JOB_STATE_CANCELLED
+    for _ in range(100):
+        if not ffmpeg_children(transcode.pid) and not scratch_left(suite):
+            break
+        await asyncio.sleep(0.1)
+    assert ffmpeg_children(transcode.pid) == []
+    assert scratch_left(suite) == []
+    final = await client.get_job(job.id)
+    assert final.state == job_pb2.JOB_STATE_CANCELLED
+    assert {s.name: s.state for s in final.stages}["transcode"] == job_pb2.STAGE_STATE_CANCELLED
