@@ -351,8 +351,10 @@ async def test_cancel_mid_transcode_stops_ffmpeg_and_cleans_up(
     transcode = suite.processes["transcode"][0].proc
     async for event in client.watch_job(job.id):
         stage = event.stage_updated.stage
-        if stage.name == "transcode" and stage.state == job_pb2.STAGE_STATE_RUNNING and (
-            stage.progress > 0.05
+        if (
+            stage.name == "transcode"
+            and stage.state == job_pb2.STAGE_STATE_RUNNING
+            and (stage.progress > 0.05)
         ):
             break
     assert ffmpeg_children(transcode.pid), "ffmpeg should be running mid-transcode"
@@ -367,3 +369,45 @@ async def test_cancel_mid_transcode_stops_ffmpeg_and_cleans_up(
     final = await client.get_job(job.id)
     assert final.state == job_pb2.JOB_STATE_CANCELLED
     assert {s.name: s.state for s in final.stages}["transcode"] == job_pb2.STAGE_STATE_CANCELLED
+
+
+def test_cli_lists_shows_and_cancels_jobs(suite: Suite, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    owner = token()
+    env = {
+        **os.environ,
+        "REELMILL_GATEWAY": suite.gateway,
+        "REELMILL_TOKEN": owner,
+        "REELMILL_HOME": str(tmp_path),
+        "COLUMNS": "250",
+    }
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "reelmill.cli.main", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    clip = make_clip(tmp_path / "cli.mp4", seconds=1)
+    submitted = cli("submit", str(clip), "--label", "via=cli", "--request-id", "cli-1")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = next(
+        line.split()[1] for line in submitted.stdout.splitlines() if line.startswith("job ")
+    )
+    listed = cli("jobs", "ls")
+    assert listed.returncode == 0 and job_id in listed.stdout
+    shown = cli("jobs", "get", job_id, "--json")
+    assert shown.returncode == 0 and f'"id": "{job_id}"' in shown.stdout
+    watched = cli("jobs", "watch", job_id)
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    assert "SUCCEEDED" in watched.stdout
+    again = cli("jobs", "cancel", job_id)
+    assert again.returncode == 1 and "FAILED_PRECONDITION" in again.stdout
+    missing = cli("jobs", "get", "00000000-0000-0000-0000-000000000000")
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stdout
