@@ -169,6 +169,7 @@ class Orchestrator:
         outputs: dict[str, dict[str, Any]] = {
             name: dict(row.outputs or {}) for name, row in rows.items() if finished(row)
         }
+        fields: dict[str, Any] = dict(job.fields)
         done = {name for name, row in rows.items() if finished(row)}
         todo = [name for name in rows if name not in done and name in self.stages]
         active: dict[asyncio.Task[StageResult | None], str] = {}
@@ -177,7 +178,7 @@ class Orchestrator:
                 for name in list(todo):
                     if all(dep in done for dep in rows[name].depends_on):
                         todo.remove(name)
-                        task = asyncio.create_task(self._run_stage(job, name, outputs))
+                        task = asyncio.create_task(self._run_stage(job, name, outputs, fields))
                         active[task] = name
                 if not active:
                     raise Internal(f"stages {todo} can never run: unmet dependencies")
@@ -186,6 +187,8 @@ class Orchestrator:
                     name = active.pop(task)
                     result = task.result()  # raises StageFailed
                     outputs[name] = result.outputs if result is not None else {}
+                    if result is not None:
+                        fields.update(result.job_fields)
                     done.add(name)
         finally:
             for task in active:
@@ -194,7 +197,11 @@ class Orchestrator:
                 await asyncio.wait(active)
 
     async def _run_stage(
-        self, job: ClaimedJob, name: str, outputs: dict[str, dict[str, Any]]
+        self,
+        job: ClaimedJob,
+        name: str,
+        outputs: dict[str, dict[str, Any]],
+        fields: dict[str, Any],
     ) -> StageResult | None:
         stage = self.stages[name]
         with log_context(stage=name):
@@ -215,7 +222,11 @@ class Orchestrator:
                 )
 
             ctx = StageContext(
-                job=job, outputs=outputs, report=report, timeout=self.settings.stage_timeout_seconds
+                job=job,
+                outputs=outputs,
+                fields=fields,
+                report=report,
+                timeout=self.settings.stage_timeout_seconds,
             )
             if (reason := stage.skip_reason(ctx)) is not None:
                 await self.runs.update_stage(job.id, name, state="SKIPPED", message=reason)

@@ -44,7 +44,8 @@ class ClaimedJob:
     spec: pipeline_pb2.PipelineSpec
     video: media_pb2.Video | None
     source_url: str | None
-    media_info: media_pb2.MediaInfo | None
+    #: Job-level results so far (JSON): media_info, transcript, metadata.
+    fields: dict[str, Any]
     stages: tuple[StageRow, ...]
 
 
@@ -106,7 +107,15 @@ class Runs:
             spec=from_json(job.spec, pipeline_pb2.PipelineSpec),
             video=video_to_proto(video) if video is not None else None,
             source_url=job.source_url,
-            media_info=from_json(job.media_info, media_pb2.MediaInfo) if job.media_info else None,
+            fields={
+                name: value
+                for name, value in (
+                    ("media_info", job.media_info),
+                    ("transcript", job.transcript),
+                    ("metadata", job.metadata_),
+                )
+                if value
+            },
             stages=tuple(
                 StageRow(s.name, s.state, tuple(s.depends_on or ()), s.attempts, s.outputs)
                 for s in stages

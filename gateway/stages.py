@@ -10,15 +10,19 @@ from typing import Any
 
 import grpc
 
-from gateway.convert import to_json
+from gateway.convert import from_json, to_json
 from gateway.runs import ClaimedJob, StageRow
 from reelmill.v1 import (
     ingest_service_pb2,
     ingest_service_pb2_grpc,
     media_pb2,
+    metadata_service_pb2,
+    metadata_service_pb2_grpc,
     pipeline_pb2,
     transcode_service_pb2,
     transcode_service_pb2_grpc,
+    transcribe_service_pb2,
+    transcribe_service_pb2_grpc,
 )
 from runtime.errors import FailedPrecondition, Unavailable, from_rpc_error
 
@@ -28,8 +32,10 @@ Report = Callable[[float, str], Awaitable[None]]
 @dataclass(frozen=True)
 class StageContext:
     job: ClaimedJob
-    #: Outputs of the stages this one depends on (and of every finished stage).
+    #: Outputs of every finished stage, by stage name.
     outputs: Mapping[str, Mapping[str, Any]]
+    #: Job-level results so far (protobuf JSON): media_info, transcript, metadata.
+    fields: Mapping[str, Any]
     #: Reports progress (fraction 0..1, message); throttled before it is persisted.
     report: Report
     #: Deadline of each call, in seconds.
@@ -41,12 +47,11 @@ class StageContext:
 
     @property
     def media_info(self) -> media_pb2.MediaInfo:
-        info = media_pb2.MediaInfo()
-        if "media_info" in self.outputs.get("probe", {}):
-            from gateway.convert import from_json
+        return from_json(self.fields.get("media_info"), media_pb2.MediaInfo)
 
-            info = from_json(dict(self.outputs["probe"]["media_info"]), media_pb2.MediaInfo)
-        return info
+    @property
+    def transcript(self) -> media_pb2.Transcript:
+        return from_json(self.fields.get("transcript"), media_pb2.Transcript)
 
     @property
     def source(self) -> media_pb2.ObjectRef:
@@ -95,8 +100,7 @@ class ProbeStage(Stage):
             )
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from None
-        info = to_json(response.media_info)
-        return StageResult(outputs={"media_info": info}, job_fields={"media_info": info})
+        return StageResult(job_fields={"media_info": to_json(response.media_info)})
 
 
 async def follow_stream(call: Any, ctx: StageContext) -> Any:
@@ -194,6 +198,83 @@ class AudioStage(Stage):
                     "sha256": artifact.sha256,
                 }
         return StageResult(outputs=outputs, artifacts=list(result.artifacts))
+
+
+class TranscribeStage(Stage):
+    """Speech to timed text from the audio stage's WAV."""
+
+    name = "transcribe"
+    depends_on = ("audio",)
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.transcribe = transcribe_service_pb2_grpc.TranscribeServiceStub(channel)
+
+    def enabled(self, spec: pipeline_pb2.PipelineSpec) -> bool:
+        return not spec.transcribe.disabled
+
+    def skip_reason(self, ctx: StageContext) -> str | None:
+        return None if "wav" in ctx.outputs.get("audio", {}) else "there is no audio track"
+
+    async def run(self, ctx: StageContext) -> StageResult:
+        wav = ctx.outputs["audio"]["wav"]
+        call = self.transcribe.Transcribe(
+            transcribe_service_pb2.TranscribeRequest(
+                audio=media_pb2.ObjectRef(bucket=wav["bucket"], key=wav["key"]),
+                duration=ctx.media_info.duration,
+                spec=ctx.job.spec.transcribe,
+                output_prefix=ctx.output_prefix,
+            ),
+            timeout=ctx.timeout,
+        )
+        result = await follow_stream(call, ctx)
+        transcript = result.transcript
+        return StageResult(
+            outputs={
+                "artifacts": [a.name for a in result.artifacts],
+                "segments": len(transcript.segments),
+                "language": transcript.language,
+                "cached": result.cached,
+            },
+            artifacts=list(result.artifacts),
+            job_fields={"transcript": to_json(transcript)},
+        )
+
+
+class MetadataStage(Stage):
+    """Title, description, tags, chapters and summary from the transcript."""
+
+    name = "metadata"
+    depends_on = ("transcribe",)
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.metadata = metadata_service_pb2_grpc.MetadataServiceStub(channel)
+
+    def enabled(self, spec: pipeline_pb2.PipelineSpec) -> bool:
+        return not spec.metadata.disabled
+
+    def skip_reason(self, ctx: StageContext) -> str | None:
+        return None if "transcript" in ctx.fields else "there is no transcript"
+
+    async def run(self, ctx: StageContext) -> StageResult:
+        await ctx.report(0.0, "generating")
+        try:
+            response = await self.metadata.GenerateMetadata(
+                metadata_service_pb2.GenerateMetadataRequest(
+                    transcript=ctx.transcript,
+                    media_info=ctx.media_info,
+                    spec=ctx.job.spec.metadata,
+                    output_prefix=ctx.output_prefix,
+                    filename=ctx.job.video.filename if ctx.job.video is not None else "",
+                ),
+                timeout=ctx.timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+        return StageResult(
+            outputs={"artifacts": [a.name for a in response.artifacts], "cached": response.cached},
+            artifacts=list(response.artifacts),
+            job_fields={"metadata": to_json(response.metadata)},
+        )
 
 
 def stage_states(stages: tuple[Stage, ...], spec: pipeline_pb2.PipelineSpec) -> dict[str, str]:
