@@ -24,8 +24,15 @@ HEADER = "# Generated from protos/ by scripts/gen_protos.py. Do not edit.\n"
 def generate(out: Path) -> None:
     include = Path(protoc.__file__).parent / "_proto"
     sources = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / PACKAGE).glob("*.proto"))
+    plugin = Path(sys.executable).parent / "protoc-gen-mypy"
+    if not plugin.exists():
+        found = shutil.which("protoc-gen-mypy")
+        if found is None:
+            raise SystemExit("protoc-gen-mypy not found: install the dev extras (mypy-protobuf)")
+        plugin = Path(found)
     args = [
         "protoc",
+        f"--plugin=protoc-gen-mypy={plugin}",
         f"-I{PROTOS}",
         f"-I{include}",
         f"--python_out={out}",
