@@ -12,9 +12,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Select, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -76,6 +76,28 @@ def decode_page_token(token: str, filters: dict[str, Any]) -> tuple[datetime, uu
     return position
 
 
+PagedModel = TypeVar("PagedModel", models.Video, models.Job)
+
+
+async def _keyset_page(
+    session: AsyncSession,
+    query: Select[PagedModel],
+    model: type[PagedModel],
+    size: int,
+    token: str,
+    filters: dict[str, Any],
+) -> tuple[list[PagedModel], str]:
+    """One page, newest first, continuing after the token's (create_time, id) position."""
+    if (position := decode_page_token(token, filters)) is not None:
+        query = query.where(tuple_(model.create_time, model.id) < tuple_(*position))
+    query = query.order_by(model.create_time.desc(), model.id.desc()).limit(size + 1)
+    rows = list((await session.scalars(query)).all())
+    if len(rows) <= size:
+        return rows, ""
+    rows = rows[:size]
+    return rows, encode_page_token(rows[-1].create_time, rows[-1].id, filters)
+
+
 class Store:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
@@ -116,20 +138,10 @@ class Store:
     ) -> tuple[list[media_pb2.Video], str]:
         filters: dict[str, Any] = {"kind": "videos"}
         query = select(models.Video).where(models.Video.owner == owner)
-        if (position := decode_page_token(token, filters)) is not None:
-            query = query.where(
-                or_(
-                    models.Video.create_time < position[0],
-                    and_(models.Video.create_time == position[0], models.Video.id < position[1]),
-                )
-            )
-        query = query.order_by(models.Video.create_time.desc(), models.Video.id.desc())
         async with self.sessions() as session:
-            rows = (await session.scalars(query.limit(size + 1))).all()
-        next_token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            next_token = encode_page_token(rows[-1].create_time, rows[-1].id, filters)
+            rows, next_token = await _keyset_page(
+                session, query, models.Video, size, token, filters
+            )
         return [video_to_proto(r) for r in rows], next_token
 
     async def video_for_job(self, owner: str, video_id: str) -> media_pb2.Video:
@@ -246,20 +258,8 @@ class Store:
             query = query.where(models.Job.labels.contains(labels))
         if video_id:
             query = query.where(models.Job.video_id == parse_id(video_id, "video_id"))
-        if (position := decode_page_token(token, filters)) is not None:
-            query = query.where(
-                or_(
-                    models.Job.create_time < position[0],
-                    and_(models.Job.create_time == position[0], models.Job.id < position[1]),
-                )
-            )
-        query = query.order_by(models.Job.create_time.desc(), models.Job.id.desc())
         async with self.sessions() as session:
-            rows = (await session.scalars(query.limit(size + 1))).all()
-            next_token = ""
-            if len(rows) > size:
-                rows = rows[:size]
-                next_token = encode_page_token(rows[-1].create_time, rows[-1].id, filters)
+            rows, next_token = await _keyset_page(session, query, models.Job, size, token, filters)
             jobs = [await self._load(session, r.id) for r in rows]
         return jobs, next_token
 
