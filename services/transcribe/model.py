@@ -1,0 +1,115 @@
+"""The transcribe service's data: what was asked for and what came out.
+
+Frozen dataclasses with no gRPC or protobuf in them; ``convert`` maps them to and from the wire
+types, so the core modules work on these alone. Times are seconds from the start of the audio.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Engine(enum.Enum):
+    FASTER_WHISPER = "faster-whisper"
+    GEMINI = "gemini"
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    """What the caller asked for, with the contract's defaults applied."""
+
+    #: ``None`` lets the service choose (Gemini when configured, else faster-whisper).
+    engine: Engine | None = None
+    #: ISO 639-1 code to force, or "" to detect (multilingual models only).
+    language: str = ""
+    word_timestamps: bool = True
+    vad_filter: bool = True
+    #: 0 uses the service default.
+    beam_size: int = 0
+
+
+@dataclass(frozen=True)
+class Word:
+    start: float
+    end: float
+    text: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    id: int
+    start: float
+    end: float
+    text: str
+    words: tuple[Word, ...] = ()
+    avg_logprob: float = 0.0
+    no_speech_probability: float = 0.0
+
+
+@dataclass(frozen=True)
+class Language:
+    """The language an engine decided on, reported before its first segment."""
+
+    code: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Transcript:
+    language: str
+    language_probability: float
+    #: Seconds of audio transcribed.
+    duration: float
+    segments: tuple[Segment, ...]
+    engine: str
+    model: str
+
+
+class ArtifactKind(enum.Enum):
+    TRANSCRIPT_JSON = "transcript.json"
+    TRANSCRIPT_VTT = "transcript.vtt"
+    TRANSCRIPT_SRT = "transcript.srt"
+    TRANSCRIPT_TXT = "transcript.txt"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    #: Relative to the output prefix, e.g. "transcript/transcript.vtt".
+    name: str
+    kind: ArtifactKind
+    bucket: str
+    key: str
+    content_type: str
+    size: int
+    sha256: str
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProgressUpdate:
+    #: 0.0 to 1.0.
+    fraction: float
+    #: Seconds of audio transcribed so far.
+    processed_seconds: float
+    #: Audio seconds per wall-clock second; 0 when unknown.
+    speed: float
+    message: str
+
+
+@dataclass(frozen=True)
+class SegmentUpdate:
+    """A final segment, streamed as soon as it is known (when the caller asked for them)."""
+
+    segment: Segment
+
+
+@dataclass(frozen=True)
+class Outcome:
+    transcript: Transcript
+    artifacts: tuple[Artifact, ...]
+    cached: bool
+
+
+Update = ProgressUpdate | SegmentUpdate | Outcome

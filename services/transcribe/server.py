@@ -1,0 +1,90 @@
+"""The transcribe process's contribution to the shared bootstrap. Importing this starts nothing."""
+
+from __future__ import annotations
+
+import grpc
+
+from reelmill.v1 import transcribe_service_pb2, transcribe_service_pb2_grpc
+from runtime.server import ServiceSpec
+from runtime.storage import ObjectStore
+from services.transcribe.gemini import GeminiEngine
+from services.transcribe.genai import GeminiClient, GeminiConfig
+from services.transcribe.servicer import TranscribeServicer
+from services.transcribe.settings import TranscribeSettings
+from services.transcribe.transcriber import Transcriber, TranscriberConfig
+from services.transcribe.whisper import WhisperConfig, WhisperEngine, bundled_model
+
+SERVICE_NAME: str = transcribe_service_pb2.DESCRIPTOR.services_by_name[
+    "TranscribeService"
+].full_name
+
+
+def whisper_config(settings: TranscribeSettings) -> WhisperConfig:
+    if settings.whisper_model_dir is None:
+        model_dir, name = bundled_model()
+    else:
+        model_dir, name = settings.whisper_model_dir, settings.whisper_model_dir.name
+    return WhisperConfig(
+        model_dir=model_dir,
+        model_name=settings.whisper_model_name or name,
+        device=settings.whisper_device,
+        compute_type=settings.whisper_compute_type,
+        cpu_threads=settings.whisper_cpu_threads,
+        beam_size=settings.whisper_beam_size,
+        queue_size=settings.segment_queue_size,
+    )
+
+
+def gemini_config(settings: TranscribeSettings) -> GeminiConfig | None:
+    """``None`` when no key is configured (Gemini is then not offered)."""
+    key = settings.gemini_api_key.get_secret_value() if settings.gemini_api_key else ""
+    if not key:
+        return None
+    return GeminiConfig(
+        api_key=key,
+        model=settings.gemini_model,
+        timeout=settings.gemini_timeout_seconds,
+        max_attempts=settings.gemini_max_attempts,
+    )
+
+
+def build_transcriber(
+    settings: TranscribeSettings, store: ObjectStore, gemini: GeminiClient | None = None
+) -> Transcriber:
+    return Transcriber(
+        store,
+        WhisperEngine(whisper_config(settings)),
+        GeminiEngine(gemini) if gemini is not None else None,
+        TranscriberConfig(
+            max_concurrent=settings.max_concurrent_transcriptions,
+            max_waiting=settings.max_queued_transcriptions,
+            cache_entries=settings.cache_entries,
+        ),
+    )
+
+
+def build_spec(
+    settings: TranscribeSettings, store: ObjectStore, *, gemini: GeminiConfig | None = None
+) -> ServiceSpec:
+    """The transcribe service over ``store``; the spec closes the store on shutdown.
+    ``gemini`` overrides the settings' Gemini configuration (tests pass a recorded transport)."""
+    config = gemini or gemini_config(settings)
+    client = GeminiClient(config) if config is not None else None
+    transcriber = build_transcriber(settings, store, client)
+    servicer = TranscribeServicer(transcriber)
+
+    def register(server: grpc.aio.Server) -> None:
+        transcribe_service_pb2_grpc.add_TranscribeServiceServicer_to_server(servicer, server)
+
+    async def close() -> None:
+        if client is not None:
+            await client.close()
+        await store.close()
+
+    return ServiceSpec(
+        name="transcribe",
+        service_names=(SERVICE_NAME,),
+        register=register,
+        health_checks={"storage": store.check},
+        on_close=close,
+    )
