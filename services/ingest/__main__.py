@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
-from runtime.errors import ReelmillError
-from runtime.logs import setup_logging
-from runtime.server import run_service
-from runtime.settings import load_settings
+from runtime.server import ServiceSpec, serve_main
 from runtime.storage import open_store
 from services.ingest.server import build_spec
 from services.ingest.settings import IngestSettings
 
 
-def main() -> None:
-    try:
-        settings = load_settings(IngestSettings)
-    except ReelmillError as exc:
-        sys.exit(f"ingest: {exc.message}")
-    setup_logging("ingest", settings.log_level, settings.log_format)
-    store = open_store(settings)
-    asyncio.run(run_service(build_spec(settings, store), settings))
+async def build(settings: IngestSettings) -> ServiceSpec:
+    return build_spec(settings, open_store(settings))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(serve_main("ingest", IngestSettings, build))

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
-from runtime.errors import InvalidArgument
-from runtime.logs import setup_logging
-from runtime.server import run_service
-from runtime.settings import load_settings
+from runtime.server import ServiceSpec, serve_main
 from services.transcode.server import build_service
 from services.transcode.settings import TranscodeSettings
 
 
-def main() -> None:
-    try:
-        settings = load_settings(TranscodeSettings)
-    except InvalidArgument as exc:
-        sys.exit(f"transcode: {exc.message}")
-    setup_logging("transcode", settings.log_level, settings.log_format)
-    asyncio.run(run_service(build_service(settings), settings))
+async def build(settings: TranscodeSettings) -> ServiceSpec:
+    return build_service(settings)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(serve_main("transcode", TranscodeSettings, build))
