@@ -1,0 +1,111 @@
+"""Conversions between the wire messages and the core's dataclasses (protobuf only, no gRPC).
+
+Defaults the contract documents are applied here: a field left unset means "the default"."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from reelmill.v1 import media_pb2, metadata_service_pb2, pipeline_pb2
+from services.metadata.model import (
+    Artifact,
+    Engine,
+    Metadata,
+    MetadataOptions,
+    Outcome,
+    Source,
+    TimedText,
+)
+
+_ENGINES = {
+    pipeline_pb2.METADATA_ENGINE_EXTRACTIVE: Engine.EXTRACTIVE,
+    pipeline_pb2.METADATA_ENGINE_GEMINI: Engine.GEMINI,
+}
+
+
+def seconds(duration: duration_pb2.Duration) -> float:
+    return duration.seconds + duration.nanos / 1e9
+
+
+def source(transcript: media_pb2.Transcript, media: media_pb2.MediaInfo, filename: str) -> Source:
+    segments = tuple(
+        sorted(
+            (
+                TimedText(max(s.start_seconds, 0.0), max(s.end_seconds, s.start_seconds), s.text)
+                for s in transcript.segments
+                if s.text.strip()
+            ),
+            key=lambda s: (s.start, s.end),
+        )
+    )
+    duration = seconds(media.duration) or seconds(transcript.duration)
+    if not duration and segments:
+        duration = segments[-1].end
+    width = height = 0
+    if media.video_streams:
+        video = media.video_streams[0]
+        width, height = video.width, video.height
+        if video.rotation % 180 == 90:
+            width, height = height, width
+    known_streams = bool(media.video_streams or media.audio_streams)
+    return Source(
+        segments=segments,
+        duration=duration,
+        language=transcript.language,
+        filename=filename,
+        width=width,
+        height=height,
+        has_video=bool(media.video_streams) if known_streams else True,
+    )
+
+
+def options(spec: pipeline_pb2.MetadataSpec) -> MetadataOptions:
+    return MetadataOptions(
+        engine=_ENGINES.get(spec.engine),
+        max_tags=spec.max_tags,
+        json_schema=spec.json_schema,
+        prompt=spec.prompt,
+    )
+
+
+def metadata_message(metadata: Metadata) -> media_pb2.VideoMetadata:
+    return media_pb2.VideoMetadata(
+        title=metadata.title,
+        description=metadata.description,
+        tags=list(metadata.tags),
+        keywords=list(metadata.keywords),
+        chapters=[
+            media_pb2.Chapter(start_seconds=c.start, title=c.title) for c in metadata.chapters
+        ],
+        summary=metadata.summary,
+        show_notes=metadata.show_notes,
+        custom_json=metadata.custom_json,
+        engine=metadata.engine,
+        model=metadata.model,
+    )
+
+
+def artifact_message(artifact: Artifact, *, now: datetime) -> media_pb2.Artifact:
+    created = timestamp_pb2.Timestamp()
+    created.FromDatetime(now)
+    return media_pb2.Artifact(
+        name=artifact.name,
+        kind=media_pb2.ArtifactKind.Value("ARTIFACT_KIND_" + artifact.kind.name),
+        object=media_pb2.ObjectRef(bucket=artifact.bucket, key=artifact.key),
+        content_type=artifact.content_type,
+        size_bytes=artifact.size,
+        sha256=artifact.sha256,
+        stage="metadata",
+        create_time=created,
+    )
+
+
+def response(outcome: Outcome) -> metadata_service_pb2.GenerateMetadataResponse:
+    now = datetime.now(UTC)
+    return metadata_service_pb2.GenerateMetadataResponse(
+        metadata=metadata_message(outcome.metadata),
+        artifacts=[artifact_message(a, now=now) for a in outcome.artifacts],
+        cached=outcome.cached,
+    )

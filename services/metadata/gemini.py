@@ -1,0 +1,172 @@
+"""The Gemini generator: metadata through structured output, validated before it is accepted.
+
+The transcript goes in as timestamped lines ("[01:23] text"), cut at a segment boundary when it
+is longer than the configured budget. The answer must be JSON that validates against
+``GeneratedMetadata`` (pydantic); a caller's schema is passed to Gemini as the response schema
+and the answer validated against it with ``jsonschema``. Output that fails validation is retried
+like a transient error, then reported as UNAVAILABLE (GEMINI_INVALID_OUTPUT).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from google.genai import types
+from pydantic import BaseModel, Field, ValidationError
+
+from runtime.errors import Unavailable
+from services.metadata.genai import GeminiClient
+from services.metadata.model import Chapter, Metadata, Source
+from services.metadata.schema import validation_error
+from services.metadata.text import clean, clock
+
+log = logging.getLogger(__name__)
+
+NAME = "gemini"
+MAX_TITLE_CHARS = 100
+
+INSTRUCTIONS = """\
+You write the metadata of a video from its transcript, for a video library.
+Write in the language of the transcript. Do not invent facts that the transcript does not support.
+- title: at most 100 characters, specific, no clickbait, no quotes around it.
+- description: two to four sentences on what the video covers.
+- tags: up to {max_tags} short lower-case tags, most relevant first.
+- keywords: up to 15 key phrases that occur in the transcript.
+- chapters: only when the video has distinct parts; each with start_seconds taken from the
+  transcript's timestamps (the first at 0) and a short title. An empty list otherwise.
+- summary: one paragraph.
+- show_notes: a short plain-text outline with bullet points ("- ").
+"""
+
+CUSTOM_INSTRUCTIONS = """\
+Answer with JSON that follows the given schema, using the video's transcript below.
+Do not invent facts that the transcript does not support.
+"""
+
+
+class GeneratedChapter(BaseModel):
+    start_seconds: float = Field(ge=0)
+    title: str = Field(min_length=1, max_length=200)
+
+
+class GeneratedMetadata(BaseModel):
+    title: str = Field(min_length=1, max_length=300)
+    description: str
+    tags: list[str]
+    keywords: list[str]
+    chapters: list[GeneratedChapter]
+    summary: str
+    show_notes: str
+
+
+def transcript_lines(source: Source, budget: int) -> str:
+    lines: list[str] = []
+    used = 0
+    for segment in source.segments:
+        line = f"[{clock(segment.start)}] {clean(segment.text)}"
+        if used + len(line) + 1 > budget:
+            lines.append("[… transcript cut for length …]")
+            break
+        lines.append(line)
+        used += len(line) + 1
+    return "\n".join(lines)
+
+
+def context(source: Source, budget: int) -> str:
+    facts = [f"Duration: {clock(source.duration)}" if source.duration else ""]
+    if source.filename:
+        facts.append(f"File name: {source.filename}")
+    if source.language:
+        facts.append(f"Language: {source.language}")
+    header = "\n".join(f for f in facts if f)
+    return f"{header}\n\nTranscript:\n{transcript_lines(source, budget)}\n"
+
+
+def _invalid(problem: str) -> Unavailable:
+    log.warning("gemini returned invalid metadata: %s", problem)
+    return Unavailable(
+        "gemini returned metadata that does not validate", reason="GEMINI_INVALID_OUTPUT"
+    )
+
+
+def parse_metadata(text: str) -> GeneratedMetadata:
+    try:
+        return GeneratedMetadata.model_validate_json(text)
+    except ValidationError as exc:
+        raise _invalid(str(exc.errors()[:3])) from None
+
+
+def tidy(generated: GeneratedMetadata, source: Source, max_tags: int, model: str) -> Metadata:
+    """Validated output made consistent: tags de-duplicated and capped, chapters sorted, inside
+    the duration, the first at 0."""
+    tags: list[str] = []
+    for tag in generated.tags:
+        tag = clean(tag).lower().lstrip("#")
+        if tag and tag not in tags:
+            tags.append(tag)
+    starts: dict[float, str] = {}
+    for chapter in sorted(generated.chapters, key=lambda c: c.start_seconds):
+        start = round(chapter.start_seconds, 3)
+        if source.duration and start >= source.duration:
+            continue
+        starts.setdefault(start, clean(chapter.title))
+    chapters = [Chapter(start, title) for start, title in starts.items()]
+    if chapters and chapters[0].start > 0:
+        chapters[0] = Chapter(0.0, chapters[0].title)
+    keywords = list(dict.fromkeys(clean(k) for k in generated.keywords if clean(k)))
+    return Metadata(
+        title=clean(generated.title).strip("\"'")[:MAX_TITLE_CHARS],
+        description=generated.description.strip(),
+        tags=tuple(tags[:max_tags]),
+        keywords=tuple(keywords),
+        chapters=tuple(chapters),
+        summary=generated.summary.strip(),
+        show_notes=generated.show_notes.strip(),
+        engine=NAME,
+        model=model,
+    )
+
+
+class GeminiGenerator:
+    name = NAME
+
+    def __init__(self, client: GeminiClient, *, max_transcript_chars: int = 300_000) -> None:
+        self._client = client
+        self._budget = max_transcript_chars
+        self.model_name = client.model
+
+    async def generate(self, source: Source, max_tags: int) -> Metadata:
+        prompt = INSTRUCTIONS.format(max_tags=max_tags) + "\n" + context(source, self._budget)
+        config = types.GenerateContentConfig(
+            response_mime_type="application/json",
+            response_schema=GeneratedMetadata,
+            temperature=0.2,
+        )
+        generated = await self._client.generate(prompt, config, parse_metadata, what="metadata")
+        return tidy(generated, source, max_tags, self.model_name)
+
+    async def custom(self, source: Source, schema: Mapping[str, Any], prompt: str) -> Any:
+        """JSON that validates against the caller's ``schema``."""
+
+        def parse(text: str) -> Any:
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise _invalid(f"not JSON: {exc.msg}") from None
+            problem = validation_error(value, schema)
+            if problem is not None:
+                raise _invalid(problem)
+            return value
+
+        instructions = CUSTOM_INSTRUCTIONS + (f"\n{prompt.strip()}\n" if prompt.strip() else "")
+        config = types.GenerateContentConfig(
+            response_mime_type="application/json",
+            response_json_schema=dict(schema),
+            temperature=0.2,
+        )
+        return await self._client.generate(
+            instructions + "\n" + context(source, self._budget), config, parse, what="custom"
+        )

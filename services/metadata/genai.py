@@ -1,0 +1,190 @@
+"""Calling Gemini through google-genai: one client per process, errors mapped to the domain
+tree, transient failures retried with capped, jittered exponential backoff.
+
+    401/403, or 400 API_KEY_INVALID     Unauthenticated     (GEMINI_UNAUTHENTICATED)
+    429                                 ResourceExhausted   (GEMINI_QUOTA_EXHAUSTED)
+    5xx, 408, timeouts, network errors  Unavailable         (GEMINI_UNAVAILABLE), retried
+    other 4xx                           InvalidArgument     (GEMINI_REJECTED)
+    no content (blocked, empty)         FailedPrecondition  (GEMINI_NO_CONTENT)
+    anything else                       Internal            (GEMINI_FAILED), not retried
+
+The SDK talks HTTP through an ``httpx2.AsyncClient`` that this module builds; its transport is
+the seam tests plug recorded responses into (``GeminiConfig.transport``), so requests go through
+the SDK's own request building and response parsing without a network.
+
+(The transcribe service has an identical copy of this module: services share no code but the
+runtime. It belongs in ``runtime/`` once both services have settled.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx2
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from runtime.errors import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    ReelmillError,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_MESSAGE_LIMIT = 300
+
+
+@dataclass(frozen=True)
+class GeminiConfig:
+    api_key: str
+    model: str = "gemini-2.5-flash"
+    #: Seconds per HTTP request.
+    timeout: float = 300.0
+    #: Attempts per call when failures are transient.
+    max_attempts: int = 4
+    #: First retry delay before jitter, doubled per attempt, capped at ``max_delay``.
+    base_delay: float = 1.0
+    max_delay: float = 20.0
+    #: The HTTP transport under the SDK; ``None`` is the network. Tests pass a recorded one.
+    transport: httpx2.AsyncBaseTransport | None = None
+
+
+def map_error(exc: BaseException) -> ReelmillError:
+    """The domain error for a failed Gemini call."""
+    if isinstance(exc, ReelmillError):
+        return exc
+    if isinstance(exc, genai_errors.APIError):
+        message = (exc.message or exc.status or "")[:_MESSAGE_LIMIT]
+        details = str(exc.details)
+        if exc.code in (401, 403) or "API_KEY_INVALID" in details:
+            return Unauthenticated(
+                f"gemini rejected the credentials: {message}", reason="GEMINI_UNAUTHENTICATED"
+            )
+        if exc.code == 429:
+            return ResourceExhausted(
+                f"gemini quota or rate limit exhausted: {message}",
+                reason="GEMINI_QUOTA_EXHAUSTED",
+            )
+        if exc.code >= 500 or exc.code == 408:
+            return Unavailable(
+                f"gemini is unavailable ({exc.code}): {message}", reason="GEMINI_UNAVAILABLE"
+            )
+        return InvalidArgument(
+            f"gemini refused the request ({exc.code}): {message}", reason="GEMINI_REJECTED"
+        )
+    if isinstance(exc, httpx2.TimeoutException | TimeoutError):
+        return Unavailable("gemini did not answer in time", reason="GEMINI_UNAVAILABLE")
+    if isinstance(exc, httpx2.TransportError):
+        return Unavailable(
+            f"cannot reach gemini: {type(exc).__name__}", reason="GEMINI_UNAVAILABLE"
+        )
+    # Anything else is a bug on one side or the other: not retried, logged with its traceback.
+    return Internal(f"gemini call failed: {exc!r}", reason="GEMINI_FAILED")
+
+
+def backoff_delay(attempt: int, config: GeminiConfig, rng: Callable[[], float]) -> float:
+    """Full jitter: uniform in [0, min(max_delay, base_delay * 2**(attempt-1)))."""
+    cap: float = min(config.max_delay, config.base_delay * 2.0 ** (attempt - 1))
+    return cap * rng()
+
+
+class GeminiClient:
+    """One SDK client (and one HTTP connection pool) for the process."""
+
+    def __init__(
+        self,
+        config: GeminiConfig,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self._sleep = sleep
+        self._rng = rng
+        self._http = httpx2.AsyncClient(transport=config.transport, timeout=config.timeout)
+        self.client = genai.Client(
+            api_key=config.api_key,
+            http_options=types.HttpOptions(
+                timeout=int(config.timeout * 1000), httpx_async_client=self._http
+            ),
+        )
+
+    @property
+    def model(self) -> str:
+        return self.config.model
+
+    async def call(self, fn: Callable[[], Awaitable[T]], *, what: str) -> T:
+        """``fn()``, retried while it fails transiently; failures as domain errors."""
+        attempts = self.config.max_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return await fn()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error = map_error(exc)
+                if not isinstance(error, Unavailable) or attempt == attempts:
+                    raise error from (exc if isinstance(error, Internal) else None)
+                delay = backoff_delay(attempt, self.config, self._rng)
+                log.warning(
+                    "gemini call failed; retrying",
+                    extra={
+                        "what": what,
+                        "attempt": attempt,
+                        "delay": round(delay, 2),
+                        "error": error.message,
+                    },
+                )
+                await self._sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def generate(
+        self,
+        contents: Any,
+        config: types.GenerateContentConfig,
+        parse: Callable[[str], T],
+        *,
+        what: str,
+    ) -> T:
+        """``parse`` of a structured-output response's text, retried as ``call`` does (``parse``
+        raises ``Unavailable`` for output that does not validate, which is retried too)."""
+
+        async def once() -> T:
+            response = await self.client.aio.models.generate_content(
+                model=self.config.model, contents=contents, config=config
+            )
+            return parse(response_text(response))
+
+        return await self.call(once, what=what)
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+
+def response_text(response: types.GenerateContentResponse) -> str:
+    """The response's text; ``FailedPrecondition`` when Gemini produced none."""
+    text = response.text
+    if text:
+        return text
+    reason = ""
+    if response.candidates and response.candidates[0].finish_reason is not None:
+        reason = str(response.candidates[0].finish_reason.value)
+    elif response.prompt_feedback is not None and response.prompt_feedback.block_reason:
+        reason = str(response.prompt_feedback.block_reason.value)
+    raise FailedPrecondition(
+        f"gemini returned no content{f' ({reason})' if reason else ''}",
+        reason="GEMINI_NO_CONTENT",
+    )

@@ -1,0 +1,184 @@
+"""Metadata end to end: the transcript in, metadata (and the caller's JSON) and artifacts out.
+
+The engine is the one asked for; unspecified is Gemini when configured, else extractive. An
+empty transcript always goes to the extractive generator (there is nothing for a language model
+to read; it would only guess from the file name). Results are cached by the SHA-256 of the
+canonical request (transcript, media facts, file name) + engine + model + options; a hit still
+writes the artifacts under the requested prefix (deterministic keys: a retry overwrites).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+from typing import Any
+
+from runtime.errors import FailedPrecondition, InvalidArgument
+from runtime.storage import ObjectStore
+from runtime.storage.keys import validate_key
+from services.metadata import extractive
+from services.metadata.cache import ResultCache, cache_key
+from services.metadata.gemini import GeminiGenerator
+from services.metadata.model import (
+    Artifact,
+    ArtifactKind,
+    Engine,
+    Metadata,
+    MetadataOptions,
+    Outcome,
+    Source,
+)
+from services.metadata.schema import fill_schema, parse_schema
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_DIR = "metadata/"
+MAX_TAGS = 100
+DEFAULT_MAX_TAGS = 10
+
+
+def normalize_prefix(prefix: str) -> str:
+    """A safe relative key prefix ending in "/"."""
+    if not prefix:
+        raise InvalidArgument("output_prefix is required", reason="INVALID_OUTPUT_PREFIX")
+    try:
+        validate_key(prefix.rstrip("/") or "/")
+    except InvalidArgument:
+        raise InvalidArgument(
+            "output_prefix must be a relative key prefix such as 'jobs/123/'",
+            reason="INVALID_OUTPUT_PREFIX",
+        ) from None
+    return prefix if prefix.endswith("/") else prefix + "/"
+
+
+def metadata_dict(metadata: Metadata) -> dict[str, Any]:
+    return {
+        "title": metadata.title,
+        "description": metadata.description,
+        "tags": list(metadata.tags),
+        "keywords": list(metadata.keywords),
+        "chapters": [{"start_seconds": c.start, "title": c.title} for c in metadata.chapters],
+        "summary": metadata.summary,
+        "show_notes": metadata.show_notes,
+        "engine": metadata.engine,
+        "model": metadata.model,
+    }
+
+
+def known_values(metadata: Metadata, source: Source) -> dict[str, Any]:
+    """What the extractive schema filler may put into a caller's schema."""
+    text = source.text
+    return {
+        "title": metadata.title,
+        "description": metadata.description,
+        "summary": metadata.summary,
+        "show_notes": metadata.show_notes,
+        "tags": list(metadata.tags),
+        "keywords": list(metadata.keywords),
+        "chapters": list(metadata.chapters),
+        "language": source.language,
+        "duration": round(source.duration, 3),
+        "filename": source.filename,
+        "transcript": text,
+        "word_count": len(text.split()),
+        "engine": metadata.engine,
+        "model": metadata.model,
+    }
+
+
+def _source_dict(source: Source) -> dict[str, Any]:
+    data = dataclasses.asdict(source)
+    data["segments"] = [[s.start, s.end, s.text] for s in source.segments]
+    return data
+
+
+class MetadataGenerator:
+    def __init__(
+        self, store: ObjectStore, gemini: GeminiGenerator | None, *, cache_entries: int
+    ) -> None:
+        self._store = store
+        self._gemini = gemini
+        self.cache: ResultCache[Metadata] = ResultCache(cache_entries)
+
+    def _engine(self, engine: Engine | None) -> Engine:
+        if engine is Engine.GEMINI and self._gemini is None:
+            raise FailedPrecondition("gemini is not configured", reason="GEMINI_NOT_CONFIGURED")
+        if engine is None:
+            return Engine.GEMINI if self._gemini is not None else Engine.EXTRACTIVE
+        return engine
+
+    async def generate(
+        self, source: Source, options: MetadataOptions, output_prefix: str
+    ) -> Outcome:
+        prefix = normalize_prefix(output_prefix)
+        if options.max_tags < 0 or options.max_tags > MAX_TAGS:
+            raise InvalidArgument(
+                f"max_tags must be between 0 and {MAX_TAGS}", reason="INVALID_MAX_TAGS"
+            )
+        max_tags = options.max_tags or DEFAULT_MAX_TAGS
+        schema = parse_schema(options.json_schema) if options.json_schema.strip() else None
+        engine = self._engine(options.engine)
+        if not source.segments:
+            engine = Engine.EXTRACTIVE
+        gemini = self._gemini if engine is Engine.GEMINI else None
+        key = cache_key(
+            source=_source_dict(source),
+            engine=engine.value,
+            model=gemini.model_name if gemini else extractive.MODEL,
+            max_tags=max_tags,
+            schema=schema,
+            prompt=options.prompt,
+        )
+        metadata = self.cache.get(key)
+        cached = metadata is not None
+        if metadata is None:
+            if gemini is not None:
+                metadata = await gemini.generate(source, max_tags)
+                custom = await gemini.custom(source, schema, options.prompt) if schema else None
+            else:
+                metadata = await asyncio.to_thread(extractive.generate, source, max_tags)
+                custom = (
+                    await asyncio.to_thread(fill_schema, schema, known_values(metadata, source))
+                    if schema is not None
+                    else None
+                )
+            if schema is not None:
+                metadata = dataclasses.replace(
+                    metadata, custom_json=json.dumps(custom, ensure_ascii=False, indent=1)
+                )
+            self.cache.put(key, metadata)
+        artifacts = await self.write_artifacts(metadata, prefix)
+        log.info(
+            "metadata generated",
+            extra={"engine": metadata.engine, "cached": cached, "prefix": prefix},
+        )
+        return Outcome(metadata, artifacts, cached)
+
+    async def write_artifacts(self, metadata: Metadata, prefix: str) -> tuple[Artifact, ...]:
+        documents = [
+            (
+                ArtifactKind.METADATA_JSON,
+                json.dumps(metadata_dict(metadata), ensure_ascii=False, indent=1) + "\n",
+            )
+        ]
+        if metadata.custom_json:
+            documents.append((ArtifactKind.CUSTOM_METADATA_JSON, metadata.custom_json + "\n"))
+
+        async def write(kind: ArtifactKind, text: str) -> Artifact:
+            name = ARTIFACT_DIR + kind.value
+            stored = await self._store.put_bytes(
+                prefix + name, text.encode("utf-8"), content_type="application/json"
+            )
+            return Artifact(
+                name=name,
+                kind=kind,
+                bucket=stored.bucket,
+                key=stored.key,
+                content_type=stored.content_type,
+                size=stored.size,
+                sha256=stored.sha256,
+            )
+
+        return tuple(await asyncio.gather(*(write(kind, text) for kind, text in documents)))
