@@ -126,9 +126,7 @@ async def test_list_jobs_pages_newest_first_without_overlap(store: Store) -> Non
         "alice", size=50, token="", states=[], labels={"n": "1"}, video_id=""
     )
     assert [j.id for j in odd] == [j for i, j in reversed(list(enumerate(created))) if i % 2]
-    _, token = await store.list_jobs(
-        "alice", size=2, token="", states=[], labels={}, video_id=""
-    )
+    _, token = await store.list_jobs("alice", size=2, token="", states=[], labels={}, video_id="")
     with pytest.raises(InvalidArgument, match="different filter"):
         await store.list_jobs(
             "alice", size=2, token=token, states=["QUEUED"], labels={}, video_id=""
