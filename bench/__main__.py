@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARKS = ("upload", "watch")
+BENCHMARKS = ("upload", "watch", "transcode")
 
 
 def main() -> None:
