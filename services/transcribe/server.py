@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from reelmill.v1 import transcribe_service_pb2, transcribe_service_pb2_grpc
@@ -12,7 +14,7 @@ from services.transcribe.genai import GeminiClient, GeminiConfig
 from services.transcribe.servicer import TranscribeServicer
 from services.transcribe.settings import TranscribeSettings
 from services.transcribe.transcriber import Transcriber, TranscriberConfig
-from services.transcribe.whisper import WhisperConfig, WhisperEngine, bundled_model
+from services.transcribe.whisper import WhisperConfig, WhisperEngine, bundled_model, load_model
 
 SERVICE_NAME: str = transcribe_service_pb2.DESCRIPTOR.services_by_name[
     "TranscribeService"
@@ -72,6 +74,12 @@ def build_spec(
     client = GeminiClient(config) if config is not None else None
     transcriber = build_transcriber(settings, store, client)
     servicer = TranscribeServicer(transcriber)
+    model = whisper_config(settings)
+
+    async def model_loaded() -> None:
+        # The first check loads the model, so the process reports SERVING only once it can
+        # transcribe (a readiness probe then keeps traffic away while it loads).
+        await asyncio.to_thread(load_model, model)
 
     def register(server: grpc.aio.Server) -> None:
         transcribe_service_pb2_grpc.add_TranscribeServiceServicer_to_server(servicer, server)
@@ -85,6 +93,6 @@ def build_spec(
         name="transcribe",
         service_names=(SERVICE_NAME,),
         register=register,
-        health_checks={"storage": store.check},
+        health_checks={"storage": store.check, "whisper_model": model_loaded},
         on_close=close,
     )
