@@ -214,8 +214,11 @@ class Runs:
             for artifact in artifacts:
                 await self._put_artifact(session, job_id, name, artifact)
             if job_fields:
+                columns = models.Job.__table__.c
                 await session.execute(
-                    update(models.Job).where(models.Job.id == job_id).values(**job_fields)
+                    update(models.Job.__table__)
+                    .where(columns.id == job_id)
+                    .values({columns[name]: value for name, value in job_fields.items()})
                 )
             await session.flush()
             await session.refresh(stage)

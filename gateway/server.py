@@ -19,7 +19,14 @@ from gateway.orchestrator import Orchestrator
 from gateway.runs import Runs
 from gateway.servicer import JobServicer
 from gateway.settings import GatewaySettings
-from gateway.stages import AudioStage, ProbeStage, Stage, TranscodeStage
+from gateway.stages import (
+    AudioStage,
+    MetadataStage,
+    ProbeStage,
+    Stage,
+    TranscodeStage,
+    TranscribeStage,
+)
 from gateway.store import Store
 from reelmill.v1 import ingest_service_pb2_grpc, job_service_pb2, job_service_pb2_grpc
 from runtime.channels import internal_channel
@@ -76,6 +83,8 @@ async def assemble(settings: GatewaySettings) -> Gateway:
         for name, target in (
             ("ingest", settings.ingest_target),
             ("transcode", settings.transcode_target),
+            ("transcribe", settings.transcribe_target),
+            ("metadata", settings.metadata_target),
         )
     }
     ingest = ingest_service_pb2_grpc.IngestServiceStub(channels["ingest"])
@@ -83,6 +92,8 @@ async def assemble(settings: GatewaySettings) -> Gateway:
         ProbeStage(channels["ingest"]),
         TranscodeStage(channels["transcode"]),
         AudioStage(channels["transcode"]),
+        TranscribeStage(channels["transcribe"]),
+        MetadataStage(channels["metadata"]),
     ]
     orchestrator = Orchestrator(settings, runs, stages)
     hub.on(QUEUE_CHANNEL, orchestrator.on_queued)

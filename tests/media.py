@@ -37,3 +37,16 @@ def make_clip(
     args += [*container_args, str(path)]
     subprocess.run(args, check=True)
     return path
+
+
+def make_speech_clip(path: Path, speech: Path, *, width: int = 320, height: int = 240) -> Path:
+    """A video of a test pattern whose audio track is ``speech`` (as long as the speech)."""
+    args = [
+        ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-y",
+        "-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate=25",
+        "-i", str(speech), "-shortest",
+        "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+        "-c:a", "aac", "-b:a", "96k", "-movflags", "+faststart", str(path),
+    ]  # fmt: skip
+    subprocess.run(args, check=True)
+    return path

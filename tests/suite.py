@@ -143,6 +143,8 @@ def run_suite(env: dict[str, str], gateways: int = 1) -> Iterator[Suite]:
     try:
         suite.add("ingest", "services.ingest")
         suite.add("transcode", "services.transcode")
+        suite.add("transcribe", "services.transcribe")
+        suite.add("metadata", "services.metadata")
         for _ in range(gateways):
             suite.add("gateway", "gateway")
         yield suite

@@ -411,3 +411,66 @@ def test_cli_lists_shows_and_cancels_jobs(suite: Suite, tmp_path: Path) -> None:
     assert again.returncode == 1 and "FAILED_PRECONDITION" in again.stdout
     missing = cli("jobs", "get", "00000000-0000-0000-0000-000000000000")
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stdout
+
+
+async def test_speech_becomes_transcript_and_metadata(
+    client: ReelmillClient, shared_media: Path, tmp_path: Path
+) -> None:
+    from tests.media import make_speech_clip
+
+    clip = make_speech_clip(tmp_path / "jfk.mp4", shared_media / "speech" / "jfk.flac")
+    video = await client.upload_file(clip)
+    job = await client.create_job(video.id)
+    events = await asyncio.wait_for(run_to_end(client, job.id), 300)
+    done = await client.get_job(job.id)
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
+    assert {s.name: s.state for s in done.stages} == {
+        name: job_pb2.STAGE_STATE_SUCCEEDED
+        for name in ("probe", "transcode", "audio", "transcribe", "metadata")
+    }
+    text = " ".join(s.text for s in done.transcript.segments).lower()
+    assert "ask not what your country can do for you" in text
+    assert done.transcript.language == "en"
+    assert done.metadata.title
+    assert done.metadata.tags
+    assert done.metadata.summary
+    names = {a.name for a in done.artifacts}
+    for expected in (
+        "transcript/transcript.vtt",
+        "transcript/transcript.srt",
+        "transcript/transcript.json",
+        "transcript/transcript.txt",
+        "metadata/metadata.json",
+    ):
+        assert expected in names, names
+    vtt = tmp_path / "t.vtt"
+    await client.download_artifact(job.id, "transcript/transcript.vtt", vtt)
+    assert vtt.read_text().startswith("WEBVTT")
+    # Both branches ran concurrently: the audio branch started before transcode finished.
+    order = [
+        (e.stage_updated.stage.name, e.stage_updated.stage.state)
+        for e in events
+        if e.HasField("stage_updated")
+    ]
+    audio_start = order.index(("audio", job_pb2.STAGE_STATE_RUNNING))
+    transcode_end = order.index(("transcode", job_pb2.STAGE_STATE_SUCCEEDED))
+    assert audio_start < transcode_end
+
+
+async def test_video_without_audio_skips_the_speech_branch(
+    client: ReelmillClient, tmp_path: Path
+) -> None:
+    clip = make_clip(tmp_path / "silent.mp4", seconds=2, audio=False)
+    video = await client.upload_file(clip)
+    job = await client.create_job(video.id)
+    await asyncio.wait_for(run_to_end(client, job.id), 120)
+    done = await client.get_job(job.id)
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
+    states = {s.name: s.state for s in done.stages}
+    assert states["transcode"] == job_pb2.STAGE_STATE_SUCCEEDED
+    assert (
+        states["audio"]
+        == states["transcribe"]
+        == states["metadata"]
+        == (job_pb2.STAGE_STATE_SKIPPED)
+    )

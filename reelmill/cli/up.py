@@ -31,6 +31,8 @@ from reelmill.cli.config import CliSettings
 SERVICES: tuple[tuple[str, str], ...] = (
     ("ingest", "services.ingest"),
     ("transcode", "services.transcode"),
+    ("transcribe", "services.transcribe"),
+    ("metadata", "services.metadata"),
 )
 GATEWAY = ("gateway", "gateway")
 START_TIMEOUT = 120.0
