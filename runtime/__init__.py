@@ -1,2 +1,3 @@
 """The runtime every reelmill process shares: settings, logging, telemetry, errors, storage,
-server bootstrap and channels. Services depend on it; it depends on none of them."""
+server bootstrap and channels, and what more than one service needs (the Gemini client, a
+result cache). Services depend on it; it depends on none of them."""

@@ -12,8 +12,7 @@ The SDK talks HTTP through an ``httpx2.AsyncClient`` that this module builds; it
 the seam tests plug recorded responses into (``GeminiConfig.transport``), so requests go through
 the SDK's own request building and response parsing without a network.
 
-(The metadata service has an identical copy of this module: services share no code but the
-runtime. It belongs in ``runtime/`` once both services have settled.)
+The transcribe and metadata services both call Gemini through this module.
 """
 
 from __future__ import annotations

@@ -24,11 +24,11 @@ from runtime.errors import (
     Unavailable,
     error_info,
 )
+from runtime.genai import GeminiClient, GeminiConfig
 from runtime.server import build_server
 from runtime.storage.local import LocalObjectStore
 from services.metadata import extractive
 from services.metadata.chapters import find_chapters
-from services.metadata.genai import GeminiClient, GeminiConfig
 from services.metadata.generator import MetadataGenerator
 from services.metadata.keywords import keyphrases
 from services.metadata.model import Engine, MetadataOptions, Source, TimedText

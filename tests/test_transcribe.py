@@ -32,11 +32,11 @@ from runtime.errors import (
     error_info,
 )
 from runtime.ffmpeg import ffmpeg_path
+from runtime.genai import GeminiClient, GeminiConfig, backoff_delay
 from runtime.server import build_server
 from runtime.storage.local import LocalObjectStore
 from services.transcribe import formats
 from services.transcribe.gemini import GeminiEngine
-from services.transcribe.genai import GeminiClient, GeminiConfig, backoff_delay
 from services.transcribe.model import (
     Engine,
     Outcome,

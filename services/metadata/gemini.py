@@ -18,7 +18,7 @@ from google.genai import types
 from pydantic import BaseModel, Field, ValidationError
 
 from runtime.errors import Unavailable
-from services.metadata.genai import GeminiClient
+from runtime.genai import GeminiClient
 from services.metadata.model import Chapter, Metadata, Source
 from services.metadata.schema import validation_error
 from services.metadata.text import clean, clock

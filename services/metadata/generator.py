@@ -15,11 +15,11 @@ import json
 import logging
 from typing import Any
 
+from runtime.cache import ResultCache, cache_key
 from runtime.errors import FailedPrecondition, InvalidArgument
 from runtime.storage import ObjectStore
 from runtime.storage.keys import validate_key
 from services.metadata import extractive
-from services.metadata.cache import ResultCache, cache_key
 from services.metadata.gemini import GeminiGenerator
 from services.metadata.model import (
     Artifact,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import grpc
 
 from reelmill.v1 import metadata_service_pb2, metadata_service_pb2_grpc
+from runtime.genai import GeminiClient, GeminiConfig
 from runtime.server import ServiceSpec
 from runtime.storage import ObjectStore
 from services.metadata.gemini import GeminiGenerator
-from services.metadata.genai import GeminiClient, GeminiConfig
 from services.metadata.generator import MetadataGenerator
 from services.metadata.servicer import MetadataServicer
 from services.metadata.settings import MetadataSettings

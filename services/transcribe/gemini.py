@@ -17,8 +17,8 @@ from google.genai import types
 from pydantic import BaseModel, Field, ValidationError
 
 from runtime.errors import Unavailable
+from runtime.genai import GeminiClient
 from services.transcribe.audio import Samples, encode_flac
-from services.transcribe.genai import GeminiClient
 from services.transcribe.model import Language, Segment, TranscribeOptions
 from services.transcribe.threads import finish
 from services.transcribe.whisper import normalize_language

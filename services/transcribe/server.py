@@ -7,10 +7,10 @@ import asyncio
 import grpc
 
 from reelmill.v1 import transcribe_service_pb2, transcribe_service_pb2_grpc
+from runtime.genai import GeminiClient, GeminiConfig
 from runtime.server import ServiceSpec
 from runtime.storage import ObjectStore
 from services.transcribe.gemini import GeminiEngine
-from services.transcribe.genai import GeminiClient, GeminiConfig
 from services.transcribe.servicer import TranscribeServicer
 from services.transcribe.settings import TranscribeSettings
 from services.transcribe.transcriber import Transcriber, TranscriberConfig

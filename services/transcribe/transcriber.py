@@ -20,12 +20,12 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from runtime.cache import ResultCache, cache_key
 from runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from runtime.storage import ObjectStore
 from runtime.storage.keys import validate_key
 from services.transcribe import formats
 from services.transcribe.audio import SAMPLE_RATE, Samples, decode_audio
-from services.transcribe.cache import ResultCache, cache_key
 from services.transcribe.model import (
     Artifact,
     ArtifactKind,
