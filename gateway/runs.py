@@ -214,11 +214,12 @@ class Runs:
             for artifact in artifacts:
                 await self._put_artifact(session, job_id, name, artifact)
             if job_fields:
-                columns = models.Job.__table__.c
+                columns = models.Job.__table__.c  # keyed by column name ("metadata")
                 await session.execute(
-                    update(models.Job.__table__)
-                    .where(columns.id == job_id)
+                    update(models.Job)
+                    .where(models.Job.id == job_id)
                     .values({columns[name]: value for name, value in job_fields.items()})
+                    .execution_options(synchronize_session=False)
                 )
             await session.flush()
             await session.refresh(stage)
