@@ -23,6 +23,7 @@ from reelmill.v1 import media_pb2, pipeline_pb2, transcode_service_pb2, transcod
 from runtime.errors import InvalidArgument, ReelmillError, error_info
 from runtime.ffmpeg import ffmpeg_path
 from runtime.server import build_server
+from runtime.storage.keys import normalize_prefix
 from runtime.storage.local import LocalObjectStore
 from runtime.storage.s3 import S3ObjectStore
 from services.transcode import hls, messages, plan
@@ -57,7 +58,6 @@ from services.transcode.transcoder import (
     SourceRef,
     Transcoder,
     TranscoderConfig,
-    normalize_prefix,
 )
 from tests.media import make_clip
 from tests.servers import S3Server

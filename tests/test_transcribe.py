@@ -34,6 +34,7 @@ from runtime.errors import (
 from runtime.ffmpeg import ffmpeg_path
 from runtime.genai import GeminiClient, GeminiConfig, backoff_delay
 from runtime.server import build_server
+from runtime.storage.keys import normalize_prefix
 from runtime.storage.local import LocalObjectStore
 from services.transcribe import formats
 from services.transcribe.gemini import GeminiEngine
@@ -52,7 +53,7 @@ from services.transcribe.server import build_spec, build_transcriber
 from services.transcribe.servicer import TranscribeServicer
 from services.transcribe.settings import TranscribeSettings
 from services.transcribe.threads import produce_in_thread
-from services.transcribe.transcriber import AudioRef, Transcriber, normalize_prefix
+from services.transcribe.transcriber import AudioRef, Transcriber
 from services.transcribe.whisper import WhisperEngine, normalize_language
 
 JFK = (

@@ -3,7 +3,8 @@
 A key is a relative, already-normalised ``/``-separated path: no leading ``/``, no empty, ``.``
 or ``..`` segments, no trailing ``/``, no NUL or other control characters, at most 1024 bytes
 of UTF-8. Keys are rejected rather than normalised, so two different keys never name the same
-object (and a key can never leave the local store's directory).
+object (and a key can never leave the local store's directory). An output prefix
+(``normalize_prefix``) is a key with a trailing ``/``.
 """
 
 from __future__ import annotations
@@ -60,3 +61,19 @@ def validate_prefix(prefix: str) -> str:
     if segments[-1] in (".", ".."):
         raise _bad("object prefix has a '.' or '..' segment")
     return prefix
+
+
+def normalize_prefix(prefix: str) -> str:
+    """An output prefix (where a job writes its objects): whole key segments, returned ending in
+    '/'. ``InvalidArgument`` with reason ``INVALID_OUTPUT_PREFIX`` when empty or not such a
+    prefix."""
+    if not prefix:
+        raise InvalidArgument("output_prefix is required", reason="INVALID_OUTPUT_PREFIX")
+    try:
+        validate_key(prefix.rstrip("/") or "/")
+    except InvalidArgument:
+        raise InvalidArgument(
+            "output_prefix must be a relative key prefix such as 'jobs/123/'",
+            reason="INVALID_OUTPUT_PREFIX",
+        ) from None
+    return prefix if prefix.endswith("/") else prefix + "/"

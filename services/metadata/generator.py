@@ -18,7 +18,7 @@ from typing import Any
 from runtime.cache import ResultCache, cache_key
 from runtime.errors import FailedPrecondition, InvalidArgument
 from runtime.storage import ObjectStore
-from runtime.storage.keys import validate_key
+from runtime.storage.keys import normalize_prefix
 from services.metadata import extractive
 from services.metadata.gemini import GeminiGenerator
 from services.metadata.model import (
@@ -37,20 +37,6 @@ log = logging.getLogger(__name__)
 ARTIFACT_DIR = "metadata/"
 MAX_TAGS = 100
 DEFAULT_MAX_TAGS = 10
-
-
-def normalize_prefix(prefix: str) -> str:
-    """A safe relative key prefix ending in "/"."""
-    if not prefix:
-        raise InvalidArgument("output_prefix is required", reason="INVALID_OUTPUT_PREFIX")
-    try:
-        validate_key(prefix.rstrip("/") or "/")
-    except InvalidArgument:
-        raise InvalidArgument(
-            "output_prefix must be a relative key prefix such as 'jobs/123/'",
-            reason="INVALID_OUTPUT_PREFIX",
-        ) from None
-    return prefix if prefix.endswith("/") else prefix + "/"
 
 
 def metadata_dict(metadata: Metadata) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from typing import Any
 
 from runtime.errors import FailedPrecondition, InvalidArgument
 from runtime.storage import ObjectStore
+from runtime.storage.keys import normalize_prefix
 from services.transcode import steps
 from services.transcode.commands import EncoderSettings
 from services.transcode.ffmpeg_runner import FfmpegRunner, source_url
@@ -74,23 +75,6 @@ class SourceRef:
     key: str
     #: Empty means the store's bucket, the only one the service reads.
     bucket: str = ""
-
-
-def normalize_prefix(prefix: str) -> str:
-    """A safe relative key prefix ending in "/"."""
-    parts = prefix.rstrip("/").split("/")
-    if (
-        not prefix
-        or prefix.startswith("/")
-        or "\\" in prefix
-        or any(part in ("", ".", "..") for part in parts)
-        or any(ord(char) < 32 or ord(char) == 127 for char in prefix)
-    ):
-        raise InvalidArgument(
-            "output_prefix must be a relative key prefix such as 'jobs/123/'",
-            reason="INVALID_OUTPUT_PREFIX",
-        )
-    return prefix if prefix.endswith("/") else prefix + "/"
 
 
 def step_weights(plan: TranscodePlan, info: SourceInfo) -> dict[str, float]:

@@ -23,7 +23,7 @@ from typing import Protocol
 from runtime.cache import ResultCache, cache_key
 from runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from runtime.storage import ObjectStore
-from runtime.storage.keys import validate_key
+from runtime.storage.keys import normalize_prefix, validate_key
 from services.transcribe import formats
 from services.transcribe.audio import SAMPLE_RATE, Samples, decode_audio
 from services.transcribe.model import (
@@ -82,20 +82,6 @@ class TranscriberConfig:
     cache_entries: int = 128
     #: Longest audio accepted, in seconds.
     max_audio_seconds: float = 6 * 3600.0
-
-
-def normalize_prefix(prefix: str) -> str:
-    """A safe relative key prefix ending in "/"."""
-    if not prefix:
-        raise InvalidArgument("output_prefix is required", reason="INVALID_OUTPUT_PREFIX")
-    try:
-        validate_key(prefix.rstrip("/") or "/")
-    except InvalidArgument:
-        raise InvalidArgument(
-            "output_prefix must be a relative key prefix such as 'jobs/123/'",
-            reason="INVALID_OUTPUT_PREFIX",
-        ) from None
-    return prefix if prefix.endswith("/") else prefix + "/"
 
 
 class Slots:
