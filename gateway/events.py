@@ -44,7 +44,8 @@ class Feed:
             maxlen=FEED_CAPACITY
         )
         self.latest = 0
-        self.changed = asyncio.Condition()
+        #: Watchers waiting for news, each on its own future (no lock to hand around).
+        self.waiting: set[asyncio.Future[None]] = set()
         self.watchers = 0
         self.fetching = False
         self.pending = False
@@ -57,18 +58,34 @@ class Feed:
         start = sequence + 1 - self.events[0].event.sequence
         return list(itertools.islice(self.events, start, None))
 
-    async def publish(self, events: list[job_pb2.JobEvent]) -> None:
+    def publish(self, events: list[job_pb2.JobEvent]) -> None:
         for event in events:
             if event.sequence > self.latest:
                 self.events.append(job_service_pb2.WatchJobResponse(event=event))
                 self.latest = event.sequence
-        async with self.changed:
-            self.changed.notify_all()
+        self._wake()
 
-    async def reset(self) -> None:
+    def reset(self) -> None:
+        """Forgets the buffered events: watchers re-read the journal."""
         self.events.clear()
-        async with self.changed:
-            self.changed.notify_all()
+        self._wake()
+
+    def _wake(self) -> None:
+        for waiter in self.waiting:
+            if not waiter.done():
+                waiter.set_result(None)
+        self.waiting.clear()
+
+    async def wait_past(self, sequence: int) -> None:
+        """Returns once the feed knows of an event after ``sequence`` (or was reset)."""
+        if self.latest > sequence:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiting.add(waiter)
+        try:
+            await waiter
+        finally:
+            self.waiting.discard(waiter)
 
 
 class EventHub:
@@ -99,7 +116,7 @@ class EventHub:
                 backoff = 0.2
                 # Anything between the last connection's loss and now may have been missed.
                 for feed in self.feeds.values():
-                    await feed.reset()
+                    feed.reset()
                 while not closed.is_set():
                     try:
                         await asyncio.wait_for(closed.wait(), LIVENESS_SECONDS)
@@ -155,9 +172,9 @@ class EventHub:
                     events = await self.load_events(job_id, feed.latest)
                 except Exception:
                     log.exception("loading events of job %s failed", job_id)
-                    await feed.reset()
+                    feed.reset()
                     return
-                await feed.publish(events)
+                feed.publish(events)
                 if not feed.pending:
                     return
         finally:
@@ -195,11 +212,9 @@ class EventHub:
                         return
                 if batch:
                     continue
-                async with feed.changed:
-                    if feed.latest <= last:
-                        # No timer: a lost listener connection resets every feed, which
-                        # wakes its watchers to re-read the journal.
-                        await feed.changed.wait()
+                # No timer: a lost listener connection resets every feed, which wakes its
+                # watchers to re-read the journal.
+                await feed.wait_past(last)
         finally:
             feed.watchers -= 1
             if feed.watchers == 0 and self.feeds.get(job_id) is feed:
