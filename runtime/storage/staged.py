@@ -28,6 +28,7 @@ from concurrent.futures import Executor
 from typing import Any, Literal, TypeVar
 
 from runtime.storage.base import ObjectWriter, StoredObject
+from runtime.tasks import start_detached
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +38,6 @@ T = TypeVar("T")
 HASH_IN_THREAD_BYTES = 256 * 1024
 
 State = Literal["open", "committing", "committed", "aborted"]
-
-
-#: Commit/abort tasks, kept alive while they outlive a cancelled caller (asyncio itself keeps
-#: only weak references to tasks).
-_running: set[asyncio.Task[Any]] = set()
-
-
-def _keep(task: asyncio.Task[T]) -> asyncio.Task[T]:
-    _running.add(task)
-    task.add_done_callback(_running.discard)
-    return task
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -147,7 +137,7 @@ class StagedWriter(ObjectWriter):
         if self._state != "open":
             raise RuntimeError(f"commit of a writer that is {self._state}")
         self._state = "committing"
-        self._commit_task = _keep(asyncio.create_task(self._commit(), name=f"commit {self.key}"))
+        self._commit_task = start_detached(self._commit(), name=f"commit {self.key}")
         stored = await asyncio.shield(self._commit_task)
         self._state = "committed"
         return stored
@@ -156,7 +146,7 @@ class StagedWriter(ObjectWriter):
         if self._state == "committed":
             return
         if self._abort_task is None:
-            self._abort_task = _keep(asyncio.create_task(self._abort(), name=f"abort {self.key}"))
+            self._abort_task = start_detached(self._abort(), name=f"abort {self.key}")
         await asyncio.shield(self._abort_task)
 
     async def _abort(self) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 from runtime.errors import FailedPrecondition, InvalidArgument
 from runtime.storage import ObjectStore
 from runtime.storage.keys import normalize_prefix
+from runtime.tasks import shielded
 from services.transcode import steps
 from services.transcode.commands import EncoderSettings
 from services.transcode.ffmpeg_runner import FfmpegRunner, source_url
@@ -274,7 +275,7 @@ class Transcoder:
 
         if keys:
             with contextlib.suppress(Exception):
-                await asyncio.shield(asyncio.wait_for(delete_all(), 60))
+                await shielded(asyncio.wait_for(delete_all(), 60))
 
 
 async def _run_steps(ctx: StepContext, plan: TranscodePlan) -> list[Output]:

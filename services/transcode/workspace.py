@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from runtime.errors import ResourceExhausted
+from runtime.tasks import shielded
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,7 @@ async def scratch_dir(root: Path, kind: str) -> AsyncIterator[Path]:
 
 async def remove_tree(path: Path) -> None:
     """``rmtree`` in a thread; a second cancel while it runs does not stop the removal."""
-    removal = asyncio.ensure_future(asyncio.to_thread(shutil.rmtree, path, ignore_errors=True))
-    await asyncio.shield(removal)
+    await shielded(asyncio.to_thread(shutil.rmtree, path, ignore_errors=True))
 
 
 def remove_stale(root: Path) -> int:

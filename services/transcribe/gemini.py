@@ -18,9 +18,9 @@ from pydantic import BaseModel, Field, ValidationError
 
 from runtime.errors import Unavailable
 from runtime.genai import GeminiClient
+from runtime.tasks import shielded
 from services.transcribe.audio import Samples, encode_flac
 from services.transcribe.model import Language, Segment, TranscribeOptions
-from services.transcribe.threads import finish
 from services.transcribe.whisper import normalize_language
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class GeminiEngine:
             )
         finally:
             if uploaded is not None and uploaded.name:
-                await finish(self._delete(uploaded.name))
+                await shielded(self._delete(uploaded.name))
         language = normalize_language(result.language) or options.language
         yield Language(options.language or language, 1.0 if options.language else 0.0)
         ordered = sorted(result.segments, key=lambda s: (s.start_seconds, s.end_seconds))
@@ -134,14 +134,14 @@ class GeminiEngine:
         deadline = loop.time() + UPLOAD_READY_TIMEOUT
         while uploaded.state == types.FileState.PROCESSING:
             if loop.time() > deadline:
-                await finish(self._delete(name))
+                await shielded(self._delete(name))
                 raise Unavailable(
                     "gemini did not process the upload in time", reason="GEMINI_UNAVAILABLE"
                 )
             await asyncio.sleep(1.0)
             uploaded = await self._client.call(lambda: files.get(name=name), what="file state")
         if uploaded.state == types.FileState.FAILED:
-            await finish(self._delete(name))
+            await shielded(self._delete(name))
             raise Unavailable("gemini could not process the audio", reason="GEMINI_UNAVAILABLE")
         return uploaded
 

@@ -15,9 +15,11 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncGenerator, Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
+
+from runtime.tasks import shielded
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +48,6 @@ class _Failed:
 @dataclass(frozen=True)
 class _Item(Generic[T]):
     value: T
-
-
-#: Cleanups that outlive a cancelled call (asyncio keeps only weak references to tasks).
-_cleanups: set[asyncio.Task[None]] = set()
-
-
-async def finish(cleanup: Coroutine[Any, Any, None]) -> None:
-    """Runs ``cleanup`` to the end even if the caller is cancelled again meanwhile (grpc.aio
-    may cancel a handler more than once when its client goes away)."""
-    task = asyncio.create_task(cleanup)
-    _cleanups.add(task)
-    task.add_done_callback(_cleanups.discard)
-    await asyncio.shield(task)
 
 
 Put = Callable[[T], None]
@@ -131,7 +120,7 @@ async def produce_in_thread(
             yield item.value
     finally:
         stop.set()
-        await finish(_join(ended, thread, join_timeout))
+        await shielded(_join(ended, thread, join_timeout))
 
 
 async def _join(ended: asyncio.Future[None], thread: threading.Thread, timeout: float) -> None:
