@@ -23,11 +23,16 @@ CANCEL_CHANNEL = "reelmill_jobs_cancelled"
 
 _LOAD_JOB = text(
     """
-    SELECT j.*,
+    SELECT j.id, j.owner, j.video_id, j.source_url, j.spec, j.state, j.labels, j.request_id,
+           j.error, j.media_info, j.metadata, j.attempts, j.last_event_sequence,
+           j.create_time, j.start_time, j.end_time, j.update_time,
+           CASE WHEN :full THEN j.transcript ELSE j.transcript - 'segments' END AS transcript,
            COALESCE((SELECT json_agg(s ORDER BY s.position)
                        FROM job_stages s WHERE s.job_id = j.id), '[]') AS stages_json,
-           COALESCE((SELECT json_agg(a ORDER BY a.name)
-                       FROM artifacts a WHERE a.job_id = j.id), '[]') AS artifacts_json,
+           CASE WHEN :full THEN
+                COALESCE((SELECT json_agg(a ORDER BY a.name)
+                            FROM artifacts a WHERE a.job_id = j.id), '[]')
+                ELSE '[]' END AS artifacts_json,
            CASE WHEN j.state = 'QUEUED' THEN
                 (SELECT count(*) FROM jobs q
                   WHERE q.state = 'QUEUED' AND (q.create_time, q.id) < (j.create_time, j.id)) + 1
@@ -39,11 +44,13 @@ _LOAD_JOB = text(
 
 
 async def load_job(
-    session: AsyncSession, job_id: uuid.UUID, *, owner: str | None = None
+    session: AsyncSession, job_id: uuid.UUID, *, owner: str | None = None, full: bool = True
 ) -> job_pb2.Job:
-    """The whole job (stages, artifacts, queue position) in one round trip. Raises
-    ``LookupError`` when there is no such job (of ``owner``, when given)."""
-    row = (await session.execute(_LOAD_JOB, {"id": job_id, "owner": owner})).mappings().first()
+    """The job (stages, artifacts, queue position) in one round trip; ``full=False`` leaves
+    out the transcript's segments and the artifacts. Raises ``LookupError`` when there is no
+    such job (of ``owner``, when given)."""
+    params = {"id": job_id, "owner": owner, "full": full}
+    row = (await session.execute(_LOAD_JOB, params)).mappings().first()
     if row is None:
         raise LookupError(str(job_id))
     return job_from_record(row)

@@ -220,8 +220,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def GetJob(
         self, request: job_service_pb2.GetJobRequest, context: Context
     ) -> job_service_pb2.GetJobResponse:
+        full = request.view != job_service_pb2.JOB_VIEW_BASIC
         return job_service_pb2.GetJobResponse(
-            job=await self.store.get_job(current_owner(), request.job_id)
+            job=await self.store.get_job(current_owner(), request.job_id, full=full)
         )
 
     async def ListJobs(
@@ -241,6 +242,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             states=states,
             labels=dict(request.labels),
             video_id=request.video_id,
+            full=request.view == job_service_pb2.JOB_VIEW_FULL,
         )
         return job_service_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
 
@@ -256,7 +258,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     ) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
         if request.after_sequence < 0:
             raise InvalidArgument("after_sequence must not be negative", reason="BAD_SEQUENCE")
-        job = await self.store.get_job(current_owner(), request.job_id)
+        job = await self.store.get_job(current_owner(), request.job_id, full=False)
         terminal = job.state in (
             job_pb2.JOB_STATE_SUCCEEDED,
             job_pb2.JOB_STATE_FAILED,

@@ -209,8 +209,10 @@ class Store:
             await session.execute(select(func.pg_notify(QUEUE_CHANNEL, str(job_id))))
             return await self._load(session, job_id), True
 
-    async def _load(self, session: AsyncSession, job_id: uuid.UUID) -> job_pb2.Job:
-        return await load_job(session, job_id)
+    async def _load(
+        self, session: AsyncSession, job_id: uuid.UUID, *, full: bool = True
+    ) -> job_pb2.Job:
+        return await load_job(session, job_id, full=full)
 
     async def _job_row(
         self, session: AsyncSession, owner: str, job_id: str, *, lock: bool = False
@@ -227,10 +229,10 @@ class Store:
         async with self.sessions() as session:
             return (await self._job_row(session, owner, job_id)).id
 
-    async def get_job(self, owner: str, job_id: str) -> job_pb2.Job:
+    async def get_job(self, owner: str, job_id: str, *, full: bool = True) -> job_pb2.Job:
         async with self.sessions() as session:
             try:
-                job = await load_job(session, parse_id(job_id, "job_id"), owner=owner)
+                job = await load_job(session, parse_id(job_id, "job_id"), owner=owner, full=full)
             except LookupError:
                 raise NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND") from None
             return job
@@ -244,6 +246,7 @@ class Store:
         states: Sequence[str],
         labels: dict[str, str],
         video_id: str,
+        full: bool = False,
     ) -> tuple[list[job_pb2.Job], str]:
         filters: dict[str, Any] = {
             "kind": "jobs",
@@ -260,7 +263,7 @@ class Store:
             query = query.where(models.Job.video_id == parse_id(video_id, "video_id"))
         async with self.sessions() as session:
             rows, next_token = await _keyset_page(session, query, models.Job, size, token, filters)
-            jobs = [await self._load(session, r.id) for r in rows]
+            jobs = [await self._load(session, r.id, full=full) for r in rows]
         return jobs, next_token
 
     async def cancel_job(self, owner: str, job_id: str) -> job_pb2.Job:

@@ -144,9 +144,14 @@ class ReelmillClient:
         )
         return response.job
 
-    async def get_job(self, job_id: str) -> job_pb2.Job:
+    async def get_job(
+        self,
+        job_id: str,
+        *,
+        view: job_service_pb2.JobView.ValueType = job_service_pb2.JOB_VIEW_FULL,
+    ) -> job_pb2.Job:
         response: job_service_pb2.GetJobResponse = await self.stub.GetJob(
-            job_service_pb2.GetJobRequest(job_id=job_id),
+            job_service_pb2.GetJobRequest(job_id=job_id, view=view),
             metadata=self._metadata,
             timeout=self._timeout,
         )
@@ -159,9 +164,11 @@ class ReelmillClient:
         labels: Mapping[str, str] | None = None,
         page_size: int = 0,
         page_token: str = "",
+        view: job_service_pb2.JobView.ValueType = job_service_pb2.JOB_VIEW_BASIC,
     ) -> tuple[list[job_pb2.Job], str]:
         response: job_service_pb2.ListJobsResponse = await self.stub.ListJobs(
             job_service_pb2.ListJobsRequest(
+                view=view,
                 states=states or [],
                 labels=dict(labels or {}),
                 page_size=page_size,

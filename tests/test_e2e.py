@@ -443,6 +443,12 @@ async def test_speech_becomes_transcript_and_metadata(
         "metadata/metadata.json",
     ):
         assert expected in names, names
+    listed, _ = await client.list_jobs()  # BASIC: no artifacts, no transcript segments
+    [basic] = [j for j in listed if j.id == job.id]
+    assert basic.artifacts == [] and basic.transcript.segments == []
+    assert basic.transcript.language == "en" and basic.metadata.title == done.metadata.title
+    brief = await client.get_job(job.id, view=job_service_pb2.JOB_VIEW_BASIC)
+    assert brief.artifacts == [] and brief.stages == done.stages
     vtt = tmp_path / "t.vtt"
     await client.download_artifact(job.id, "transcript/transcript.vtt", vtt)
     assert vtt.read_text().startswith("WEBVTT")
