@@ -4,13 +4,11 @@ Defaults the contract documents are applied here: a field left unset means "the 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 
 from reelmill.v1 import media_pb2, metadata_service_pb2, pipeline_pb2
+from runtime.artifacts import artifact_messages
 from services.metadata.model import (
-    Artifact,
     Engine,
     Metadata,
     MetadataOptions,
@@ -87,25 +85,9 @@ def metadata_message(metadata: Metadata) -> media_pb2.VideoMetadata:
     )
 
 
-def artifact_message(artifact: Artifact, *, now: datetime) -> media_pb2.Artifact:
-    created = timestamp_pb2.Timestamp()
-    created.FromDatetime(now)
-    return media_pb2.Artifact(
-        name=artifact.name,
-        kind=media_pb2.ArtifactKind.Value("ARTIFACT_KIND_" + artifact.kind.name),
-        object=media_pb2.ObjectRef(bucket=artifact.bucket, key=artifact.key),
-        content_type=artifact.content_type,
-        size_bytes=artifact.size,
-        sha256=artifact.sha256,
-        stage="metadata",
-        create_time=created,
-    )
-
-
 def response(outcome: Outcome) -> metadata_service_pb2.GenerateMetadataResponse:
-    now = datetime.now(UTC)
     return metadata_service_pb2.GenerateMetadataResponse(
         metadata=metadata_message(outcome.metadata),
-        artifacts=[artifact_message(a, now=now) for a in outcome.artifacts],
+        artifacts=artifact_messages(outcome.artifacts),
         cached=outcome.cached,
     )

@@ -157,14 +157,6 @@ class MetadataGenerator:
             stored = await self._store.put_bytes(
                 prefix + name, text.encode("utf-8"), content_type="application/json"
             )
-            return Artifact(
-                name=name,
-                kind=kind,
-                bucket=stored.bucket,
-                key=stored.key,
-                content_type=stored.content_type,
-                size=stored.size,
-                sha256=stored.sha256,
-            )
+            return Artifact(name=name, kind=kind, stored=stored, stage="metadata")
 
         return tuple(await asyncio.gather(*(write(kind, text) for kind, text in documents)))

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TypeAlias
+
+from runtime import artifacts
 
 
 class Engine(enum.Enum):
@@ -79,16 +82,8 @@ class ArtifactKind(enum.Enum):
     CUSTOM_METADATA_JSON = "custom.json"
 
 
-@dataclass(frozen=True)
-class Artifact:
-    #: Relative to the output prefix, e.g. "metadata/metadata.json".
-    name: str
-    kind: ArtifactKind
-    bucket: str
-    key: str
-    content_type: str
-    size: int
-    sha256: str
+#: A stored output, e.g. "metadata/metadata.json" under the output prefix.
+Artifact: TypeAlias = artifacts.Artifact[ArtifactKind]
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,10 @@ the core sees complete options.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 
 from reelmill.v1 import media_pb2, pipeline_pb2
 from services.transcode.model import (
-    Artifact,
     AudioInfo,
     AudioOptions,
     ClipContainer,
@@ -123,20 +120,4 @@ def progress_message(update: ProgressUpdate) -> media_pb2.Progress:
         processed=duration_message(update.processed_seconds),
         speed=update.speed,
         message=update.message,
-    )
-
-
-def artifact_message(artifact: Artifact, *, now: datetime | None = None) -> media_pb2.Artifact:
-    created = timestamp_pb2.Timestamp()
-    created.FromDatetime(now or datetime.now(UTC))
-    return media_pb2.Artifact(
-        name=artifact.name,
-        kind=media_pb2.ArtifactKind.Value("ARTIFACT_KIND_" + artifact.kind.name),
-        object=media_pb2.ObjectRef(bucket=artifact.bucket, key=artifact.key),
-        content_type=artifact.content_type,
-        size_bytes=artifact.size,
-        sha256=artifact.sha256,
-        attributes=dict(artifact.attributes),
-        stage=artifact.stage,
-        create_time=created,
     )

@@ -7,9 +7,10 @@ wire types, so the core modules (``plan``, ``commands``, ``transcoder``) work on
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
+from typing import TypeAlias
+
+from runtime import artifacts
 
 
 @dataclass(frozen=True)
@@ -142,21 +143,8 @@ class ArtifactKind(enum.Enum):
     CLIP = "clip"
 
 
-@dataclass(frozen=True)
-class Artifact:
-    """A stored output."""
-
-    #: Relative to the request's output prefix, e.g. "renditions/720p.mp4".
-    name: str
-    kind: ArtifactKind
-    bucket: str
-    key: str
-    content_type: str
-    size: int
-    sha256: str
-    attributes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    #: "transcode" or "audio".
-    stage: str = "transcode"
+#: A stored output; its stage is "transcode" or "audio".
+Artifact: TypeAlias = artifacts.Artifact[ArtifactKind]
 
 
 @dataclass(frozen=True)

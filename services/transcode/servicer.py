@@ -16,9 +16,10 @@ import grpc
 
 from reelmill.v1 import transcode_service_pb2 as pb
 from reelmill.v1 import transcode_service_pb2_grpc as pb_grpc
+from runtime.artifacts import artifact_messages
 from runtime.logs import log_context
 from services.transcode import messages
-from services.transcode.model import Outcome, ProgressUpdate
+from services.transcode.model import ProgressUpdate
 from services.transcode.transcoder import SourceRef, Transcoder
 
 
@@ -45,7 +46,7 @@ class TranscodeServicer(pb_grpc.TranscodeServiceServicer):
                         yield pb.TranscodeResponse(progress=messages.progress_message(update))
                     else:
                         yield pb.TranscodeResponse(
-                            result=pb.TranscodeResult(artifacts=_artifacts(update))
+                            result=pb.TranscodeResult(artifacts=artifact_messages(update.artifacts))
                         )
 
     async def ExtractAudio(
@@ -67,9 +68,7 @@ class TranscodeServicer(pb_grpc.TranscodeServiceServicer):
                         yield pb.ExtractAudioResponse(progress=messages.progress_message(update))
                     else:
                         yield pb.ExtractAudioResponse(
-                            result=pb.ExtractAudioResult(artifacts=_artifacts(update))
+                            result=pb.ExtractAudioResult(
+                                artifacts=artifact_messages(update.artifacts)
+                            )
                         )
-
-
-def _artifacts(outcome: Outcome) -> list[Any]:
-    return [messages.artifact_message(artifact) for artifact in outcome.artifacts]

@@ -24,7 +24,6 @@ import logging
 from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from runtime.errors import FailedPrecondition, InvalidArgument
@@ -244,13 +243,9 @@ class Transcoder:
             return Artifact(
                 name=output.name,
                 kind=output.kind,
-                bucket=obj.bucket,
-                key=obj.key,
-                content_type=obj.content_type,
-                size=obj.size,
-                sha256=obj.sha256,
-                attributes=MappingProxyType(dict(output.attributes)),
+                stored=obj,
                 stage=stage,
+                attributes=output.attributes,
             )
 
         tasks = [asyncio.create_task(upload(output)) for output in outputs]

@@ -6,13 +6,11 @@ the core sees complete options.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 
 from reelmill.v1 import media_pb2, pipeline_pb2, transcribe_service_pb2
+from runtime.artifacts import artifact_messages
 from services.transcribe.model import (
-    Artifact,
     Engine,
     Outcome,
     ProgressUpdate,
@@ -81,26 +79,9 @@ def transcript_message(transcript: Transcript) -> media_pb2.Transcript:
     )
 
 
-def artifact_message(artifact: Artifact, *, now: datetime | None = None) -> media_pb2.Artifact:
-    created = timestamp_pb2.Timestamp()
-    created.FromDatetime(now or datetime.now(UTC))
-    return media_pb2.Artifact(
-        name=artifact.name,
-        kind=media_pb2.ArtifactKind.Value("ARTIFACT_KIND_" + artifact.kind.name),
-        object=media_pb2.ObjectRef(bucket=artifact.bucket, key=artifact.key),
-        content_type=artifact.content_type,
-        size_bytes=artifact.size,
-        sha256=artifact.sha256,
-        attributes=dict(artifact.attributes),
-        stage="transcribe",
-        create_time=created,
-    )
-
-
 def result_message(outcome: Outcome) -> transcribe_service_pb2.TranscribeResult:
-    now = datetime.now(UTC)
     return transcribe_service_pb2.TranscribeResult(
         transcript=transcript_message(outcome.transcript),
-        artifacts=[artifact_message(a, now=now) for a in outcome.artifacts],
+        artifacts=artifact_messages(outcome.artifacts),
         cached=outcome.cached,
     )

@@ -7,7 +7,10 @@ types, so the core modules work on these alone. Times are seconds from the start
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from runtime import artifacts
 
 
 class Engine(enum.Enum):
@@ -74,17 +77,8 @@ class ArtifactKind(enum.Enum):
     TRANSCRIPT_TXT = "transcript.txt"
 
 
-@dataclass(frozen=True)
-class Artifact:
-    #: Relative to the output prefix, e.g. "transcript/transcript.vtt".
-    name: str
-    kind: ArtifactKind
-    bucket: str
-    key: str
-    content_type: str
-    size: int
-    sha256: str
-    attributes: dict[str, str] = field(default_factory=dict)
+#: A stored output, e.g. "transcript/transcript.vtt" under the output prefix.
+Artifact: TypeAlias = artifacts.Artifact[ArtifactKind]
 
 
 @dataclass(frozen=True)

@@ -253,11 +253,8 @@ class Transcriber:
             return Artifact(
                 name=name,
                 kind=kind,
-                bucket=stored.bucket,
-                key=stored.key,
-                content_type=stored.content_type,
-                size=stored.size,
-                sha256=stored.sha256,
+                stored=stored,
+                stage="transcribe",
                 attributes={
                     "language": transcript.language,
                     "segments": str(len(transcript.segments)),
