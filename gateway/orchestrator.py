@@ -250,6 +250,7 @@ class Orchestrator:
                 outputs=result.outputs,
                 artifacts=result.artifacts,
                 job_fields=result.job_fields,
+                video=result.video,
             )
             log.info("stage succeeded", extra={"seconds": round(time.monotonic() - started, 3)})
             return result

@@ -188,12 +188,15 @@ class Runs:
         outputs: dict[str, Any] | None = None,
         artifacts: Sequence[media_pb2.Artifact] = (),
         job_fields: dict[str, Any] | None = None,
+        video: media_pb2.Video | None = None,
         started: bool = False,
     ) -> int:
         """Records a stage's new state (and what it produced) with its event, atomically;
         returns the event's sequence."""
         async with self.sessions.begin() as session:
-            await self._fence(session, job_id)
+            job = await self._fence(session, job_id)
+            if video is not None:
+                await self._put_video(session, job.owner, video)
             stage = await session.get_one(models.JobStage, (job_id, name), with_for_update=True)
             stage.state = state
             if progress is not None:
@@ -231,6 +234,27 @@ class Runs:
                 )
             )
             return await append_event(session, job_id, event)
+
+    async def _put_video(self, session: AsyncSession, owner: str, video: media_pb2.Video) -> None:
+        from sqlalchemy.dialects.postgresql import insert
+
+        values = {
+            "owner": owner,
+            "filename": video.filename,
+            "content_type": video.content_type,
+            "size_bytes": video.size_bytes,
+            "sha256": video.sha256,
+            "bucket": video.object.bucket,
+            "object_key": video.object.key,
+            "media_info": to_json(video.media_info),
+            "source_url": video.source_url or None,
+        }
+        # A fixed id per job: a retried import replaces its row.
+        await session.execute(
+            insert(models.Video)
+            .values(id=uuid.UUID(video.id), **values)
+            .on_conflict_do_update(index_elements=["id"], set_=values)
+        )
 
     async def _put_artifact(
         self, session: AsyncSession, job_id: uuid.UUID, stage: str, artifact: media_pb2.Artifact

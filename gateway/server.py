@@ -21,6 +21,7 @@ from gateway.servicer import JobServicer
 from gateway.settings import GatewaySettings
 from gateway.stages import (
     AudioStage,
+    ImportStage,
     MetadataStage,
     ProbeStage,
     Stage,
@@ -89,6 +90,7 @@ async def assemble(settings: GatewaySettings) -> Gateway:
     }
     ingest = ingest_service_pb2_grpc.IngestServiceStub(channels["ingest"])
     stages: list[Stage] = [
+        ImportStage(channels["ingest"], objects.bucket),
         ProbeStage(channels["ingest"]),
         TranscodeStage(channels["transcode"]),
         AudioStage(channels["transcode"]),

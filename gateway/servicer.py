@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import mimetypes
 import re
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
@@ -15,8 +16,8 @@ import grpc
 from gateway.auth import current_owner
 from gateway.events import EventHub
 from gateway.settings import GatewaySettings
-from gateway.stages import Stage, stage_states
-from gateway.store import StagePlan, Store, page_size
+from gateway.stages import Stage, plan_stages
+from gateway.store import Store, page_size
 from reelmill.v1 import (
     ingest_service_pb2,
     ingest_service_pb2_grpc,
@@ -57,6 +58,19 @@ def guess_content_type(filename: str) -> str:
     """A media type from the file name's extension; empty lets ingest's probe decide."""
     guessed, _ = mimetypes.guess_type(sanitize_filename(filename))
     return guessed if guessed and guessed.startswith(("video/", "audio/")) else ""
+
+
+MAX_URL_LENGTH = 2048
+
+
+def validate_url(url: str) -> str:
+    """An http(s) URL with a host; what it may reach is ingest's guard to decide."""
+    if len(url) > MAX_URL_LENGTH or _CONTROL.search(url):
+        raise InvalidArgument("url is too long or has control characters", reason="BAD_URL")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidArgument("url must be an http or https URL with a host", reason="BAD_URL")
+    return url
 
 
 def validate_labels(labels: dict[str, str]) -> dict[str, str]:
@@ -191,25 +205,19 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         source = request.WhichOneof("source")
         if source is None:
             raise InvalidArgument("a job needs a source: video_id or url", reason="MISSING_SOURCE")
-        if source == "url":
-            raise Unimplemented(
-                "creating a job from a URL is not available yet; upload the video instead",
-                reason="URL_IMPORT_UNAVAILABLE",
-            )
         if len(request.request_id) > 256:
             raise InvalidArgument(
                 "request_id is longer than 256 characters", reason="BAD_REQUEST_ID"
             )
-        states = stage_states(self.stages, request.spec)
-        plans = [StagePlan(s.name, s.depends_on, states[s.name]) for s in self.stages]
+        url = validate_url(request.url) if source == "url" else None
         job, created = await self.store.create_job(
             owner,
-            video_id=request.video_id,
-            source_url=None,
+            video_id=request.video_id if url is None else None,
+            source_url=url,
             spec=request.spec,
             request_id=request.request_id,
             labels=validate_labels(dict(request.labels)),
-            stages=plans,
+            stages=plan_stages(self.stages, request.spec, from_url=url is not None),
         )
         log.info(
             "job created" if created else "job returned for repeated request_id",

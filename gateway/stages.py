@@ -4,7 +4,9 @@ references (never bytes), and reports what it produced. The DAG is declared here
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable, Mapping
+import urllib.parse
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +14,7 @@ import grpc
 
 from gateway.convert import from_json, to_json
 from gateway.runs import ClaimedJob, StageRow
+from gateway.store import StagePlan
 from reelmill.v1 import (
     ingest_service_pb2,
     ingest_service_pb2_grpc,
@@ -54,10 +57,17 @@ class StageContext:
         return from_json(self.fields.get("transcript"), media_pb2.Transcript)
 
     @property
+    def video(self) -> media_pb2.Video:
+        """The video the job processes: uploaded before, or imported by the import stage."""
+        if self.job.video is not None:
+            return self.job.video
+        if "video" in self.outputs.get("import", {}):
+            return from_json(dict(self.outputs["import"]["video"]), media_pb2.Video)
+        raise FailedPrecondition("the job's video no longer exists", reason="VIDEO_DELETED")
+
+    @property
     def source(self) -> media_pb2.ObjectRef:
-        if self.job.video is None:
-            raise FailedPrecondition("the job's video no longer exists", reason="VIDEO_DELETED")
-        return self.job.video.object
+        return self.video.object
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,8 @@ class StageResult:
     artifacts: list[media_pb2.Artifact] = field(default_factory=list)
     #: Columns of the job to set with the stage's success (media_info, transcript, metadata).
     job_fields: dict[str, Any] = field(default_factory=dict)
+    #: A video the stage brought in (URL import), recorded with the stage's success.
+    video: media_pb2.Video | None = None
 
 
 class Stage(abc.ABC):
@@ -82,6 +94,59 @@ class Stage(abc.ABC):
 
     @abc.abstractmethod
     async def run(self, ctx: StageContext) -> StageResult: ...
+
+
+IMPORT_NAMESPACE = uuid.UUID("6f1c9a7e-2b1d-4c8e-9a55-3c2f0d7b9e41")
+
+
+def imported_video_id(job_id: uuid.UUID) -> uuid.UUID:
+    """The id of a job's imported video: fixed per job, so a retried import overwrites its
+    object and row instead of adding new ones."""
+    return uuid.uuid5(IMPORT_NAMESPACE, str(job_id))
+
+
+def filename_from_url(url: str) -> str:
+    path = urllib.parse.urlsplit(url).path
+    name = urllib.parse.unquote(path.rsplit("/", 1)[-1])
+    return name or urllib.parse.urlsplit(url).hostname or "import"
+
+
+class ImportStage(Stage):
+    """Downloads a job's URL into the store (through ingest's guarded fetcher) and records the
+    video. Only jobs created from a URL have this stage; their probe waits for it."""
+
+    name = "import"
+
+    def __init__(self, channel: grpc.aio.Channel, bucket: str) -> None:
+        self.ingest = ingest_service_pb2_grpc.IngestServiceStub(channel)
+        self.bucket = bucket
+
+    async def run(self, ctx: StageContext) -> StageResult:
+        url = ctx.job.source_url or ""
+        video_id = imported_video_id(ctx.job.id)
+        call = self.ingest.ImportUrl(
+            ingest_service_pb2.ImportUrlRequest(
+                url=url,
+                destination=media_pb2.ObjectRef(
+                    bucket=self.bucket, key=f"videos/{video_id}/source"
+                ),
+            ),
+            timeout=ctx.timeout,
+        )
+        result = await follow_stream(call, ctx)
+        video = media_pb2.Video(
+            id=str(video_id),
+            filename=filename_from_url(url)[:255],
+            content_type=result.content_type,
+            size_bytes=result.size_bytes,
+            sha256=result.sha256,
+            object=result.object,
+            media_info=result.media_info,
+            source_url=url,
+        )
+        return StageResult(
+            outputs={"video": to_json(video)}, job_fields={"video_id": video_id}, video=video
+        )
 
 
 class ProbeStage(Stage):
@@ -264,7 +329,7 @@ class MetadataStage(Stage):
                     media_info=ctx.media_info,
                     spec=ctx.job.spec.metadata,
                     output_prefix=ctx.output_prefix,
-                    filename=ctx.job.video.filename if ctx.job.video is not None else "",
+                    filename=ctx.video.filename,
                 ),
                 timeout=ctx.timeout,
             )
@@ -277,14 +342,22 @@ class MetadataStage(Stage):
         )
 
 
-def stage_states(stages: tuple[Stage, ...], spec: pipeline_pb2.PipelineSpec) -> dict[str, str]:
-    """Initial state of each stage: PENDING, or SKIPPED when the spec (or a skipped
-    dependency) switches it off."""
+def plan_stages(
+    stages: Sequence[Stage], spec: pipeline_pb2.PipelineSpec, *, from_url: bool
+) -> list[StagePlan]:
+    """The stages of a new job, with their dependencies and initial states: a job from a URL
+    starts with the import, which its probe waits for; a stage switched off by the spec (or
+    whose dependency is) starts SKIPPED."""
+    plans: list[StagePlan] = []
     states: dict[str, str] = {}
     for stage in stages:
-        skipped = not stage.enabled(spec) or any(states[d] == "SKIPPED" for d in stage.depends_on)
+        if stage.name == ImportStage.name and not from_url:
+            continue
+        depends_on = ("import",) if from_url and stage.name == ProbeStage.name else stage.depends_on
+        skipped = not stage.enabled(spec) or any(states[d] == "SKIPPED" for d in depends_on)
         states[stage.name] = "SKIPPED" if skipped else "PENDING"
-    return states
+        plans.append(StagePlan(stage.name, depends_on, states[stage.name]))
+    return plans
 
 
 def finished(row: StageRow) -> bool:
