@@ -65,8 +65,12 @@ def main(quick: bool = False) -> None:
         else [(200 * MIB, "200 MiB"), (1024 * MIB, "1 GiB")]
     )
     rows = []
-    workdir = Path(tempfile.mkdtemp(prefix="bench-upload-"))
-    with run_moto() as s3, run_postgres() as pg:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-upload-") as tmp,
+        run_moto() as s3,
+        run_postgres() as pg,
+    ):
+        workdir = Path(tmp)
         client = s3.client()
         for size, label in sizes:
             video = make_video(workdir / f"{label.replace(' ', '')}.mkv", size)

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+import tempfile
 import time
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import grpc
 
@@ -162,7 +164,7 @@ async def _run(
 def main(quick: bool = False) -> None:
     jobs, per_job = (4, 25) if quick else (20, 50)
     events, rate = (5, 5.0) if quick else (20, 2.0)
-    with run_postgres() as pg:
+    with run_postgres() as pg, tempfile.TemporaryDirectory(prefix="bench-watch-") as tmp:
         import asyncpg
 
         async def create_db() -> None:
@@ -172,16 +174,15 @@ def main(quick: bool = False) -> None:
 
         asyncio.run(create_db())
         url = pg.url("bench")
-        import tempfile
-
+        (Path(tmp) / "logs").mkdir()
         suite = Suite(
             env={
                 "REELMILL_JWT_SECRET": JWT_SECRET,
                 "REELMILL_DATABASE_URL": url,
-                "REELMILL_STORAGE_DIR": tempfile.mkdtemp(prefix="bench-objects-"),
+                "REELMILL_STORAGE_DIR": str(Path(tmp) / "objects"),
                 "REELMILL_LOG_LEVEL": "WARNING",
             },
-            logs=__import__("pathlib").Path(tempfile.mkdtemp(prefix="bench-logs-")),
+            logs=Path(tmp) / "logs",
         )
         try:
             result = asyncio.run(

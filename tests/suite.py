@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -150,3 +151,5 @@ def run_suite(env: dict[str, str], gateways: int = 1) -> Iterator[Suite]:
         yield suite
     finally:
         suite.stop()
+        shutil.rmtree(logs, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
