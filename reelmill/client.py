@@ -129,15 +129,20 @@ class ReelmillClient:
 
     async def create_job(
         self,
-        video_id: str,
+        video_id: str = "",
         *,
+        url: str = "",
         spec: pipeline_pb2.PipelineSpec | None = None,
         request_id: str = "",
         labels: Mapping[str, str] | None = None,
     ) -> job_pb2.Job:
+        """A job for an uploaded video (``video_id``) or for a URL to import (``url``)."""
+        if bool(video_id) == bool(url):
+            raise ValueError("give exactly one of video_id and url")
+        source = {"video_id": video_id} if video_id else {"url": url}
         response: job_service_pb2.CreateJobResponse = await self.stub.CreateJob(
             job_service_pb2.CreateJobRequest(
-                video_id=video_id, spec=spec, request_id=request_id, labels=dict(labels or {})
+                **source, spec=spec, request_id=request_id, labels=dict(labels or {})
             ),
             metadata=self._metadata,
             timeout=self._timeout,

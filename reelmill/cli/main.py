@@ -41,6 +41,12 @@ def _labels(values: list[str]) -> dict[str, str]:
 
 
 async def submit(args: argparse.Namespace, client: ReelmillClient) -> int:
+    if args.file.startswith(("http://", "https://")):
+        job = await client.create_job(
+            url=args.file, request_id=args.request_id or "", labels=_labels(args.label)
+        )
+        render.console.print(f"job {job.id} {render.state_name(job.state)} (importing {args.file})")
+        return await _follow(client, job.id) if args.watch else 0
     path = Path(args.file)
     size = await asyncio.to_thread(lambda: path.stat().st_size if path.is_file() else -1)
     if size < 0:
@@ -225,8 +231,8 @@ def parser() -> argparse.ArgumentParser:
     p = commands.add_parser("migrate", help="apply database migrations")
     p.set_defaults(run=migrate)
 
-    p = commands.add_parser("submit", help="upload a video and create a job")
-    p.add_argument("file")
+    p = commands.add_parser("submit", help="upload a video (or name a URL) and create a job")
+    p.add_argument("file", metavar="FILE|URL")
     p.add_argument("--watch", action="store_true", help="follow the job to its end")
     p.add_argument("--request-id", help="idempotency key")
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
