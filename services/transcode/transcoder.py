@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import FailedPrecondition, InvalidArgument
+from runtime.slots import Slots
 from runtime.storage import ObjectStore
 from runtime.storage.keys import normalize_prefix
 from runtime.tasks import shielded
@@ -45,7 +46,7 @@ from services.transcode.plan import TranscodePlan, plan_transcode
 from services.transcode.probe import probe_source
 from services.transcode.progress import ProgressTracker
 from services.transcode.steps import Output, StepContext
-from services.transcode.workspace import Slots, scratch_dir
+from services.transcode.workspace import scratch_dir
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,16 @@ class Transcoder:
         self.store = store
         self.runner = runner
         self.config = config
-        self._transcode_slots = Slots(config.max_concurrent, config.max_waiting)
-        self._audio_slots = Slots(config.max_concurrent_audio, config.max_waiting)
+        busy = "the transcoder is busy; try again later"
+        self._transcode_slots = Slots(
+            config.max_concurrent, config.max_waiting, busy_message=busy, reason="TRANSCODER_BUSY"
+        )
+        self._audio_slots = Slots(
+            config.max_concurrent_audio,
+            config.max_waiting,
+            busy_message=busy,
+            reason="TRANSCODER_BUSY",
+        )
 
     def transcode(
         self,

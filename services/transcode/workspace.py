@@ -1,4 +1,4 @@
-"""Per-request scratch directories and the concurrency limit on heavy work.
+"""Per-request scratch directories.
 
 A scratch directory is ``{root}/{kind}-{pid}-{random}``; it is removed when the request ends
 however it ends (success, error, cancel). A process killed outright cannot clean up, so at
@@ -14,10 +14,9 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-from runtime.errors import ResourceExhausted
 from runtime.tasks import shielded
 
 log = logging.getLogger(__name__)
@@ -66,32 +65,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-class Slots:
-    """At most ``capacity`` holders at once and ``max_waiting`` callers queued behind them;
-    beyond that, RESOURCE_EXHAUSTED (the caller retries, possibly on another replica)."""
-
-    def __init__(self, capacity: int, max_waiting: int) -> None:
-        self._semaphore = asyncio.Semaphore(capacity)
-        self._max_waiting = max_waiting
-        self._waiting = 0
-
-    @contextlib.asynccontextmanager
-    async def hold(self, on_wait: Callable[[], None] | None = None) -> AsyncIterator[None]:
-        if self._semaphore.locked():
-            if self._waiting >= self._max_waiting:
-                raise ResourceExhausted(
-                    "the transcoder is busy; try again later", reason="TRANSCODER_BUSY"
-                )
-            if on_wait is not None:
-                on_wait()
-        self._waiting += 1
-        try:
-            await self._semaphore.acquire()
-        finally:
-            self._waiting -= 1
-        try:
-            yield
-        finally:
-            self._semaphore.release()

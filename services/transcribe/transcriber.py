@@ -16,12 +16,13 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol
 
 from runtime.cache import ResultCache, cache_key
-from runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from runtime.errors import FailedPrecondition, InvalidArgument
+from runtime.slots import Slots
 from runtime.storage import ObjectStore
 from runtime.storage.keys import normalize_prefix, validate_key
 from services.transcribe import formats
@@ -84,31 +85,6 @@ class TranscriberConfig:
     max_audio_seconds: float = 6 * 3600.0
 
 
-class Slots:
-    """At most ``limit`` holders at once and ``max_waiting`` waiting; more is RESOURCE_EXHAUSTED."""
-
-    def __init__(self, limit: int, max_waiting: int) -> None:
-        self._semaphore = asyncio.Semaphore(limit)
-        self._max_waiting = max_waiting
-        self._waiting = 0
-
-    @contextlib.asynccontextmanager
-    async def hold(self) -> AsyncIterator[None]:
-        if self._semaphore.locked() and self._waiting >= self._max_waiting:
-            raise ResourceExhausted(
-                "too many transcriptions are waiting; try again later", reason="BUSY"
-            )
-        self._waiting += 1
-        try:
-            await self._semaphore.acquire()
-        finally:
-            self._waiting -= 1
-        try:
-            yield
-        finally:
-            self._semaphore.release()
-
-
 class Transcriber:
     def __init__(
         self,
@@ -122,7 +98,11 @@ class Transcriber:
         self._gemini = gemini
         self.config = config
         self.cache: ResultCache[Transcript] = ResultCache(config.cache_entries)
-        self._slots = Slots(config.max_concurrent, config.max_waiting)
+        self._slots = Slots(
+            config.max_concurrent,
+            config.max_waiting,
+            busy_message="too many transcriptions are waiting; try again later",
+        )
 
     def engine_for(self, engine: Engine | None) -> SpeechEngine:
         """The engine asked for; unspecified is Gemini when configured, else faster-whisper."""
