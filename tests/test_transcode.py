@@ -20,8 +20,10 @@ import pytest
 from google.protobuf import duration_pb2
 
 from reelmill.v1 import media_pb2, pipeline_pb2, transcode_service_pb2, transcode_service_pb2_grpc
+from runtime.durations import duration_message
 from runtime.errors import InvalidArgument, ReelmillError, error_info
 from runtime.ffmpeg import ffmpeg_path
+from runtime.progress import ProgressUpdate
 from runtime.server import build_server
 from runtime.storage.keys import normalize_prefix
 from runtime.storage.local import LocalObjectStore
@@ -43,7 +45,6 @@ from services.transcode.model import (
     ClipContainer,
     ClipOptions,
     Outcome,
-    ProgressUpdate,
     RungSpec,
     SourceInfo,
     StoryboardOptions,
@@ -753,7 +754,7 @@ async def stub(
 
 
 def _media_info(width: int, height: int, seconds: float) -> media_pb2.MediaInfo:
-    duration = messages.duration_message(seconds)
+    duration = duration_message(seconds)
     return media_pb2.MediaInfo(
         container="mov,mp4,m4a,3gp,3g2,mj2",
         duration=duration,

@@ -33,6 +33,7 @@ from runtime.errors import (
 )
 from runtime.ffmpeg import ffmpeg_path
 from runtime.genai import GeminiClient, GeminiConfig, backoff_delay
+from runtime.progress import ProgressUpdate
 from runtime.server import build_server
 from runtime.storage.keys import normalize_prefix
 from runtime.storage.local import LocalObjectStore
@@ -41,7 +42,6 @@ from services.transcribe.gemini import GeminiEngine
 from services.transcribe.model import (
     Engine,
     Outcome,
-    ProgressUpdate,
     Segment,
     SegmentUpdate,
     TranscribeOptions,

@@ -4,10 +4,9 @@ Defaults the contract documents are applied here: a field left unset means "the 
 
 from __future__ import annotations
 
-from google.protobuf import duration_pb2
-
 from reelmill.v1 import media_pb2, metadata_service_pb2, pipeline_pb2
 from runtime.artifacts import artifact_messages
+from runtime.durations import seconds
 from services.metadata.model import (
     Engine,
     Metadata,
@@ -21,10 +20,6 @@ _ENGINES = {
     pipeline_pb2.METADATA_ENGINE_EXTRACTIVE: Engine.EXTRACTIVE,
     pipeline_pb2.METADATA_ENGINE_GEMINI: Engine.GEMINI,
 }
-
-
-def seconds(duration: duration_pb2.Duration) -> float:
-    return duration.seconds + duration.nanos / 1e9
 
 
 def source(transcript: media_pb2.Transcript, media: media_pb2.MediaInfo, filename: str) -> Source:

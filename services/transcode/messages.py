@@ -6,15 +6,13 @@ the core sees complete options.
 
 from __future__ import annotations
 
-from google.protobuf import duration_pb2
-
 from reelmill.v1 import media_pb2, pipeline_pb2
+from runtime.durations import seconds
 from services.transcode.model import (
     AudioInfo,
     AudioOptions,
     ClipContainer,
     ClipOptions,
-    ProgressUpdate,
     RungSpec,
     SourceInfo,
     StoryboardOptions,
@@ -24,16 +22,6 @@ from services.transcode.model import (
 )
 
 DEFAULT_SEGMENT_SECONDS = 4.0
-
-
-def seconds(duration: duration_pb2.Duration) -> float:
-    return duration.seconds + duration.nanos / 1e9
-
-
-def duration_message(value: float) -> duration_pb2.Duration:
-    message = duration_pb2.Duration()
-    message.FromNanoseconds(round(value * 1e9))
-    return message
 
 
 def source_info(media: media_pb2.MediaInfo) -> SourceInfo | None:
@@ -112,12 +100,3 @@ def transcode_options(spec: pipeline_pb2.TranscodeSpec) -> TranscodeOptions:
 
 def audio_options(spec: pipeline_pb2.AudioSpec) -> AudioOptions:
     return AudioOptions(m4a=spec.m4a if spec.HasField("m4a") else True)
-
-
-def progress_message(update: ProgressUpdate) -> media_pb2.Progress:
-    return media_pb2.Progress(
-        fraction=update.fraction,
-        processed=duration_message(update.processed_seconds),
-        speed=update.speed,
-        message=update.message,
-    )

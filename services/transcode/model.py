@@ -148,17 +148,6 @@ Artifact: TypeAlias = artifacts.Artifact[ArtifactKind]
 
 
 @dataclass(frozen=True)
-class ProgressUpdate:
-    #: 0.0 to 1.0 over the whole request.
-    fraction: float
-    #: Media seconds processed by the current step.
-    processed_seconds: float = 0.0
-    #: Speed of the current step relative to real time; 0 when unknown.
-    speed: float = 0.0
-    message: str = ""
-
-
-@dataclass(frozen=True)
 class Outcome:
     """The end of a request: every artifact it stored."""
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 
+from runtime.progress import ProgressUpdate
 from services.transcode.ffmpeg_runner import FfmpegProgress
-from services.transcode.model import ProgressUpdate
 
 
 class ProgressTracker:

@@ -18,8 +18,8 @@ from reelmill.v1 import transcode_service_pb2 as pb
 from reelmill.v1 import transcode_service_pb2_grpc as pb_grpc
 from runtime.artifacts import artifact_messages
 from runtime.logs import log_context
+from runtime.progress import ProgressUpdate, progress_message
 from services.transcode import messages
-from services.transcode.model import ProgressUpdate
 from services.transcode.transcoder import SourceRef, Transcoder
 
 
@@ -43,7 +43,7 @@ class TranscodeServicer(pb_grpc.TranscodeServiceServicer):
             async with contextlib.aclosing(updates):
                 async for update in updates:
                     if isinstance(update, ProgressUpdate):
-                        yield pb.TranscodeResponse(progress=messages.progress_message(update))
+                        yield pb.TranscodeResponse(progress=progress_message(update))
                     else:
                         yield pb.TranscodeResponse(
                             result=pb.TranscodeResult(artifacts=artifact_messages(update.artifacts))
@@ -65,7 +65,7 @@ class TranscodeServicer(pb_grpc.TranscodeServiceServicer):
             async with contextlib.aclosing(updates):
                 async for update in updates:
                     if isinstance(update, ProgressUpdate):
-                        yield pb.ExtractAudioResponse(progress=messages.progress_message(update))
+                        yield pb.ExtractAudioResponse(progress=progress_message(update))
                     else:
                         yield pb.ExtractAudioResponse(
                             result=pb.ExtractAudioResult(

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import FailedPrecondition, InvalidArgument
+from runtime.progress import ProgressUpdate
 from runtime.slots import Slots
 from runtime.storage import ObjectStore
 from runtime.storage.keys import normalize_prefix
@@ -38,7 +39,6 @@ from services.transcode.model import (
     Artifact,
     AudioOptions,
     Outcome,
-    ProgressUpdate,
     SourceInfo,
     TranscodeOptions,
 )

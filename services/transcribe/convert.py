@@ -6,14 +6,12 @@ the core sees complete options.
 
 from __future__ import annotations
 
-from google.protobuf import duration_pb2
-
 from reelmill.v1 import media_pb2, pipeline_pb2, transcribe_service_pb2
 from runtime.artifacts import artifact_messages
+from runtime.durations import duration_message
 from services.transcribe.model import (
     Engine,
     Outcome,
-    ProgressUpdate,
     Segment,
     TranscribeOptions,
     Transcript,
@@ -26,12 +24,6 @@ _ENGINES = {
 }
 
 
-def duration_message(value: float) -> duration_pb2.Duration:
-    message = duration_pb2.Duration()
-    message.FromNanoseconds(round(value * 1e9))
-    return message
-
-
 def transcribe_options(spec: pipeline_pb2.TranscribeSpec) -> TranscribeOptions:
     return TranscribeOptions(
         engine=_ENGINES.get(spec.engine),
@@ -39,15 +31,6 @@ def transcribe_options(spec: pipeline_pb2.TranscribeSpec) -> TranscribeOptions:
         word_timestamps=spec.word_timestamps if spec.HasField("word_timestamps") else True,
         vad_filter=spec.vad_filter if spec.HasField("vad_filter") else True,
         beam_size=max(spec.beam_size, 0),
-    )
-
-
-def progress_message(update: ProgressUpdate) -> media_pb2.Progress:
-    return media_pb2.Progress(
-        fraction=update.fraction,
-        processed=duration_message(update.processed_seconds),
-        speed=update.speed,
-        message=update.message,
     )
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from runtime import artifacts
+from runtime.progress import ProgressUpdate
 
 
 class Engine(enum.Enum):
@@ -79,17 +80,6 @@ class ArtifactKind(enum.Enum):
 
 #: A stored output, e.g. "transcript/transcript.vtt" under the output prefix.
 Artifact: TypeAlias = artifacts.Artifact[ArtifactKind]
-
-
-@dataclass(frozen=True)
-class ProgressUpdate:
-    #: 0.0 to 1.0.
-    fraction: float
-    #: Seconds of audio transcribed so far.
-    processed_seconds: float
-    #: Audio seconds per wall-clock second; 0 when unknown.
-    speed: float
-    message: str
 
 
 @dataclass(frozen=True)

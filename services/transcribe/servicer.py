@@ -17,8 +17,9 @@ import grpc
 from reelmill.v1 import transcribe_service_pb2 as pb
 from reelmill.v1 import transcribe_service_pb2_grpc as pb_grpc
 from runtime.logs import log_context
+from runtime.progress import ProgressUpdate, progress_message
 from services.transcribe import convert
-from services.transcribe.model import Outcome, ProgressUpdate, SegmentUpdate
+from services.transcribe.model import Outcome, SegmentUpdate
 from services.transcribe.transcriber import AudioRef, Transcriber
 
 
@@ -42,7 +43,7 @@ class TranscribeServicer(pb_grpc.TranscribeServiceServicer):
             async with contextlib.aclosing(updates):
                 async for update in updates:
                     if isinstance(update, ProgressUpdate):
-                        yield pb.TranscribeResponse(progress=convert.progress_message(update))
+                        yield pb.TranscribeResponse(progress=progress_message(update))
                     elif isinstance(update, SegmentUpdate):
                         yield pb.TranscribeResponse(segment=convert.segment_message(update.segment))
                     elif isinstance(update, Outcome):

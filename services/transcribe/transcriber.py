@@ -22,6 +22,7 @@ from typing import Protocol
 
 from runtime.cache import ResultCache, cache_key
 from runtime.errors import FailedPrecondition, InvalidArgument
+from runtime.progress import ProgressUpdate
 from runtime.slots import Slots
 from runtime.storage import ObjectStore
 from runtime.storage.keys import normalize_prefix, validate_key
@@ -33,7 +34,6 @@ from services.transcribe.model import (
     Engine,
     Language,
     Outcome,
-    ProgressUpdate,
     Segment,
     SegmentUpdate,
     TranscribeOptions,
