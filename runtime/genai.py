@@ -38,6 +38,7 @@ from runtime.errors import (
     Unauthenticated,
     Unavailable,
 )
+from runtime.settings import GeminiServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,20 @@ def map_error(exc: BaseException) -> ReelmillError:
         )
     # Anything else is a bug on one side or the other: not retried, logged with its traceback.
     return Internal(f"gemini call failed: {exc!r}", reason="GEMINI_FAILED")
+
+
+def gemini_config(settings: GeminiServiceSettings) -> GeminiConfig | None:
+    """The process's Gemini configuration; ``None`` when no key is set (Gemini is then not
+    offered)."""
+    key = settings.gemini_api_key.get_secret_value() if settings.gemini_api_key else ""
+    if not key:
+        return None
+    return GeminiConfig(
+        api_key=key,
+        model=settings.gemini_model,
+        timeout=settings.gemini_timeout_seconds,
+        max_attempts=settings.gemini_max_attempts,
+    )
 
 
 def backoff_delay(attempt: int, config: GeminiConfig, rng: Callable[[], float]) -> float:

@@ -59,6 +59,18 @@ class ServiceSettings(CommonSettings):
     max_message_mib: int = Field(default=8, ge=1, le=512)
 
 
+class GeminiServiceSettings(ServiceSettings):
+    """What a server process that may call Gemini reads (``runtime.genai.gemini_config``)."""
+
+    #: Gemini API key; unset means Gemini is not offered.
+    gemini_api_key: SecretStr | None = None
+    gemini_model: str = "gemini-2.5-flash"
+    #: Seconds one Gemini call may take.
+    gemini_timeout_seconds: float = Field(default=300.0, gt=0)
+    #: Attempts per Gemini call on transient errors (5xx, timeouts).
+    gemini_max_attempts: int = Field(default=4, ge=1, le=10)
+
+
 S = TypeVar("S", bound=BaseSettings)
 
 

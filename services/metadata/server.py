@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from reelmill.v1 import metadata_service_pb2, metadata_service_pb2_grpc
-from runtime.genai import GeminiClient, GeminiConfig
+from runtime.genai import GeminiClient, GeminiConfig, gemini_config
 from runtime.server import ServiceSpec
 from runtime.storage import ObjectStore
 from services.metadata.gemini import GeminiGenerator
@@ -14,19 +14,6 @@ from services.metadata.servicer import MetadataServicer
 from services.metadata.settings import MetadataSettings
 
 SERVICE_NAME: str = metadata_service_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name
-
-
-def gemini_config(settings: MetadataSettings) -> GeminiConfig | None:
-    """``None`` when no key is configured (Gemini is then not offered)."""
-    key = settings.gemini_api_key.get_secret_value() if settings.gemini_api_key else ""
-    if not key:
-        return None
-    return GeminiConfig(
-        api_key=key,
-        model=settings.gemini_model,
-        timeout=settings.gemini_timeout_seconds,
-        max_attempts=settings.gemini_max_attempts,
-    )
 
 
 def build_generator(

@@ -7,7 +7,7 @@ import asyncio
 import grpc
 
 from reelmill.v1 import transcribe_service_pb2, transcribe_service_pb2_grpc
-from runtime.genai import GeminiClient, GeminiConfig
+from runtime.genai import GeminiClient, GeminiConfig, gemini_config
 from runtime.server import ServiceSpec
 from runtime.storage import ObjectStore
 from services.transcribe.gemini import GeminiEngine
@@ -34,19 +34,6 @@ def whisper_config(settings: TranscribeSettings) -> WhisperConfig:
         cpu_threads=settings.whisper_cpu_threads,
         beam_size=settings.whisper_beam_size,
         queue_size=settings.segment_queue_size,
-    )
-
-
-def gemini_config(settings: TranscribeSettings) -> GeminiConfig | None:
-    """``None`` when no key is configured (Gemini is then not offered)."""
-    key = settings.gemini_api_key.get_secret_value() if settings.gemini_api_key else ""
-    if not key:
-        return None
-    return GeminiConfig(
-        api_key=key,
-        model=settings.gemini_model,
-        timeout=settings.gemini_timeout_seconds,
-        max_attempts=settings.gemini_max_attempts,
     )
 
 

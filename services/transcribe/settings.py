@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 
-from runtime.settings import ServiceSettings
+from runtime.settings import GeminiServiceSettings
 
 
-class TranscribeSettings(ServiceSettings):
+class TranscribeSettings(GeminiServiceSettings):
     listen: str = "127.0.0.1:50063"
 
     #: CTranslate2 Whisper model directory; unset uses the tiny.en model that the
@@ -35,11 +35,3 @@ class TranscribeSettings(ServiceSettings):
     segment_queue_size: int = Field(default=32, ge=1, le=10_000)
     #: Transcripts kept in the in-process result cache (0 disables it).
     cache_entries: int = Field(default=128, ge=0, le=100_000)
-
-    #: Gemini API key; unset means Gemini is not offered.
-    gemini_api_key: SecretStr | None = None
-    gemini_model: str = "gemini-2.5-flash"
-    #: Seconds one Gemini call may take.
-    gemini_timeout_seconds: float = Field(default=300.0, gt=0)
-    #: Attempts per Gemini call on transient errors (5xx, timeouts).
-    gemini_max_attempts: int = Field(default=4, ge=1, le=10)
