@@ -480,7 +480,7 @@ async def test_client_cancel_mid_upload_leaves_nothing(ingest: Ingest) -> None:
     assert await ingest.leftovers() == []
 
 
-# -- ProbeVideo and ImportUrl ------------------------------------------------------------------
+# -- ProbeVideo ------------------------------------------------------------------------------
 
 
 async def test_probe_missing_object(ingest: Ingest) -> None:
@@ -497,16 +497,6 @@ async def test_probe_stored_non_video(ingest: Ingest) -> None:
         ingest.stub.ProbeVideo(pb.ProbeVideoRequest(object=media_pb2.ObjectRef(key="junk"))),
         "NOT_A_VIDEO",
     )
-
-
-async def test_import_url_is_not_available_yet(ingest: Ingest) -> None:
-    call = ingest.stub.ImportUrl(pb.ImportUrlRequest(url="https://example.com/v.mp4"))
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for _ in call:
-            pass
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    info = error_info(caught.value)
-    assert info is not None and info.reason == "URL_IMPORT_UNAVAILABLE"
 
 
 # -- the probe on its own --------------------------------------------------------------------

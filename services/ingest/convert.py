@@ -5,6 +5,7 @@ from __future__ import annotations
 from google.protobuf import duration_pb2
 
 from reelmill.v1 import ingest_service_pb2, media_pb2
+from services.ingest.fetch import DownloadProgress
 from services.ingest.ingest import IngestedMedia
 from services.ingest.probe import MediaInfo
 
@@ -63,3 +64,22 @@ def ingest_response(result: IngestedMedia) -> ingest_service_pb2.IngestVideoResp
         content_type=stored.content_type,
         media_info=media_info(result.media),
     )
+
+
+def import_progress(progress: DownloadProgress) -> ingest_service_pb2.ImportUrlResponse:
+    """Bytes so far as a ``Progress`` (the fraction is 0 while the size is unknown)."""
+    if progress.total:
+        fraction = min(progress.received / progress.total, 1.0)
+        message = f"downloaded {progress.received} of {progress.total} bytes"
+    else:
+        fraction = 0.0
+        message = f"downloaded {progress.received} bytes"
+    if progress.attempt > 1:
+        message += f" (attempt {progress.attempt})"
+    return ingest_service_pb2.ImportUrlResponse(
+        progress=media_pb2.Progress(fraction=fraction, message=message)
+    )
+
+
+def import_result(result: IngestedMedia) -> ingest_service_pb2.ImportUrlResponse:
+    return ingest_service_pb2.ImportUrlResponse(result=ingest_response(result))

@@ -1,27 +1,29 @@
-"""Storing an upload stream: size and SHA-256 checked, probed, and committed only when whole.
+"""Storing media: size and SHA-256 checked, probed, and committed only when whole.
 
-The bytes go two ways as they arrive, in constant memory: into the object store's two-phase
-writer (multipart parts upload while the stream goes on) and into a per-request scratch file
-that the probe reads. Only when every check passes is the object committed; anything else (a
-bad upload, a failed probe, a cancelled call) aborts the write, and the scratch directory is
-removed whatever happens.
+Uploads (``Ingestor.ingest``) and URL imports (``services.ingest.url_import``) share one path,
+``Ingestor.store``. The bytes go two ways as they arrive, in constant memory: into the object
+store's two-phase writer (multipart parts upload while the stream goes on) and into a
+per-request scratch file that the probe reads. Only when every check passes is the object
+committed; anything else (a bad upload, a failed download, a failed probe, a cancelled call)
+aborts the write, and the scratch directory is removed whatever happens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
 
-from runtime.errors import InvalidArgument, ResourceExhausted
+from runtime.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from runtime.storage import ObjectStore, StoredObject
 from runtime.storage.keys import validate_key
 from services.ingest.probe import MediaInfo, probe
@@ -83,7 +85,7 @@ class _Spool:
 _cleanups: set[asyncio.Task[None]] = set()
 
 
-async def _finish(cleanup: Coroutine[Any, Any, None]) -> None:
+async def finish(cleanup: Coroutine[Any, Any, None]) -> None:
     """Runs ``cleanup`` to the end even if the caller is cancelled again meanwhile (grpc.aio
     may cancel a handler more than once when its client goes away)."""
     task = asyncio.create_task(cleanup)
@@ -162,38 +164,82 @@ class Ingestor:
     async def ingest(self, header: UploadHeader, chunks: AsyncIterator[bytes]) -> IngestedMedia:
         """Stores ``chunks`` at ``header.key`` once they prove to be the declared, whole media."""
         header = self.check_header(header)
+
+        async def declared(chunks: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+            received = 0
+            async for chunk in chunks:
+                received += len(chunk)
+                if received > header.size:
+                    raise InvalidArgument(
+                        f"more bytes arrived than the {header.size} declared",
+                        reason="SIZE_MISMATCH",
+                    )
+                yield chunk
+
+        def verify(received: int, sha256: str) -> None:
+            if received == 0:
+                raise InvalidArgument("no bytes followed the header", reason="EMPTY_UPLOAD")
+            if received < header.size:
+                raise InvalidArgument(
+                    f"the stream ended after {received} of the {header.size} declared bytes",
+                    reason="TRUNCATED_UPLOAD",
+                )
+            if header.sha256 and sha256 != header.sha256:
+                raise InvalidArgument(
+                    f"the bytes have SHA-256 {sha256}, not the declared {header.sha256}",
+                    reason="SHA256_MISMATCH",
+                )
+
+        return await self.store(
+            header.key, declared(chunks), content_type=header.content_type, verify=verify
+        )
+
+    def check_destination(self, bucket: str, key: str) -> None:
+        """Raises ``InvalidArgument`` when (bucket, key) is not somewhere this store can write."""
+        self._check_bucket(bucket)
+        self._check_key(key)
+
+    async def store(
+        self,
+        key: str,
+        chunks: AsyncGenerator[bytes, None],
+        *,
+        content_type: str,
+        verify: Callable[[int, str], None],
+        deadline: float | None = None,
+    ) -> IngestedMedia:
+        """The one path from bytes to a committed, probed object, for uploads and imports.
+
+        ``chunks`` go to the object writer and the scratch file as they arrive; then
+        ``verify(size, sha256)`` judges the whole, the probe judges the media, and only then is
+        the object committed. ``deadline`` (event-loop time) bounds the arrival of the bytes,
+        not the probe: past it, ``DeadlineExceeded`` (DOWNLOAD_TIMEOUT). Whatever happens, the
+        scratch directory goes and an uncommitted write is aborted; ``chunks`` is closed.
+        """
         scratch = await asyncio.to_thread(self._make_scratch)
         upload = scratch / "upload"
         spool = _Spool(upload)
         try:
-            async with self._store.open_writer(
-                header.key, content_type=header.content_type
-            ) as writer:
+            async with (
+                contextlib.aclosing(chunks),
+                self._store.open_writer(key, content_type=content_type) as writer,
+            ):
                 received = 0
-                async for chunk in chunks:
-                    received += len(chunk)
-                    if received > header.size:
-                        raise InvalidArgument(
-                            f"more bytes arrived than the {header.size} declared",
-                            reason="SIZE_MISMATCH",
-                        )
-                    await writer.write(chunk)
-                    await spool.write(chunk)
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        async for chunk in chunks:
+                            received += len(chunk)
+                            await writer.write(chunk)
+                            await spool.write(chunk)
+                except TimeoutError:
+                    raise DeadlineExceeded(
+                        f"the bytes did not all arrive in time ({received} arrived)",
+                        reason="DOWNLOAD_TIMEOUT",
+                    ) from None
                 await spool.close()
-                if received == 0:
-                    raise InvalidArgument("no bytes followed the header", reason="EMPTY_UPLOAD")
-                if received < header.size:
-                    raise InvalidArgument(
-                        f"the stream ended after {received} of the {header.size} declared bytes",
-                        reason="TRUNCATED_UPLOAD",
-                    )
-                if header.sha256 and writer.sha256 != header.sha256:
-                    raise InvalidArgument(
-                        f"the bytes have SHA-256 {writer.sha256}, not the declared {header.sha256}",
-                        reason="SHA256_MISMATCH",
-                    )
+                verify(received, writer.sha256)
                 media = await probe(upload, size=received, timeout=self._probe_timeout)
-                if not header.content_type:
+                if not content_type:
                     writer.content_type = media.content_type
                 stored = await writer.commit()
             log.info(
@@ -202,7 +248,7 @@ class Ingestor:
             )
             return IngestedMedia(object=stored, media=media)
         finally:
-            await _finish(self._remove_scratch(spool, scratch))
+            await finish(self._remove_scratch(spool, scratch))
 
     @staticmethod
     async def _remove_scratch(spool: _Spool, scratch: Path) -> None:

@@ -12,9 +12,11 @@ from typing import Any
 import grpc
 
 from reelmill.v1 import ingest_service_pb2, ingest_service_pb2_grpc
-from runtime.errors import InvalidArgument, Unimplemented
+from runtime.errors import InvalidArgument
 from services.ingest import convert
+from services.ingest.fetch import DownloadProgress
 from services.ingest.ingest import Ingestor, UploadHeader
+from services.ingest.url_import import ImportRequest, UrlImporter
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -61,8 +63,9 @@ async def read_upload(
 
 
 class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
-    def __init__(self, ingestor: Ingestor) -> None:
+    def __init__(self, ingestor: Ingestor, importer: UrlImporter) -> None:
         self._ingestor = ingestor
+        self._importer = importer
 
     async def IngestVideo(
         self,
@@ -82,5 +85,17 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
     async def ImportUrl(
         self, request: ingest_service_pb2.ImportUrlRequest, context: Context
     ) -> AsyncIterator[ingest_service_pb2.ImportUrlResponse]:
-        raise Unimplemented("URL import is not available yet", reason="URL_IMPORT_UNAVAILABLE")
-        yield  # an async generator, as a server-streaming handler must be
+        timeout = request.timeout.ToNanoseconds() / 1e9 if request.HasField("timeout") else 0.0
+        import_request = ImportRequest(
+            url=request.url,
+            key=request.destination.key,
+            bucket=request.destination.bucket,
+            max_bytes=request.max_bytes,
+            timeout=timeout or None,
+            caller_remaining=context.time_remaining(),
+        )
+        async for update in self._importer.import_url(import_request):
+            if isinstance(update, DownloadProgress):
+                yield convert.import_progress(update)
+            else:
+                yield convert.import_result(update)
