@@ -4,6 +4,7 @@ S3 server (moto) or the local-directory store, real media."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import signal
@@ -18,7 +19,7 @@ from reelmill.client import ReelmillClient
 from reelmill.v1 import job_pb2, job_service_pb2, media_pb2
 from runtime.errors import error_info
 from tests.media import make_clip
-from tests.servers import PostgresServer, S3Server
+from tests.servers import PostgresServer, S3Server, free_port
 from tests.suite import PROBE_ONLY, Suite, run_suite, token
 
 pytestmark = pytest.mark.e2e
@@ -58,7 +59,16 @@ def suite(
                 "REELMILL_STORAGE_DIR": str(tmp_path_factory.mktemp("objects")),
             }
         )
+    # Media served from this machine for URL imports: loopback is refused unless allowed.
+    media_port = free_port()
+    env.update(
+        {
+            "REELMILL_URL_IMPORT_ALLOW_HOSTS": "127.0.0.1",
+            "REELMILL_URL_IMPORT_ALLOWED_PORTS": f"80,443,{media_port}",
+        }
+    )
     with run_suite(env, gateways=2) as running:
+        running.media_port = media_port  # type: ignore[attr-defined]
         running.backend = request.param  # type: ignore[attr-defined]
         running.s3 = s3_server  # type: ignore[attr-defined]
         yield running
@@ -111,7 +121,8 @@ async def test_upload_probe_and_job_through_real_processes(
     assert probe.state == job_pb2.STAGE_STATE_SUCCEEDED and probe.attempts == 1
     assert done.media_info.video_streams[0].width == 1280
     skipped = {s.name for s in done.stages if s.state == job_pb2.STAGE_STATE_SKIPPED}
-    assert skipped == {"transcode", "audio"}, done.stages  # switched off in the spec
+    # switched off in the spec, and the stages that wait on them
+    assert skipped == {"transcode", "audio", "transcribe", "metadata"}, done.stages
 
 
 async def test_full_pipeline_produces_downloadable_artifacts(
@@ -480,3 +491,53 @@ async def test_video_without_audio_skips_the_speech_branch(
         == states["metadata"]
         == (job_pb2.STAGE_STATE_SKIPPED)
     )
+
+
+@contextlib.contextmanager
+def serve_directory(directory: Path, port: int) -> Iterator[str]:
+    """A plain HTTP server for ``directory`` on 127.0.0.1:``port``, in a thread."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+async def test_job_from_a_url_imports_then_runs_the_pipeline(
+    suite: Suite, client: ReelmillClient, tmp_path: Path
+) -> None:
+    make_clip(tmp_path / "remote.mp4", seconds=2)
+    with serve_directory(tmp_path, suite.media_port) as base:
+        job = await client.create_job(url=f"{base}/remote.mp4", spec=PROBE_ONLY)
+        assert [s.name for s in job.stages][:2] == ["import", "probe"]
+        assert list(job.stages[1].depends_on) == ["import"]
+        events = await asyncio.wait_for(run_to_end(client, job.id), 120)
+    done = await client.get_job(job.id)
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
+    assert done.source_url == f"{base}/remote.mp4"
+    assert done.video_id
+    video = await client.get_video(done.video_id)
+    assert video.source_url == done.source_url and video.filename == "remote.mp4"
+    assert video.sha256 == hashlib.sha256((tmp_path / "remote.mp4").read_bytes()).hexdigest()
+    assert done.media_info.video_streams[0].width == 320
+    assert any(e.stage_updated.stage.name == "import" for e in events)
+
+
+async def test_job_from_a_refused_url_fails_with_the_reason(client: ReelmillClient) -> None:
+    job = await client.create_job(url="http://169.254.169.254/latest/meta-data/", spec=PROBE_ONLY)
+    await asyncio.wait_for(run_to_end(client, job.id), 60)
+    done = await client.get_job(job.id)
+    assert done.state == job_pb2.JOB_STATE_FAILED
+    assert (done.error.code, done.error.reason) == ("INVALID_ARGUMENT", "URL_NOT_ALLOWED")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.create_job(url="file:///etc/passwd")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
