@@ -25,6 +25,7 @@ import asyncpg
 from gateway.convert import is_terminal
 from gateway.journal import EVENTS_CHANNEL
 from reelmill.v1 import job_pb2, job_service_pb2
+from runtime.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class EventHub:
         #: Other channels this process listens to: name -> callbacks(payload).
         self.channels: dict[str, list[Callable[[str], None]]] = {}
         self.connected = asyncio.Event()
+        self.closing = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     # listening --------------------------------------------------------------------------------
@@ -133,6 +135,13 @@ class EventHub:
                         await asyncio.shield(connection.close(timeout=2))
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
+
+    def close(self) -> None:
+        """Ends every watch stream with UNAVAILABLE (shutdown): clients reconnect, to another
+        replica, with the last sequence they saw."""
+        self.closing = True
+        for feed in self.feeds.values():
+            feed.reset()
 
     def on(self, channel: str, callback: Callable[[str], None]) -> None:
         """Calls ``callback(payload)`` for every notification on ``channel`` (register before
@@ -215,6 +224,11 @@ class EventHub:
                 # No timer: a lost listener connection resets every feed, which wakes its
                 # watchers to re-read the journal.
                 await feed.wait_past(last)
+                if self.closing:
+                    raise Unavailable(
+                        "the server is shutting down; reconnect with after_sequence",
+                        reason="SHUTTING_DOWN",
+                    )
         finally:
             feed.watchers -= 1
             if feed.watchers == 0 and self.feeds.get(job_id) is feed:

@@ -110,6 +110,7 @@ async def assemble(settings: GatewaySettings) -> Gateway:
             await connection.execute(text("SELECT 1"))
 
     async def drain() -> None:
+        hub.close()
         await orchestrator.drain(max(settings.grace_seconds / 2, 1.0))
 
     async def close() -> None:

@@ -29,6 +29,10 @@ from runtime.telemetry import server_interceptors, setup_tracing, shutdown_traci
 
 log = logging.getLogger(__name__)
 
+#: Health service name that is SERVING while the process runs (for liveness probes); the
+#: empty name and the gRPC service names are SERVING only while every dependency is healthy.
+LIVENESS = "reelmill.liveness"
+
 HealthCheck = Callable[[], Awaitable[None]]
 """Raises when a dependency is unhealthy."""
 
@@ -68,6 +72,9 @@ def build_server(
             ("grpc.max_send_message_length", limit),
             ("grpc.max_receive_message_length", limit),
             ("grpc.so_reuseport", 0),
+            # Clients re-resolve (and so reach new replicas) when a connection ages out;
+            # calls in flight are not cut (no max_connection_age_grace).
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
         ],
     )
 
@@ -123,6 +130,8 @@ async def run_service(spec: ServiceSpec, settings: ServiceSettings) -> None:
         raise OSError(f"cannot listen on {settings.listen}")
     host = settings.listen.rsplit(":", 1)[0]
     await server.start()
+    # Liveness says only that the process runs: a dependency outage must not restart it.
+    await health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     log.info("listening", extra={"address": f"{host}:{port}", "services": list(spec.service_names)})
 
     stop = asyncio.Event()
@@ -157,10 +166,12 @@ async def run_service(spec: ServiceSpec, settings: ServiceSettings) -> None:
             await stop.wait()
             log.info("shutting down", extra={"grace_seconds": settings.grace_seconds})
             draining.set()
+            began = loop.time()
             await health.enter_graceful_shutdown()
             if spec.on_drain is not None:
                 await spec.on_drain()
-            await server.stop(settings.grace_seconds)
+            # The whole shutdown stays within the grace period, draining included.
+            await server.stop(max(settings.grace_seconds - (loop.time() - began), 0.0))
             for task in tasks:
                 task.cancel()
     except* Exception as group_error:

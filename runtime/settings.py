@@ -57,6 +57,9 @@ class ServiceSettings(CommonSettings):
     health_interval_seconds: float = Field(default=5.0, gt=0)
     #: Largest gRPC message accepted, in MiB.
     max_message_mib: int = Field(default=8, ge=1, le=512)
+    #: Connections are closed (after their calls finish) at this age, so round-robin clients
+    #: re-resolve and spread over new replicas.
+    max_connection_age_seconds: float = Field(default=300.0, gt=0)
 
 
 class GeminiServiceSettings(ServiceSettings):

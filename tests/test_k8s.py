@@ -291,7 +291,7 @@ def test_probes_and_ports_match_the_listen_address(overlay: str, process: str) -
     readiness = container["readinessProbe"]["grpc"]
     liveness = container["livenessProbe"]["grpc"]
     assert readiness == {"port": port, "service": SERVICE_NAMES[process]}
-    assert liveness == {"port": port, "service": ""}
+    assert liveness == {"port": port, "service": "reelmill.liveness"}
     if "startupProbe" in container:
         assert container["startupProbe"]["grpc"]["port"] == port
     service = r.get("Service", process)
