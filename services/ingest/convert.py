@@ -5,17 +5,14 @@ from __future__ import annotations
 from google.protobuf import duration_pb2
 
 from reelmill.v1 import ingest_service_pb2, media_pb2
+from runtime.durations import duration_message
 from services.ingest.fetch import DownloadProgress
 from services.ingest.ingest import IngestedMedia
 from services.ingest.probe import MediaInfo
 
 
 def _duration(seconds: float | None) -> duration_pb2.Duration | None:
-    if seconds is None:
-        return None
-    value = duration_pb2.Duration()
-    value.FromNanoseconds(round(seconds * 1e9))
-    return value
+    return None if seconds is None else duration_message(seconds)
 
 
 def media_info(info: MediaInfo) -> media_pb2.MediaInfo:

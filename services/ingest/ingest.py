@@ -26,6 +26,7 @@ from typing import IO, Any
 from runtime.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from runtime.storage import ObjectStore, StoredObject
 from runtime.storage.keys import validate_key
+from runtime.tasks import shielded
 from services.ingest.probe import MediaInfo, probe
 
 log = logging.getLogger(__name__)
@@ -81,17 +82,10 @@ class _Spool:
             await asyncio.to_thread(self._file.close)
 
 
-#: Cleanups that outlive a cancelled call (asyncio keeps only weak references to tasks).
-_cleanups: set[asyncio.Task[None]] = set()
-
-
 async def finish(cleanup: Coroutine[Any, Any, None]) -> None:
     """Runs ``cleanup`` to the end even if the caller is cancelled again meanwhile (grpc.aio
     may cancel a handler more than once when its client goes away)."""
-    task = asyncio.create_task(cleanup)
-    _cleanups.add(task)
-    task.add_done_callback(_cleanups.discard)
-    await asyncio.shield(task)
+    await shielded(cleanup)
 
 
 class Ingestor:
