@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from google.protobuf import json_format, timestamp_pb2
@@ -102,6 +102,7 @@ def job_to_proto(
         metadata=from_json(row.metadata_, media_pb2.VideoMetadata) if row.metadata_ else None,
         queue_position=queue_position,
         last_event_sequence=row.last_event_sequence,
+        deadline=timestamp(row.deadline),
     )
 
 
@@ -116,15 +117,35 @@ def _record(data: dict[str, Any], *times: str) -> Any:
     return SimpleNamespace(**values)
 
 
-def job_from_record(row: Any) -> job_pb2.Job:
-    """A job from the single-query load (jobs.* plus aggregated stages and artifacts)."""
+def job_from_record(row: Any, *, slots_per_worker: int | None = None) -> job_pb2.Job:
+    """A job from the single-query load (jobs.* plus aggregated stages and artifacts). With
+    ``slots_per_worker`` (jobs one gateway runs at once), a queued job gets an estimated start."""
     from types import SimpleNamespace
 
     job: Any = SimpleNamespace(**dict(row))
     job.metadata_ = row["metadata"]
     stages = [_record(s, "start_time", "end_time") for s in row["stages_json"]]
     artifacts = [_record(a, "create_time") for a in row["artifacts_json"]]
-    return job_to_proto(job, stages, artifacts, int(row["queue_position"]))
+    proto = job_to_proto(job, stages, artifacts, int(row["queue_position"]))
+    if slots_per_worker and proto.queue_position and row["mean_job_seconds"] is not None:
+        wait = estimated_wait(
+            position=proto.queue_position,
+            running=int(row["running_jobs"]),
+            slots=slots_per_worker * max(int(row["live_workers"]), 1),
+            mean_seconds=float(row["mean_job_seconds"]),
+        )
+        proto.estimated_start_time.FromDatetime(row["now"] + timedelta(seconds=wait))
+    return proto
+
+
+def estimated_wait(*, position: int, running: int, slots: int, mean_seconds: float) -> float:
+    """Seconds until the job at queue ``position`` (1-based) starts: the jobs ahead of it —
+    running ones and queued ones — drain through ``slots`` at one mean job duration per wave.
+    A job that fits in a free slot starts at once."""
+    ahead = running + position - 1
+    if ahead < slots:
+        return 0.0
+    return (ahead - slots + 1) / slots * mean_seconds
 
 
 def event_from_row(row: Any) -> job_pb2.JobEvent:

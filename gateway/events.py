@@ -25,7 +25,7 @@ import asyncpg
 from gateway.convert import is_terminal
 from gateway.journal import EVENTS_CHANNEL
 from reelmill.v1 import job_pb2, job_service_pb2
-from runtime.errors import Unavailable
+from runtime.errors import NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,16 @@ class Feed:
 
 
 class EventHub:
-    def __init__(self, dsn: str, load_events: LoadEvents) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        load_events: LoadEvents,
+        job_exists: Callable[[uuid.UUID], Awaitable[bool]] | None = None,
+    ) -> None:
         self.dsn = dsn
         self.load_events = load_events
+        #: Asked when a watcher is woken but finds nothing new: a deleted job ends its streams.
+        self.job_exists = job_exists
         self.feeds: dict[uuid.UUID, Feed] = {}
         #: Other channels this process listens to: name -> callbacks(payload).
         self.channels: dict[str, list[Callable[[str], None]]] = {}
@@ -203,6 +210,7 @@ class EventHub:
         try:
             last = after
             gap = False
+            woken = False
             while True:
                 batch = None if gap else feed.after(last)
                 if batch is None:
@@ -220,10 +228,14 @@ class EventHub:
                     if is_terminal(response.event):
                         return
                 if batch:
+                    woken = False
                     continue
+                if woken and self.job_exists is not None and not await self.job_exists(job_id):
+                    raise NotFound(f"job {job_id} was deleted", reason="JOB_NOT_FOUND")
                 # No timer: a lost listener connection resets every feed, which wakes its
                 # watchers to re-read the journal.
                 await feed.wait_past(last)
+                woken = True
                 if self.closing:
                     raise Unavailable(
                         "the server is shutting down; reconnect with after_sequence",

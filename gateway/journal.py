@@ -25,7 +25,7 @@ _LOAD_JOB = text(
     """
     SELECT j.id, j.owner, j.video_id, j.source_url, j.spec, j.state, j.labels, j.request_id,
            j.error, j.media_info, j.metadata, j.attempts, j.last_event_sequence,
-           j.create_time, j.start_time, j.end_time, j.update_time,
+           j.create_time, j.start_time, j.end_time, j.update_time, j.deadline, now() AS now,
            CASE WHEN :full THEN j.transcript ELSE j.transcript - 'segments' END AS transcript,
            COALESCE((SELECT json_agg(s ORDER BY s.position)
                        FROM job_stages s WHERE s.job_id = j.id), '[]') AS stages_json,
@@ -36,7 +36,20 @@ _LOAD_JOB = text(
            CASE WHEN j.state = 'QUEUED' THEN
                 (SELECT count(*) FROM jobs q
                   WHERE q.state = 'QUEUED' AND (q.create_time, q.id) < (j.create_time, j.id)) + 1
-                ELSE 0 END AS queue_position
+                ELSE 0 END AS queue_position,
+           CASE WHEN j.state = 'QUEUED' THEN
+                (SELECT count(*) FROM jobs r WHERE r.state = 'RUNNING')
+                ELSE 0 END AS running_jobs,
+           CASE WHEN j.state = 'QUEUED' THEN
+                (SELECT count(DISTINCT w.lease_owner) FROM jobs w
+                  WHERE w.state = 'RUNNING' AND w.lease_expires_at > now())
+                ELSE 0 END AS live_workers,
+           CASE WHEN j.state = 'QUEUED' THEN
+                (SELECT avg(extract(epoch FROM d.end_time - d.start_time))
+                   FROM (SELECT end_time, start_time FROM jobs
+                          WHERE state = 'SUCCEEDED' AND start_time IS NOT NULL
+                          ORDER BY end_time DESC LIMIT 50) d)
+                END AS mean_job_seconds
       FROM jobs j
      WHERE j.id = :id AND (CAST(:owner AS text) IS NULL OR j.owner = :owner)
     """
@@ -44,16 +57,21 @@ _LOAD_JOB = text(
 
 
 async def load_job(
-    session: AsyncSession, job_id: uuid.UUID, *, owner: str | None = None, full: bool = True
+    session: AsyncSession,
+    job_id: uuid.UUID,
+    *,
+    owner: str | None = None,
+    full: bool = True,
+    slots_per_worker: int | None = None,
 ) -> job_pb2.Job:
-    """The job (stages, artifacts, queue position) in one round trip; ``full=False`` leaves
-    out the transcript's segments and the artifacts. Raises ``LookupError`` when there is no
-    such job (of ``owner``, when given)."""
+    """The job (stages, artifacts, queue position, estimated start) in one round trip;
+    ``full=False`` leaves out the transcript's segments and the artifacts. Raises
+    ``LookupError`` when there is no such job (of ``owner``, when given)."""
     params = {"id": job_id, "owner": owner, "full": full}
     row = (await session.execute(_LOAD_JOB, params)).mappings().first()
     if row is None:
         raise LookupError(str(job_id))
-    return job_from_record(row)
+    return job_from_record(row, slots_per_worker=slots_per_worker)
 
 
 async def append_event(

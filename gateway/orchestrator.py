@@ -14,20 +14,33 @@ import asyncio
 import contextlib
 import functools
 import logging
+import random
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway.runs import ClaimedJob, LeaseLost, Runs
 from gateway.settings import GatewaySettings
 from gateway.stages import Stage, StageContext, StageResult, finished
 from reelmill.v1 import job_pb2
-from runtime.errors import Internal, ReelmillError
+from runtime.errors import DeadlineExceeded, Internal, ReelmillError
 from runtime.logs import log_context
 
 log = logging.getLogger(__name__)
+
+
+#: Reasons of transient codes that a retry would only repeat (the import already retried
+#: within its own limits, or the input itself is too large).
+PERMANENT_REASONS = frozenset({"DOWNLOAD_TOO_LARGE", "DOWNLOAD_TIMEOUT"})
+
+
+def retryable(error: ReelmillError) -> bool:
+    """Whether a stage that failed with ``error`` may succeed when run again: UNAVAILABLE,
+    DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED and transport failures may; INVALID_ARGUMENT,
+    FAILED_PRECONDITION, NOT_FOUND and the like never do."""
+    return error.transient and error.reason not in PERMANENT_REASONS
 
 
 class StageFailed(Exception):
@@ -137,7 +150,17 @@ class Orchestrator:
             try:
                 await self.runs.start(job.id)
                 log.info("job started", extra={"resumed": job.state == "RUNNING"})
-                await self._run_stages(job)
+                try:
+                    async with asyncio.timeout(self._seconds_left(job)):
+                        await self._run_stages(job)
+                except TimeoutError:
+                    raise StageFailed(
+                        "job",
+                        DeadlineExceeded(
+                            "the job did not finish before its deadline",
+                            reason="JOB_DEADLINE_EXCEEDED",
+                        ),
+                    ) from None
                 await asyncio.shield(self.runs.finish(job.id, "SUCCEEDED"))
                 log.info("job succeeded")
             except StageFailed as failure:
@@ -159,6 +182,20 @@ class Orchestrator:
                 keeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await keeper
+
+    @staticmethod
+    def _seconds_left(job: ClaimedJob) -> float | None:
+        if job.deadline is None:
+            return None
+        return (job.deadline - datetime.now(UTC)).total_seconds()
+
+    def backoff(self, attempt: int) -> float:
+        """Full-jitter-ish backoff before retry ``attempt`` (1-based): uniform in [c/2, c]."""
+        ceiling = min(
+            self.settings.retry_max_backoff_seconds,
+            self.settings.retry_initial_backoff_seconds * 2 ** (attempt - 1),
+        )
+        return random.uniform(ceiling / 2, ceiling)
 
     async def _finish_failed(self, job_id: uuid.UUID, error: ReelmillError) -> None:
         with contextlib.suppress(LeaseLost):
@@ -231,17 +268,53 @@ class Orchestrator:
             if (reason := stage.skip_reason(ctx)) is not None:
                 await self.runs.update_stage(job.id, name, state="SKIPPED", message=reason)
                 return None
-            await self.runs.update_stage(
-                job.id, name, state="RUNNING", progress=0.0, message="started", started=True
-            )
-            started = time.monotonic()
-            try:
-                result = await stage.run(ctx)
-            except ReelmillError as error:
+            attempts = next(row.attempts for row in job.stages if row.name == name)
+            while True:
+                attempts += 1
                 await self.runs.update_stage(
-                    job.id, name, state="FAILED", error=job_error(error), message=error.message
+                    job.id,
+                    name,
+                    state="RUNNING",
+                    progress=0.0,
+                    message="started" if attempts == 1 else f"attempt {attempts}",
+                    started=True,
                 )
-                raise StageFailed(name, error) from None
+                started = time.monotonic()
+                try:
+                    result = await stage.run(ctx)
+                    break
+                except ReelmillError as error:
+                    if not retryable(error) or attempts >= self.settings.stage_max_attempts:
+                        await self.runs.update_stage(
+                            job.id,
+                            name,
+                            state="FAILED",
+                            error=job_error(error),
+                            message=error.message,
+                        )
+                        raise StageFailed(name, error) from None
+                    delay = self.backoff(attempts)
+                    log.warning(
+                        "stage failed transiently; retrying",
+                        extra={
+                            "attempt": attempts,
+                            "code": error.code.name,
+                            "reason": error.reason,
+                            "error": error.message,
+                            "backoff_seconds": round(delay, 2),
+                        },
+                    )
+                    await self.runs.update_stage(
+                        job.id,
+                        name,
+                        state="RETRYING",
+                        error=job_error(error),
+                        message=(
+                            f"attempt {attempts} failed ({error.code.name}: {error.message}); "
+                            f"retrying in {delay:.1f}s"
+                        ),
+                    )
+                    await asyncio.sleep(delay)
             await self.runs.update_stage(
                 job.id,
                 name,

@@ -8,23 +8,75 @@ raises ``LeaseLost``.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, ParamSpec, TypeVar
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.convert import to_json
 from gateway.db import models
 from gateway.journal import append_event, state_event
+from gateway.purges import request_job_purge
 from reelmill.v1 import job_pb2, media_pb2, pipeline_pb2
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: How long a runner write keeps retrying while the database is unreachable. Meanwhile the
+#: lease may expire and another replica take the job; the fence then ends this run.
+DISCONNECT_RETRY_SECONDS = 300.0
 
 
 class LeaseLost(Exception):
     """The job is no longer this worker's to run (lease taken over, or job cancelled)."""
+
+
+def disconnected(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database could not be reached (restart, failover, network),
+    as opposed to a statement that failed on its own."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
+            return True
+        # asyncpg: ConnectionDoesNotExistError, CannotConnectNowError (server starting up).
+        name = type(exc.orig).__name__
+        return "Connect" in name or "Connection" in name
+    return isinstance(exc, OSError | sa_exc.TimeoutError)
+
+
+def survives_disconnects(
+    method: Callable[P, Awaitable[T]],
+) -> Callable[P, Awaitable[T]]:
+    """Retries a one-transaction runner write while the database is unreachable: a Postgres
+    restart mid-job delays the job instead of failing it."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + DISCONNECT_RETRY_SECONDS
+        delay = 0.2
+        while True:
+            try:
+                return await method(*args, **kwargs)
+            except Exception as exc:
+                if not disconnected(exc) or loop.time() + delay > give_up:
+                    raise
+                log.warning("database unreachable; retrying %s: %s", method.__name__, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -47,6 +99,8 @@ class ClaimedJob:
     #: Job-level results so far (JSON): media_info, transcript, metadata.
     fields: dict[str, Any]
     stages: tuple[StageRow, ...]
+    #: When the job fails with DEADLINE_EXCEEDED if still running.
+    deadline: datetime | None = None
 
 
 _CLAIM = text(
@@ -69,9 +123,17 @@ _CLAIM = text(
 
 
 class Runs:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], worker: str) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        worker: str,
+        *,
+        purge_delay: timedelta = timedelta(seconds=30),
+    ) -> None:
         self.sessions = sessions
         self.worker = worker
+        #: How long after a job fails its leftovers are purged.
+        self.purge_delay = purge_delay
 
     async def claim(self, limit: int, lease: timedelta) -> list[ClaimedJob]:
         async with self.sessions.begin() as session:
@@ -120,6 +182,7 @@ class Runs:
                 StageRow(s.name, s.state, tuple(s.depends_on or ()), s.attempts, s.outputs)
                 for s in stages
             ),
+            deadline=job.deadline,
         )
 
     async def _fence(self, session: AsyncSession, job_id: uuid.UUID) -> models.Job:
@@ -153,6 +216,7 @@ class Runs:
             if result.scalar_one_or_none() is None:
                 raise LeaseLost(str(job_id))
 
+    @survives_disconnects
     async def release(self, job_id: uuid.UUID) -> None:
         """Hands a job back (graceful shutdown): another replica may claim it at once."""
         async with self.sessions.begin() as session:
@@ -162,6 +226,7 @@ class Runs:
                 .values(lease_expires_at=func.now() - timedelta(seconds=1))
             )
 
+    @survives_disconnects
     async def start(self, job_id: uuid.UUID) -> None:
         async with self.sessions.begin() as session:
             job = await self._fence(session, job_id)
@@ -169,13 +234,18 @@ class Runs:
                 job.state = "RUNNING"
                 job.start_time = func.now()
                 await append_event(session, job_id, state_event("RUNNING"))
-            # A resumed job: stages that were running when the last worker died run again.
+            # A resumed job: stages that were running (or waiting to retry) when the last
+            # worker stopped run again.
             await session.execute(
                 update(models.JobStage)
-                .where(models.JobStage.job_id == job_id, models.JobStage.state == "RUNNING")
+                .where(
+                    models.JobStage.job_id == job_id,
+                    models.JobStage.state.in_(("RUNNING", "RETRYING")),
+                )
                 .values(state="PENDING", progress=0.0)
             )
 
+    @survives_disconnects
     async def update_stage(
         self,
         job_id: uuid.UUID,
@@ -202,14 +272,16 @@ class Runs:
             if progress is not None:
                 stage.progress = progress
             if started:
-                stage.start_time = func.now()
+                # A new attempt; the last attempt's error stays visible until one succeeds.
+                if stage.start_time is None:
+                    stage.start_time = func.now()
                 stage.attempts = stage.attempts + 1
                 stage.end_time = None
-                stage.error = None
             if state in ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELLED"):
                 stage.end_time = func.now()
             if state == "SUCCEEDED":
                 stage.progress = 1.0
+                stage.error = None
             if error is not None:
                 stage.error = to_json(error)
             if outputs is not None:
@@ -278,6 +350,7 @@ class Runs:
             .on_conflict_do_update(index_elements=["job_id", "name"], set_=values)
         )
 
+    @survives_disconnects
     async def finish(
         self, job_id: uuid.UUID, state: str, error: job_pb2.JobError | None = None
     ) -> None:
@@ -291,11 +364,12 @@ class Runs:
             if error is not None:
                 job.error = to_json(error)
             if state == "FAILED":
+                await request_job_purge(session, job, reason="job_failed", delay=self.purge_delay)
                 await session.execute(
                     update(models.JobStage)
                     .where(
                         models.JobStage.job_id == job_id,
-                        models.JobStage.state.in_(("PENDING", "RUNNING")),
+                        models.JobStage.state.in_(models.OPEN_STAGE_STATES),
                     )
                     .values(state="CANCELLED", end_time=func.now())
                 )

@@ -7,6 +7,7 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 import grpc
 from sqlalchemy import text
@@ -16,6 +17,7 @@ from gateway.db.engine import make_engine, make_sessionmaker, migrate
 from gateway.events import EventHub
 from gateway.journal import CANCEL_CHANNEL, QUEUE_CHANNEL
 from gateway.orchestrator import Orchestrator
+from gateway.purges import Purger
 from gateway.runs import Runs
 from gateway.servicer import JobServicer
 from gateway.settings import GatewaySettings
@@ -49,6 +51,7 @@ class Gateway:
     store: Store
     hub: EventHub
     orchestrator: Orchestrator
+    purger: Purger
     spec: ServiceSpec
 
 
@@ -73,11 +76,13 @@ async def assemble(settings: GatewaySettings) -> Gateway:
     if settings.migrate_on_start:
         await migrate(engine)
     sessions = make_sessionmaker(engine)
-    store = Store(sessions)
-    runs = Runs(sessions, worker_id())
+    purge_delay = timedelta(seconds=settings.purge_delay_seconds)
+    store = Store(sessions, purge_delay=purge_delay, slots_per_worker=settings.max_concurrent_jobs)
+    runs = Runs(sessions, worker_id(), purge_delay=purge_delay)
     dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    hub = EventHub(dsn, store.events_after)
+    hub = EventHub(dsn, store.events_after, store.job_exists)
     objects = open_store(settings)
+    purger = Purger(sessions, objects, interval=settings.purge_interval_seconds)
 
     channels = {
         name: internal_channel(target, max_message_mib=settings.max_message_mib)
@@ -128,9 +133,9 @@ async def assemble(settings: GatewaySettings) -> Gateway:
             "events": hub.check,
             "storage": objects.check,
         },
-        background=[hub.run, orchestrator.run],
+        background=[hub.run, orchestrator.run, purger.run],
         on_drain=drain,
         on_close=close,
         interceptors=[AuthInterceptor(verifier)],
     )
-    return Gateway(store=store, hub=hub, orchestrator=orchestrator, spec=spec)
+    return Gateway(store=store, hub=hub, orchestrator=orchestrator, purger=purger, spec=spec)

@@ -30,7 +30,6 @@ from runtime.errors import (
     InvalidArgument,
     ReelmillError,
     ResourceExhausted,
-    Unimplemented,
     from_rpc_error,
 )
 from runtime.storage import ObjectStore
@@ -194,7 +193,18 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def DeleteVideo(
         self, request: job_service_pb2.DeleteVideoRequest, context: Context
     ) -> job_service_pb2.DeleteVideoResponse:
-        raise Unimplemented("deleting videos is not available yet", reason="NOT_AVAILABLE")
+        cancelled, artifacts = await self.store.delete_video(current_owner(), request.video_id)
+        log.info(
+            "video deleted",
+            extra={
+                "video_id": request.video_id,
+                "cancelled_jobs": cancelled,
+                "deleted_artifacts": artifacts,
+            },
+        )
+        return job_service_pb2.DeleteVideoResponse(
+            cancelled_jobs=cancelled, deleted_artifacts=artifacts
+        )
 
     # jobs -------------------------------------------------------------------------------------
 
@@ -210,6 +220,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 "request_id is longer than 256 characters", reason="BAD_REQUEST_ID"
             )
         url = validate_url(request.url) if source == "url" else None
+        timeout = self._job_timeout(request)
         job, created = await self.store.create_job(
             owner,
             video_id=request.video_id if url is None else None,
@@ -218,12 +229,32 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             request_id=request.request_id,
             labels=validate_labels(dict(request.labels)),
             stages=plan_stages(self.stages, request.spec, from_url=url is not None),
+            timeout=timeout,
         )
         log.info(
             "job created" if created else "job returned for repeated request_id",
             extra={"job_id": job.id},
         )
         return job_service_pb2.CreateJobResponse(job=job)
+
+    def _job_timeout(self, request: job_service_pb2.CreateJobRequest) -> timedelta:
+        if not request.HasField("timeout"):
+            return timedelta(seconds=self.settings.job_timeout_seconds)
+        if (
+            request.timeout.nanos < 0
+            or request.timeout.seconds < 0
+            or not (request.timeout.seconds or request.timeout.nanos)
+        ):
+            raise InvalidArgument("timeout must be positive", reason="BAD_TIMEOUT")
+        timeout = request.timeout.ToTimedelta()
+        limit = self.settings.max_job_timeout_seconds
+        if timeout.total_seconds() > limit:
+            raise InvalidArgument(
+                f"timeout {timeout.total_seconds():g}s is longer than the maximum {limit:g}s",
+                reason="BAD_TIMEOUT",
+                metadata={"max_seconds": f"{limit:g}"},
+            )
+        return timeout
 
     async def GetJob(
         self, request: job_service_pb2.GetJobRequest, context: Context

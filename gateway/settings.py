@@ -41,6 +41,21 @@ class GatewaySettings(ServiceSettings):
     progress_interval_seconds: float = Field(default=0.5, ge=0)
     #: Deadline of one stage call to a service.
     stage_timeout_seconds: float = Field(default=3600.0, gt=0)
+    #: Attempts a stage gets when it fails transiently (UNAVAILABLE, DEADLINE_EXCEEDED,
+    #: RESOURCE_EXHAUSTED, a transport failure); permanent failures are never retried.
+    stage_max_attempts: int = Field(default=4, ge=1, le=50)
+    #: Backoff before retry n is uniform in [c/2, c], c = min(max, initial * 2**(n-1)).
+    retry_initial_backoff_seconds: float = Field(default=1.0, gt=0)
+    retry_max_backoff_seconds: float = Field(default=30.0, gt=0)
+    #: A job's deadline, counted from its creation, unless CreateJob asks for less.
+    job_timeout_seconds: float = Field(default=6 * 3600.0, gt=0)
+    #: The longest timeout CreateJob may ask for.
+    max_job_timeout_seconds: float = Field(default=48 * 3600.0, gt=0)
+    #: A failed or cancelled job's leftovers, and a deleted video's objects, are purged this
+    #: long after the fact (services still stopping a cancelled call may write late).
+    purge_delay_seconds: float = Field(default=30.0, ge=0)
+    #: How often each gateway looks for purges that are due.
+    purge_interval_seconds: float = Field(default=15.0, gt=0)
 
     #: Largest upload accepted, in bytes.
     max_upload_bytes: int = Field(default=20 * 1024**3, ge=1)

@@ -11,16 +11,17 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, func, select, tuple_, update
+from sqlalchemy import Select, delete, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.convert import event_from_row, to_json, video_to_proto
 from gateway.db import models
 from gateway.journal import CANCEL_CHANNEL, QUEUE_CHANNEL, append_event, load_job, state_event
+from gateway.purges import job_prefix, request_job_purge, request_purge, video_prefix
 from reelmill.v1 import job_pb2, media_pb2, pipeline_pb2
 from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 
@@ -99,8 +100,18 @@ async def _keyset_page(
 
 
 class Store:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        purge_delay: timedelta = timedelta(seconds=30),
+        slots_per_worker: int | None = None,
+    ) -> None:
         self.sessions = sessions
+        #: How long after a cancel or delete its objects are purged.
+        self.purge_delay = purge_delay
+        #: Jobs one gateway runs at once (for the estimated start of queued jobs).
+        self.slots_per_worker = slots_per_worker
 
     # videos -----------------------------------------------------------------------------------
 
@@ -123,8 +134,12 @@ class Store:
             await session.refresh(row)
             return video_to_proto(row)
 
-    async def _video_row(self, session: AsyncSession, owner: str, video_id: str) -> models.Video:
-        row = await session.get(models.Video, parse_id(video_id, "video_id"))
+    async def _video_row(
+        self, session: AsyncSession, owner: str, video_id: str, *, lock: bool = False
+    ) -> models.Video:
+        row = await session.get(
+            models.Video, parse_id(video_id, "video_id"), with_for_update=lock or None
+        )
         if row is None or row.owner != owner:
             raise NotFound(f"video {video_id} not found", reason="VIDEO_NOT_FOUND")
         return row
@@ -147,6 +162,50 @@ class Store:
     async def video_for_job(self, owner: str, video_id: str) -> media_pb2.Video:
         return await self.get_video(owner, video_id)
 
+    async def delete_video(self, owner: str, video_id: str) -> tuple[int, int]:
+        """Deletes a video with every job that processed it: running and queued jobs are
+        cancelled first (their runners stop), then the rows go, and the video's and the jobs'
+        objects are queued for purging. Returns (jobs cancelled, artifacts deleted)."""
+        async with self.sessions.begin() as session:
+            video = await self._video_row(session, owner, video_id, lock=True)
+            jobs = (
+                await session.scalars(
+                    select(models.Job)
+                    .where(models.Job.video_id == video.id)
+                    .order_by(models.Job.id)
+                    .with_for_update()
+                )
+            ).all()
+            cancelled = 0
+            for job in jobs:
+                if job.state not in models.TERMINAL_JOB_STATES:
+                    cancelled += 1
+                    await session.execute(select(func.pg_notify(CANCEL_CHANNEL, str(job.id))))
+                await request_purge(
+                    session, job_prefix(job.id), reason="video_deleted", delay=self.purge_delay
+                )
+            artifacts = 0
+            if jobs:
+                ids = [job.id for job in jobs]
+                artifacts = (
+                    await session.execute(
+                        select(func.count())
+                        .select_from(models.Artifact)
+                        .where(models.Artifact.job_id.in_(ids))
+                    )
+                ).scalar_one()
+                # Stages, events and artifact rows go with their jobs (ON DELETE CASCADE).
+                await session.execute(delete(models.Job).where(models.Job.id.in_(ids)))
+            await request_purge(
+                session, video_prefix(video.id), reason="video_deleted", delay=self.purge_delay
+            )
+            await session.delete(video)
+        return cancelled, artifacts
+
+    async def job_exists(self, job_id: uuid.UUID) -> bool:
+        async with self.sessions() as session:
+            return await session.get(models.Job, job_id) is not None
+
     # jobs -------------------------------------------------------------------------------------
 
     async def create_job(
@@ -159,6 +218,7 @@ class Store:
         request_id: str,
         labels: dict[str, str],
         stages: Sequence[StagePlan],
+        timeout: timedelta | None = None,
     ) -> tuple[job_pb2.Job, bool]:
         """Creates a queued job, or returns the caller's earlier job with the same request_id.
         The boolean says whether it was created now."""
@@ -178,6 +238,7 @@ class Store:
                         state="QUEUED",
                         labels=labels,
                         request_id=request_id or None,
+                        deadline=func.now() + timeout if timeout is not None else None,
                     )
                     .on_conflict_do_nothing(
                         index_elements=["owner", "request_id"],
@@ -232,7 +293,13 @@ class Store:
     async def get_job(self, owner: str, job_id: str, *, full: bool = True) -> job_pb2.Job:
         async with self.sessions() as session:
             try:
-                job = await load_job(session, parse_id(job_id, "job_id"), owner=owner, full=full)
+                job = await load_job(
+                    session,
+                    parse_id(job_id, "job_id"),
+                    owner=owner,
+                    full=full,
+                    slots_per_worker=self.slots_per_worker,
+                )
             except LookupError:
                 raise NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND") from None
             return job
@@ -284,10 +351,11 @@ class Store:
                 update(models.JobStage)
                 .where(
                     models.JobStage.job_id == row.id,
-                    models.JobStage.state.in_(("PENDING", "RUNNING")),
+                    models.JobStage.state.in_(models.OPEN_STAGE_STATES),
                 )
                 .values(state="CANCELLED", end_time=func.now())
             )
+            await request_job_purge(session, row, reason="job_cancelled", delay=self.purge_delay)
             await append_event(session, row.id, state_event("CANCELLED"), with_job=True)
             await session.execute(select(func.pg_notify(CANCEL_CHANNEL, str(row.id))))
         return await self.get_job(owner, job_id)

@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import random
 from collections.abc import AsyncIterator, Mapping
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 
@@ -135,15 +136,23 @@ class ReelmillClient:
         spec: pipeline_pb2.PipelineSpec | None = None,
         request_id: str = "",
         labels: Mapping[str, str] | None = None,
+        timeout: timedelta | None = None,
     ) -> job_pb2.Job:
-        """A job for an uploaded video (``video_id``) or for a URL to import (``url``)."""
+        """A job for an uploaded video (``video_id``) or for a URL to import (``url``);
+        ``timeout`` bounds the whole job, queueing included (default: the server's)."""
         if bool(video_id) == bool(url):
             raise ValueError("give exactly one of video_id and url")
-        source = {"video_id": video_id} if video_id else {"url": url}
+        request = job_service_pb2.CreateJobRequest(
+            spec=spec, request_id=request_id, labels=dict(labels or {})
+        )
+        if video_id:
+            request.video_id = video_id
+        else:
+            request.url = url
+        if timeout is not None:
+            request.timeout.FromTimedelta(timeout)
         response: job_service_pb2.CreateJobResponse = await self.stub.CreateJob(
-            job_service_pb2.CreateJobRequest(
-                **source, spec=spec, request_id=request_id, labels=dict(labels or {})
-            ),
+            request,
             metadata=self._metadata,
             timeout=self._timeout,
         )

@@ -172,6 +172,13 @@ def from_rpc_error(rpc_error: grpc.aio.AioRpcError) -> ReelmillError:
     """The domain error for a failed downstream call, keeping its code, reason and message."""
     cls = _BY_CODE.get(rpc_error.code(), Internal)
     info = error_info(rpc_error)
+    if info is None and rpc_error.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+        # reelmill servers always attach ErrorInfo; without it the failure came from the
+        # transport (the peer died mid-call, a stream was reset), which a retry may outlive.
+        return Unavailable(
+            f"the call failed in transport: {rpc_error.details() or rpc_error.code().name}",
+            reason="TRANSPORT_FAILURE",
+        )
     reason = info.reason if info is not None else None
     metadata = dict(info.metadata) if info is not None else None
     return cls(rpc_error.details() or cls.default_reason, reason=reason, metadata=metadata)

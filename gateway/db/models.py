@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     Double,
     ForeignKey,
+    Identity,
     Integer,
     MetaData,
     String,
@@ -23,7 +24,17 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 JOB_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 TERMINAL_JOB_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
-STAGE_STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "SKIPPED", "CANCELLED")
+STAGE_STATES = (
+    "PENDING",
+    "RUNNING",
+    "RETRYING",
+    "SUCCEEDED",
+    "FAILED",
+    "SKIPPED",
+    "CANCELLED",
+)
+#: Stages that have not ended: a job that ends leaves none of them behind.
+OPEN_STAGE_STATES = ("PENDING", "RUNNING", "RETRYING")
 
 
 class Base(DeclarativeBase):
@@ -73,6 +84,8 @@ class Job(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(256))
     lease_expires_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: The job fails with DEADLINE_EXCEEDED when it has not finished by then.
+    deadline: Mapped[datetime | None]
     last_event_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
     create_time: Mapped[datetime] = mapped_column(server_default=func.now())
     start_time: Mapped[datetime | None]
@@ -144,4 +157,20 @@ class AiCache(Base):
 
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     payload: Mapped[dict[str, Any]]
+    create_time: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class Purge(Base):
+    """An object-store prefix to empty once ``not_before`` has passed (a failed or cancelled
+    job's partial outputs, a deleted video's objects)."""
+
+    __tablename__ = "purges"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    prefix: Mapped[str] = mapped_column(Text)
+    #: When set, objects that this job's artifact rows name are kept.
+    job_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    reason: Mapped[str] = mapped_column(String(32))
+    not_before: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
     create_time: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -61,6 +61,8 @@ class _StageStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StageState
     STAGE_STATE_SKIPPED: _StageState.ValueType  # 5
     """Not run: disabled in the spec, or its input does not exist (no audio track)."""
     STAGE_STATE_CANCELLED: _StageState.ValueType  # 6
+    STAGE_STATE_RETRYING: _StageState.ValueType  # 7
+    """Failed transiently; waits out its backoff, then runs again."""
 
 class StageState(_StageState, metaclass=_StageStateEnumTypeWrapper):
     """Lifecycle of one stage of a job."""
@@ -73,6 +75,8 @@ STAGE_STATE_FAILED: StageState.ValueType  # 4
 STAGE_STATE_SKIPPED: StageState.ValueType  # 5
 """Not run: disabled in the spec, or its input does not exist (no audio track)."""
 STAGE_STATE_CANCELLED: StageState.ValueType  # 6
+STAGE_STATE_RETRYING: StageState.ValueType  # 7
+"""Failed transiently; waits out its backoff, then runs again."""
 Global___StageState: _TypeAlias = StageState  # noqa: Y015
 
 @_typing.final
@@ -125,9 +129,15 @@ class Stage(_message.Message):
     progress: _builtins.float
     """Fraction done, 0.0 to 1.0."""
     attempts: _builtins.int
-    """How many times the stage was started."""
+    """How many times the stage was started (retries of transient failures and
+    runs resumed after a crash each count).
+    """
     @_builtins.property
-    def error(self) -> Global___JobError: ...
+    def error(self) -> Global___JobError:
+        """The last error: set while a transient failure is retried, and when the
+        stage failed.
+        """
+
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -201,6 +211,8 @@ class Job(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     QUEUE_POSITION_FIELD_NUMBER: _builtins.int
     LAST_EVENT_SEQUENCE_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    ESTIMATED_START_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. Server-assigned id."""
     video_id: _builtins.str
@@ -259,6 +271,19 @@ class Job(_message.Message):
     def metadata(self) -> _media_pb2.VideoMetadata:
         """Output only. Set once the metadata stage succeeded."""
 
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """Output only. When the job fails with DEADLINE_EXCEEDED if it has not
+        finished: create_time plus the request's timeout (or the server default).
+        """
+
+    @_builtins.property
+    def estimated_start_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only. For a queued job, when it is expected to start: its queue
+        position times the recent mean job duration, spread over the running
+        capacity. Unset when there is no recent history or the job is not queued.
+        """
+
     def __init__(
         self,
         *,
@@ -281,10 +306,12 @@ class Job(_message.Message):
         metadata: _media_pb2.VideoMetadata | None = ...,
         queue_position: _builtins.int = ...,
         last_event_sequence: _builtins.int = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+        estimated_start_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "media_info", b"media_info", "metadata", b"metadata", "spec", b"spec", "start_time", b"start_time", "transcript", b"transcript", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "estimated_start_time", b"estimated_start_time", "media_info", b"media_info", "metadata", b"metadata", "spec", b"spec", "start_time", b"start_time", "transcript", b"transcript", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "id", b"id", "labels", b"labels", "last_event_sequence", b"last_event_sequence", "media_info", b"media_info", "metadata", b"metadata", "queue_position", b"queue_position", "request_id", b"request_id", "source_url", b"source_url", "spec", b"spec", "stages", b"stages", "start_time", b"start_time", "state", b"state", "transcript", b"transcript", "update_time", b"update_time", "video_id", b"video_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "estimated_start_time", b"estimated_start_time", "id", b"id", "labels", b"labels", "last_event_sequence", b"last_event_sequence", "media_info", b"media_info", "metadata", b"metadata", "queue_position", b"queue_position", "request_id", b"request_id", "source_url", b"source_url", "spec", b"spec", "stages", b"stages", "start_time", b"start_time", "state", b"state", "transcript", b"transcript", "update_time", b"update_time", "video_id", b"video_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -29,7 +29,7 @@ from reelmill.v1 import media_pb2 as reelmill_dot_v1_dot_media__pb2
 from reelmill.v1 import pipeline_pb2 as reelmill_dot_v1_dot_pipeline__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dreelmill/v1/job_service.proto\x12\x0breelmill.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x15reelmill/v1/job.proto\x1a\x17reelmill/v1/media.proto\x1a\x1areelmill/v1/pipeline.proto\"Z\n\x0cUploadHeader\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"Z\n\x12UploadVideoRequest\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.reelmill.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"8\n\x13UploadVideoResponse\x12!\n\x05video\x18\x01 \x01(\x0b\x32\x12.reelmill.v1.Video\"#\n\x0fGetVideoRequest\x12\x10\n\x08video_id\x18\x01 \x01(\t\"5\n\x10GetVideoResponse\x12!\n\x05video\x18\x01 \x01(\x0b\x32\x12.reelmill.v1.Video\":\n\x11ListVideosRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Q\n\x12ListVideosResponse\x12\"\n\x06videos\x18\x01 \x03(\x0b\x32\x12.reelmill.v1.Video\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x12\x44\x65leteVideoRequest\x12\x10\n\x08video_id\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteVideoResponse\"\xe6\x01\n\x10\x43reateJobRequest\x12\x12\n\x08video_id\x18\x01 \x01(\tH\x00\x12\r\n\x03url\x18\x02 \x01(\tH\x00\x12\'\n\x04spec\x18\x03 \x01(\x0b\x32\x19.reelmill.v1.PipelineSpec\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x39\n\x06labels\x18\x05 \x03(\x0b\x32).reelmill.v1.CreateJobRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06source\"2\n\x11\x43reateJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.reelmill.v1.Job\"C\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\"\n\x04view\x18\x02 \x01(\x0e\x32\x14.reelmill.v1.JobView\"/\n\x0eGetJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.reelmill.v1.Job\"\xfe\x01\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12%\n\x06states\x18\x03 \x03(\x0e\x32\x15.reelmill.v1.JobState\x12\x38\n\x06labels\x18\x04 \x03(\x0b\x32(.reelmill.v1.ListJobsRequest.LabelsEntry\x12\x10\n\x08video_id\x18\x05 \x01(\t\x12\"\n\x04view\x18\x06 \x01(\x0e\x32\x14.reelmill.v1.JobView\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.reelmill.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"2\n\x11\x43\x61ncelJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.reelmill.v1.Job\"9\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"8\n\x10WatchJobResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.reelmill.v1.JobEvent\"m\n\x15GetArtifactUrlRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rartifact_name\x18\x02 \x01(\t\x12-\n\nexpires_in\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"N\n\x16GetArtifactUrlResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\'\n\x08\x61rtifact\x18\x02 \x01(\x0b\x32\x15.reelmill.v1.Artifact\"@\n\x17\x44ownloadArtifactRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rartifact_name\x18\x02 \x01(\t\"^\n\x18\x44ownloadArtifactResponse\x12)\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x15.reelmill.v1.ArtifactH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part*J\n\x07JobView\x12\x18\n\x14JOB_VIEW_UNSPECIFIED\x10\x00\x12\x12\n\x0eJOB_VIEW_BASIC\x10\x01\x12\x11\n\rJOB_VIEW_FULL\x10\x02\x32\xf7\x06\n\nJobService\x12R\n\x0bUploadVideo\x12\x1f.reelmill.v1.UploadVideoRequest\x1a .reelmill.v1.UploadVideoResponse(\x01\x12G\n\x08GetVideo\x12\x1c.reelmill.v1.GetVideoRequest\x1a\x1d.reelmill.v1.GetVideoResponse\x12M\n\nListVideos\x12\x1e.reelmill.v1.ListVideosRequest\x1a\x1f.reelmill.v1.ListVideosResponse\x12P\n\x0b\x44\x65leteVideo\x12\x1f.reelmill.v1.DeleteVideoRequest\x1a .reelmill.v1.DeleteVideoResponse\x12J\n\tCreateJob\x12\x1d.reelmill.v1.CreateJobRequest\x1a\x1e.reelmill.v1.CreateJobResponse\x12\x41\n\x06GetJob\x12\x1a.reelmill.v1.GetJobRequest\x1a\x1b.reelmill.v1.GetJobResponse\x12G\n\x08ListJobs\x12\x1c.reelmill.v1.ListJobsRequest\x1a\x1d.reelmill.v1.ListJobsResponse\x12J\n\tCancelJob\x12\x1d.reelmill.v1.CancelJobRequest\x1a\x1e.reelmill.v1.CancelJobResponse\x12I\n\x08WatchJob\x12\x1c.reelmill.v1.WatchJobRequest\x1a\x1d.reelmill.v1.WatchJobResponse0\x01\x12Y\n\x0eGetArtifactUrl\x12\".reelmill.v1.GetArtifactUrlRequest\x1a#.reelmill.v1.GetArtifactUrlResponse\x12\x61\n\x10\x44ownloadArtifact\x12$.reelmill.v1.DownloadArtifactRequest\x1a%.reelmill.v1.DownloadArtifactResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dreelmill/v1/job_service.proto\x12\x0breelmill.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x15reelmill/v1/job.proto\x1a\x17reelmill/v1/media.proto\x1a\x1areelmill/v1/pipeline.proto\"Z\n\x0cUploadHeader\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"Z\n\x12UploadVideoRequest\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.reelmill.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"8\n\x13UploadVideoResponse\x12!\n\x05video\x18\x01 \x01(\x0b\x32\x12.reelmill.v1.Video\"#\n\x0fGetVideoRequest\x12\x10\n\x08video_id\x18\x01 \x01(\t\"5\n\x10GetVideoResponse\x12!\n\x05video\x18\x01 \x01(\x0b\x32\x12.reelmill.v1.Video\":\n\x11ListVideosRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Q\n\x12ListVideosResponse\x12\"\n\x06videos\x18\x01 \x03(\x0b\x32\x12.reelmill.v1.Video\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x12\x44\x65leteVideoRequest\x12\x10\n\x08video_id\x18\x01 \x01(\t\"H\n\x13\x44\x65leteVideoResponse\x12\x16\n\x0e\x63\x61ncelled_jobs\x18\x01 \x01(\x05\x12\x19\n\x11\x64\x65leted_artifacts\x18\x02 \x01(\x05\"\x92\x02\n\x10\x43reateJobRequest\x12\x12\n\x08video_id\x18\x01 \x01(\tH\x00\x12\r\n\x03url\x18\x02 \x01(\tH\x00\x12\'\n\x04spec\x18\x03 \x01(\x0b\x32\x19.reelmill.v1.PipelineSpec\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x39\n\x06labels\x18\x05 \x03(\x0b\x32).reelmill.v1.CreateJobRequest.LabelsEntry\x12*\n\x07timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06source\"2\n\x11\x43reateJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.reelmill.v1.Job\"C\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\"\n\x04view\x18\x02 \x01(\x0e\x32\x14.reelmill.v1.JobView\"/\n\x0eGetJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.reelmill.v1.Job\"\xfe\x01\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12%\n\x06states\x18\x03 \x03(\x0e\x32\x15.reelmill.v1.JobState\x12\x38\n\x06labels\x18\x04 \x03(\x0b\x32(.reelmill.v1.ListJobsRequest.LabelsEntry\x12\x10\n\x08video_id\x18\x05 \x01(\t\x12\"\n\x04view\x18\x06 \x01(\x0e\x32\x14.reelmill.v1.JobView\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.reelmill.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"2\n\x11\x43\x61ncelJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.reelmill.v1.Job\"9\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"8\n\x10WatchJobResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.reelmill.v1.JobEvent\"m\n\x15GetArtifactUrlRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rartifact_name\x18\x02 \x01(\t\x12-\n\nexpires_in\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"N\n\x16GetArtifactUrlResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\'\n\x08\x61rtifact\x18\x02 \x01(\x0b\x32\x15.reelmill.v1.Artifact\"@\n\x17\x44ownloadArtifactRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rartifact_name\x18\x02 \x01(\t\"^\n\x18\x44ownloadArtifactResponse\x12)\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x15.reelmill.v1.ArtifactH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part*J\n\x07JobView\x12\x18\n\x14JOB_VIEW_UNSPECIFIED\x10\x00\x12\x12\n\x0eJOB_VIEW_BASIC\x10\x01\x12\x11\n\rJOB_VIEW_FULL\x10\x02\x32\xf7\x06\n\nJobService\x12R\n\x0bUploadVideo\x12\x1f.reelmill.v1.UploadVideoRequest\x1a .reelmill.v1.UploadVideoResponse(\x01\x12G\n\x08GetVideo\x12\x1c.reelmill.v1.GetVideoRequest\x1a\x1d.reelmill.v1.GetVideoResponse\x12M\n\nListVideos\x12\x1e.reelmill.v1.ListVideosRequest\x1a\x1f.reelmill.v1.ListVideosResponse\x12P\n\x0b\x44\x65leteVideo\x12\x1f.reelmill.v1.DeleteVideoRequest\x1a .reelmill.v1.DeleteVideoResponse\x12J\n\tCreateJob\x12\x1d.reelmill.v1.CreateJobRequest\x1a\x1e.reelmill.v1.CreateJobResponse\x12\x41\n\x06GetJob\x12\x1a.reelmill.v1.GetJobRequest\x1a\x1b.reelmill.v1.GetJobResponse\x12G\n\x08ListJobs\x12\x1c.reelmill.v1.ListJobsRequest\x1a\x1d.reelmill.v1.ListJobsResponse\x12J\n\tCancelJob\x12\x1d.reelmill.v1.CancelJobRequest\x1a\x1e.reelmill.v1.CancelJobResponse\x12I\n\x08WatchJob\x12\x1c.reelmill.v1.WatchJobRequest\x1a\x1d.reelmill.v1.WatchJobResponse0\x01\x12Y\n\x0eGetArtifactUrl\x12\".reelmill.v1.GetArtifactUrlRequest\x1a#.reelmill.v1.GetArtifactUrlResponse\x12\x61\n\x10\x44ownloadArtifact\x12$.reelmill.v1.DownloadArtifactRequest\x1a%.reelmill.v1.DownloadArtifactResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,8 +40,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEJOBREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_LISTJOBSREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_LISTJOBSREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBVIEW']._serialized_start=1989
-  _globals['_JOBVIEW']._serialized_end=2063
+  _globals['_JOBVIEW']._serialized_start=2084
+  _globals['_JOBVIEW']._serialized_end=2158
   _globals['_UPLOADHEADER']._serialized_start=154
   _globals['_UPLOADHEADER']._serialized_end=244
   _globals['_UPLOADVIDEOREQUEST']._serialized_start=246
@@ -59,39 +59,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEVIDEOREQUEST']._serialized_start=631
   _globals['_DELETEVIDEOREQUEST']._serialized_end=669
   _globals['_DELETEVIDEORESPONSE']._serialized_start=671
-  _globals['_DELETEVIDEORESPONSE']._serialized_end=692
-  _globals['_CREATEJOBREQUEST']._serialized_start=695
-  _globals['_CREATEJOBREQUEST']._serialized_end=925
-  _globals['_CREATEJOBREQUEST_LABELSENTRY']._serialized_start=870
-  _globals['_CREATEJOBREQUEST_LABELSENTRY']._serialized_end=915
-  _globals['_CREATEJOBRESPONSE']._serialized_start=927
-  _globals['_CREATEJOBRESPONSE']._serialized_end=977
-  _globals['_GETJOBREQUEST']._serialized_start=979
-  _globals['_GETJOBREQUEST']._serialized_end=1046
-  _globals['_GETJOBRESPONSE']._serialized_start=1048
-  _globals['_GETJOBRESPONSE']._serialized_end=1095
-  _globals['_LISTJOBSREQUEST']._serialized_start=1098
-  _globals['_LISTJOBSREQUEST']._serialized_end=1352
-  _globals['_LISTJOBSREQUEST_LABELSENTRY']._serialized_start=870
-  _globals['_LISTJOBSREQUEST_LABELSENTRY']._serialized_end=915
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1354
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1429
-  _globals['_CANCELJOBREQUEST']._serialized_start=1431
-  _globals['_CANCELJOBREQUEST']._serialized_end=1465
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1467
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1517
-  _globals['_WATCHJOBREQUEST']._serialized_start=1519
-  _globals['_WATCHJOBREQUEST']._serialized_end=1576
-  _globals['_WATCHJOBRESPONSE']._serialized_start=1578
-  _globals['_WATCHJOBRESPONSE']._serialized_end=1634
-  _globals['_GETARTIFACTURLREQUEST']._serialized_start=1636
-  _globals['_GETARTIFACTURLREQUEST']._serialized_end=1745
-  _globals['_GETARTIFACTURLRESPONSE']._serialized_start=1747
-  _globals['_GETARTIFACTURLRESPONSE']._serialized_end=1825
-  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_start=1827
-  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_end=1891
-  _globals['_DOWNLOADARTIFACTRESPONSE']._serialized_start=1893
-  _globals['_DOWNLOADARTIFACTRESPONSE']._serialized_end=1987
-  _globals['_JOBSERVICE']._serialized_start=2066
-  _globals['_JOBSERVICE']._serialized_end=2953
+  _globals['_DELETEVIDEORESPONSE']._serialized_end=743
+  _globals['_CREATEJOBREQUEST']._serialized_start=746
+  _globals['_CREATEJOBREQUEST']._serialized_end=1020
+  _globals['_CREATEJOBREQUEST_LABELSENTRY']._serialized_start=965
+  _globals['_CREATEJOBREQUEST_LABELSENTRY']._serialized_end=1010
+  _globals['_CREATEJOBRESPONSE']._serialized_start=1022
+  _globals['_CREATEJOBRESPONSE']._serialized_end=1072
+  _globals['_GETJOBREQUEST']._serialized_start=1074
+  _globals['_GETJOBREQUEST']._serialized_end=1141
+  _globals['_GETJOBRESPONSE']._serialized_start=1143
+  _globals['_GETJOBRESPONSE']._serialized_end=1190
+  _globals['_LISTJOBSREQUEST']._serialized_start=1193
+  _globals['_LISTJOBSREQUEST']._serialized_end=1447
+  _globals['_LISTJOBSREQUEST_LABELSENTRY']._serialized_start=965
+  _globals['_LISTJOBSREQUEST_LABELSENTRY']._serialized_end=1010
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1449
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1524
+  _globals['_CANCELJOBREQUEST']._serialized_start=1526
+  _globals['_CANCELJOBREQUEST']._serialized_end=1560
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1562
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1612
+  _globals['_WATCHJOBREQUEST']._serialized_start=1614
+  _globals['_WATCHJOBREQUEST']._serialized_end=1671
+  _globals['_WATCHJOBRESPONSE']._serialized_start=1673
+  _globals['_WATCHJOBRESPONSE']._serialized_end=1729
+  _globals['_GETARTIFACTURLREQUEST']._serialized_start=1731
+  _globals['_GETARTIFACTURLREQUEST']._serialized_end=1840
+  _globals['_GETARTIFACTURLRESPONSE']._serialized_start=1842
+  _globals['_GETARTIFACTURLRESPONSE']._serialized_end=1920
+  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_start=1922
+  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_end=1986
+  _globals['_DOWNLOADARTIFACTRESPONSE']._serialized_start=1988
+  _globals['_DOWNLOADARTIFACTRESPONSE']._serialized_end=2082
+  _globals['_JOBSERVICE']._serialized_start=2161
+  _globals['_JOBSERVICE']._serialized_end=3048
 # @@protoc_insertion_point(module_scope)

@@ -237,12 +237,21 @@ Global___DeleteVideoRequest: _TypeAlias = DeleteVideoRequest  # noqa: Y015
 class DeleteVideoResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    CANCELLED_JOBS_FIELD_NUMBER: _builtins.int
+    DELETED_ARTIFACTS_FIELD_NUMBER: _builtins.int
+    cancelled_jobs: _builtins.int
+    """Jobs of the video that were queued or running and are now cancelled."""
+    deleted_artifacts: _builtins.int
+    """Artifacts of the video's jobs that were deleted."""
     def __init__(
         self,
+        *,
+        cancelled_jobs: _builtins.int = ...,
+        deleted_artifacts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_jobs", b"cancelled_jobs", "deleted_artifacts", b"deleted_artifacts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -277,6 +286,7 @@ class CreateJobRequest(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
     video_id: _builtins.str
     """A video uploaded with UploadVideo."""
     url: _builtins.str
@@ -291,6 +301,13 @@ class CreateJobRequest(_message.Message):
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """How long the job may take, counted from its creation (queueing included);
+        it then fails with DEADLINE_EXCEEDED. Unset: the server's default. Longer
+        than the server's maximum: INVALID_ARGUMENT.
+        """
+
     def __init__(
         self,
         *,
@@ -299,10 +316,11 @@ class CreateJobRequest(_message.Message):
         spec: _pipeline_pb2.PipelineSpec | None = ...,
         request_id: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "spec", b"spec", "url", b"url", "video_id", b"video_id"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "spec", b"spec", "timeout", b"timeout", "url", b"url", "video_id", b"video_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "request_id", b"request_id", "source", b"source", "spec", b"spec", "url", b"url", "video_id", b"video_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "request_id", b"request_id", "source", b"source", "spec", b"spec", "timeout", b"timeout", "url", b"url", "video_id", b"video_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["video_id", "url"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015

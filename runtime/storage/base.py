@@ -135,8 +135,10 @@ class ObjectStore(abc.ABC):
         """Where ffmpeg/PyAV can read the object from: a local path, or a presigned http(s) URL."""
 
     @abc.abstractmethod
-    async def abort_incomplete_writes(self, older_than: timedelta) -> int:
-        """Removes the leftovers of writes that never committed (crashed processes)."""
+    async def abort_incomplete_writes(self, older_than: timedelta, *, prefix: str = "") -> int:
+        """Removes the leftovers of writes that never committed (crashed processes), started
+        more than ``older_than`` ago; with ``prefix``, only those of keys under it (where the
+        backend can tell which key an unfinished write was for)."""
 
     @abc.abstractmethod
     async def check(self) -> None:

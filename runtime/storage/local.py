@@ -304,7 +304,12 @@ class LocalObjectStore(ObjectStore):
                 continue
         return removed
 
-    async def abort_incomplete_writes(self, older_than: timedelta) -> int:
+    async def abort_incomplete_writes(self, older_than: timedelta, *, prefix: str = "") -> int:
+        if prefix:
+            # Unfinished local writes are anonymous temporary files: which key one was for is
+            # unknown, so a prefix selects none (writers remove their own on abort; the age
+            # sweep takes what a crash left).
+            return 0
         removed = await asyncio.to_thread(self._abort_incomplete_sync, older_than)
         if removed:
             log.info("removed incomplete writes", extra={"count": removed})

@@ -447,7 +447,7 @@ class S3ObjectStore(ObjectStore):
 
     # -- housekeeping ------------------------------------------------------------------------
 
-    def _abort_incomplete_sync(self, older_than: timedelta) -> int:
+    def _abort_incomplete_sync(self, older_than: timedelta, prefix: str) -> int:
         cutoff = datetime.now(UTC) - older_than
         aborted = 0
         key_marker: str | None = None
@@ -455,7 +455,10 @@ class S3ObjectStore(ObjectStore):
         while True:
             try:
                 result = self._client._list_multipart_uploads(
-                    self.bucket, key_marker=key_marker, upload_id_marker=upload_id_marker
+                    self.bucket,
+                    prefix=prefix or None,
+                    key_marker=key_marker,
+                    upload_id_marker=upload_id_marker,
                 )
             except S3Error as exc:
                 if exc.code == "NoSuchBucket":
@@ -484,8 +487,10 @@ class S3ObjectStore(ObjectStore):
             if not key_marker:
                 return aborted
 
-    async def abort_incomplete_writes(self, older_than: timedelta) -> int:
-        aborted = await self._call(self._abort_incomplete_sync, older_than)
+    async def abort_incomplete_writes(self, older_than: timedelta, *, prefix: str = "") -> int:
+        if prefix:
+            validate_prefix(prefix)
+        aborted = await self._call(self._abort_incomplete_sync, older_than, prefix)
         if aborted:
             log.info("aborted incomplete multipart uploads", extra={"count": aborted})
         return aborted
