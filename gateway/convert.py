@@ -139,9 +139,10 @@ def job_from_record(row: Any, *, slots_per_worker: int | None = None) -> job_pb2
 
 
 def estimated_wait(*, position: int, running: int, slots: int, mean_seconds: float) -> float:
-    """Seconds until the job at queue ``position`` (1-based) starts: the jobs ahead of it —
-    running ones and queued ones — drain through ``slots`` at one mean job duration per wave.
-    A job that fits in a free slot starts at once."""
+    """Seconds until the job at queue ``position`` (1-based) starts. Jobs finish at
+    ``slots / mean_seconds`` per second; the job starts once enough of those ahead of it
+    (running and queued) have finished to free a slot. A job that fits a free slot starts at
+    once."""
     ahead = running + position - 1
     if ahead < slots:
         return 0.0

@@ -20,7 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.convert import event_from_row, to_json, video_to_proto
 from gateway.db import models
-from gateway.journal import CANCEL_CHANNEL, QUEUE_CHANNEL, append_event, load_job, state_event
+from gateway.journal import (
+    CANCEL_CHANNEL,
+    EVENTS_CHANNEL,
+    QUEUE_CHANNEL,
+    append_event,
+    load_job,
+    state_event,
+)
 from gateway.purges import job_prefix, request_job_purge, request_purge, video_prefix
 from reelmill.v1 import job_pb2, media_pb2, pipeline_pb2
 from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -181,6 +188,12 @@ class Store:
                 if job.state not in models.TERMINAL_JOB_STATES:
                     cancelled += 1
                     await session.execute(select(func.pg_notify(CANCEL_CHANNEL, str(job.id))))
+                # Wakes the job's watchers on every replica: they find it gone (NOT_FOUND).
+                await session.execute(
+                    select(
+                        func.pg_notify(EVENTS_CHANNEL, f"{job.id}:{job.last_event_sequence + 1}")
+                    )
+                )
                 await request_purge(
                     session, job_prefix(job.id), reason="video_deleted", delay=self.purge_delay
                 )

@@ -126,6 +126,16 @@ class ReelmillClient:
         )
         return response.video
 
+    async def delete_video(self, video_id: str) -> job_service_pb2.DeleteVideoResponse:
+        """Deletes a video with its jobs (running ones are cancelled) and everything they
+        produced; the objects are purged shortly after."""
+        response: job_service_pb2.DeleteVideoResponse = await self.stub.DeleteVideo(
+            job_service_pb2.DeleteVideoRequest(video_id=video_id),
+            metadata=self._metadata,
+            timeout=self._timeout,
+        )
+        return response
+
     # jobs -------------------------------------------------------------------------------------
 
     async def create_job(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import uuid
@@ -16,7 +17,7 @@ import grpc
 import pytest
 
 from reelmill.client import ReelmillClient
-from reelmill.v1 import job_pb2, job_service_pb2, media_pb2
+from reelmill.v1 import job_pb2, job_service_pb2, media_pb2, pipeline_pb2
 from runtime.errors import error_info
 from tests.media import make_clip
 from tests.servers import PostgresServer, S3Server, free_port
@@ -85,8 +86,12 @@ def stored_keys(suite: Suite) -> set[str]:
         bucket = suite.env["REELMILL_S3_BUCKET"]
         s3: S3Server = suite.s3
         return {o.object_name for o in s3.client().list_objects(bucket, recursive=True)}
+    # Objects live under <root>/<bucket>/<key>; metadata and unfinished writes beside them
+    # (.meta, .incomplete) count as stored too.
     root = Path(suite.env["REELMILL_STORAGE_DIR"])
-    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(root)).removeprefix("local/") for p in root.rglob("*") if p.is_file()
+    }
 
 
 def scratch_left(suite: Suite) -> list[Path]:
@@ -380,6 +385,93 @@ async def test_cancel_mid_transcode_stops_ffmpeg_and_cleans_up(
     final = await client.get_job(job.id)
     assert final.state == job_pb2.JOB_STATE_CANCELLED
     assert {s.name: s.state for s in final.stages}["transcode"] == job_pb2.STAGE_STATE_CANCELLED
+    # What the cancelled transcode had written is purged; the probe's records stay consistent.
+    recorded = {a.object.key for a in final.artifacts}
+    await until_no_keys(suite, f"jobs/{job.id}/", keep=recorded)
+
+
+async def until_no_keys(suite: Suite, prefix: str, keep: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    left: set[str] = set()
+    for _ in range(100):
+        left = {
+            k
+            for k in stored_keys(suite)
+            if prefix in k and not any(k.endswith(kept) for kept in keep)
+        }
+        if not left:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"objects left under {prefix}: {sorted(left)[:5]}")
+
+
+async def test_delete_video_mid_job_cancels_and_purges_everything(
+    suite: Suite, client: ReelmillClient, tmp_path: Path
+) -> None:
+    clip = make_clip(tmp_path / "del.mp4", seconds=30, width=640, height=480)
+    video = await client.upload_file(clip)
+    audio_only = pipeline_pb2.PipelineSpec(
+        transcode=pipeline_pb2.TranscodeSpec(disabled=True),
+        transcribe=pipeline_pb2.TranscribeSpec(disabled=True),
+        metadata=pipeline_pb2.MetadataSpec(disabled=True),
+    )
+    done = await client.create_job(video.id, spec=audio_only)
+    await asyncio.wait_for(run_to_end(client, done.id), 60)
+    produced = (await client.get_job(done.id)).artifacts
+    assert produced and all(a.object.key.startswith(f"jobs/{done.id}/") for a in produced)
+    running = await client.create_job(
+        video.id, spec=pipeline_pb2.PipelineSpec(audio=pipeline_pb2.AudioSpec(disabled=True))
+    )
+    transcode = suite.processes["transcode"][0].proc
+    watcher = client.watch_job(running.id)
+    async for event in watcher:
+        stage = event.stage_updated.stage
+        if stage.name == "transcode" and stage.progress > 0.05:
+            break
+    assert ffmpeg_children(transcode.pid)
+    assert any(f"videos/{video.id}/" in k for k in stored_keys(suite))
+
+    deleted = await client.delete_video(video.id)
+    assert deleted.cancelled_jobs == 1
+    assert deleted.deleted_artifacts == len(produced)  # the running job recorded none yet
+
+    async def rest() -> None:
+        async for _ in watcher:
+            pass
+
+    # The open watch stream ends: the job is gone.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await asyncio.wait_for(rest(), 30)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    for call in (client.get_video(video.id), client.get_job(done.id), client.get_job(running.id)):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    for _ in range(100):
+        if not ffmpeg_children(transcode.pid):
+            break
+        await asyncio.sleep(0.1)
+    assert ffmpeg_children(transcode.pid) == []
+    for prefix in (f"videos/{video.id}/", f"jobs/{done.id}/", f"jobs/{running.id}/"):
+        await until_no_keys(suite, prefix)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.delete_video(video.id)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_job_timeout_is_bounded_and_enforced(client: ReelmillClient, tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    video = await client.upload_file(make_clip(tmp_path / "t.mp4", seconds=1))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.create_job(video.id, timeout=timedelta(days=30))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(caught.value).reason == "BAD_TIMEOUT"
+    job = await client.create_job(video.id, timeout=timedelta(milliseconds=1))
+    assert job.deadline.ToDatetime() > job.create_time.ToDatetime()
+    events = await asyncio.wait_for(run_to_end(client, job.id), 30)
+    final = events[-1].job
+    assert final.state == job_pb2.JOB_STATE_FAILED
+    assert (final.error.code, final.error.reason) == ("DEADLINE_EXCEEDED", "JOB_DEADLINE_EXCEEDED")
 
 
 def test_cli_lists_shows_and_cancels_jobs(suite: Suite, tmp_path: Path) -> None:
@@ -422,6 +514,11 @@ def test_cli_lists_shows_and_cancels_jobs(suite: Suite, tmp_path: Path) -> None:
     assert again.returncode == 1 and "FAILED_PRECONDITION" in again.stdout
     missing = cli("jobs", "get", "00000000-0000-0000-0000-000000000000")
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stdout
+    video_id = json.loads(shown.stdout)["video_id"]
+    removed = cli("videos", "rm", video_id)
+    assert removed.returncode == 0 and "deleted" in removed.stdout, removed.stdout
+    gone = cli("videos", "get", video_id)
+    assert gone.returncode == 1 and "NOT_FOUND" in gone.stdout
 
 
 async def test_speech_becomes_transcript_and_metadata(

@@ -4,7 +4,7 @@ reelmill up                         start every process on localhost (Ctrl-C sto
 reelmill demo                       start, process a generated sample video, stop
 reelmill submit FILE [--watch]      upload, create a job, follow it
 reelmill jobs ls|get|cancel|watch   inspect and steer jobs
-reelmill videos ls|get              inspect uploads
+reelmill videos ls|get|rm           inspect and delete uploads
 reelmill artifacts get|url          fetch what a job produced
 reelmill migrate                    apply database migrations (REELMILL_DATABASE_URL)
 """
@@ -16,6 +16,7 @@ import asyncio
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,17 @@ def _labels(values: list[str]) -> dict[str, str]:
     return labels
 
 
+def _timeout(seconds: float | None) -> timedelta | None:
+    return timedelta(seconds=seconds) if seconds is not None else None
+
+
 async def submit(args: argparse.Namespace, client: ReelmillClient) -> int:
     if args.file.startswith(("http://", "https://")):
         job = await client.create_job(
-            url=args.file, request_id=args.request_id or "", labels=_labels(args.label)
+            url=args.file,
+            request_id=args.request_id or "",
+            labels=_labels(args.label),
+            timeout=_timeout(args.timeout),
         )
         render.console.print(f"job {job.id} {render.state_name(job.state)} (importing {args.file})")
         return await _follow(client, job.id) if args.watch else 0
@@ -56,7 +64,10 @@ async def submit(args: argparse.Namespace, client: ReelmillClient) -> int:
     render.console.print(f"video {video.id}")
     render.show_media(video.media_info)
     job = await client.create_job(
-        video.id, request_id=args.request_id or "", labels=_labels(args.label)
+        video.id,
+        request_id=args.request_id or "",
+        labels=_labels(args.label),
+        timeout=_timeout(args.timeout),
     )
     render.console.print(f"job {job.id} {render.state_name(job.state)}")
     if not args.watch:
@@ -131,6 +142,15 @@ async def videos_ls(args: argparse.Namespace, client: ReelmillClient) -> int:
 async def videos_get(args: argparse.Namespace, client: ReelmillClient) -> int:
     video = await client.get_video(args.video_id)
     print(render.as_json(video))
+    return 0
+
+
+async def videos_rm(args: argparse.Namespace, client: ReelmillClient) -> int:
+    response = await client.delete_video(args.video_id)
+    render.console.print(
+        f"video {args.video_id} deleted; {response.cancelled_jobs} running or queued jobs "
+        f"cancelled, {response.deleted_artifacts} artifacts deleted"
+    )
     return 0
 
 
@@ -236,6 +256,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--watch", action="store_true", help="follow the job to its end")
     p.add_argument("--request-id", help="idempotency key")
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="job deadline (default: the server's)"
+    )
     p.set_defaults(call=submit)
 
     jobs = commands.add_parser("jobs", help="list, inspect, watch and cancel jobs")
@@ -257,7 +280,7 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true")
         p.set_defaults(call=fn)
 
-    videos = commands.add_parser("videos", help="list and inspect uploaded videos")
+    videos = commands.add_parser("videos", help="list, inspect and delete uploaded videos")
     sub = videos.add_subparsers(dest="action", required=True)
     p = sub.add_parser("ls")
     p.add_argument("--limit", type=int, default=20)
@@ -265,6 +288,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("get")
     p.add_argument("video_id")
     p.set_defaults(call=videos_get)
+    p = sub.add_parser("rm", help="delete a video, its jobs and everything they produced")
+    p.add_argument("video_id")
+    p.set_defaults(call=videos_rm)
 
     artifacts = commands.add_parser("artifacts", help="download what a job produced")
     sub = artifacts.add_subparsers(dest="action", required=True)

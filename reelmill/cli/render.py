@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from google.protobuf import json_format
+from google.protobuf import json_format, timestamp_pb2
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -67,6 +67,13 @@ def show_job(job: job_pb2.Job) -> None:
     )
     if job.error.message:
         console.print(f"[red]error[/] {job.error.code} {job.error.reason}: {job.error.message}")
+    if job.queue_position:
+        line = f"queued at position {job.queue_position}"
+        if job.HasField("estimated_start_time"):
+            line += f", expected to start around {_clock(job.estimated_start_time)}"
+        console.print(line)
+    if job.HasField("deadline"):
+        console.print(f"deadline {_clock(job.deadline)}")
     stages = Table("stage", "state", "progress", "attempts", "error", box=None)
     for stage in job.stages:
         stages.add_row(
@@ -89,6 +96,10 @@ def show_job(job: job_pb2.Job) -> None:
                 artifact.content_type,
             )
         console.print(artifacts)
+
+
+def _clock(stamp: timestamp_pb2.Timestamp) -> str:
+    return str(stamp.ToDatetime().replace(microsecond=0).isoformat()) + "Z"
 
 
 def show_media(info: media_pb2.MediaInfo) -> None:
