@@ -89,9 +89,7 @@ def stored_keys(suite: Suite) -> set[str]:
     # Objects live under <root>/<bucket>/<key>; metadata and unfinished writes beside them
     # (.meta, .incomplete) count as stored too.
     root = Path(suite.env["REELMILL_STORAGE_DIR"])
-    return {
-        str(p.relative_to(root)).removeprefix("local/") for p in root.rglob("*") if p.is_file()
-    }
+    return {str(p.relative_to(root)).removeprefix("local/") for p in root.rglob("*") if p.is_file()}
 
 
 def scratch_left(suite: Suite) -> list[Path]:
