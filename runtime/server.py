@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 
 from runtime.errors import ErrorMappingInterceptor
 from runtime.settings import ServiceSettings
+from runtime.slots import CallLimitInterceptor, Slots
 from runtime.telemetry import server_interceptors, setup_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,20 @@ def build_server(
     settings: ServiceSettings, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
 ) -> grpc.aio.Server:
     limit = settings.max_message_mib * 1024 * 1024
+    limits: list[grpc.aio.ServerInterceptor] = []
+    if settings.max_concurrent_calls:
+        limits.append(
+            CallLimitInterceptor(
+                Slots(
+                    settings.max_concurrent_calls,
+                    settings.max_queued_calls,
+                    busy_message="the service is at capacity; retry later",
+                    reason="SERVICE_BUSY",
+                )
+            )
+        )
     return grpc.aio.server(
-        interceptors=[*server_interceptors(), ErrorMappingInterceptor(), *interceptors],
+        interceptors=[*server_interceptors(), ErrorMappingInterceptor(), *limits, *interceptors],
         options=[
             ("grpc.max_send_message_length", limit),
             ("grpc.max_receive_message_length", limit),

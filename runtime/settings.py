@@ -60,6 +60,11 @@ class ServiceSettings(CommonSettings):
     #: Connections are closed (after their calls finish) at this age, so round-robin clients
     #: re-resolve and spread over new replicas.
     max_connection_age_seconds: float = Field(default=300.0, gt=0)
+    #: Calls to the process's services that run at once (health and reflection excluded);
+    #: 0 = no limit. Beyond it up to ``max_queued_calls`` wait, the rest get
+    #: RESOURCE_EXHAUSTED.
+    max_concurrent_calls: int = Field(default=0, ge=0, le=100_000)
+    max_queued_calls: int = Field(default=64, ge=0, le=100_000)
 
 
 class GeminiServiceSettings(ServiceSettings):

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
-from runtime.errors import ResourceExhausted
+import grpc
+
+from runtime.errors import Handler, ResourceExhausted, wrap_handler
 
 
 class Slots:
@@ -43,3 +46,43 @@ class Slots:
             yield
         finally:
             self._semaphore.release()
+
+
+class CallLimitInterceptor(grpc.aio.ServerInterceptor):
+    """Holds a slot for every call to the process's own services (health and reflection stay
+    free, so probes still answer): at most ``capacity`` calls run, ``max_waiting`` queue, and
+    the rest get RESOURCE_EXHAUSTED at once — a saturated process refuses rather than falls
+    over, and the gateway's stage retries take the call elsewhere or later."""
+
+    def __init__(self, slots: Slots, prefix: str = "/reelmill.v1.") -> None:
+        self.slots = slots
+        self.prefix = prefix
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(self.prefix):
+            return handler
+        slots = self.slots
+
+        def unary(behavior: Handler) -> Handler:
+            async def limited(request: Any, context: Any) -> Any:
+                async with slots.hold():
+                    return await behavior(request, context)
+
+            return limited
+
+        def stream(behavior: Handler) -> Handler:
+            async def limited(request: Any, context: Any) -> AsyncIterator[Any]:
+                async with slots.hold():
+                    async for response in behavior(request, context):
+                        yield response
+
+            return limited
+
+        return wrap_handler(handler, unary, stream)

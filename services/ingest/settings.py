@@ -18,6 +18,8 @@ def _comma_separated(value: Any) -> Any:
 
 
 class IngestSettings(ServiceSettings):
+    #: Calls served at once (0 = no limit); beyond them and the queue: RESOURCE_EXHAUSTED.
+    max_concurrent_calls: int = Field(default=32, ge=0, le=100_000)
     listen: str = "127.0.0.1:50061"
     #: Largest upload accepted, in bytes.
     max_upload_bytes: int = Field(default=20 * 1024**3, gt=0)

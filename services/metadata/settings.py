@@ -8,6 +8,8 @@ from runtime.settings import GeminiServiceSettings
 
 
 class MetadataSettings(GeminiServiceSettings):
+    #: Calls served at once (0 = no limit); beyond them and the queue: RESOURCE_EXHAUSTED.
+    max_concurrent_calls: int = Field(default=16, ge=0, le=100_000)
     listen: str = "127.0.0.1:50064"
     #: Results kept in the in-process cache (0 disables it).
     cache_entries: int = Field(default=256, ge=0, le=100_000)

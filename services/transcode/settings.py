@@ -8,6 +8,8 @@ from runtime.settings import ServiceSettings
 
 
 class TranscodeSettings(ServiceSettings):
+    #: Calls served at once (0 = no limit); beyond them and the queue: RESOURCE_EXHAUSTED.
+    max_concurrent_calls: int = Field(default=32, ge=0, le=100_000)
     listen: str = "127.0.0.1:50062"
     #: ffmpeg binary; unset uses the system ffmpeg, else the one imageio-ffmpeg ships.
     ffmpeg_path: str | None = None

@@ -11,6 +11,8 @@ from runtime.settings import GeminiServiceSettings
 
 
 class TranscribeSettings(GeminiServiceSettings):
+    #: Calls served at once (0 = no limit); beyond them and the queue: RESOURCE_EXHAUSTED.
+    max_concurrent_calls: int = Field(default=32, ge=0, le=100_000)
     listen: str = "127.0.0.1:50063"
 
     #: CTranslate2 Whisper model directory; unset uses the tiny.en model that the
