@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARKS = ("upload", "watch", "transcode", "transcribe", "pipeline")
+BENCHMARKS = ("upload", "watch", "transcode", "transcribe", "pipeline", "throughput")
 
 
 def main() -> None:

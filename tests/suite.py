@@ -128,7 +128,9 @@ class Suite:
 
 
 @contextmanager
-def run_suite(env: dict[str, str], gateways: int = 1) -> Iterator[Suite]:
+def run_suite(env: dict[str, str], gateways: int = 1, replicas: int = 1) -> Iterator[Suite]:
+    """Every process as a subprocess: ``replicas`` of each internal service (the gateways
+    balance over them round-robin) and ``gateways`` gateways."""
     logs = Path(tempfile.mkdtemp(prefix="reelmill-logs-"))
     scratch = Path(tempfile.mkdtemp(prefix="reelmill-scratch-"))
     suite = Suite(
@@ -146,10 +148,11 @@ def run_suite(env: dict[str, str], gateways: int = 1) -> Iterator[Suite]:
         logs=logs,
     )
     try:
-        suite.add("ingest", "services.ingest")
-        suite.add("transcode", "services.transcode")
-        suite.add("transcribe", "services.transcribe")
-        suite.add("metadata", "services.metadata")
+        for _ in range(replicas):
+            suite.add("ingest", "services.ingest")
+            suite.add("transcode", "services.transcode")
+            suite.add("transcribe", "services.transcribe")
+            suite.add("metadata", "services.metadata")
         for _ in range(gateways):
             suite.add("gateway", "gateway")
         yield suite
