@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import grpc
-from sqlalchemy import text
 
 from gateway.auth import AuthInterceptor, TokenVerifier
-from gateway.db.engine import make_engine, make_sessionmaker, migrate
+from gateway.db.engine import check_schema, head_revision, make_engine, make_sessionmaker, migrate
 from gateway.events import EventHub
 from gateway.journal import CANCEL_CHANNEL, QUEUE_CHANNEL
 from gateway.orchestrator import Orchestrator
@@ -110,9 +109,11 @@ async def assemble(settings: GatewaySettings) -> Gateway:
     def register(server: grpc.aio.Server) -> None:
         job_service_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
 
+    schema = head_revision()
+
     async def check_database() -> None:
-        async with engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
+        # Reachable, and migrated to exactly what this code expects.
+        await check_schema(engine, schema)
 
     async def drain() -> None:
         hub.close()

@@ -48,3 +48,26 @@ async def migrate(engine: AsyncEngine) -> None:
     async with engine.begin() as connection:
         await connection.execute(text("SELECT pg_advisory_xact_lock(724100)"))
         await connection.run_sync(_upgrade, url)
+
+
+def head_revision() -> str:
+    """The newest migration this code knows."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config("postgresql://")).get_current_head()
+    if head is None:
+        raise RuntimeError("no migrations found")
+    return head
+
+
+async def check_schema(engine: AsyncEngine, expected: str) -> None:
+    """Raises unless the database is at ``expected`` (the code's head): a gateway is not
+    ready on a database whose migrations have not run yet (or are newer than the code)."""
+    from sqlalchemy import text
+
+    async with engine.connect() as connection:
+        current = (
+            await connection.execute(text("SELECT version_num FROM alembic_version"))
+        ).scalar_one_or_none()
+    if current != expected:
+        raise RuntimeError(f"database schema is at {current!r}, this gateway needs {expected!r}")
