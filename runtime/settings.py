@@ -37,6 +37,9 @@ class CommonSettings(BaseSettings):
     s3_bucket: str = "reelmill"
     s3_region: str | None = None
     s3_secure: bool = False
+    #: Where clients outside the network reach the S3 server, e.g. https://media.example.com:
+    #: the URLs GetArtifactUrl hands out are signed for it. Unset: the endpoint above.
+    s3_public_url: str | None = None
     #: Part size of multipart uploads to S3, in MiB (5 to 5120).
     s3_part_size_mib: int = Field(default=16, ge=5, le=5120)
     #: Threads for blocking storage calls.

@@ -321,3 +321,36 @@ async def test_local_key_conflict_is_a_precondition(tmp_path: Path) -> None:
     with pytest.raises(FailedPrecondition):
         await store.put_bytes("a/b", b"below a file", content_type="text/plain")
     assert await leftovers(store) == ["object:a"]
+
+
+async def test_public_url_signs_client_urls_for_the_public_host(
+    s3_server: S3Server, s3_bucket: str
+) -> None:
+    port = s3_server.endpoint.rsplit(":", 1)[1]
+    store = S3ObjectStore(
+        endpoint=s3_server.endpoint,
+        access_key=s3_server.access_key,
+        secret_key=s3_server.secret_key,
+        bucket=s3_bucket,
+        public_url=f"http://localhost:{port}",
+    )
+    try:
+        data = os.urandom(1000)
+        await store.put_bytes("a/b.bin", data, content_type="application/octet-stream")
+        public = await store.presigned_get_url("a/b.bin", timedelta(minutes=5))
+        internal = await store.media_url("a/b.bin")
+        assert public.startswith(f"http://localhost:{port}/")
+        assert internal.startswith(f"http://{s3_server.endpoint}/")
+
+        def fetch(url: str) -> bytes:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return bytes(response.read())
+
+        # The signature holds for the public host (here an alias of the same server).
+        assert await asyncio.to_thread(fetch, public) == data
+        assert await asyncio.to_thread(fetch, internal) == data
+    finally:
+        await store.close()
+    for bad in ("ftp://x", "https://cdn.example.com/prefix", "localhost:9000"):
+        with pytest.raises(ValueError, match="public URL"):
+            S3ObjectStore("127.0.0.1:1", "a", "b", "c", public_url=bad)

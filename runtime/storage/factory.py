@@ -19,6 +19,7 @@ def open_store(settings: CommonSettings) -> ObjectStore:
             secure=settings.s3_secure,
             part_size=settings.s3_part_size_mib * 1024 * 1024,
             threads=settings.storage_threads,
+            public_url=settings.s3_public_url,
         )
     from runtime.storage.local import LocalObjectStore
 

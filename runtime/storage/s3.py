@@ -34,6 +34,7 @@ import contextlib
 import functools
 import io
 import logging
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -279,6 +280,7 @@ class S3ObjectStore(ObjectStore):
         parts_in_flight: int = 2,
         connect_timeout: float = 10.0,
         read_timeout: float = 120.0,
+        public_url: str | None = None,
     ) -> None:
         if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
             raise ValueError(f"part_size must be within 5 MiB..5 GiB, got {part_size}")
@@ -304,6 +306,25 @@ class S3ObjectStore(ObjectStore):
             region=region,
             http_client=self._http,
         )
+        #: Signs the URLs handed to clients outside the network (``public_url``); signing is
+        #: local, so it never connects there. The region is fixed to avoid a lookup.
+        self._public = self._client
+        if public_url:
+            parsed = urllib.parse.urlsplit(public_url)
+            if (
+                parsed.scheme not in ("http", "https")
+                or not parsed.netloc
+                or parsed.path.strip("/")
+            ):
+                raise ValueError(f"public URL must be http(s)://host[:port], got {public_url!r}")
+            self._public = Minio(
+                parsed.netloc,
+                access_key=access_key,
+                secret_key=secret_key,
+                secure=parsed.scheme == "https",
+                region=region or "us-east-1",
+                http_client=self._http,
+            )
         self._bucket_ready = False
         self._bucket_lock = asyncio.Lock()
 
@@ -434,16 +455,21 @@ class S3ObjectStore(ObjectStore):
 
     # -- URLs --------------------------------------------------------------------------------
 
-    async def presigned_get_url(self, key: str, expires: timedelta) -> str:
+    async def _presign(self, client: Minio, key: str, expires: timedelta) -> str:
         if not timedelta(seconds=1) <= expires <= timedelta(days=7):
             raise InvalidArgument("expiry must be within 1 s..7 days", reason="BAD_EXPIRY")
         await self.stat(key)
         return await self._call(
-            self._client.presigned_get_object, self.bucket, key, expires=expires, key=key
+            client.presigned_get_object, self.bucket, key, expires=expires, key=key
         )
 
+    async def presigned_get_url(self, key: str, expires: timedelta) -> str:
+        """Signed for the public URL when one is configured (clients outside the network)."""
+        return await self._presign(self._public, key, expires)
+
     async def media_url(self, key: str) -> str:
-        return await self.presigned_get_url(key, MEDIA_URL_EXPIRY)
+        """Signed for the internal endpoint: ffmpeg inside the network reads from there."""
+        return await self._presign(self._client, key, MEDIA_URL_EXPIRY)
 
     # -- housekeeping ------------------------------------------------------------------------
 
