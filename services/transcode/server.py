@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from reelmill.v1 import transcode_service_pb2, transcode_service_pb2_grpc
+from runtime.cpus import constrained_cpus
 from runtime.ffmpeg import ffmpeg_path
 from runtime.server import ServiceSpec
 from runtime.storage import ObjectStore, open_store
@@ -27,7 +28,8 @@ def build_transcoder(settings: TranscodeSettings, store: ObjectStore) -> Transco
         scratch_dir=settings.scratch_dir,
         preset=settings.transcode_preset,
         encoder=EncoderSettings(
-            threads=settings.ffmpeg_threads, vp9_cpu_used=settings.vp9_cpu_used
+            threads=settings.ffmpeg_threads or constrained_cpus(),
+            vp9_cpu_used=settings.vp9_cpu_used,
         ),
         max_concurrent=settings.max_concurrent_transcodes,
         max_waiting=settings.max_queued_transcodes,

@@ -21,7 +21,8 @@ class TranscodeSettings(ServiceSettings):
     max_queued_transcodes: int = Field(default=16, ge=0, le=10_000)
     #: Audio extractions run at once per process.
     max_concurrent_audio: int = Field(default=2, ge=1, le=64)
-    #: ``-threads`` per encoder; 0 lets ffmpeg choose.
+    #: ``-threads`` per encoder; 0 = the CPUs the process may use under a cgroup CPU limit
+    #: (a Kubernetes limit), else ffmpeg's own choice.
     ffmpeg_threads: int = Field(default=0, ge=0, le=256)
     #: libvpx-vp9 ``-cpu-used`` for WebM (0 slowest/best to 8 fastest).
     vp9_cpu_used: int = Field(default=4, ge=0, le=8)

@@ -7,6 +7,7 @@ import asyncio
 import grpc
 
 from reelmill.v1 import transcribe_service_pb2, transcribe_service_pb2_grpc
+from runtime.cpus import constrained_cpus
 from runtime.genai import GeminiClient, GeminiConfig, gemini_config
 from runtime.server import ServiceSpec
 from runtime.storage import ObjectStore
@@ -31,7 +32,7 @@ def whisper_config(settings: TranscribeSettings) -> WhisperConfig:
         model_name=settings.whisper_model_name or name,
         device=settings.whisper_device,
         compute_type=settings.whisper_compute_type,
-        cpu_threads=settings.whisper_cpu_threads,
+        cpu_threads=settings.whisper_cpu_threads or constrained_cpus(),
         beam_size=settings.whisper_beam_size,
         queue_size=settings.segment_queue_size,
     )

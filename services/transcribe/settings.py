@@ -24,7 +24,8 @@ class TranscribeSettings(GeminiServiceSettings):
     whisper_device: Literal["cpu", "cuda", "auto"] = "cpu"
     #: CTranslate2 compute type: int8, int8_float16, float16, float32, ...
     whisper_compute_type: str = "int8"
-    #: Threads per transcription; 0 lets CTranslate2 choose.
+    #: Threads per transcription; 0 = the CPUs the process may use under a cgroup CPU limit
+    #: (a Kubernetes limit), else CTranslate2's own choice.
     whisper_cpu_threads: int = Field(default=0, ge=0, le=256)
     #: Beam size when a request names none (1 is greedy: faster, slightly less accurate).
     whisper_beam_size: int = Field(default=5, ge=1, le=20)
