@@ -164,18 +164,25 @@ async def _run_job(gateway: str, clip: Path, timeout: float) -> Ours:
     )
 
 
+def suite_env(postgres: PostgresServer, storage_dir: str) -> dict[str, str]:
+    """Settings of a benchmarked suite: a fresh database, local storage, quiet logs, and the
+    offline engines whatever the environment configures."""
+    return {
+        "REELMILL_DATABASE_URL": asyncio.run(_create_database(postgres)),
+        "REELMILL_STORAGE_BACKEND": "local",
+        "REELMILL_STORAGE_DIR": storage_dir,
+        "REELMILL_LOG_LEVEL": "WARNING",
+        "REELMILL_GEMINI_API_KEY": "",
+    }
+
+
 def run_ours(clip: Path, timeout: float) -> Ours:
-    with run_postgres() as postgres, tempfile.TemporaryDirectory(prefix="bench-objects-") as tmp:
-        env = {
-            "REELMILL_DATABASE_URL": asyncio.run(_create_database(postgres)),
-            "REELMILL_STORAGE_BACKEND": "local",
-            "REELMILL_STORAGE_DIR": tmp,
-            "REELMILL_LOG_LEVEL": "WARNING",
-            # The extractive generator on both sides, whatever the environment configures.
-            "REELMILL_GEMINI_API_KEY": "",
-        }
-        with run_suite(env) as suite:
-            return asyncio.run(_run_job(suite.gateway, clip, timeout))
+    with (
+        run_postgres() as postgres,
+        tempfile.TemporaryDirectory(prefix="bench-objects-") as tmp,
+        run_suite(suite_env(postgres, tmp)) as suite,
+    ):
+        return asyncio.run(_run_job(suite.gateway, clip, timeout))
 
 
 # bare ------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from pathlib import Path
 import psutil
 
 from bench.common import mean, percentile, table
-from bench.pipeline import _create_database, _stage_seconds
+from bench.pipeline import _stage_seconds, suite_env
 from reelmill.client import ReelmillClient
 from reelmill.v1 import job_pb2, pipeline_pb2
 from tests.conftest import SHARED_MEDIA
@@ -155,13 +155,8 @@ async def _batch(suite: Suite, clips: list[Path], replicas: int) -> Batch:
 def run_batch(clips: list[Path], replicas: int) -> Batch:
     with run_postgres() as postgres, tempfile.TemporaryDirectory(prefix="bench-objects-") as tmp:
         env = {
-            "REELMILL_DATABASE_URL": asyncio.run(_create_database(postgres)),
-            "REELMILL_STORAGE_BACKEND": "local",
-            "REELMILL_STORAGE_DIR": tmp,
-            "REELMILL_LOG_LEVEL": "WARNING",
-            "REELMILL_GEMINI_API_KEY": "",
+            **suite_env(postgres, tmp),
             "REELMILL_MAX_CONCURRENT_JOBS": str(MAX_CONCURRENT_JOBS),
-            "REELMILL_PROGRESS_INTERVAL_SECONDS": "0.5",
         }
         with run_suite(env, replicas=replicas) as suite:
             return asyncio.run(_batch(suite, clips, replicas))
