@@ -199,7 +199,7 @@ def test_upload_sequences_follow_the_model(hostile: Hostile, clip: bytes) -> Non
     check()
     # The examples reached the interesting outcomes, not just one of them.
     assert Outcome(grpc.StatusCode.OK) in seen
-    assert len(seen) >= 6, seen
+    assert len(seen - {RACE}) >= 4, seen
     if races:
         pytest.xfail(f"gateway answered INTERNAL (grpc write race) for {races[:3]}")
 
