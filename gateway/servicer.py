@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import mimetypes
 import re
+import unicodedata
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Unicode categories dropped from file names: controls, format characters, separators of
+#: lines and paragraphs, surrogates, private use, unassigned.
+_INVISIBLE = {"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"}
 _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MAX_LABELS = 64
@@ -47,9 +51,12 @@ DEFAULT_URL_EXPIRY = timedelta(hours=1)
 
 
 def sanitize_filename(name: str) -> str:
-    """The last path component, without control characters, at most 255 characters."""
+    """The last path component, without control or format characters (NUL, bidirectional
+    overrides that disguise an extension, zero-width characters, line separators), at most
+    255 characters."""
     base = re.split(r"[\\/]", name)[-1]
-    base = _CONTROL.sub("", base).strip().lstrip(".")
+    base = "".join(c for c in base if unicodedata.category(c) not in _INVISIBLE)
+    base = base.strip().lstrip(".")
     return base[:255] or "upload"
 
 

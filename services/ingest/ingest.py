@@ -27,7 +27,7 @@ from runtime.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from runtime.storage import ObjectStore, StoredObject
 from runtime.storage.keys import validate_key
 from runtime.tasks import shielded
-from services.ingest.probe import MediaInfo, probe
+from services.ingest.probe import DEFAULT_LIMITS, MediaInfo, MediaLimits, probe
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,8 @@ SCRATCH_PREFIX = "ingest-"
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _TOKEN = r"[A-Za-z0-9!#$&^_.+-]+"
 _CONTENT_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}(\s*;[\x20-\x7e]*)?")
+#: What a declared content type may say the bytes are (it is stored and served with them).
+_MEDIA_TYPES = ("video/", "audio/", "application/octet-stream", "application/mp4")
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,10 @@ class Ingestor:
         scratch_dir: Path,
         max_upload_bytes: int,
         probe_timeout: float,
+        limits: MediaLimits = DEFAULT_LIMITS,
     ) -> None:
         self._store = store
+        self._limits = limits
         self._scratch_dir = scratch_dir
         self._max_upload_bytes = max_upload_bytes
         self._probe_timeout = probe_timeout
@@ -138,6 +142,11 @@ class Ingestor:
         ):
             raise InvalidArgument(
                 "content_type must look like 'type/subtype'", reason="INVALID_CONTENT_TYPE"
+            )
+        if header.content_type and not header.content_type.lower().startswith(_MEDIA_TYPES):
+            raise InvalidArgument(
+                f"content_type {header.content_type!r} is not a video or audio type",
+                reason="INVALID_CONTENT_TYPE",
             )
         return UploadHeader(
             key=header.key,
@@ -232,7 +241,9 @@ class Ingestor:
                     ) from None
                 await spool.close()
                 verify(received, writer.sha256)
-                media = await probe(upload, size=received, timeout=self._probe_timeout)
+                media = await probe(
+                    upload, size=received, timeout=self._probe_timeout, limits=self._limits
+                )
                 if not content_type:
                     writer.content_type = media.content_type
                 stored = await writer.commit()
@@ -258,7 +269,7 @@ class Ingestor:
         info = await self._store.stat(key)
         url = await self._store.media_url(key)
         source: Path | str = url if url.startswith(("http://", "https://")) else Path(url)
-        return await probe(source, size=info.size, timeout=self._probe_timeout)
+        return await probe(source, size=info.size, timeout=self._probe_timeout, limits=self._limits)
 
     # -- housekeeping ------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from av.container import InputContainer
 from av.stream import Disposition, Stream
 
 from runtime.errors import Internal, InvalidArgument, Unavailable
-from services.ingest.structure import find_truncation
+from services.ingest.structure import find_external_reference, find_truncation
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,19 @@ PROBE_SIZE = 10 * 1024 * 1024
 FIRST_FRAME_PACKETS = 600
 #: Index entries checked per stream from its end (the ones that sit furthest in the file).
 INDEX_TAIL = 1024
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    """What media ingest accepts, beyond being readable (settings of the ingest process)."""
+
+    #: Largest width or height of a video stream, in pixels.
+    max_dimension: int = 8192
+    #: Longest duration, in seconds.
+    max_duration: float = 24 * 3600.0
+
+
+DEFAULT_LIMITS = MediaLimits()
 
 
 @dataclass(frozen=True)
@@ -135,15 +148,20 @@ class _Timeout(Exception):
     pass
 
 
-async def probe(source: Path | str, *, size: int, timeout: float) -> MediaInfo:
+async def probe(
+    source: Path | str, *, size: int, timeout: float, limits: MediaLimits = DEFAULT_LIMITS
+) -> MediaInfo:
     """Probes a local file (``Path``) or an http(s) URL (``str``) of ``size`` bytes.
 
-    Raises ``InvalidArgument`` (NOT_A_VIDEO, TRUNCATED_MEDIA, PROBE_TIMEOUT) for bad media and
-    ``Unavailable`` when a URL cannot be read.
+    Raises ``InvalidArgument`` (NOT_A_VIDEO, TRUNCATED_MEDIA, PROBE_TIMEOUT,
+    DIMENSIONS_TOO_LARGE, DURATION_TOO_LONG) for bad media and ``Unavailable`` when a URL
+    cannot be read.
     """
     stop = threading.Event()
     deadline = time.monotonic() + timeout
-    worker = asyncio.to_thread(probe_sync, source, size=size, deadline=deadline, stop=stop)
+    worker = asyncio.to_thread(
+        probe_sync, source, size=size, deadline=deadline, stop=stop, limits=limits
+    )
     try:
         # The thread stops itself at the deadline; the margin only covers a stuck FFmpeg call.
         return await asyncio.wait_for(worker, timeout + 5.0)
@@ -160,12 +178,19 @@ def _timed_out(timeout: float) -> InvalidArgument:
 
 
 def probe_sync(
-    source: Path | str, *, size: int, deadline: float, stop: threading.Event | None = None
+    source: Path | str,
+    *,
+    size: int,
+    deadline: float,
+    stop: threading.Event | None = None,
+    limits: MediaLimits = DEFAULT_LIMITS,
 ) -> MediaInfo:
     """The blocking probe; see ``probe``."""
     stop = stop or threading.Event()
     local = isinstance(source, Path)
     if isinstance(source, Path):
+        if find_external_reference(source, size):
+            raise not_a_video("it refers to media data in other files or at URLs")
         problem = find_truncation(source, size)
         if problem is not None:
             raise truncated(problem)
@@ -178,6 +203,8 @@ def probe_sync(
                 "format_whitelist": ",".join(ALLOWED_FORMATS),
                 "protocol_whitelist": FILE_PROTOCOLS if local else URL_PROTOCOLS,
                 "probesize": str(PROBE_SIZE),
+                # Decoders refuse larger pictures while the streams are probed.
+                "max_pixels": str(limits.max_dimension**2),
             },
             metadata_errors="replace",
             timeout=(remaining, remaining),
@@ -186,7 +213,7 @@ def probe_sync(
         raise _open_error(exc, local=local, timeout=remaining) from None
     try:
         with container:
-            return _describe(container, size=size, deadline=deadline, stop=stop)
+            return _describe(container, size=size, deadline=deadline, stop=stop, limits=limits)
     except _Timeout:
         raise _timed_out(remaining) from None
     except av.error.ExitError:
@@ -223,13 +250,54 @@ def _is_picture(stream: Stream) -> bool:
     return bool(stream.disposition & Disposition.attached_pic)
 
 
+def _check_limits(
+    container: InputContainer,
+    videos: Sequence[av.VideoStream],
+    audios: Sequence[Stream],
+    limits: MediaLimits,
+) -> None:
+    """Refuses what is too big to handle before any frame is decoded."""
+    for stream in videos:
+        width, height = stream.codec_context.width or 0, stream.codec_context.height or 0
+        if not width or not height:
+            # FFmpeg leaves the size unset when the declared one is absurd.
+            raise not_a_video(
+                f"video stream {stream.index} has no usable picture size (none, or one too "
+                "large to decode)"
+            )
+        if max(width, height) > limits.max_dimension:
+            raise InvalidArgument(
+                f"video stream {stream.index} is {width}x{height}; the largest side allowed "
+                f"is {limits.max_dimension} pixels",
+                reason="DIMENSIONS_TOO_LARGE",
+            )
+    durations = [_seconds(s) or 0.0 for s in (*videos, *audios)]
+    if container.duration is not None:
+        durations.append(container.duration / av.time_base)
+    longest = max(durations, default=0.0)
+    if longest > limits.max_duration:
+        raise InvalidArgument(
+            f"the media lasts {longest:.0f} s; the limit is {limits.max_duration:g} s",
+            reason="DURATION_TOO_LONG",
+        )
+
+
 def _describe(
-    container: InputContainer, *, size: int, deadline: float, stop: threading.Event
+    container: InputContainer,
+    *,
+    size: int,
+    deadline: float,
+    stop: threading.Event,
+    limits: MediaLimits,
 ) -> MediaInfo:
     videos = [s for s in container.streams.video if not _is_picture(s)]
     audios = list(container.streams.audio)
     if not videos and not audios:
         raise not_a_video("it has no video or audio stream")
+    for stream in (*videos, *audios):
+        if stream.codec_context is None:  # an unknown or garbled codec: nothing can decode it
+            raise not_a_video(f"stream {stream.index} has a codec that cannot be decoded")
+    _check_limits(container, videos, audios, limits)
     _check_index(container.streams, size)
     rotations = _first_frame_rotations(container, videos, deadline=deadline, stop=stop)
 

@@ -16,6 +16,7 @@ from runtime.server import ServiceSpec
 from runtime.storage import ObjectStore
 from services.ingest.ingest import Ingestor
 from services.ingest.platforms import PlatformExtractor
+from services.ingest.probe import MediaLimits
 from services.ingest.servicer import IngestServicer
 from services.ingest.settings import IngestSettings
 from services.ingest.url_import import ImportConfig, UrlImporter
@@ -46,6 +47,10 @@ def build_spec(
         scratch_dir=settings.scratch_dir,
         max_upload_bytes=settings.max_upload_bytes,
         probe_timeout=settings.probe_timeout_seconds,
+        limits=MediaLimits(
+            max_dimension=settings.max_video_dimension,
+            max_duration=settings.max_duration_seconds,
+        ),
     )
     guard = guard or NetGuard(settings.net_policy())
     importer = UrlImporter(

@@ -25,6 +25,10 @@ class IngestSettings(ServiceSettings):
     max_upload_bytes: int = Field(default=20 * 1024**3, gt=0)
     #: Seconds a probe may take before the media is refused (PROBE_TIMEOUT).
     probe_timeout_seconds: float = Field(default=60.0, gt=0)
+    #: Largest width or height of a video, in pixels (DIMENSIONS_TOO_LARGE beyond it).
+    max_video_dimension: int = Field(default=8192, ge=16, le=65535)
+    #: Longest media accepted, in seconds (DURATION_TOO_LONG beyond it).
+    max_duration_seconds: float = Field(default=24 * 3600.0, gt=0)
     #: Scratch directories and uncommitted writes idle this long are removed (crashed processes).
     stale_after_seconds: float = Field(default=24 * 3600.0, gt=0)
     #: Seconds between two sweeps for such leftovers.

@@ -10,6 +10,10 @@ the framing alone, without reading the payload:
   the end of the file is truncated.
 
 Other containers return ``None`` here; the probe then relies on the demuxer's index.
+
+Self-contained or not: an ISO BMFF track may keep its samples in other files or at URLs (a data
+reference, ``dref``, whose entry lacks the "in this file" flag). FFmpeg does not follow them by
+default, but such a file is not the whole media: ``find_external_reference`` finds them.
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ _BMFF_FIRST = {b"ftyp", b"styp", b"moov", b"mdat", b"free", b"skip", b"wide", b"
 _EBML_ID = 0x1A45DFA3
 _SEGMENT_ID = 0x18538067
 _MAX_BOXES = 1_000_000
+#: Boxes on the way from ``moov`` down to a track's data references.
+_DREF_PATH = (b"moov", b"trak", b"mdia", b"minf", b"dinf", b"dref")
+#: Data reference entry flag: the data is in this file.
+_SELF_CONTAINED = 0x000001
 
 
 def find_truncation(path: Path, size: int) -> str | None:
@@ -121,3 +129,47 @@ def _ebml(handle: BinaryIO, size: int) -> str | None:
             f"the Segment declares {segment_size[0]} bytes but only {size - segment_start} remain"
         )
     return None
+
+
+def _children(handle: BinaryIO, start: int, end: int) -> list[tuple[bytes, int, int]]:
+    """The boxes between ``start`` and ``end``: (type, body start, body end)."""
+    boxes: list[tuple[bytes, int, int]] = []
+    offset = start
+    while offset + 8 <= end and len(boxes) < _MAX_BOXES:
+        handle.seek(offset)
+        header = handle.read(16)
+        box_size, box_type = struct.unpack(">I4s", header[:8])
+        header_size = 8
+        if box_size == 1 and len(header) == 16:
+            (box_size,) = struct.unpack(">Q", header[8:16])
+            header_size = 16
+        elif box_size == 0:
+            box_size = end - offset
+        if box_size < header_size or offset + box_size > end or not _is_fourcc(box_type):
+            break  # malformed: the demuxer judges
+        boxes.append((box_type, offset + header_size, offset + box_size))
+        offset += box_size
+    return boxes
+
+
+def find_external_reference(path: Path, size: int) -> bool:
+    """Whether an ISO BMFF file's tracks refer to data outside the file (URLs, other files)."""
+    with path.open("rb") as handle:
+        if handle.read(8)[4:8] not in _BMFF_FIRST:
+            return False
+        level = [(b"", 0, size)]
+        for wanted in _DREF_PATH:
+            level = [
+                child
+                for _, start, end in level
+                for child in _children(handle, start, end)
+                if child[0] == wanted
+            ]
+        for _, start, end in level:
+            # FullBox (version, flags), entry count, then entries that are FullBoxes too.
+            for _entry, entry_start, _entry_end in _children(handle, start + 8, end):
+                handle.seek(entry_start)
+                flags = int.from_bytes(handle.read(4)[1:], "big")
+                if not flags & _SELF_CONTAINED:
+                    return True
+    return False
