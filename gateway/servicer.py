@@ -34,6 +34,7 @@ from runtime.errors import (
     from_rpc_error,
 )
 from runtime.storage import ObjectStore
+from runtime.streams import drain
 
 log = logging.getLogger(__name__)
 
@@ -117,54 +118,20 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self, request_iterator: AsyncIterator[job_service_pb2.UploadVideoRequest], context: Context
     ) -> job_service_pb2.UploadVideoResponse:
         owner = current_owner()
-        first = await anext(aiter(request_iterator), None)
+        source = aiter(request_iterator)
+        first = await anext(source, None)
         if first is None:
             raise InvalidArgument(
                 "empty upload stream: send a header, then chunks", reason="MISSING_HEADER"
             )
         header = first.header if first.WhichOneof("part") == "header" else None
-        if header is not None:
-            if header.size_bytes > self.settings.max_upload_bytes:
-                raise ResourceExhausted(
-                    f"upload of {header.size_bytes} bytes exceeds the limit of "
-                    f"{self.settings.max_upload_bytes}",
-                    reason="UPLOAD_TOO_LARGE",
-                )
-            if header.sha256 and not _SHA256.match(header.sha256):
-                raise InvalidArgument(
-                    "sha256 must be 64 lower-case hex digits", reason="BAD_SHA256"
-                )
         video_id = uuid.uuid4()
-        destination = media_pb2.ObjectRef(
-            bucket=self.objects.bucket, key=f"videos/{video_id}/source"
-        )
-
-        async def forward() -> AsyncIterator[ingest_service_pb2.IngestVideoRequest]:
-            # Ingest validates the stream's shape (missing/duplicate header, sizes); the
-            # gateway only chooses where the bytes go.
-            message: job_service_pb2.UploadVideoRequest | None = first
-            iterator = aiter(request_iterator)
-            while message is not None:
-                if message.WhichOneof("part") == "header":
-                    yield ingest_service_pb2.IngestVideoRequest(
-                        header=ingest_service_pb2.IngestHeader(
-                            destination=destination,
-                            size_bytes=message.header.size_bytes,
-                            sha256=message.header.sha256,
-                            content_type=message.header.content_type
-                            or guess_content_type(message.header.filename),
-                        )
-                    )
-                else:
-                    yield ingest_service_pb2.IngestVideoRequest(chunk=message.chunk)
-                message = await anext(iterator, None)
-
         try:
-            stored = await self.ingest.IngestVideo(
-                forward(), timeout=self.settings.upload_timeout_seconds
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from None
+            stored = await self._ingest_upload(first, header, source, video_id)
+        except Exception:
+            # The client learns why only if it is not still writing (runtime.streams).
+            await drain(source, declared_bytes=header.size_bytes if header else None)
+            raise
         video = media_pb2.Video(
             id=str(video_id),
             filename=sanitize_filename(header.filename if header is not None else ""),
@@ -181,6 +148,59 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             raise
         log.info("video uploaded", extra={"video_id": video.id, "bytes": video.size_bytes})
         return job_service_pb2.UploadVideoResponse(video=video)
+
+    async def _ingest_upload(
+        self,
+        first: job_service_pb2.UploadVideoRequest,
+        header: job_service_pb2.UploadHeader | None,
+        source: AsyncIterator[job_service_pb2.UploadVideoRequest],
+        video_id: uuid.UUID,
+    ) -> ingest_service_pb2.IngestVideoResponse:
+        """Streams the upload to ingest, which validates the stream's shape (missing or
+        duplicate header, sizes) and stores, verifies and probes it; the gateway checks its
+        own limits and chooses where the bytes go."""
+        if header is not None:
+            if header.size_bytes > self.settings.max_upload_bytes:
+                raise ResourceExhausted(
+                    f"upload of {header.size_bytes} bytes exceeds the limit of "
+                    f"{self.settings.max_upload_bytes}",
+                    reason="UPLOAD_TOO_LARGE",
+                )
+            if header.sha256 and not _SHA256.match(header.sha256):
+                raise InvalidArgument(
+                    "sha256 must be 64 lower-case hex digits", reason="BAD_SHA256"
+                )
+        destination = media_pb2.ObjectRef(
+            bucket=self.objects.bucket, key=f"videos/{video_id}/source"
+        )
+
+        async def forward() -> AsyncIterator[ingest_service_pb2.IngestVideoRequest]:
+            message: job_service_pb2.UploadVideoRequest | None = first
+            while message is not None:
+                if message.WhichOneof("part") == "header":
+                    yield ingest_service_pb2.IngestVideoRequest(
+                        header=ingest_service_pb2.IngestHeader(
+                            destination=destination,
+                            size_bytes=message.header.size_bytes,
+                            sha256=message.header.sha256,
+                            content_type=message.header.content_type
+                            or guess_content_type(message.header.filename),
+                        )
+                    )
+                else:
+                    yield ingest_service_pb2.IngestVideoRequest(chunk=message.chunk)
+                message = await anext(source, None)
+
+        # A request iterator, not explicit writes: the tracing interceptor on the channel
+        # awaits the call's end before handing the call back, so writes would deadlock.
+        # Ingest drains what it refuses (runtime.streams), so its status reaches us intact.
+        try:
+            response: ingest_service_pb2.IngestVideoResponse = await self.ingest.IngestVideo(
+                forward(), timeout=self.settings.upload_timeout_seconds
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+        return response
 
     async def GetVideo(
         self, request: job_service_pb2.GetVideoRequest, context: Context

@@ -13,6 +13,7 @@ import grpc
 
 from reelmill.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 from runtime.errors import InvalidArgument
+from runtime.streams import drain
 from services.ingest import convert
 from services.ingest.fetch import DownloadProgress
 from services.ingest.ingest import Ingestor, UploadHeader
@@ -72,8 +73,16 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         request_iterator: AsyncIterator[ingest_service_pb2.IngestVideoRequest],
         context: Context,
     ) -> ingest_service_pb2.IngestVideoResponse:
-        header, chunks = await read_upload(request_iterator)
-        result = await self._ingestor.ingest(header, chunks)
+        iterator = aiter(request_iterator)
+        declared: int | None = None
+        try:
+            header, chunks = await read_upload(iterator)
+            declared = header.size
+            result = await self._ingestor.ingest(header, chunks)
+        except Exception:
+            # The caller learns why only if it is not still writing (runtime.streams).
+            await drain(iterator, declared_bytes=declared)
+            raise
         return convert.ingest_response(result)
 
     async def ProbeVideo(
