@@ -32,6 +32,7 @@ from gateway.store import Store
 from reelmill.v1 import ingest_service_pb2_grpc, job_service_pb2, job_service_pb2_grpc
 from runtime.channels import internal_channel
 from runtime.errors import InvalidArgument
+from runtime.internal_auth import InternalAuth
 from runtime.server import ServiceSpec
 from runtime.storage import open_store
 
@@ -69,6 +70,7 @@ async def assemble(settings: GatewaySettings) -> Gateway:
         audience=settings.jwt_audience,
         leeway=settings.jwt_leeway_seconds,
     )
+    internal_auth = InternalAuth.from_settings(settings)
     engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
     if settings.migrate_on_start:
         await migrate(engine)
@@ -80,7 +82,7 @@ async def assemble(settings: GatewaySettings) -> Gateway:
     objects = open_store(settings)
 
     channels = {
-        name: internal_channel(target, max_message_mib=settings.max_message_mib)
+        name: internal_channel(target, internal_auth, max_message_mib=settings.max_message_mib)
         for name, target in (
             ("ingest", settings.ingest_target),
             ("transcode", settings.transcode_target),
@@ -132,5 +134,6 @@ async def assemble(settings: GatewaySettings) -> Gateway:
         on_drain=drain,
         on_close=close,
         interceptors=[AuthInterceptor(verifier)],
+        public=True,
     )
     return Gateway(store=store, hub=hub, orchestrator=orchestrator, spec=spec)
