@@ -80,6 +80,7 @@ EXTERNAL_SECRETS = {
     "reelmill-database": {"url"},
     "reelmill-s3": {"endpoint", "access-key", "secret-key"},
     "reelmill-jwt": {"secret"},
+    "reelmill-internal": {"token"},
 }
 OPTIONAL_SECRETS = {"reelmill-gemini": {"api-key"}}
 #: Workloads the dev overlay adds; who may reach them, by port.
