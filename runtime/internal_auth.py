@@ -66,7 +66,6 @@ class InternalAuth:
         """The configured auth; raises ``InvalidArgument`` (BAD_SETTINGS) when incomplete."""
         token = settings.internal_token.get_secret_value() if settings.internal_token else None
         if settings.internal_auth == "none":
-            log.warning("internal authentication is off: anyone who can connect may call")
             return cls(mode="none")
         if settings.internal_auth == "token":
             if token is None:

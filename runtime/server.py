@@ -264,6 +264,8 @@ def serve_main(
     except ReelmillError as exc:
         log.error("cannot start: %s", exc.message)
         return 2
+    if auth.mode == "none":
+        log.warning("internal authentication is off: anyone who can connect may call")
 
     async def main() -> None:
         await run_service(await build(settings), settings, auth=auth)
