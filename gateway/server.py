@@ -33,6 +33,7 @@ from gateway.store import Store
 from reelmill.v1 import ingest_service_pb2_grpc, job_service_pb2, job_service_pb2_grpc
 from runtime.channels import internal_channel
 from runtime.errors import InvalidArgument
+from runtime.internal_auth import InternalAuth
 from runtime.server import ServiceSpec
 from runtime.storage import open_store
 
@@ -71,6 +72,7 @@ async def assemble(settings: GatewaySettings) -> Gateway:
         audience=settings.jwt_audience,
         leeway=settings.jwt_leeway_seconds,
     )
+    internal_auth = InternalAuth.from_settings(settings)
     engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
     if settings.migrate_on_start:
         await migrate(engine)
@@ -84,7 +86,7 @@ async def assemble(settings: GatewaySettings) -> Gateway:
     purger = Purger(sessions, objects, interval=settings.purge_interval_seconds)
 
     channels = {
-        name: internal_channel(target, max_message_mib=settings.max_message_mib)
+        name: internal_channel(target, internal_auth, max_message_mib=settings.max_message_mib)
         for name, target in (
             ("ingest", settings.ingest_target),
             ("transcode", settings.transcode_target),
@@ -138,5 +140,6 @@ async def assemble(settings: GatewaySettings) -> Gateway:
         on_drain=drain,
         on_close=close,
         interceptors=[AuthInterceptor(verifier)],
+        public=True,
     )
     return Gateway(store=store, hub=hub, orchestrator=orchestrator, purger=purger, spec=spec)

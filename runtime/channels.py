@@ -3,6 +3,10 @@
 A target is either a gRPC URI (``dns:///transcode.reelmill.svc:50051``, balanced across every
 address with ``round_robin``) or a comma-separated static list of ``host:port`` (for local runs
 with several replicas), which becomes an ``ipv4:`` target balanced the same way.
+
+Every channel carries the gateway's internal credentials (``runtime.internal_auth``): the
+internal token on every call, and the client certificate when the mode is mTLS; so every stub
+made on it is authenticated without doing anything.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import json
 
 import grpc
 
+from runtime.internal_auth import InternalAuth
 from runtime.telemetry import client_interceptors
 
 _SERVICE_CONFIG = json.dumps(
@@ -44,17 +49,25 @@ def normalize_target(target: str) -> str:
     return f"dns:///{hosts[0]}"
 
 
-def internal_channel(target: str, *, max_message_mib: int = 8) -> grpc.aio.Channel:
+def internal_channel(
+    target: str, auth: InternalAuth, *, max_message_mib: int = 8
+) -> grpc.aio.Channel:
     limit = max_message_mib * 1024 * 1024
-    return grpc.aio.insecure_channel(
-        normalize_target(target),
-        options=[
-            ("grpc.service_config", _SERVICE_CONFIG),
-            ("grpc.enable_retries", 1),
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.max_send_message_length", limit),
-            ("grpc.max_receive_message_length", limit),
-        ],
-        interceptors=client_interceptors(),
+    options = [
+        ("grpc.service_config", _SERVICE_CONFIG),
+        ("grpc.enable_retries", 1),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+        *auth.channel_options(),
+    ]
+    interceptors = [*client_interceptors(), *auth.client_interceptors()]
+    credentials = auth.channel_credentials()
+    if credentials is None:
+        return grpc.aio.insecure_channel(
+            normalize_target(target), options=options, interceptors=interceptors
+        )
+    return grpc.aio.secure_channel(
+        normalize_target(target), credentials, options=options, interceptors=interceptors
     )

@@ -5,6 +5,9 @@ grpc.health.v1 reflecting real dependency health, and server reflection; runs th
 background tasks in a TaskGroup; and on SIGTERM/SIGINT shuts down gracefully: health goes
 NOT_SERVING, the process stops taking new work (``on_drain``), in-flight calls get
 ``grace_seconds`` to finish, then the rest is cancelled.
+
+Internal services (every spec not marked ``public``) accept calls only from the gateway, as
+``runtime.internal_auth`` configures: a token interceptor, TLS with client certificates, or both.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from runtime.errors import ErrorMappingInterceptor
+from runtime.internal_auth import InternalAuth
 from runtime.settings import ServiceSettings
 from runtime.slots import CallLimitInterceptor, Slots
 from runtime.telemetry import server_interceptors, setup_tracing, shutdown_tracing
@@ -57,6 +61,9 @@ class ServiceSpec:
     on_close: Callable[[], Awaitable[None]] | None = None
     #: Interceptors after the shared ones (tracing, error mapping), e.g. authentication.
     interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+    #: Whether anyone may connect (the gateway, which authenticates callers itself); the
+    #: others accept only the gateway (``runtime.internal_auth``).
+    public: bool = False
 
 
 class ProcessStopped(Exception):
@@ -80,7 +87,8 @@ def build_server(
             )
         )
     return grpc.aio.server(
-        interceptors=[*server_interceptors(), ErrorMappingInterceptor(), *limits, *interceptors],
+        # Authentication before the call limit: a refused caller never takes a slot.
+        interceptors=[*server_interceptors(), ErrorMappingInterceptor(), *interceptors, *limits],
         options=[
             ("grpc.max_send_message_length", limit),
             ("grpc.max_receive_message_length", limit),
@@ -123,10 +131,34 @@ async def _watch_health(
             await asyncio.wait_for(draining.wait(), timeout=interval)
 
 
-async def run_service(spec: ServiceSpec, settings: ServiceSettings) -> None:
-    """Serves until SIGTERM/SIGINT (or a background task dies), then drains and returns."""
+def listen(
+    server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None
+) -> int:
+    """Adds ``address`` (TLS when ``credentials``) and returns the port; raises if it cannot."""
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return port
+
+
+async def run_service(
+    spec: ServiceSpec, settings: ServiceSettings, *, auth: InternalAuth | None = None
+) -> None:
+    """Serves until SIGTERM/SIGINT (or a background task dies), then drains and returns.
+
+    ``auth`` is the internal authentication of a non-public spec (read from ``settings`` when
+    not given)."""
+    if not spec.public and auth is None:
+        auth = InternalAuth.from_settings(settings)
+    internal = None if spec.public else auth
     setup_tracing(spec.name, settings.otlp_endpoint)
-    server = build_server(settings, spec.interceptors)
+    server = build_server(
+        settings,
+        [*(internal.server_interceptors() if internal else ()), *spec.interceptors],
+    )
     spec.register(server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -138,14 +170,30 @@ async def run_service(spec: ServiceSpec, settings: ServiceSettings) -> None:
         ],
         server,
     )
-    port = server.add_insecure_port(settings.listen)
-    if port == 0:
-        raise OSError(f"cannot listen on {settings.listen}")
+    port = listen(server, settings.listen, internal.server_credentials() if internal else None)
     host = settings.listen.rsplit(":", 1)[0]
+    # Health only, in plain text: for kubelet's probes when the main port needs mTLS.
+    health_server: grpc.aio.Server | None = None
+    if settings.health_listen:
+        health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(health, health_server)
+        health_port = listen(health_server, settings.health_listen, None)
+        await health_server.start()
+        log.info(
+            "health listening",
+            extra={"address": f"{settings.health_listen.rsplit(':', 1)[0]}:{health_port}"},
+        )
     await server.start()
     # Liveness says only that the process runs: a dependency outage must not restart it.
     await health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
-    log.info("listening", extra={"address": f"{host}:{port}", "services": list(spec.service_names)})
+    log.info(
+        "listening",
+        extra={
+            "address": f"{host}:{port}",
+            "services": list(spec.service_names),
+            "internal_auth": "public" if internal is None else internal.mode,
+        },
+    )
 
     stop = asyncio.Event()
     draining = asyncio.Event()
@@ -193,6 +241,8 @@ async def run_service(spec: ServiceSpec, settings: ServiceSettings) -> None:
         await server.stop(0)
         raise ProcessStopped("a background task failed") from group_error
     finally:
+        if health_server is not None:
+            await health_server.stop(0)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         if spec.on_close is not None:
@@ -221,9 +271,18 @@ def serve_main(
         print(f"{name}: {exc.message}", file=sys.stderr)
         return 2
     setup_logging(name, settings.log_level, settings.log_format)
+    try:
+        # Every process needs it (the services to check callers, the gateway to call them):
+        # refuse to start without it, before building anything.
+        auth = InternalAuth.from_settings(settings)
+    except ReelmillError as exc:
+        log.error("cannot start: %s", exc.message)
+        return 2
+    if auth.mode == "none":
+        log.warning("internal authentication is off: anyone who can connect may call")
 
     async def main() -> None:
-        await run_service(await build(settings), settings)
+        await run_service(await build(settings), settings, auth=auth)
 
     try:
         asyncio.run(main())

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtime.errors import InvalidArgument
@@ -68,6 +68,36 @@ class ServiceSettings(CommonSettings):
     #: RESOURCE_EXHAUSTED.
     max_concurrent_calls: int = Field(default=0, ge=0, le=100_000)
     max_queued_calls: int = Field(default=64, ge=0, le=100_000)
+
+    #: Plain-text address serving only grpc.health.v1 (kubelet probes cannot speak TLS);
+    #: unset serves health on ``listen`` only.
+    health_listen: str | None = None
+
+    #: How internal services know their caller is the gateway (``runtime.internal_auth``):
+    #: "token" (a shared secret in call metadata), "mtls" (client certificates signed by
+    #: ``tls_ca_file``; the token is checked too when one is set) or "none" (anyone who can
+    #: connect; only when chosen explicitly). The gateway uses the same settings to call them.
+    internal_auth: Literal["token", "mtls", "none"] = "token"
+    #: The shared internal token (at least 32 characters).
+    internal_token: SecretStr | None = None
+    #: PEM files for mTLS: this process's certificate chain and key, and the CA that signs its
+    #: peers' certificates.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
+    #: Name the gateway expects in the services' certificates, when it is not the target's
+    #: host name (e.g. one certificate for every service).
+    tls_server_name: str | None = None
+
+    @field_validator("internal_token", mode="before")
+    @classmethod
+    def _long_enough(cls, value: object) -> object:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if raw == "":
+            return None
+        if isinstance(raw, str) and len(raw) < 32:
+            raise ValueError("must be at least 32 characters")
+        return value
 
 
 class GeminiServiceSettings(ServiceSettings):

@@ -22,6 +22,8 @@ from reelmill.v1 import pipeline_pb2
 from tests.servers import free_port, stop_process
 
 JWT_SECRET = "test-secret-" + "x" * 40
+#: What the gateway sends and the services check (REELMILL_INTERNAL_TOKEN).
+INTERNAL_TOKEN = "internal-test-token-" + "y" * 40
 #: A spec that runs only the probe stage: for tests about jobs, not media.
 PROBE_ONLY = pipeline_pb2.PipelineSpec(
     transcode=pipeline_pb2.TranscodeSpec(disabled=True),
@@ -136,6 +138,7 @@ def run_suite(env: dict[str, str], gateways: int = 1, replicas: int = 1) -> Iter
     suite = Suite(
         env={
             "REELMILL_JWT_SECRET": JWT_SECRET,
+            "REELMILL_INTERNAL_TOKEN": INTERNAL_TOKEN,
             "REELMILL_SCRATCH_DIR": str(scratch),
             "REELMILL_LEASE_SECONDS": "6",
             "REELMILL_POLL_SECONDS": "1",

@@ -16,7 +16,7 @@ from gateway.settings import GatewaySettings
 from reelmill.client import ReelmillClient
 from reelmill.v1 import job_service_pb2, media_pb2, pipeline_pb2
 from runtime.server import build_server
-from tests.suite import JWT_SECRET, token
+from tests.suite import INTERNAL_TOKEN, JWT_SECRET, token
 
 
 @pytest_asyncio.fixture
@@ -24,6 +24,7 @@ async def gateway(database_url: str, tmp_path: Path) -> AsyncIterator[tuple[Gate
     settings = GatewaySettings(
         database_url=database_url,
         jwt_secret=JWT_SECRET,
+        internal_token=INTERNAL_TOKEN,
         storage_dir=tmp_path / "objects",
         ingest_target="127.0.0.1:9",  # nothing listens: no job here needs a service
         max_concurrent_jobs=1,

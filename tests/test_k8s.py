@@ -80,6 +80,7 @@ EXTERNAL_SECRETS = {
     "reelmill-database": {"url"},
     "reelmill-s3": {"endpoint", "access-key", "secret-key"},
     "reelmill-jwt": {"secret"},
+    "reelmill-internal": {"token"},
 }
 OPTIONAL_SECRETS = {"reelmill-gemini": {"api-key"}}
 #: Workloads the dev overlay adds; who may reach them, by port.
@@ -431,6 +432,25 @@ def test_secret_and_config_references(overlay: str) -> None:
         generated = {s["metadata"]["name"].rsplit("-", 1)[0]: s for s in r.of_kind("Secret")}
         for name, keys in EXTERNAL_SECRETS.items():
             assert keys <= set(generated[name]["data"]), name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_process_shares_the_internal_token(overlay: str) -> None:
+    """The gateway sends the token the services check: the same Secret key for all five."""
+    r = rendered(overlay)
+    (config,) = [
+        c for c in r.of_kind("ConfigMap") if c["metadata"]["name"].startswith("reelmill-config")
+    ]
+    assert config["data"]["REELMILL_INTERNAL_AUTH"] == "token"
+    for process in PROCESSES:
+        (entry,) = [
+            e
+            for e in main_container(r.get("Deployment", process))["env"]
+            if e["name"] == "REELMILL_INTERNAL_TOKEN"
+        ]
+        ref = entry["valueFrom"]["secretKeyRef"]
+        assert ref["name"].startswith("reelmill-internal") and ref["key"] == "token", process
+        assert not ref.get("optional"), process
 
 
 def references(container: Obj) -> Iterator[tuple[tuple[str, str, str], bool]]:

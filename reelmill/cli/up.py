@@ -4,6 +4,8 @@ Embedded defaults: Postgres from the ``pgserver`` wheel in ``$REELMILL_HOME/pg``
 local-directory object store in ``$REELMILL_HOME/objects``. Set ``REELMILL_DATABASE_URL`` (and
 ``REELMILL_STORAGE_BACKEND=s3`` with the ``REELMILL_S3_*`` settings) to use external ones.
 Children are started by PID and stopped the same way: SIGTERM, a grace period, then SIGKILL.
+Every run generates a fresh internal token (unless ``REELMILL_INTERNAL_TOKEN`` is set) and gives
+it to every process: the gateway sends it, the services accept only calls that carry it.
 """
 
 from __future__ import annotations
@@ -148,6 +150,8 @@ def run_suite(
     base_env.setdefault("REELMILL_STORAGE_DIR", str(home / "objects"))
     base_env.setdefault("REELMILL_SCRATCH_DIR", str(home / "scratch"))
     secret = base_env.setdefault("REELMILL_JWT_SECRET", _secret(home))
+    # Lives only as long as this run: nothing to store, nothing another run could reuse.
+    base_env.setdefault("REELMILL_INTERNAL_TOKEN", secrets.token_urlsafe(32))
     token = _dev_token(
         secret,
         base_env.get("REELMILL_JWT_ISSUER", "reelmill"),
