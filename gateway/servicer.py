@@ -128,6 +128,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 raise InvalidArgument(
                     "sha256 must be 64 lower-case hex digits", reason="BAD_SHA256"
                 )
+            # The owner's storage limit, refused at the header, before any byte is stored.
+            await self.store.check_storage(
+                owner, header.size_bytes, self.settings.owner_max_stored_bytes
+            )
         video_id = uuid.uuid4()
         destination = media_pb2.ObjectRef(
             bucket=self.objects.bucket, key=f"videos/{video_id}/source"
@@ -169,7 +173,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             media_info=stored.media_info,
         )
         try:
-            video = await self.store.add_video(owner, video)
+            video = await self.store.add_video(
+                owner, video, max_stored_bytes=self.settings.owner_max_stored_bytes
+            )
         except BaseException:
             await self.objects.delete(stored.object.key)
             raise
@@ -210,6 +216,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 "request_id is longer than 256 characters", reason="BAD_REQUEST_ID"
             )
         url = validate_url(request.url) if source == "url" else None
+        if url is not None:
+            # An import's size is unknown until it is downloaded: refuse only an owner
+            # already at the storage limit.
+            await self.store.check_storage(owner, 1, self.settings.owner_max_stored_bytes)
         job, created = await self.store.create_job(
             owner,
             video_id=request.video_id if url is None else None,
@@ -218,6 +228,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             request_id=request.request_id,
             labels=validate_labels(dict(request.labels)),
             stages=plan_stages(self.stages, request.spec, from_url=url is not None),
+            max_active=self.settings.owner_max_active_jobs,
         )
         log.info(
             "job created" if created else "job returned for repeated request_id",
