@@ -28,6 +28,7 @@ from gateway.api_keys import ApiKeys
 from gateway.limits import RateLimiter
 from gateway.server import Gateway, assemble, token_verifier
 from gateway.settings import GatewaySettings
+from reelmill.cli.main import describe_error
 from reelmill.client import ReelmillClient, retry_after
 from reelmill.v1 import api_key_service_pb2, job_service_pb2, media_pb2
 from runtime.errors import InvalidArgument, ResourceExhausted, Unauthenticated, error_info
@@ -438,7 +439,10 @@ async def test_request_rate_per_owner(serve: Serve) -> None:
                 await client.list_jobs()
             error = await refused(client.list_jobs())
             assert_exhausted(error, "RATE_LIMITED")
-            assert error_info(error) is not None
+            # What the CLI prints: code, reason and when to retry.
+            line = describe_error(error)
+            assert line.startswith("RESOURCE_EXHAUSTED: too many requests")
+            assert "[RATE_LIMITED]" in line and "(retry after " in line
         async with ReelmillClient(address, token=token("lee")) as other:
             await other.list_jobs()
 
