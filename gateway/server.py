@@ -1,5 +1,6 @@
-"""Builds the gateway process: database, event hub, orchestrator, JobService. Importing this
-module starts nothing; ``build`` wires the parts and ``runtime.server.run_service`` runs them."""
+"""Builds the gateway process: database, event hub, orchestrator, JobService, ApiKeyService.
+Importing this module starts nothing; ``build`` wires the parts and
+``runtime.server.run_service`` runs them."""
 
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ from datetime import timedelta
 
 import grpc
 
-from gateway.auth import AuthInterceptor, TokenVerifier
+from gateway import api_key_servicer
+from gateway.api_key_servicer import ApiKeyServicer
+from gateway.api_keys import ApiKeys
+from gateway.auth import AuthInterceptor, TokenVerifier, load_jwks, load_public_key
 from gateway.db.engine import check_schema, head_revision, make_engine, make_sessionmaker, migrate
 from gateway.events import EventHub
 from gateway.journal import CANCEL_CHANNEL, QUEUE_CHANNEL
+from gateway.limits import RateLimiter
 from gateway.orchestrator import Orchestrator
 from gateway.purges import Purger
 from gateway.runs import Runs
@@ -30,7 +35,12 @@ from gateway.stages import (
     TranscribeStage,
 )
 from gateway.store import Store
-from reelmill.v1 import ingest_service_pb2_grpc, job_service_pb2, job_service_pb2_grpc
+from reelmill.v1 import (
+    api_key_service_pb2_grpc,
+    ingest_service_pb2_grpc,
+    job_service_pb2,
+    job_service_pb2_grpc,
+)
 from runtime.channels import internal_channel
 from runtime.errors import InvalidArgument
 from runtime.internal_auth import InternalAuth
@@ -49,6 +59,7 @@ class Gateway:
     """The assembled parts of a gateway process."""
 
     store: Store
+    api_keys: ApiKeys
     hub: EventHub
     orchestrator: Orchestrator
     purger: Purger
@@ -59,18 +70,39 @@ async def build(settings: GatewaySettings) -> ServiceSpec:
     return (await assemble(settings)).spec
 
 
-async def assemble(settings: GatewaySettings) -> Gateway:
+def token_verifier(settings: GatewaySettings) -> TokenVerifier:
+    """The JWT verifier the settings describe; refuses to build one without any key."""
     secret = settings.jwt_secret.get_secret_value()
-    if not secret:
+    if not secret and settings.jwt_public_key_file is None and settings.jwt_jwks_file is None:
         raise InvalidArgument(
-            "REELMILL_JWT_SECRET is required: the gateway never runs unauthenticated",
+            "REELMILL_JWT_SECRET, REELMILL_JWT_PUBLIC_KEY_FILE or REELMILL_JWT_JWKS_FILE is "
+            "required: the gateway never runs unauthenticated",
             reason="BAD_SETTINGS",
         )
-    verifier = TokenVerifier(
+    if secret and len(secret) < 32:
+        raise InvalidArgument(
+            "REELMILL_JWT_SECRET must be at least 32 characters", reason="BAD_SETTINGS"
+        )
+    return TokenVerifier(
         secret,
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
         leeway=settings.jwt_leeway_seconds,
+        public_key=(
+            load_public_key(settings.jwt_public_key_file)
+            if settings.jwt_public_key_file is not None
+            else None
+        ),
+        jwks=load_jwks(settings.jwt_jwks_file) if settings.jwt_jwks_file is not None else None,
+    )
+
+
+async def assemble(settings: GatewaySettings) -> Gateway:
+    verifier = token_verifier(settings)
+    limiter = (
+        RateLimiter(settings.owner_requests_per_second, settings.owner_request_burst)
+        if settings.owner_requests_per_second > 0
+        else None
     )
     internal_auth = InternalAuth.from_settings(settings)
     engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
@@ -79,6 +111,11 @@ async def assemble(settings: GatewaySettings) -> Gateway:
     sessions = make_sessionmaker(engine)
     purge_delay = timedelta(seconds=settings.purge_delay_seconds)
     store = Store(sessions, purge_delay=purge_delay, slots_per_worker=settings.max_concurrent_jobs)
+    api_keys = ApiKeys(
+        sessions,
+        pepper=settings.api_key_pepper.get_secret_value(),
+        cache_seconds=settings.api_key_cache_seconds,
+    )
     runs = Runs(sessions, worker_id(), purge_delay=purge_delay)
     dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     hub = EventHub(dsn, store.events_after, store.job_exists)
@@ -110,6 +147,9 @@ async def assemble(settings: GatewaySettings) -> Gateway:
 
     def register(server: grpc.aio.Server) -> None:
         job_service_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
+        api_key_service_pb2_grpc.add_ApiKeyServiceServicer_to_server(
+            ApiKeyServicer(api_keys), server
+        )
 
     schema = head_revision()
 
@@ -129,7 +169,7 @@ async def assemble(settings: GatewaySettings) -> Gateway:
 
     spec = ServiceSpec(
         name="gateway",
-        service_names=[SERVICE_NAME],
+        service_names=[SERVICE_NAME, api_key_servicer.SERVICE_NAME],
         register=register,
         health_checks={
             "postgres": check_database,
@@ -139,7 +179,14 @@ async def assemble(settings: GatewaySettings) -> Gateway:
         background=[hub.run, orchestrator.run, purger.run],
         on_drain=drain,
         on_close=close,
-        interceptors=[AuthInterceptor(verifier)],
+        interceptors=[AuthInterceptor(verifier, api_keys, limiter)],
         public=True,
     )
-    return Gateway(store=store, hub=hub, orchestrator=orchestrator, purger=purger, spec=spec)
+    return Gateway(
+        store=store,
+        api_keys=api_keys,
+        hub=hub,
+        orchestrator=orchestrator,
+        purger=purger,
+        spec=spec,
+    )

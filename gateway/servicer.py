@@ -127,7 +127,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         header = first.header if first.WhichOneof("part") == "header" else None
         video_id = uuid.uuid4()
         try:
-            stored = await self._ingest_upload(first, header, source, video_id)
+            stored = await self._ingest_upload(owner, first, header, source, video_id)
         except Exception:
             # The client learns why only if it is not still writing (runtime.streams).
             await drain(source, declared_bytes=header.size_bytes if header else None)
@@ -142,7 +142,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             media_info=stored.media_info,
         )
         try:
-            video = await self.store.add_video(owner, video)
+            video = await self.store.add_video(
+                owner, video, max_stored_bytes=self.settings.owner_max_stored_bytes
+            )
         except BaseException:
             await self.objects.delete(stored.object.key)
             raise
@@ -151,6 +153,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
 
     async def _ingest_upload(
         self,
+        owner: str,
         first: job_service_pb2.UploadVideoRequest,
         header: job_service_pb2.UploadHeader | None,
         source: AsyncIterator[job_service_pb2.UploadVideoRequest],
@@ -170,6 +173,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 raise InvalidArgument(
                     "sha256 must be 64 lower-case hex digits", reason="BAD_SHA256"
                 )
+            # The owner's storage limit, refused at the header, before any byte is stored.
+            await self.store.check_storage(
+                owner, header.size_bytes, self.settings.owner_max_stored_bytes
+            )
         destination = media_pb2.ObjectRef(
             bucket=self.objects.bucket, key=f"videos/{video_id}/source"
         )
@@ -248,6 +255,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             )
         url = validate_url(request.url) if source == "url" else None
         timeout = self._job_timeout(request)
+        if url is not None:
+            # An import's size is unknown until it is downloaded: refuse only an owner
+            # already at the storage limit.
+            await self.store.check_storage(owner, 1, self.settings.owner_max_stored_bytes)
         job, created = await self.store.create_job(
             owner,
             video_id=request.video_id if url is None else None,
@@ -257,6 +268,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             labels=validate_labels(dict(request.labels)),
             stages=plan_stages(self.stages, request.spec, from_url=url is not None),
             timeout=timeout,
+            max_active=self.settings.owner_max_active_jobs,
         )
         log.info(
             "job created" if created else "job returned for repeated request_id",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr
 
 from runtime.settings import ServiceSettings
@@ -23,12 +25,33 @@ class GatewaySettings(ServiceSettings):
     transcribe_target: str = "127.0.0.1:50063"
     metadata_target: str = "127.0.0.1:50064"
 
-    #: HS256 secret that signs bearer tokens. Required: the gateway never runs open.
+    #: How bearer JWTs are verified; at least one of these three is required (the gateway
+    #: never runs open). HS256 secret (at least 32 characters).
     jwt_secret: SecretStr = SecretStr("")
+    #: PEM public key: RSA verifies RS256 tokens, EC P-256 verifies ES256 tokens.
+    jwt_public_key_file: Path | None = None
+    #: JWKS file (RSA and EC P-256 keys); a token's ``kid`` picks the key.
+    jwt_jwks_file: Path | None = None
     jwt_issuer: str = "reelmill"
     jwt_audience: str = "reelmill"
     #: Clock skew tolerated when checking exp/nbf, in seconds.
     jwt_leeway_seconds: int = Field(default=30, ge=0, le=600)
+
+    #: Secret for the keyed hash (HMAC-SHA256) of stored API keys; unset stores SHA-256.
+    #: Changing it invalidates the keys hashed with the old one.
+    api_key_pepper: SecretStr = SecretStr("")
+    #: How long a replica caches an API-key lookup. A key revoked through another replica is
+    #: still accepted here for at most this long (through this replica: at once).
+    api_key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+
+    #: Per-owner limits (0 = unlimited). Queued + running jobs of one owner.
+    owner_max_active_jobs: int = Field(default=100, ge=0)
+    #: Bytes of stored uploads one owner may keep (the sum of their videos' sizes).
+    owner_max_stored_bytes: int = Field(default=0, ge=0)
+    #: Requests per second one owner may make, per gateway replica (token bucket).
+    owner_requests_per_second: float = Field(default=50.0, ge=0)
+    #: Requests one owner may make at once above the steady rate (the bucket's size).
+    owner_request_burst: int = Field(default=100, ge=1)
 
     #: Jobs one gateway runs at once.
     max_concurrent_jobs: int = Field(default=4, ge=1, le=256)

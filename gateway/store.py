@@ -1,6 +1,9 @@
 """What the public API reads and writes: videos and jobs, always scoped by owner.
 
-Another owner's resources look exactly like missing ones (NOT_FOUND).
+Another owner's resources look exactly like missing ones (NOT_FOUND). The per-owner limits
+that need the database (active jobs, stored bytes) are checked here, serialised per owner by a
+transaction-scoped advisory lock so concurrent requests on any replica cannot both slip under
+a limit.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ import base64
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -30,10 +33,16 @@ from gateway.journal import (
 )
 from gateway.purges import job_prefix, request_job_purge, request_purge, video_prefix
 from reelmill.v1 import job_pb2, media_pb2, pipeline_pb2
-from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+ACTIVE_JOB_STATES = ("QUEUED", "RUNNING")
+#: Suggested wait when the owner has too many active jobs: about how long a short job takes.
+ACTIVE_JOBS_RETRY_AFTER = 30.0
+#: Suggested wait when the owner's storage is full: stored videos are not freed by time
+#: (deleting videos is not available yet), so only much later, after an operator acts.
+STORAGE_RETRY_AFTER = 3600.0
 
 
 @dataclass(frozen=True)
@@ -63,17 +72,21 @@ def _fingerprint(filters: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(filters, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def encode_page_token(create_time: datetime, row_id: uuid.UUID, filters: dict[str, Any]) -> str:
+def encode_page_token(
+    create_time: datetime, row_id: uuid.UUID | str, filters: dict[str, Any]
+) -> str:
     raw = json.dumps({"t": create_time.isoformat(), "i": str(row_id), "f": _fingerprint(filters)})
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_page_token(token: str, filters: dict[str, Any]) -> tuple[datetime, uuid.UUID] | None:
+def decode_page_token(
+    token: str, filters: dict[str, Any], parse_row_id: Callable[[str], Any] = uuid.UUID
+) -> tuple[datetime, Any] | None:
     if not token:
         return None
     try:
         raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        position = (datetime.fromisoformat(raw["t"]), uuid.UUID(raw["i"]))
+        position = (datetime.fromisoformat(raw["t"]), parse_row_id(raw["i"]))
         fingerprint = raw["f"]
     except (ValueError, KeyError, TypeError):
         raise InvalidArgument("page_token is not valid", reason="BAD_PAGE_TOKEN") from None
@@ -84,19 +97,20 @@ def decode_page_token(token: str, filters: dict[str, Any]) -> tuple[datetime, uu
     return position
 
 
-PagedModel = TypeVar("PagedModel", models.Video, models.Job)
+PagedModel = TypeVar("PagedModel", models.Video, models.Job, models.ApiKey)
 
 
-async def _keyset_page(
+async def keyset_page(
     session: AsyncSession,
     query: Select[PagedModel],
     model: type[PagedModel],
     size: int,
     token: str,
     filters: dict[str, Any],
+    parse_row_id: Callable[[str], Any] = uuid.UUID,
 ) -> tuple[list[PagedModel], str]:
     """One page, newest first, continuing after the token's (create_time, id) position."""
-    if (position := decode_page_token(token, filters)) is not None:
+    if (position := decode_page_token(token, filters, parse_row_id)) is not None:
         query = query.where(tuple_(model.create_time, model.id) < tuple_(*position))
     query = query.order_by(model.create_time.desc(), model.id.desc()).limit(size + 1)
     rows = list((await session.scalars(query)).all())
@@ -104,6 +118,31 @@ async def _keyset_page(
         return rows, ""
     rows = rows[:size]
     return rows, encode_page_token(rows[-1].create_time, rows[-1].id, filters)
+
+
+async def lock_owner(session: AsyncSession, what: str, owner: str) -> None:
+    """Serialises ``what`` for one owner until the transaction ends (all replicas)."""
+    key = func.hashtextextended(f"reelmill.{what}:{owner}", 0)
+    await session.execute(select(func.pg_advisory_xact_lock(key)))
+
+
+async def _stored_bytes(session: AsyncSession, owner: str) -> int:
+    total = await session.scalar(
+        select(func.coalesce(func.sum(models.Video.size_bytes), 0)).where(
+            models.Video.owner == owner
+        )
+    )
+    return int(total or 0)
+
+
+def _storage_full(used: int, incoming: int, limit: int) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"storage limit reached: {used} of {limit} bytes stored, this upload needs {incoming} "
+        "more; delete videos (DeleteVideo) to free space",
+        reason="STORAGE_QUOTA_EXCEEDED",
+        metadata={"limit_bytes": str(limit), "used_bytes": str(used)},
+        retry_after=STORAGE_RETRY_AFTER,
+    )
 
 
 class Store:
@@ -122,8 +161,27 @@ class Store:
 
     # videos -----------------------------------------------------------------------------------
 
-    async def add_video(self, owner: str, video: media_pb2.Video) -> media_pb2.Video:
+    async def check_storage(self, owner: str, incoming: int, limit: int) -> None:
+        """Raises RESOURCE_EXHAUSTED unless ``incoming`` more bytes fit the owner's ``limit``
+        (0: unlimited)."""
+        if not limit:
+            return
+        async with self.sessions() as session:
+            used = await _stored_bytes(session, owner)
+        if used + incoming > limit:
+            raise _storage_full(used, incoming, limit)
+
+    async def add_video(
+        self, owner: str, video: media_pb2.Video, *, max_stored_bytes: int = 0
+    ) -> media_pb2.Video:
+        """Records a stored video; with ``max_stored_bytes``, refuses one that would take the
+        owner beyond it (checked again here: uploads run concurrently)."""
         async with self.sessions.begin() as session:
+            if max_stored_bytes:
+                await lock_owner(session, "videos", owner)
+                used = await _stored_bytes(session, owner)
+                if used + video.size_bytes > max_stored_bytes:
+                    raise _storage_full(used, video.size_bytes, max_stored_bytes)
             row = models.Video(
                 id=uuid.UUID(video.id),
                 owner=owner,
@@ -161,9 +219,7 @@ class Store:
         filters: dict[str, Any] = {"kind": "videos"}
         query = select(models.Video).where(models.Video.owner == owner)
         async with self.sessions() as session:
-            rows, next_token = await _keyset_page(
-                session, query, models.Video, size, token, filters
-            )
+            rows, next_token = await keyset_page(session, query, models.Video, size, token, filters)
         return [video_to_proto(r) for r in rows], next_token
 
     async def video_for_job(self, owner: str, video_id: str) -> media_pb2.Video:
@@ -232,13 +288,39 @@ class Store:
         labels: dict[str, str],
         stages: Sequence[StagePlan],
         timeout: timedelta | None = None,
+        max_active: int = 0,
     ) -> tuple[job_pb2.Job, bool]:
         """Creates a queued job, or returns the caller's earlier job with the same request_id.
-        The boolean says whether it was created now."""
+        The boolean says whether it was created now. With ``max_active``, a new job beyond
+        that many queued or running jobs of the owner is refused (a repeated request_id still
+        returns its job)."""
         job_id = uuid.uuid4()
         async with self.sessions.begin() as session:
             if video_id is not None:
                 await self._video_row(session, owner, video_id)
+            if max_active:
+                await lock_owner(session, "jobs", owner)
+                if request_id:
+                    existing_id = await session.scalar(
+                        select(models.Job.id).where(
+                            models.Job.owner == owner, models.Job.request_id == request_id
+                        )
+                    )
+                    if existing_id is not None:
+                        return await self._load(session, existing_id), False
+                active = await session.scalar(
+                    select(func.count())
+                    .select_from(models.Job)
+                    .where(models.Job.owner == owner, models.Job.state.in_(ACTIVE_JOB_STATES))
+                )
+                if (active or 0) >= max_active:
+                    raise ResourceExhausted(
+                        f"too many active jobs: {active} queued or running, the limit is "
+                        f"{max_active}; retry when some have finished",
+                        reason="TOO_MANY_ACTIVE_JOBS",
+                        metadata={"limit": str(max_active), "active": str(active)},
+                        retry_after=ACTIVE_JOBS_RETRY_AFTER,
+                    )
             inserted = (
                 await session.execute(
                     insert(models.Job)
@@ -342,7 +424,7 @@ class Store:
         if video_id:
             query = query.where(models.Job.video_id == parse_id(video_id, "video_id"))
         async with self.sessions() as session:
-            rows, next_token = await _keyset_page(session, query, models.Job, size, token, filters)
+            rows, next_token = await keyset_page(session, query, models.Job, size, token, filters)
             jobs = [await self._load(session, r.id, full=full) for r in rows]
         return jobs, next_token
 

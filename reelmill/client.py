@@ -6,9 +6,13 @@
         async for event in client.watch_job(job.id):
             ...
 
+``token`` is a bearer JWT or an API key (``rk_…``, from ``create_api_key``); both are sent as
+``authorization: Bearer …``.
+
 It imports only grpc and the generated stubs: no server code. ``watch_job`` reconnects by
 itself after transient failures and resumes from the last sequence it saw, so the caller gets
-every event exactly once, in order.
+every event exactly once, in order. A call refused by a limit (RESOURCE_EXHAUSTED) says when
+to retry: ``retry_after(error)``.
 """
 
 from __future__ import annotations
@@ -22,8 +26,18 @@ from pathlib import Path
 from types import TracebackType
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
-from reelmill.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc, media_pb2, pipeline_pb2
+from reelmill.v1 import (
+    api_key_service_pb2,
+    api_key_service_pb2_grpc,
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    media_pb2,
+    pipeline_pb2,
+)
 
 CHUNK_SIZE = 1024 * 1024
 TERMINAL_STATES = frozenset(
@@ -38,6 +52,32 @@ def file_sha256(path: Path) -> str:
         while chunk := handle.read(CHUNK_SIZE):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def retry_after(error: grpc.RpcError) -> float | None:
+    """Seconds the server asked the caller to wait before retrying (its ``RetryInfo``)."""
+    status = rpc_status.from_call(error)
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            seconds: float = info.retry_delay.ToNanoseconds() / 1e9
+            return seconds
+    return None
+
+
+def error_reason(error: grpc.RpcError) -> str:
+    """The machine-readable reason (``ErrorInfo.reason``) of a failed call, or ""."""
+    status = rpc_status.from_call(error)
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason: str = info.reason
+            return reason
+    return ""
 
 
 class ReelmillClient:
@@ -59,6 +99,7 @@ class ReelmillClient:
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._timeout = timeout
         self.stub = job_service_pb2_grpc.JobServiceStub(self._channel)
+        self.api_key_stub = api_key_service_pb2_grpc.ApiKeyServiceStub(self._channel)
 
     async def __aenter__(self) -> ReelmillClient:
         return self
@@ -269,3 +310,36 @@ class ReelmillClient:
         finally:
             partial.unlink(missing_ok=True)
         return artifact
+
+    # API keys ---------------------------------------------------------------------------------
+
+    async def create_api_key(
+        self, display_name: str = ""
+    ) -> tuple[api_key_service_pb2.ApiKey, str]:
+        """A new API key of the caller and its secret, shown only now. Needs a JWT: a caller
+        authenticated with an API key is refused (PERMISSION_DENIED)."""
+        response: api_key_service_pb2.CreateApiKeyResponse = await self.api_key_stub.CreateApiKey(
+            api_key_service_pb2.CreateApiKeyRequest(display_name=display_name),
+            metadata=self._metadata,
+            timeout=self._timeout,
+        )
+        return response.api_key, response.secret
+
+    async def list_api_keys(
+        self, *, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[api_key_service_pb2.ApiKey], str]:
+        """The caller's API keys (revoked ones too), newest first."""
+        response: api_key_service_pb2.ListApiKeysResponse = await self.api_key_stub.ListApiKeys(
+            api_key_service_pb2.ListApiKeysRequest(page_size=page_size, page_token=page_token),
+            metadata=self._metadata,
+            timeout=self._timeout,
+        )
+        return list(response.api_keys), response.next_page_token
+
+    async def revoke_api_key(self, api_key_id: str) -> api_key_service_pb2.ApiKey:
+        response: api_key_service_pb2.RevokeApiKeyResponse = await self.api_key_stub.RevokeApiKey(
+            api_key_service_pb2.RevokeApiKeyRequest(api_key_id=api_key_id),
+            metadata=self._metadata,
+            timeout=self._timeout,
+        )
+        return response.api_key

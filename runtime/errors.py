@@ -15,8 +15,10 @@
     └── Internal                  INTERNAL
 
 Every error carries a machine-readable ``reason`` (sent as ``google.rpc.ErrorInfo``) and a
-message meant for the caller. Code raises these; ``ErrorMappingInterceptor`` turns them into
-statuses, so no servicer handles gRPC codes itself. Anything else that escapes a handler is
+message meant for the caller; one that knows when a retry may succeed also carries
+``retry_after`` seconds (sent as ``google.rpc.RetryInfo``). Code raises these;
+``ErrorMappingInterceptor`` turns them into statuses, so no servicer handles gRPC codes
+itself. Anything else that escapes a handler is
 logged with its traceback and reaches the caller as INTERNAL with a generic message.
 """
 
@@ -45,12 +47,19 @@ class ReelmillError(Exception):
     transient: ClassVar[bool] = False
 
     def __init__(
-        self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
         self.metadata = dict(metadata or {})
+        #: Seconds after which a retry may succeed (RESOURCE_EXHAUSTED, UNAVAILABLE).
+        self.retry_after = retry_after
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.reason}: {self.message})"
@@ -141,14 +150,20 @@ GENERIC_INTERNAL_MESSAGE = "internal error; the server logged the details"
 
 
 def to_status(error: ReelmillError) -> grpc.Status:
-    """The ``grpc.Status`` (with an ``ErrorInfo`` detail) that represents ``error``."""
+    """The ``grpc.Status`` (with an ``ErrorInfo`` detail, and a ``RetryInfo`` one when the error
+    has ``retry_after``) that represents ``error``."""
     message = error.message
     if type(error) in (ReelmillError, Internal):
         message = GENERIC_INTERNAL_MESSAGE
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
-    detail = any_pb2.Any()
-    detail.Pack(info)
-    status = status_pb2.Status(code=error.code.value[0], message=message, details=[detail])
+    details = [any_pb2.Any()]
+    details[0].Pack(info)
+    if error.retry_after is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(int(max(error.retry_after, 0.0) * 1e9))
+        details.append(any_pb2.Any())
+        details[1].Pack(retry)
+    status = status_pb2.Status(code=error.code.value[0], message=message, details=details)
     result: grpc.Status = rpc_status.to_status(status)
     return result
 
@@ -168,8 +183,23 @@ def error_info(
     return None
 
 
+def retry_delay(rpc_error: grpc.aio.AioRpcError | grpc.RpcError) -> float | None:
+    """The seconds a failed call's ``RetryInfo`` asks the caller to wait, if it has one."""
+    status = rpc_status.from_call(rpc_error)
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            seconds: float = info.retry_delay.ToNanoseconds() / 1e9
+            return seconds
+    return None
+
+
 def from_rpc_error(rpc_error: grpc.aio.AioRpcError) -> ReelmillError:
-    """The domain error for a failed downstream call, keeping its code, reason and message."""
+    """The domain error for a failed downstream call, keeping its code, reason, message and
+    retry delay."""
     cls = _BY_CODE.get(rpc_error.code(), Internal)
     info = error_info(rpc_error)
     if info is None and rpc_error.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
@@ -181,7 +211,12 @@ def from_rpc_error(rpc_error: grpc.aio.AioRpcError) -> ReelmillError:
         )
     reason = info.reason if info is not None else None
     metadata = dict(info.metadata) if info is not None else None
-    return cls(rpc_error.details() or cls.default_reason, reason=reason, metadata=metadata)
+    return cls(
+        rpc_error.details() or cls.default_reason,
+        reason=reason,
+        metadata=metadata,
+        retry_after=retry_delay(rpc_error),
+    )
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import signal
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -517,6 +518,54 @@ def test_cli_lists_shows_and_cancels_jobs(suite: Suite, tmp_path: Path) -> None:
     assert removed.returncode == 0 and "deleted" in removed.stdout, removed.stdout
     gone = cli("videos", "get", video_id)
     assert gone.returncode == 1 and "NOT_FOUND" in gone.stdout
+
+
+async def test_cli_creates_an_api_key_that_works_until_revoked(
+    suite: Suite, tmp_path: Path
+) -> None:
+    """`reelmill keys create` with a JWT, then the key as the CLI's only credential: it acts
+    as the same owner, cannot mint keys, and is refused once revoked."""
+    base = {k: v for k, v in os.environ.items() if k not in ("REELMILL_TOKEN", "REELMILL_API_KEY")}
+    base.update(
+        {"REELMILL_GATEWAY": suite.gateway, "REELMILL_HOME": str(tmp_path), "COLUMNS": "250"}
+    )
+    owner_token = token()
+    with_jwt = {**base, "REELMILL_TOKEN": owner_token}
+
+    async def cli(env: dict[str, str], *args: str) -> tuple[int, str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "reelmill.cli.main",
+            *args,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), 120)
+        return process.returncode or 0, out.decode()
+
+    code, out = await cli(with_jwt, "keys", "create", "--name", "ci")
+    assert code == 0, out
+    secret = out.strip().splitlines()[-1]
+    key_id = secret[:19]
+    assert secret.startswith("rk_") and secret[19] == "_", out
+    code, out = await cli(with_jwt, "keys", "ls")
+    assert code == 0 and key_id in out and "ci" in out, out
+
+    async with ReelmillClient(suite.gateway, token=owner_token) as client:
+        video = await client.upload_file(make_clip(tmp_path / "k.mp4", seconds=1))
+        job = await client.create_job(video.id, spec=PROBE_ONLY)
+    with_key = {**base, "REELMILL_API_KEY": secret}
+    code, out = await cli(with_key, "jobs", "ls")
+    assert code == 0 and job.id in out, out  # the key's owner is the JWT's subject
+    code, out = await cli(with_key, "keys", "create")
+    assert code == 1 and "PERMISSION_DENIED" in out and "API_KEY_CANNOT_CREATE_KEYS" in out, out
+
+    code, out = await cli(with_jwt, "keys", "revoke", key_id)
+    assert code == 0 and "revoked" in out, out
+    code, out = await cli(with_key, "jobs", "ls")
+    assert code == 1 and "UNAUTHENTICATED" in out and "API_KEY_REVOKED" in out, out
 
 
 async def test_speech_becomes_transcript_and_metadata(

@@ -1,7 +1,9 @@
-"""CLI settings: where the gateway is and which token to use.
+"""CLI settings: where the gateway is and which credential to use.
 
-``REELMILL_GATEWAY`` and ``REELMILL_TOKEN`` win; otherwise the credentials file that
-``reelmill up`` writes into ``REELMILL_HOME`` (default ``./.reelmill``) is used.
+``REELMILL_GATEWAY`` and ``REELMILL_API_KEY`` / ``REELMILL_TOKEN`` win; otherwise the
+credentials file that ``reelmill up`` writes into ``REELMILL_HOME`` (default ``./.reelmill``)
+is used. The credential is a JWT or an API key (``rk_…``); ``REELMILL_API_KEY`` wins over
+``REELMILL_TOKEN``, and either is sent as ``authorization: Bearer …``.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ class CliSettings(BaseSettings):
     home: Path = Path(".reelmill")
     #: Gateway address for the CLI.
     gateway: str | None = None
-    #: Bearer token for the CLI.
+    #: Bearer token for the CLI: a JWT or an API key.
     token: str | None = None
+    #: API key for the CLI (wins over the token).
+    api_key: str | None = None
 
     @property
     def credentials_file(self) -> Path:
@@ -32,10 +36,10 @@ class CliSettings(BaseSettings):
         if self.credentials_file.is_file():
             saved = json.loads(self.credentials_file.read_text())
         gateway = self.gateway or saved.get("gateway")
-        token = self.token or saved.get("token")
+        token = self.api_key or self.token or saved.get("token")
         if not gateway or not token:
             raise SystemExit(
                 "reelmill: no gateway credentials; run `reelmill up` first, or set "
-                "REELMILL_GATEWAY and REELMILL_TOKEN"
+                "REELMILL_GATEWAY and REELMILL_TOKEN (or REELMILL_API_KEY)"
             )
         return gateway, token

@@ -6,6 +6,7 @@ reelmill submit FILE [--watch]      upload, create a job, follow it
 reelmill jobs ls|get|cancel|watch   inspect and steer jobs
 reelmill videos ls|get|rm           inspect and delete uploads
 reelmill artifacts get|url          fetch what a job produced
+reelmill keys create|ls|revoke      manage your API keys
 reelmill migrate                    apply database migrations (REELMILL_DATABASE_URL)
 """
 
@@ -25,7 +26,7 @@ from rich.table import Table
 
 from reelmill.cli import render
 from reelmill.cli.config import CliSettings
-from reelmill.client import ReelmillClient
+from reelmill.client import ReelmillClient, error_reason, retry_after
 from reelmill.v1 import job_pb2
 
 Command = Callable[[argparse.Namespace, ReelmillClient], Awaitable[int]]
@@ -166,6 +167,51 @@ async def artifacts_url(args: argparse.Namespace, client: ReelmillClient) -> int
     return 0
 
 
+async def keys_create(args: argparse.Namespace, client: ReelmillClient) -> int:
+    key, secret = await client.create_api_key(args.name or "")
+    render.console.print(
+        f"API key {key.id} created" + (f" ({key.display_name})" if key.display_name else "")
+    )
+    render.console.print("secret (shown only now; use it as REELMILL_API_KEY or REELMILL_TOKEN):")
+    print(secret)
+    return 0
+
+
+async def keys_ls(args: argparse.Namespace, client: ReelmillClient) -> int:
+    keys, token = await client.list_api_keys(page_size=args.limit, page_token=args.page_token or "")
+    table = Table("key", "name", "created", "revoked", box=None)
+    for key in keys:
+        table.add_row(
+            key.id,
+            key.display_name,
+            key.create_time.ToDatetime().isoformat(timespec="seconds"),
+            key.revoke_time.ToDatetime().isoformat(timespec="seconds")
+            if key.HasField("revoke_time")
+            else "",
+        )
+    render.console.print(table)
+    if token:
+        render.console.print(f"next page: --page-token {token}")
+    return 0
+
+
+async def keys_revoke(args: argparse.Namespace, client: ReelmillClient) -> int:
+    key = await client.revoke_api_key(args.key_id)
+    render.console.print(f"API key {key.id} revoked")
+    return 0
+
+
+def describe_error(exc: grpc.aio.AioRpcError) -> str:
+    """One line for a failed call: code, message, reason, and when to retry if the server said."""
+    line = f"{exc.code().name}: {exc.details()}"
+    if reason := error_reason(exc):
+        line += f" [{reason}]"
+    delay = retry_after(exc)
+    if delay is not None:
+        line += f" (retry after {delay:.1f} s)"
+    return line
+
+
 def _with_client(command: Command, args: argparse.Namespace) -> int:
     gateway, token = CliSettings().resolve()
 
@@ -176,7 +222,7 @@ def _with_client(command: Command, args: argparse.Namespace) -> int:
     try:
         return asyncio.run(main())
     except grpc.aio.AioRpcError as exc:
-        render.console.print(f"[red]{exc.code().name}[/]: {exc.details()}")
+        render.console.print(describe_error(exc), style="red", markup=False, highlight=False)
         return 1
 
 
@@ -303,6 +349,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
     p.add_argument("name")
     p.set_defaults(call=artifacts_url)
+    keys = commands.add_parser("keys", help="create, list and revoke your API keys")
+    sub = keys.add_subparsers(dest="action", required=True)
+    p = sub.add_parser("create", help="a new API key; its secret is printed once")
+    p.add_argument("--name", help="display name")
+    p.set_defaults(call=keys_create)
+    p = sub.add_parser("ls")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--page-token")
+    p.set_defaults(call=keys_ls)
+    p = sub.add_parser("revoke")
+    p.add_argument("key_id")
+    p.set_defaults(call=keys_revoke)
     return root
 
 

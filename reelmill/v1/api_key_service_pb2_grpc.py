@@ -28,7 +28,8 @@ if _version_not_supported:
 
 class ApiKeyServiceStub:
     """Manages the caller's API keys, served by the gateway. The secret is shown
-    once, at creation; the server keeps only its hash.
+    once, at creation; the server keeps only its hash. Creating a key needs a
+    JWT (PERMISSION_DENIED with an API key); another owner's key is NOT_FOUND.
     """
 
     def __init__(self, channel):
@@ -56,7 +57,8 @@ class ApiKeyServiceStub:
 
 class ApiKeyServiceServicer:
     """Manages the caller's API keys, served by the gateway. The secret is shown
-    once, at creation; the server keeps only its hash.
+    once, at creation; the server keeps only its hash. Creating a key needs a
+    JWT (PERMISSION_DENIED with an API key); another owner's key is NOT_FOUND.
     """
 
     def CreateApiKey(self, request, context):
@@ -105,7 +107,8 @@ def add_ApiKeyServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ApiKeyService:
     """Manages the caller's API keys, served by the gateway. The secret is shown
-    once, at creation; the server keeps only its hash.
+    once, at creation; the server keeps only its hash. Creating a key needs a
+    JWT (PERMISSION_DENIED with an API key); another owner's key is NOT_FOUND.
     """
 
     @staticmethod

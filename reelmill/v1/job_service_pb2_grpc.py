@@ -28,8 +28,8 @@ if _version_not_supported:
 
 class JobServiceStub:
     """The public API of reelmill, served by the gateway. Every method needs
-    credentials (a bearer token in the "authorization" metadata); callers see
-    only what they own.
+    credentials: "authorization: Bearer <JWT or API key>", or an API key in
+    "x-api-key"; callers see only what they own.
     """
 
     def __init__(self, channel):
@@ -97,8 +97,8 @@ class JobServiceStub:
 
 class JobServiceServicer:
     """The public API of reelmill, served by the gateway. Every method needs
-    credentials (a bearer token in the "authorization" metadata); callers see
-    only what they own.
+    credentials: "authorization: Bearer <JWT or API key>", or an API key in
+    "x-api-key"; callers see only what they own.
     """
 
     def UploadVideo(self, request_iterator, context):
@@ -248,8 +248,8 @@ def add_JobServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class JobService:
     """The public API of reelmill, served by the gateway. Every method needs
-    credentials (a bearer token in the "authorization" metadata); callers see
-    only what they own.
+    credentials: "authorization: Bearer <JWT or API key>", or an API key in
+    "x-api-key"; callers see only what they own.
     """
 
     @staticmethod
