@@ -21,7 +21,7 @@ from reelmill.v1 import job_service_pb2 as pb
 from reelmill.v1 import job_service_pb2_grpc
 from runtime.ffmpeg import ffmpeg_path
 from tests.servers import PostgresServer, S3Server
-from tests.suite import JWT_SECRET, Suite, token
+from tests.suite import INTERNAL_TOKEN, JWT_SECRET, Suite, token
 
 #: Limits the harness runs with (the settings under test; README documents them).
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
@@ -125,6 +125,7 @@ def hostile(
     suite = Suite(
         env={
             "REELMILL_JWT_SECRET": JWT_SECRET,
+            "REELMILL_INTERNAL_TOKEN": INTERNAL_TOKEN,
             "REELMILL_DATABASE_URL": postgres.url(database),
             "REELMILL_SCRATCH_DIR": str(scratch),
             "REELMILL_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),

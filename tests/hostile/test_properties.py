@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.server import assemble
@@ -27,6 +27,7 @@ from gateway.settings import GatewaySettings
 from reelmill.v1 import job_pb2, job_service_pb2_grpc
 from reelmill.v1 import job_service_pb2 as pb
 from runtime.errors import error_info
+from runtime.internal_auth import InternalAuth
 from runtime.server import build_server
 from runtime.storage import open_store
 from services.ingest.server import build_spec
@@ -41,7 +42,7 @@ from tests.hostile.conftest import (
     sha256,
 )
 from tests.servers import PostgresServer
-from tests.suite import JWT_SECRET, PROBE_ONLY, token
+from tests.suite import INTERNAL_TOKEN, JWT_SECRET, PROBE_ONLY, token
 
 settings.register_profile(
     "hostile-ci",
@@ -165,6 +166,11 @@ def test_upload_sequences_follow_the_model(hostile: Hostile, clip: bytes) -> Non
 
     @PROFILE
     @given(ops=st.one_of(arbitrary, well_formed))
+    # Refusals the generated examples may or may not reach, always tried.
+    @example(ops=[("header", "exact", "none", 0), ("header", "exact", "none", 0)])
+    @example(ops=[("header", "smaller", "none", 10), ("chunk", 10**9)])
+    @example(ops=[("header", "exact", "none", 0), ("chunk", 100)])
+    @example(ops=[("header", "exact", "wrong", 0), ("chunk", 10**9)])
     def check(ops: list[tuple[Any, ...]]) -> None:
         messages = build(ops, clip)
         allowed = predict(messages, clip)
@@ -227,10 +233,15 @@ def in_process(
 
     async def start() -> tuple[str, Any]:
         ingest_settings = IngestSettings(
-            storage_backend="local", storage_dir=root / "objects", scratch_dir=root / "scratch"
+            storage_backend="local",
+            storage_dir=root / "objects",
+            scratch_dir=root / "scratch",
+            internal_token=INTERNAL_TOKEN,
         )
         ingest_spec = build_spec(ingest_settings, open_store(ingest_settings))
-        ingest_server = build_server(ingest_settings)
+        ingest_server = build_server(
+            ingest_settings, InternalAuth.from_settings(ingest_settings).server_interceptors()
+        )
         ingest_spec.register(ingest_server)
         ingest_port = ingest_server.add_insecure_port("127.0.0.1:0")
         await ingest_server.start()
@@ -241,6 +252,7 @@ def in_process(
             storage_dir=root / "objects",
             ingest_target=f"127.0.0.1:{ingest_port}",
             migrate_on_start=False,
+            internal_token=INTERNAL_TOKEN,
         )
         parts = await assemble(gateway_settings)
         gateway_server = build_server(gateway_settings, parts.spec.interceptors)
