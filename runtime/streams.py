@@ -23,6 +23,8 @@ DEFAULT_DRAIN_BYTES = 16 * 1024 * 1024
 #: Slack over the declared size: the client may send a little more than it declared.
 DRAIN_SLACK_BYTES = 1024 * 1024
 DRAIN_SECONDS = 30.0
+#: A client silent this long has stopped sending: answer it now.
+DRAIN_IDLE_SECONDS = 1.0
 
 
 async def drain(
@@ -30,27 +32,27 @@ async def drain(
     *,
     declared_bytes: int | None = None,
     seconds: float = DRAIN_SECONDS,
+    idle_seconds: float = DRAIN_IDLE_SECONDS,
 ) -> bool:
     """Reads and discards the rest of ``messages``; True when the client half-closed within
-    the bounds (at most ``declared_bytes`` plus some slack, or a default, and ``seconds``)."""
+    the bounds: at most ``declared_bytes`` plus some slack (or a default), ``seconds`` in all,
+    and ``idle_seconds`` between two messages (a client that stopped sending is not waited
+    for)."""
     limit = DEFAULT_DRAIN_BYTES
     if declared_bytes is not None and declared_bytes >= 0:
         limit = declared_bytes + DRAIN_SLACK_BYTES
     read = 0
-
-    async def consume() -> bool:
-        nonlocal read
-        async for message in messages:
-            read += message.ByteSize()
-            if read > limit:
-                return False
-        return True
-
+    ended = False
     try:
         async with asyncio.timeout(seconds):
-            ended = await consume()
+            while read <= limit:
+                message = await asyncio.wait_for(anext(messages, None), idle_seconds)
+                if message is None:
+                    ended = True
+                    break
+                read += message.ByteSize()
     except TimeoutError:
-        ended = False
+        pass
     except Exception:  # the client went away or sent garbage: nothing left to protect
         return False
     if not ended:

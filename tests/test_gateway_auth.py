@@ -33,7 +33,7 @@ from reelmill.client import ReelmillClient, retry_after
 from reelmill.v1 import api_key_service_pb2, job_service_pb2, media_pb2
 from runtime.errors import InvalidArgument, ResourceExhausted, Unauthenticated, error_info
 from runtime.server import build_server
-from tests.suite import JWT_SECRET, token
+from tests.suite import INTERNAL_TOKEN, JWT_SECRET, token
 
 Serve = Callable[..., contextlib.AbstractAsyncContextManager[tuple[Gateway, str]]]
 
@@ -49,6 +49,7 @@ def serve(database_url: str, tmp_path: Path) -> Serve:
             "jwt_secret": JWT_SECRET,
             "storage_dir": tmp_path / "objects",
             "ingest_target": "127.0.0.1:9",  # nothing listens: no call here reaches ingest
+            "internal_token": INTERNAL_TOKEN,
             **overrides,
         }
         settings = GatewaySettings(**values)

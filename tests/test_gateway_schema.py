@@ -12,6 +12,7 @@ from gateway.db.engine import make_engine, migrate
 from gateway.server import assemble
 from gateway.settings import GatewaySettings
 from tests.servers import PostgresServer
+from tests.suite import INTERNAL_TOKEN
 
 
 async def test_readiness_waits_for_migrations(postgres: PostgresServer, tmp_path: Path) -> None:
@@ -26,6 +27,7 @@ async def test_readiness_waits_for_migrations(postgres: PostgresServer, tmp_path
         jwt_secret="s" * 32,
         storage_dir=tmp_path / "objects",
         migrate_on_start=False,
+        internal_token=INTERNAL_TOKEN,
     )
     parts = await assemble(settings)
     check = parts.spec.health_checks["postgres"]
