@@ -1,0 +1,288 @@
+"""Fault tests: real processes, real Postgres, a real S3 server, real media.
+
+Processes are SIGKILLed at random (seeded) moments mid-job and restarted on the same port;
+two gateways hand a job over when the one running it dies; Postgres and the S3 server are
+restarted mid-job; fifty short jobs run at once. Whatever happens, every job ends (SUCCEEDED,
+or FAILED for a transient reason once its retries ran out), its events are numbered 1..N
+without gap or repeat, its artifact rows and the objects under ``jobs/{id}/`` match one to
+one, and nothing is left in scratch or as an unfinished multipart upload.
+
+Run with ``-s`` to see the kills and the memory table of the fifty-job run; set
+``REELMILL_FAULTS_REPORT`` to also write that table as JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from reelmill.client import ReelmillClient
+from reelmill.v1 import job_pb2, pipeline_pb2
+from runtime.ffmpeg import ffmpeg_path
+from tests.media import make_clip, make_speech_clip
+from tests.servers import S3Server
+from tests.suite import Process, Suite, run_suite, token
+
+pytestmark = [pytest.mark.e2e, pytest.mark.faults]
+
+#: Codes a job may fail with when faults outlast its retries (anything else is a bug).
+TRANSIENT_CODES = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"}
+#: Generous bound on any one wait; never an assertion about speed.
+PATIENCE = 240.0
+
+#: The whole pipeline, kept small: one low rung, HLS, one thumbnail, a storyboard, the audio
+#: branch with transcription and metadata.
+SMALL = pipeline_pb2.PipelineSpec(
+    transcode=pipeline_pb2.TranscodeSpec(
+        ladder=[pipeline_pb2.LadderRung(height=120)],
+        thumbnails=pipeline_pb2.ThumbnailSpec(count=1, width=160),
+        preset="ultrafast",
+    ),
+    transcribe=pipeline_pb2.TranscribeSpec(beam_size=1),
+)
+#: Short leases and backoffs so that faults resolve within seconds.
+FAST = {
+    "REELMILL_LEASE_SECONDS": "3",
+    "REELMILL_POLL_SECONDS": "0.5",
+    "REELMILL_RETRY_INITIAL_BACKOFF_SECONDS": "0.2",
+    "REELMILL_RETRY_MAX_BACKOFF_SECONDS": "1",
+    "REELMILL_STAGE_MAX_ATTEMPTS": "6",
+    "REELMILL_PURGE_DELAY_SECONDS": "0.5",
+    "REELMILL_PURGE_INTERVAL_SECONDS": "0.5",
+    "REELMILL_GRACE_SECONDS": "2",
+    "REELMILL_S3_PART_SIZE_MIB": "5",
+    "REELMILL_WHISPER_CPU_THREADS": "1",
+    "REELMILL_FFMPEG_THREADS": "1",
+}
+
+
+# fixtures --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory, shared_media: Path) -> Path:
+    """A 3-second video whose audio is speech, so every stage has work to do."""
+    root = tmp_path_factory.mktemp("faults-media")
+    words = root / "jfk3.wav"
+    subprocess.run(
+        [ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-y",
+         "-i", str(shared_media / "speech" / "jfk.flac"), "-t", "3", str(words)],
+        check=True,
+    )  # fmt: skip
+    return make_speech_clip(root / "jfk3.mp4", words)
+
+
+@pytest.fixture(scope="module")
+def short_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_clip(tmp_path_factory.mktemp("faults-clip") / "one.mp4", seconds=1)
+
+
+def s3_env(s3: S3Server) -> dict[str, str]:
+    bucket = f"f-{uuid.uuid4().hex[:12]}"
+    s3.client().make_bucket(bucket)
+    return s3.env(bucket)
+
+
+@contextlib.contextmanager
+def running(
+    database_url: str, storage: dict[str, str], *, gateways: int = 1, **extra: str
+) -> Iterator[Suite]:
+    env = {**FAST, "REELMILL_DATABASE_URL": database_url, **storage, **extra}
+    with run_suite(env, gateways=gateways) as suite:
+        yield suite
+
+
+def dsn_of(database_url: str) -> str:
+    return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+# what must hold after any fault ----------------------------------------------------------------
+
+
+def stored_keys(suite: Suite, prefix: str) -> set[str]:
+    if suite.env.get("REELMILL_STORAGE_BACKEND") == "s3":
+        client = s3_client(suite)
+        bucket = suite.env["REELMILL_S3_BUCKET"]
+        return {o.object_name for o in client.list_objects(bucket, prefix=prefix, recursive=True)}
+    root = Path(suite.env["REELMILL_STORAGE_DIR"])
+    return {
+        str(p.relative_to(root)).removeprefix("local/")
+        for p in root.rglob("*")
+        if p.is_file() and str(p.relative_to(root)).removeprefix("local/").startswith(prefix)
+    }
+
+
+def s3_client(suite: Suite) -> Any:
+    return S3Server(
+        endpoint=suite.env["REELMILL_S3_ENDPOINT"],
+        access_key=suite.env["REELMILL_S3_ACCESS_KEY"],
+        secret_key=suite.env["REELMILL_S3_SECRET_KEY"],
+    ).client()
+
+
+def incomplete_uploads(suite: Suite) -> list[str]:
+    if suite.env.get("REELMILL_STORAGE_BACKEND") != "s3":
+        root = Path(suite.env["REELMILL_STORAGE_DIR"]) / ".incomplete"
+        return [p.name for p in root.iterdir()] if root.is_dir() else []
+    client = s3_client(suite)
+    result = client._list_multipart_uploads(suite.env["REELMILL_S3_BUCKET"])
+    return [upload.object_name for upload in result.uploads]
+
+
+def scratch_left(suite: Suite) -> list[Path]:
+    return list(Path(suite.env["REELMILL_SCRATCH_DIR"]).iterdir())
+
+
+async def eventually(check: Any, what: str, timeout: float = 60.0) -> None:
+    """Polls ``check`` (sync, returns a falsy value when satisfied... or raises) until it
+    returns True; a bounded wait, not a timing assertion."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: still not so after {timeout:.0f}s")
+        await asyncio.sleep(0.25)
+
+
+async def check_job(
+    suite: Suite, dsn: str, job_id: str, seen: list[int], client: ReelmillClient
+) -> job_pb2.Job:
+    """Everything that must hold for a finished job, whatever happened to it."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        key = uuid.UUID(job_id)
+        row = await conn.fetchrow("SELECT state, error FROM jobs WHERE id = $1", key)
+        assert row is not None
+        sequences = [
+            r["sequence"]
+            for r in await conn.fetch(
+                "SELECT sequence FROM job_events WHERE job_id = $1 ORDER BY sequence", key
+            )
+        ]
+        # the journal: 1..N; the watcher: the same, each once, whatever reconnects it made
+        assert sequences == list(range(1, len(sequences) + 1))
+        assert seen == sequences, (seen, sequences)
+        if row["state"] == "FAILED":
+            error = json.loads(row["error"]) if isinstance(row["error"], str) else row["error"]
+            assert error["code"] in TRANSIENT_CODES, error  # retries ran out, nothing else
+        else:
+            assert row["state"] == "SUCCEEDED", row
+
+        async def purged() -> bool:
+            pending = await conn.fetchval(
+                "SELECT count(*) FROM purges WHERE prefix = $1", f"jobs/{job_id}/"
+            )
+            return pending == 0
+
+        await eventually(purged, f"purges of {job_id}")
+        rows = await conn.fetch("SELECT name, object_key FROM artifacts WHERE job_id = $1", key)
+    finally:
+        await conn.close()
+    keys = [r["object_key"] for r in rows]
+    assert len(keys) == len(set(keys)), "two artifacts share an object"
+    stored = stored_keys(suite, f"jobs/{job_id}/")
+    assert stored == set(keys), {
+        "orphans": sorted(stored - set(keys)),
+        "missing": sorted(set(keys) - stored),
+    }
+    if row["state"] == "SUCCEEDED":
+        assert keys, "a succeeded job with no artifacts"
+    return await client.get_job(job_id)
+
+
+async def check_clean(suite: Suite) -> None:
+    """No scratch leftovers, no unfinished uploads, every process still up."""
+    await eventually(lambda: not scratch_left(suite), f"scratch empty: {scratch_left(suite)}")
+    await eventually(lambda: not incomplete_uploads(suite), "no incomplete uploads")
+    for name, processes in suite.processes.items():
+        for process in processes:
+            assert process.proc.poll() is None, f"{name} died:\n{process.output()[-3000:]}"
+
+
+async def watch(client: ReelmillClient, job_id: str, seen: list[int]) -> job_pb2.JobEvent:
+    last = None
+    async for event in client.watch_job(job_id, max_reconnects=60):
+        seen.append(event.sequence)
+        last = event
+    assert last is not None and last.job.state in (
+        job_pb2.JOB_STATE_SUCCEEDED,
+        job_pb2.JOB_STATE_FAILED,
+    ), last
+    return last
+
+
+# 1. SIGKILL every kind of process, many times, at random moments -------------------------------
+
+KINDS = ("ingest", "transcode", "transcribe", "metadata", "gateway")
+ROUNDS = 5
+
+
+async def kill_and_restart(suite: Suite, process: Process, pause: float) -> Process:
+    suite.kill(process)
+    if pause:
+        await asyncio.sleep(pause)
+    return await asyncio.to_thread(suite.restart, process)
+
+
+async def chaos(suite: Suite, rng: random.Random, stop: asyncio.Event, log: list[str]) -> None:
+    order = rng.sample(KINDS, len(KINDS))
+    turn = 0
+    while True:
+        try:
+            await asyncio.wait_for(stop.wait(), rng.uniform(0.2, 1.5))
+            return
+        except TimeoutError:
+            pass
+        kind = order[turn % len(order)]
+        turn += 1
+        process = rng.choice(suite.processes[kind])
+        pause = rng.choice((0.0, 0.0, rng.uniform(0.3, 2.0)))
+        began = time.monotonic()
+        await kill_and_restart(suite, process, pause)
+        log.append(f"{kind} killed, back after {time.monotonic() - began:.1f}s")
+
+
+async def test_sigkill_any_process_mid_job(
+    database_url: str, s3_server: S3Server, speech: Path
+) -> None:
+    rng = random.Random(5)
+    with running(database_url, s3_env(s3_server)) as suite:
+        dsn = dsn_of(database_url)
+        kills: list[str] = []
+        outcomes: list[str] = []
+        async with ReelmillClient(suite.gateway, token=token()) as client:
+            video = await client.upload_file(speech)
+            for round_ in range(ROUNDS):
+                jobs = [await client.create_job(video.id, spec=SMALL) for _ in range(3)]
+                seen: dict[str, list[int]] = {job.id: [] for job in jobs}
+                stop = asyncio.Event()
+                monkey = asyncio.create_task(chaos(suite, rng, stop, kills))
+                try:
+                    async with asyncio.timeout(PATIENCE):
+                        await asyncio.gather(*(watch(client, j.id, seen[j.id]) for j in jobs))
+                finally:
+                    stop.set()
+                    await monkey
+                for job in jobs:
+                    done = await check_job(suite, dsn, job.id, seen[job.id], client)
+                    retried = {s.name: s.attempts for s in done.stages if s.attempts > 1}
+                    outcomes.append(f"{job_pb2.JobState.Name(done.state)} {retried}")
+                print(f"round {round_}: {len(kills)} kills so far; {outcomes[-len(jobs) :]}")
+        await check_clean(suite)
+        print("\n".join(kills))
+        assert {k.split()[0] for k in kills} == set(KINDS)
