@@ -205,12 +205,14 @@ async def check_job(
     return await client.get_job(job_id)
 
 
-async def check_clean(suite: Suite) -> None:
-    """No scratch leftovers, no unfinished uploads, every process still up."""
+async def check_clean(suite: Suite, *, killed: tuple[Process, ...] = ()) -> None:
+    """No scratch leftovers, no unfinished uploads, every process (but ``killed``) still up."""
     await eventually(lambda: not scratch_left(suite), f"scratch empty: {scratch_left(suite)}")
     await eventually(lambda: not incomplete_uploads(suite), "no incomplete uploads")
     for name, processes in suite.processes.items():
         for process in processes:
+            if process in killed:
+                continue
             assert process.proc.poll() is None, f"{name} died:\n{process.output()[-3000:]}"
 
 
@@ -286,3 +288,78 @@ async def test_sigkill_any_process_mid_job(
         await check_clean(suite)
         print("\n".join(kills))
         assert {k.split()[0] for k in kills} == set(KINDS)
+
+
+# 2. two gateways: SIGKILL the one running a job --------------------------------------------------
+
+
+async def lease_owner_pid(dsn: str, job_id: str) -> int | None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        owner = await conn.fetchval(
+            "SELECT lease_owner FROM jobs WHERE id = $1 AND state = 'RUNNING'", uuid.UUID(job_id)
+        )
+    finally:
+        await conn.close()
+    return int(owner.split(":")[1]) if owner else None
+
+
+async def test_surviving_gateway_resumes_a_killed_gateways_job(
+    database_url: str, s3_server: S3Server, speech: Path
+) -> None:
+    with running(database_url, s3_env(s3_server), gateways=2) as suite:
+        dsn = dsn_of(database_url)
+        first, second = suite.processes["gateway"]
+        owner = token()
+        async with ReelmillClient(first.address, token=owner) as client:
+            video = await client.upload_file(speech)
+            job = await client.create_job(video.id, spec=SMALL)
+
+            async def transcoding() -> bool:
+                current = await client.get_job(job.id)
+                return any(
+                    s.name == "transcode" and s.state == job_pb2.STAGE_STATE_RUNNING
+                    for s in current.stages
+                )
+
+            await eventually(transcoding, "transcode running")
+            pid = await lease_owner_pid(dsn, job.id)
+        doomed, survivor = (first, second) if pid == first.proc.pid else (second, first)
+        assert pid == doomed.proc.pid
+        # The watcher prefers the doomed gateway; when it dies, it reconnects (pick-first moves
+        # on to the survivor) and resumes after the last sequence it saw.
+        target = f"ipv4:{doomed.address},{survivor.address}"
+        seen: list[int] = []
+        async with ReelmillClient(target, token=owner) as watcher:
+            watching = asyncio.create_task(watch(watcher, job.id, seen))
+            await eventually(lambda: len(seen) >= 2, "the watcher sees events")
+            suite.kill(doomed)
+            killed_at = time.monotonic()
+            before = len(seen)
+            await eventually(lambda: resumed_by(survivor, job.id), "resumed by the survivor")
+            takeover = time.monotonic() - killed_at
+            async with asyncio.timeout(PATIENCE):
+                last = await watching
+        assert last.job.state == job_pb2.JOB_STATE_SUCCEEDED, last.job.error
+        assert len(seen) > before  # events after the kill reached the reconnected watcher
+        async with ReelmillClient(survivor.address, token=owner) as client:
+            done = await check_job(suite, dsn, job.id, seen, client)
+        assert done.state == job_pb2.JOB_STATE_SUCCEEDED
+        transcode = next(s for s in done.stages if s.name == "transcode")
+        assert transcode.attempts >= 2  # cut short with its gateway, run again by the survivor
+        conn = await asyncpg.connect(dsn)
+        try:
+            claims = await conn.fetchval("SELECT attempts FROM jobs WHERE id = $1", uuid.UUID(job.id))
+        finally:
+            await conn.close()
+        assert claims == 2  # claimed by the doomed gateway, then once by the survivor
+        print(f"\njob taken over {takeover:.1f}s after its gateway was killed (lease: 3s)")
+        await check_clean(suite, killed=(doomed,))
+
+
+def resumed_by(gateway: Process, job_id: str) -> bool:
+    return any(
+        f'"job_id": "{job_id}"' in line and '"resumed": true' in line
+        for line in gateway.output().splitlines()
+        if "job started" in line
+    )
