@@ -16,7 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
+import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -31,7 +34,7 @@ from reelmill.client import ReelmillClient
 from reelmill.v1 import job_pb2, pipeline_pb2
 from runtime.ffmpeg import ffmpeg_path
 from tests.media import make_clip, make_speech_clip
-from tests.servers import S3Server
+from tests.servers import S3Server, restart_postgres, run_postgres, run_recorded_moto
 from tests.suite import Process, Suite, run_suite, token
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
@@ -100,7 +103,13 @@ def running(
 ) -> Iterator[Suite]:
     env = {**FAST, "REELMILL_DATABASE_URL": database_url, **storage, **extra}
     with run_suite(env, gateways=gateways) as suite:
-        yield suite
+        try:
+            yield suite
+        except BaseException:
+            # The suite's logs go with it; keep them where asked for a post-mortem.
+            if keep := os.environ.get("REELMILL_FAULTS_LOGS"):
+                shutil.copytree(suite.logs, Path(keep) / suite.logs.name)
+            raise
 
 
 def dsn_of(database_url: str) -> str:
@@ -349,7 +358,9 @@ async def test_surviving_gateway_resumes_a_killed_gateways_job(
         assert transcode.attempts >= 2  # cut short with its gateway, run again by the survivor
         conn = await asyncpg.connect(dsn)
         try:
-            claims = await conn.fetchval("SELECT attempts FROM jobs WHERE id = $1", uuid.UUID(job.id))
+            claims = await conn.fetchval(
+                "SELECT attempts FROM jobs WHERE id = $1", uuid.UUID(job.id)
+            )
         finally:
             await conn.close()
         assert claims == 2  # claimed by the doomed gateway, then once by the survivor
@@ -363,3 +374,89 @@ def resumed_by(gateway: Process, job_id: str) -> bool:
         for line in gateway.output().splitlines()
         if "job started" in line
     )
+
+
+# 3. Postgres and the S3 server restarted mid-job -------------------------------------------------
+
+
+async def stage_running(client: ReelmillClient, job_id: str, stage: str) -> bool:
+    current = await client.get_job(job_id)
+    return any(s.name == stage and s.state == job_pb2.STAGE_STATE_RUNNING for s in current.stages)
+
+
+async def test_postgres_restart_mid_job(s3_server: S3Server, speech: Path) -> None:
+    # A Postgres of its own: the session's is shared with the other tests.
+    with run_postgres() as postgres:
+        database_url = postgres.url("postgres")
+        with running(database_url, s3_env(s3_server), gateways=2) as suite:
+            async with ReelmillClient(suite.gateway, token=token()) as client:
+                video = await client.upload_file(speech)
+                jobs = [await client.create_job(video.id, spec=SMALL) for _ in range(3)]
+                seen: dict[str, list[int]] = {job.id: [] for job in jobs}
+                watching = asyncio.gather(*(watch(client, j.id, seen[j.id]) for j in jobs))
+                try:
+                    await eventually(
+                        lambda: stage_running(client, jobs[0].id, "transcode"), "transcoding"
+                    )
+                    await asyncio.to_thread(restart_postgres, postgres, down=2.0)
+                    print("\nPostgres restarted while transcoding")
+                    await eventually(
+                        lambda: stage_running(client, jobs[-1].id, "transcribe"), "transcribing"
+                    )
+                    await asyncio.to_thread(restart_postgres, postgres, down=0.5)
+                    print("Postgres restarted while transcribing")
+                    async with asyncio.timeout(PATIENCE):
+                        await watching
+                finally:
+                    watching.cancel()
+                    await asyncio.gather(watching, return_exceptions=True)
+                for job in jobs:
+                    done = await check_job(
+                        suite, dsn_of(database_url), job.id, seen[job.id], client
+                    )
+                    assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
+            logs = "".join(p.output() for p in suite.processes["gateway"])
+            assert "event listener connection lost" in logs  # the restarts were felt
+            await check_clean(suite)
+
+
+async def test_s3_outage_and_restart_mid_job(
+    database_url: str, speech: Path, tmp_path: Path
+) -> None:
+    """moto keeps everything in memory, so a restart is a recorded one (see ``RecordedMoto``):
+    first an outage (SIGSTOP for longer than a stage's S3 calls take, then SIGCONT), then a
+    SIGKILL and a new server on the same port with the recorded state replayed."""
+    with (
+        run_recorded_moto(tmp_path) as moto,
+        running(database_url, s3_env(moto.server), gateways=1) as suite,
+    ):
+        async with ReelmillClient(suite.gateway, token=token()) as client:
+            video = await client.upload_file(speech)
+            jobs = [await client.create_job(video.id, spec=SMALL) for _ in range(2)]
+            seen: dict[str, list[int]] = {job.id: [] for job in jobs}
+            watching = asyncio.gather(*(watch(client, j.id, seen[j.id]) for j in jobs))
+            assert moto.proc is not None
+            try:
+                await eventually(
+                    lambda: stage_running(client, jobs[0].id, "transcode"), "transcoding"
+                )
+                moto.proc.send_signal(signal.SIGSTOP)
+                try:
+                    await asyncio.sleep(6)
+                finally:
+                    moto.proc.send_signal(signal.SIGCONT)
+                print("\nS3 frozen for 6s while transcoding")
+                await eventually(
+                    lambda: stage_running(client, jobs[-1].id, "transcribe"), "transcribing"
+                )
+                await asyncio.to_thread(moto.restart, down=1.0)
+                print("S3 killed and restarted (state replayed) while transcribing")
+                async with asyncio.timeout(PATIENCE):
+                    await watching
+            finally:
+                watching.cancel()
+                await asyncio.gather(watching, return_exceptions=True)
+            for job in jobs:
+                done = await check_job(suite, dsn_of(database_url), job.id, seen[job.id], client)
+                assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
+        await check_clean(suite)
