@@ -21,6 +21,7 @@ import random
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import psutil
 import pytest
 
 from reelmill.client import ReelmillClient
@@ -460,3 +462,93 @@ async def test_s3_outage_and_restart_mid_job(
                 done = await check_job(suite, dsn_of(database_url), job.id, seen[job.id], client)
                 assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
         await check_clean(suite)
+
+
+# 4. fifty short jobs at once, with peak memory per process -------------------------------------
+
+#: The pipeline at its lightest that still runs every stage.
+TINY = pipeline_pb2.PipelineSpec(
+    transcode=pipeline_pb2.TranscodeSpec(
+        ladder=[pipeline_pb2.LadderRung(height=120)],
+        hls=False,
+        thumbnails=pipeline_pb2.ThumbnailSpec(count=1, width=160),
+        storyboard=pipeline_pb2.StoryboardSpec(enabled=False),
+        preset="ultrafast",
+    ),
+    audio=pipeline_pb2.AudioSpec(m4a=False),
+    transcribe=pipeline_pb2.TranscribeSpec(beam_size=1),
+)
+CONCURRENT_JOBS = 50
+
+
+class MemorySampler:
+    """Peak RSS of each suite process (alone, and with its children such as ffmpeg), sampled
+    every ``interval`` seconds in a thread."""
+
+    def __init__(self, suite: Suite, interval: float = 0.2) -> None:
+        self.suite = suite
+        self.interval = interval
+        self.peaks: dict[str, dict[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            for name, processes in self.suite.processes.items():
+                for index, process in enumerate(processes):
+                    label = f"{name}-{index + 1}" if len(processes) > 1 else name
+                    try:
+                        proc = psutil.Process(process.proc.pid)
+                        own = proc.memory_info().rss
+                        tree = own + sum(c.memory_info().rss for c in proc.children(recursive=True))
+                    except psutil.Error:
+                        continue
+                    peak = self.peaks.setdefault(label, {"rss_mib": 0.0, "with_children_mib": 0.0})
+                    peak["rss_mib"] = max(peak["rss_mib"], own / 2**20)
+                    peak["with_children_mib"] = max(peak["with_children_mib"], tree / 2**20)
+
+    def table(self) -> str:
+        lines = [f"{'process':<14}{'peak RSS MiB':>14}{'with children':>16}"]
+        for label, peak in sorted(self.peaks.items()):
+            lines.append(f"{label:<14}{peak['rss_mib']:>14.1f}{peak['with_children_mib']:>16.1f}")
+        return "\n".join(lines)
+
+
+async def test_fifty_concurrent_short_jobs(
+    database_url: str, s3_server: S3Server, short_clip: Path
+) -> None:
+    extra = {"REELMILL_MAX_CONCURRENT_JOBS": "8", "REELMILL_CACHE_ENTRIES": "0"}
+    with running(database_url, s3_env(s3_server), gateways=2, **extra) as suite:
+        dsn = dsn_of(database_url)
+        began = time.monotonic()
+        with MemorySampler(suite) as sampler:
+            async with ReelmillClient(suite.gateway, token=token()) as client:
+                video = await client.upload_file(short_clip)
+                jobs = await asyncio.gather(
+                    *(client.create_job(video.id, spec=TINY) for _ in range(CONCURRENT_JOBS))
+                )
+                seen: dict[str, list[int]] = {job.id: [] for job in jobs}
+                async with asyncio.timeout(PATIENCE * 2):
+                    await asyncio.gather(*(watch(client, j.id, seen[j.id]) for j in jobs))
+                elapsed = time.monotonic() - began
+                for job in jobs:
+                    done = await check_job(suite, dsn, job.id, seen[job.id], client)
+                    assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
+                    assert {
+                        s.name for s in done.stages if s.state == job_pb2.STAGE_STATE_SKIPPED
+                    } <= {
+                        "metadata"  # a sine tone has no words to describe
+                    }
+        await check_clean(suite)
+    print(f"\n{CONCURRENT_JOBS} jobs done in {elapsed:.0f}s\n{sampler.table()}")
+    if path := os.environ.get("REELMILL_FAULTS_REPORT"):
+        report = {"jobs": CONCURRENT_JOBS, "seconds": round(elapsed, 1), "peaks": sampler.peaks}
+        await asyncio.to_thread(Path(path).write_text, json.dumps(report, indent=2))
