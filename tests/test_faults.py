@@ -24,11 +24,12 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import grpc
 import psutil
 import pytest
 
@@ -299,6 +300,46 @@ async def test_sigkill_any_process_mid_job(
         await check_clean(suite)
         print("\n".join(kills))
         assert {k.split()[0] for k in kills} == set(KINDS)
+
+
+async def test_sigkill_ingest_mid_upload_leaves_no_multipart_upload(
+    database_url: str, s3_server: S3Server
+) -> None:
+    """An upload larger than a part is a multipart upload in S3: killed mid-way, ingest can
+    neither finish nor abort it, so its next life's sweep must (and the scratch copy too)."""
+    # Leftovers count as stale after 10 s here (a day by default); the upload is killed well
+    # before its own ingest would take it for one.
+    extra = {"REELMILL_STALE_AFTER_SECONDS": "10", "REELMILL_SWEEP_INTERVAL_SECONDS": "1"}
+    with running(database_url, s3_env(s3_server), **extra) as suite:
+        part = 5 * 2**20  # REELMILL_S3_PART_SIZE_MIB
+        sent = asyncio.Event()
+        hold = asyncio.Event()
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(2 * part // 2**20 + 1):  # two parts and a bit: parts go up at once
+                yield os.urandom(2**20)
+            sent.set()
+            await hold.wait()
+
+        async with ReelmillClient(suite.gateway, token=token()) as client:
+            upload = asyncio.create_task(client.upload(chunks(), filename="big.mp4", size=4 * part))
+            try:
+                await sent.wait()
+                await eventually(lambda: incomplete_uploads(suite), "a multipart upload begun")
+                assert scratch_left(suite)
+                ingest = suite.processes["ingest"][0]
+                suite.kill(ingest)
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    await upload
+                assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+            finally:
+                hold.set()
+                upload.cancel()
+                await asyncio.gather(upload, return_exceptions=True)
+            assert incomplete_uploads(suite)  # what the kill left
+            await asyncio.to_thread(suite.restart, ingest)
+            await check_clean(suite)  # swept: no multipart upload, no scratch
+            assert not stored_keys(suite, "videos/")
 
 
 # 2. two gateways: SIGKILL the one running a job --------------------------------------------------
