@@ -4,6 +4,7 @@ each started by PID and stopped the same way."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -192,6 +193,7 @@ class RecordedMoto:
             )
         wait_for_port(port, proc=self.proc)
         if self.recording.exists() and self.recording.stat().st_size:
+            _one_request_a_line(self.recording)
             url = f"http://127.0.0.1:{port}/moto-api/recorder/replay-recording"
             urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=120)
         self.forwarder.open(port)
@@ -207,6 +209,27 @@ class RecordedMoto:
         self.kill()
         time.sleep(down)
         self.start()
+
+
+def _one_request_a_line(recording: Path) -> None:
+    """moto's recorder writes an entry and its newline in two writes when the entry is larger
+    than the file buffer, so two requests recorded at once can end up on one line (and the
+    replay fails on it): put every entry back on a line of its own, and drop a last one cut
+    short by the kill."""
+    text = recording.read_text()
+    decoder = json.JSONDecoder()
+    entries, at = [], 0
+    while True:
+        while at < len(text) and text[at].isspace():
+            at += 1
+        if at == len(text):
+            break
+        try:
+            entry, at = decoder.raw_decode(text, at)
+        except json.JSONDecodeError:
+            break  # cut short by the kill: a request the dead server never answered
+        entries.append(json.dumps(entry))
+    recording.write_text("".join(f"{entry}\n" for entry in entries))
 
 
 @contextmanager

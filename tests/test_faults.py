@@ -243,7 +243,7 @@ async def watch(client: ReelmillClient, job_id: str, seen: list[int]) -> job_pb2
 # 1. SIGKILL every kind of process, many times, at random moments -------------------------------
 
 KINDS = ("ingest", "transcode", "transcribe", "metadata", "gateway")
-ROUNDS = 5
+ROUNDS = 6
 
 
 async def kill_and_restart(suite: Suite, process: Process, pause: float) -> Process:
