@@ -458,6 +458,7 @@ async def test_postgres_restart_mid_job(s3_server: S3Server, speech: Path) -> No
                         suite, dsn_of(database_url), job.id, seen[job.id], client
                     )
                     assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
+                    print(job.id, {s.name: s.attempts for s in done.stages if s.attempts > 1})
             logs = "".join(p.output() for p in suite.processes["gateway"])
             assert "event listener connection lost" in logs  # the restarts were felt
             await check_clean(suite)
@@ -502,6 +503,7 @@ async def test_s3_outage_and_restart_mid_job(
             for job in jobs:
                 done = await check_job(suite, dsn_of(database_url), job.id, seen[job.id], client)
                 assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
+                print(job.id, {s.name: s.attempts for s in done.stages if s.attempts > 1})
         await check_clean(suite)
 
 
