@@ -27,6 +27,7 @@ from gateway.db import models
 from gateway.journal import append_event, state_event
 from gateway.purges import request_job_purge
 from reelmill.v1 import job_pb2, media_pb2, pipeline_pb2
+from runtime.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,14 @@ def disconnected(exc: BaseException) -> bool:
         orig = getattr(current, "orig", None)
         current = orig if isinstance(orig, BaseException) else current.__cause__
     return False
+
+
+def database_unavailable(exc: BaseException) -> Unavailable | None:
+    """A handler's error when the database cannot be reached: UNAVAILABLE, for the caller to
+    retry (registered with ``runtime.errors.register_translation``)."""
+    if disconnected(exc):
+        return Unavailable("the database is unreachable; try again", reason="DATABASE_UNAVAILABLE")
+    return None
 
 
 def survives_disconnects(

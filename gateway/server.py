@@ -18,7 +18,7 @@ from gateway.events import EventHub
 from gateway.journal import CANCEL_CHANNEL, QUEUE_CHANNEL
 from gateway.orchestrator import Orchestrator
 from gateway.purges import Purger
-from gateway.runs import Runs
+from gateway.runs import Runs, database_unavailable
 from gateway.servicer import JobServicer
 from gateway.settings import GatewaySettings
 from gateway.stages import (
@@ -33,7 +33,7 @@ from gateway.stages import (
 from gateway.store import Store
 from reelmill.v1 import ingest_service_pb2_grpc, job_service_pb2, job_service_pb2_grpc
 from runtime.channels import internal_channel
-from runtime.errors import InvalidArgument
+from runtime.errors import InvalidArgument, register_translation
 from runtime.server import ServiceSpec
 from runtime.storage import open_store
 
@@ -73,6 +73,7 @@ async def assemble(settings: GatewaySettings) -> Gateway:
         leeway=settings.jwt_leeway_seconds,
     )
     engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
+    register_translation(database_unavailable)
     if settings.migrate_on_start:
         await migrate(engine)
     sessions = make_sessionmaker(engine)

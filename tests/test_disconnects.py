@@ -8,7 +8,8 @@ from asyncpg import exceptions as asyncpg_exc
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import asyncpg as sa_asyncpg
 
-from gateway.runs import disconnected
+from gateway.runs import database_unavailable, disconnected
+from runtime.errors import error_info
 
 
 def as_sqlalchemy_raises(error: Exception) -> sa_exc.DBAPIError:
@@ -52,3 +53,45 @@ def test_statement_errors_are_not(error: Exception) -> None:
 def test_refused_connections_are_disconnects() -> None:
     assert disconnected(ConnectionRefusedError(111, "Connection refused"))
     assert not disconnected(ValueError("bad"))
+
+
+async def test_handlers_answer_unavailable_while_the_database_is_unreachable() -> None:
+    """Through the real interceptor: a handler that meets an unreachable database answers
+    UNAVAILABLE (retry) with its reason, not INTERNAL."""
+    import grpc
+
+    from runtime.errors import register_translation
+    from runtime.server import build_server
+    from runtime.settings import ServiceSettings
+
+    register_translation(database_unavailable)
+    failures = {
+        "down": as_sqlalchemy_raises(asyncpg_exc.CannotConnectNowError("shutting down")),
+        "bug": as_sqlalchemy_raises(asyncpg_exc.UndefinedTableError('relation "x"')),
+    }
+
+    async def fail(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        raise failures[request.decode()]
+
+    server = build_server(ServiceSettings())
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "t.T", {"F": grpc.unary_unary_rpc_method_handler(fail)}
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/t.T/F")
+            with pytest.raises(grpc.aio.AioRpcError) as down:
+                await call(b"down", timeout=10)
+            with pytest.raises(grpc.aio.AioRpcError) as bug:
+                await call(b"bug", timeout=10)
+    finally:
+        await server.stop(0)
+    assert down.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(down.value).reason == "DATABASE_UNAVAILABLE"
+    assert bug.value.code() == grpc.StatusCode.INTERNAL
