@@ -342,6 +342,42 @@ async def test_sigkill_ingest_mid_upload_leaves_no_multipart_upload(
             assert not stored_keys(suite, "videos/")
 
 
+async def test_hung_service_exhausts_retries_and_its_late_writes_are_purged(
+    database_url: str, s3_server: S3Server, short_clip: Path
+) -> None:
+    """Transcode frozen (SIGSTOP) for longer than every attempt's deadline: the job fails with
+    DEADLINE_EXCEEDED once its retries run out. Thawed, transcode finds its calls cancelled;
+    whatever it had written or still writes under the job's prefix goes with the purge, so
+    the artifacts of the stages that finished and the stored objects still match."""
+    extra = {"REELMILL_STAGE_TIMEOUT_SECONDS": "4", "REELMILL_STAGE_MAX_ATTEMPTS": "2"}
+    with running(database_url, s3_env(s3_server), **extra) as suite:
+        transcode = suite.processes["transcode"][0]
+        spec = pipeline_pb2.PipelineSpec(
+            transcode=pipeline_pb2.TranscodeSpec(ladder=[pipeline_pb2.LadderRung(height=120)]),
+            transcribe=pipeline_pb2.TranscribeSpec(disabled=True),
+        )
+        async with ReelmillClient(suite.gateway, token=token()) as client:
+            video = await client.upload_file(short_clip)
+            transcode.proc.send_signal(signal.SIGSTOP)
+            try:
+                job = await client.create_job(video.id, spec=spec)
+                seen: list[int] = []
+                async with asyncio.timeout(PATIENCE):
+                    last = await watch(client, job.id, seen)
+            finally:
+                transcode.proc.send_signal(signal.SIGCONT)
+            assert last.job.state == job_pb2.JOB_STATE_FAILED
+            assert last.job.error.code == "DEADLINE_EXCEEDED", last.job.error
+            stages = {s.name: s for s in last.job.stages}
+            assert stages["transcode"].attempts == 2
+            assert stages["transcode"].state == job_pb2.STAGE_STATE_FAILED
+            # the thawed service's scratch is gone once it has noticed the cancelled calls
+            await eventually(lambda: not scratch_left(suite), "transcode cleaned up")
+            await asyncio.sleep(2)  # room for a late write, before checking for orphans
+            await check_job(suite, dsn_of(database_url), job.id, seen, client)
+        await check_clean(suite)
+
+
 # 2. two gateways: SIGKILL the one running a job --------------------------------------------------
 
 
