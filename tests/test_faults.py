@@ -7,8 +7,12 @@ or FAILED for a transient reason once its retries ran out), its events are numbe
 without gap or repeat, its artifact rows and the objects under ``jobs/{id}/`` match one to
 one, and nothing is left in scratch or as an unfinished multipart upload.
 
+Everything runs on the s3 backend (the local store is not affected by S3 restarts, and S3 is
+where unfinished multipart uploads can be left behind).
+
 Run with ``-s`` to see the kills and the memory table of the fifty-job run; set
-``REELMILL_FAULTS_REPORT`` to also write that table as JSON.
+``REELMILL_FAULTS_REPORT`` to also write that table as JSON, and ``REELMILL_FAULTS_LOGS`` to
+a directory to keep the processes' logs of a failed test there.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import asyncpg
 import grpc
 import psutil
 import pytest
+from minio import Minio
 
 from reelmill.client import ReelmillClient
 from reelmill.v1 import job_pb2, pipeline_pb2
@@ -122,20 +127,8 @@ def dsn_of(database_url: str) -> str:
 # what must hold after any fault ----------------------------------------------------------------
 
 
-def stored_keys(suite: Suite, prefix: str) -> set[str]:
-    if suite.env.get("REELMILL_STORAGE_BACKEND") == "s3":
-        client = s3_client(suite)
-        bucket = suite.env["REELMILL_S3_BUCKET"]
-        return {o.object_name for o in client.list_objects(bucket, prefix=prefix, recursive=True)}
-    root = Path(suite.env["REELMILL_STORAGE_DIR"])
-    return {
-        str(p.relative_to(root)).removeprefix("local/")
-        for p in root.rglob("*")
-        if p.is_file() and str(p.relative_to(root)).removeprefix("local/").startswith(prefix)
-    }
-
-
-def s3_client(suite: Suite) -> Any:
+def s3_client(suite: Suite) -> Minio:
+    """A client of the suite's S3 server (every test here runs on the s3 backend)."""
     return S3Server(
         endpoint=suite.env["REELMILL_S3_ENDPOINT"],
         access_key=suite.env["REELMILL_S3_ACCESS_KEY"],
@@ -143,12 +136,15 @@ def s3_client(suite: Suite) -> Any:
     ).client()
 
 
+def stored_keys(suite: Suite, prefix: str) -> set[str]:
+    objects = s3_client(suite).list_objects(
+        suite.env["REELMILL_S3_BUCKET"], prefix=prefix, recursive=True
+    )
+    return {o.object_name for o in objects if o.object_name is not None}
+
+
 def incomplete_uploads(suite: Suite) -> list[str]:
-    if suite.env.get("REELMILL_STORAGE_BACKEND") != "s3":
-        root = Path(suite.env["REELMILL_STORAGE_DIR"]) / ".incomplete"
-        return [p.name for p in root.iterdir()] if root.is_dir() else []
-    client = s3_client(suite)
-    result = client._list_multipart_uploads(suite.env["REELMILL_S3_BUCKET"])
+    result = s3_client(suite)._list_multipart_uploads(suite.env["REELMILL_S3_BUCKET"])
     return [upload.object_name for upload in result.uploads]
 
 
@@ -157,8 +153,8 @@ def scratch_left(suite: Suite) -> list[Path]:
 
 
 async def eventually(check: Any, what: str, timeout: float = 60.0) -> None:
-    """Polls ``check`` (sync, returns a falsy value when satisfied... or raises) until it
-    returns True; a bounded wait, not a timing assertion."""
+    """Polls ``check`` (a function, sync or async) until it returns something true; a
+    bounded wait for a state, never an assertion about speed."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()
@@ -361,7 +357,7 @@ async def test_hung_service_exhausts_retries_and_its_late_writes_are_purged(
         transcode = suite.processes["transcode"][0]
         spec = pipeline_pb2.PipelineSpec(
             transcode=pipeline_pb2.TranscodeSpec(ladder=[pipeline_pb2.LadderRung(height=120)]),
-            transcribe=pipeline_pb2.TranscribeSpec(disabled=True),
+            audio=pipeline_pb2.AudioSpec(disabled=True),  # it would call transcode too
         )
         async with ReelmillClient(suite.gateway, token=token()) as client:
             video = await client.upload_file(short_clip)
