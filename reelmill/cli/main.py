@@ -204,7 +204,7 @@ def demo(args: argparse.Namespace) -> int:
         with run_suite(settings, listen=args.listen, echo=render.console.print) as suite:
             render.console.print(f"[bold green]reelmill is up[/] at {suite.gateway}")
             submit_args = argparse.Namespace(
-                file=str(sample), watch=True, request_id="", label=["source=demo"]
+                file=str(sample), watch=True, request_id="", label=["source=demo"], timeout=None
             )
 
             async def main() -> int:
