@@ -145,6 +145,17 @@ class Orchestrator:
                 log.warning("renewing the lease failed: %s", exc)
 
     async def _run_job(self, job: ClaimedJob) -> None:
+        """Runs ``job``; never raises but CancelledError, so that one job whose outcome cannot
+        be recorded (the database gone for longer than the runner retries) does not end the
+        claim loop's TaskGroup, and with it every other job of this gateway. Such a job stays
+        claimed until its lease expires, then any replica resumes it."""
+        try:
+            await self._run_claimed(job)
+        except Exception:
+            with log_context(job_id=str(job.id)):
+                log.exception("could not record the job's outcome; it resumes after its lease")
+
+    async def _run_claimed(self, job: ClaimedJob) -> None:
         with log_context(job_id=str(job.id)):
             keeper = asyncio.create_task(self._keep_lease(job.id), name=f"lease-{job.id}")
             try:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
+from asyncpg import exceptions as asyncpg_exc
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -26,6 +27,7 @@ from gateway.db import models
 from gateway.journal import append_event, state_event
 from gateway.purges import request_job_purge
 from reelmill.v1 import job_pb2, media_pb2, pipeline_pb2
+from runtime.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,19 @@ class LeaseLost(Exception):
     """The job is no longer this worker's to run (lease taken over, or job cancelled)."""
 
 
+#: asyncpg errors that mean the server went away or is not accepting sessions yet (restart,
+#: failover): class 08 (connection exceptions), 57P01 admin shutdown, 57P02 crash shutdown,
+#: 57P03 cannot connect now ("the database system is starting up / shutting down").
+_UNREACHABLE = (
+    asyncpg_exc.PostgresConnectionError,
+    asyncpg_exc.AdminShutdownError,
+    asyncpg_exc.CrashShutdownError,
+    asyncpg_exc.CannotConnectNowError,
+    OSError,
+    sa_exc.TimeoutError,
+)
+
+
 def disconnected(exc: BaseException) -> bool:
     """Whether ``exc`` means the database could not be reached (restart, failover, network),
     as opposed to a statement that failed on its own."""
@@ -49,10 +64,25 @@ def disconnected(exc: BaseException) -> bool:
             return True
         if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
             return True
-        # asyncpg: ConnectionDoesNotExistError, CannotConnectNowError (server starting up).
-        name = type(exc.orig).__name__
-        return "Connect" in name or "Connection" in name
-    return isinstance(exc, OSError | sa_exc.TimeoutError)
+    # SQLAlchemy wraps asyncpg's error in its DBAPI adapter's (``exc.orig``), which carries the
+    # asyncpg one as its cause: look down the whole chain.
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, _UNREACHABLE):
+            return True
+        seen.add(id(current))
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return False
+
+
+def database_unavailable(exc: BaseException) -> Unavailable | None:
+    """A handler's error when the database cannot be reached: UNAVAILABLE, for the caller to
+    retry (registered with ``runtime.errors.register_translation``)."""
+    if disconnected(exc):
+        return Unavailable("the database is unreachable; try again", reason="DATABASE_UNAVAILABLE")
+    return None
 
 
 def survives_disconnects(

@@ -22,7 +22,7 @@ from gateway.journal import CANCEL_CHANNEL, QUEUE_CHANNEL
 from gateway.limits import RateLimiter
 from gateway.orchestrator import Orchestrator
 from gateway.purges import Purger
-from gateway.runs import Runs
+from gateway.runs import Runs, database_unavailable
 from gateway.servicer import JobServicer
 from gateway.settings import GatewaySettings
 from gateway.stages import (
@@ -42,7 +42,7 @@ from reelmill.v1 import (
     job_service_pb2_grpc,
 )
 from runtime.channels import internal_channel
-from runtime.errors import InvalidArgument
+from runtime.errors import InvalidArgument, register_translation
 from runtime.internal_auth import InternalAuth
 from runtime.server import ServiceSpec
 from runtime.storage import open_store
@@ -106,6 +106,7 @@ async def assemble(settings: GatewaySettings) -> Gateway:
     )
     internal_auth = InternalAuth.from_settings(settings)
     engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
+    register_translation(database_unavailable)
     if settings.migrate_on_start:
         await migrate(engine)
     sessions = make_sessionmaker(engine)

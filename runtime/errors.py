@@ -18,8 +18,9 @@ Every error carries a machine-readable ``reason`` (sent as ``google.rpc.ErrorInf
 message meant for the caller; one that knows when a retry may succeed also carries
 ``retry_after`` seconds (sent as ``google.rpc.RetryInfo``). Code raises these;
 ``ErrorMappingInterceptor`` turns them into statuses, so no servicer handles gRPC codes
-itself. Anything else that escapes a handler is
-logged with its traceback and reaches the caller as INTERNAL with a generic message.
+itself. Anything else that escapes a handler is logged with its traceback and reaches the
+caller as INTERNAL with a generic message, unless a translation registered by the process
+(``register_translation``) names it.
 """
 
 from __future__ import annotations
@@ -219,7 +220,29 @@ def from_rpc_error(rpc_error: grpc.aio.AioRpcError) -> ReelmillError:
     )
 
 
+#: Functions that name a process's own dependency failures as domain errors.
+_translations: list[Callable[[BaseException], ReelmillError | None]] = []
+
+
+def register_translation(translate: Callable[[BaseException], ReelmillError | None]) -> None:
+    """Lets a process map exceptions of its own dependencies to domain errors instead of
+    INTERNAL: the gateway's unreachable database becomes UNAVAILABLE, which callers retry.
+    ``translate`` returns None for exceptions it does not know. Called once at start."""
+    if translate not in _translations:
+        _translations.append(translate)
+
+
+def _translated(exc: BaseException) -> ReelmillError | None:
+    for translate in _translations:
+        if (error := translate(exc)) is not None:
+            return error
+    return None
+
+
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+    if not isinstance(exc, ReelmillError) and (translated := _translated(exc)) is not None:
+        log.warning("%s (%s: %s)", translated.message, type(exc).__name__, exc)
+        exc = translated
     if isinstance(exc, ReelmillError):
         error = exc
         if type(error) in (ReelmillError, Internal):

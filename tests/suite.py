@@ -54,6 +54,9 @@ class Process:
     proc: subprocess.Popen[bytes]
     address: str
     log: Path
+    module: str = ""
+    #: The environment it was started with (besides the inherited one), to restart it alike.
+    env: dict[str, str] = field(default_factory=dict)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -78,11 +81,15 @@ def wait_serving(process: Process, timeout: float = 60.0) -> None:
     raise TimeoutError(f"{process.name} not serving:\n{process.output()[-4000:]}")
 
 
-def start(name: str, module: str, env: dict[str, str], logs: Path) -> Process:
-    port = free_port()
+def start(
+    name: str, module: str, env: dict[str, str], logs: Path, *, address: str | None = None
+) -> Process:
+    """Starts ``module`` and waits until it serves; on ``address`` (a restart) or a free port.
+    The log is appended to, so a restarted process keeps its predecessor's lines."""
+    port = free_port() if address is None else int(address.rsplit(":", 1)[1])
     address = f"127.0.0.1:{port}"
     log = logs / f"{name}-{port}.log"
-    with log.open("wb") as handle:
+    with log.open("ab") as handle:
         proc = subprocess.Popen(
             [sys.executable, "-m", module],
             cwd=ROOT,
@@ -95,7 +102,7 @@ def start(name: str, module: str, env: dict[str, str], logs: Path) -> Process:
             stdout=handle,
             stderr=subprocess.STDOUT,
         )
-    process = Process(name, proc, address, log)
+    process = Process(name, proc, address, log, module, env)
     try:
         wait_serving(process)
     except BaseException:
@@ -124,6 +131,21 @@ class Suite:
         self.processes.setdefault(name, []).append(process)
         self._stack.callback(stop_process, process.proc)
         return process
+
+    def kill(self, process: Process) -> None:
+        """SIGKILL: no shutdown handler runs, in-flight calls and writes are cut short."""
+        process.proc.kill()
+        process.proc.wait()
+
+    def restart(self, process: Process) -> Process:
+        """Starts ``process`` again (it must have exited) on the same address, with the same
+        environment; it takes the old one's place in ``processes``."""
+        assert process.proc.poll() is not None, f"{process.name} is still running"
+        again = start(process.name, process.module, process.env, self.logs, address=process.address)
+        group = self.processes[process.name]
+        group[group.index(process)] = again
+        self._stack.callback(stop_process, again.proc)
+        return again
 
     def stop(self) -> None:
         self._stack.close()

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -433,3 +434,52 @@ async def test_queued_job_has_position_and_estimated_start(harness: Harness) -> 
     ]
     assert waits[0] < 5 and waits[1] < 5
     assert 45 < waits[2] < 55
+
+
+# -- a run whose outcome cannot be recorded --------------------------------------------------
+
+
+class UnrecordableFinish(Runs):
+    """Runs whose ``finish`` of one job fails twice (as SUCCEEDED, then as FAILED: internal
+    error) with an error that is no disconnect, so nothing retries it."""
+
+    def __init__(self, *args: Any, failing: uuid.UUID, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failing = failing
+        self.failures = 0
+
+    async def finish(
+        self, job_id: uuid.UUID, state: str, error: job_pb2.JobError | None = None
+    ) -> None:
+        if job_id == self.failing and self.failures < 2:
+            self.failures += 1
+            raise RuntimeError("the outcome could not be written")
+        await super().finish(job_id, state, error)
+
+
+async def test_a_job_whose_end_cannot_be_recorded_does_not_stop_the_others(
+    harness: Harness,
+) -> None:
+    first = Scripted("probe", harness.objects)
+    unlucky = await harness.job([first])
+    other = await harness.job([first])
+    runs = UnrecordableFinish(
+        harness.sessions, "test-unrecordable", purge_delay=timedelta(0), failing=uuid.UUID(unlucky)
+    )
+    settings = harness.settings.model_copy(update={"lease_seconds": 2.0})
+    orchestrator = Orchestrator(settings, runs, [first])
+    task = asyncio.create_task(orchestrator.run())
+    try:
+        done = await harness.finished(other)
+        assert done.state == job_pb2.JOB_STATE_SUCCEEDED
+        # The unlucky job stays claimed until its lease expires, then is resumed (its stage is
+        # already done) and finished; the claim loop kept going all along.
+        resumed = await harness.finished(unlucky)
+        assert resumed.state == job_pb2.JOB_STATE_SUCCEEDED
+        assert runs.failures == 2
+        assert not task.done()
+    finally:
+        orchestrator.draining = True
+        orchestrator.wake.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
