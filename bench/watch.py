@@ -27,7 +27,7 @@ from gateway.runs import Runs
 from gateway.store import StagePlan, Store
 from reelmill.v1 import job_service_pb2, job_service_pb2_grpc, media_pb2, pipeline_pb2
 from tests.servers import run_postgres
-from tests.suite import JWT_SECRET, Suite, token
+from tests.suite import INTERNAL_TOKEN, JWT_SECRET, Suite, token
 
 
 async def _setup(url: str, owner: str, jobs: int) -> tuple[Runs, list[uuid.UUID]]:
@@ -178,6 +178,9 @@ def main(quick: bool = False) -> None:
         suite = Suite(
             env={
                 "REELMILL_JWT_SECRET": JWT_SECRET,
+                "REELMILL_INTERNAL_TOKEN": INTERNAL_TOKEN,
+                # One owner drives the whole load: its per-owner request rate is not measured.
+                "REELMILL_OWNER_REQUESTS_PER_SECOND": "0",
                 "REELMILL_DATABASE_URL": url,
                 "REELMILL_STORAGE_DIR": str(Path(tmp) / "objects"),
                 "REELMILL_LOG_LEVEL": "WARNING",

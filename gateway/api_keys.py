@@ -76,6 +76,10 @@ def validate_display_name(name: str) -> str:
     return name.strip()
 
 
+#: NOTIFY channel announcing a revoked key's id to every gateway.
+REVOKED_CHANNEL = "reelmill_api_keys_revoked"
+
+
 @dataclass(frozen=True)
 class _Cached:
     expires: float
@@ -166,10 +170,17 @@ class ApiKeys:
                     .where(models.ApiKey.id == identifier)
                     .values(revoke_time=func.now())
                 )
+                # Every gateway forgets the key at commit (``on_revoked``); the cache bound
+                # only matters if a replica misses the notification.
+                await session.execute(select(func.pg_notify(REVOKED_CHANNEL, identifier)))
                 await session.refresh(row)
         self.cache.pop(identifier, None)
         log.info("API key revoked", extra={"api_key_id": identifier})
         return to_proto(row)
+
+    def on_revoked(self, identifier: str) -> None:
+        """A key was revoked (on any replica): its cached lookup goes."""
+        self.cache.pop(identifier, None)
 
     # authentication ---------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import grpc
 
 from gateway import api_key_servicer
 from gateway.api_key_servicer import ApiKeyServicer
-from gateway.api_keys import ApiKeys
+from gateway.api_keys import REVOKED_CHANNEL, ApiKeys
 from gateway.auth import AuthInterceptor, TokenVerifier, load_jwks, load_public_key
 from gateway.db.engine import check_schema, head_revision, make_engine, make_sessionmaker, migrate
 from gateway.events import EventHub
@@ -144,6 +144,7 @@ async def assemble(settings: GatewaySettings) -> Gateway:
     orchestrator = Orchestrator(settings, runs, stages)
     hub.on(QUEUE_CHANNEL, orchestrator.on_queued)
     hub.on(CANCEL_CHANNEL, orchestrator.on_cancelled)
+    hub.on(REVOKED_CHANNEL, api_keys.on_revoked)
     servicer = JobServicer(settings, store, hub, objects, ingest, stages)
 
     def register(server: grpc.aio.Server) -> None:

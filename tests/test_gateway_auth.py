@@ -471,3 +471,30 @@ def test_api_key_messages_round_trip() -> None:
     # The contract the CLI prints from: the secret travels only in CreateApiKeyResponse.
     fields = {f.name for f in api_key_service_pb2.ApiKey.DESCRIPTOR.fields}
     assert "secret" not in fields
+
+
+async def test_revocation_reaches_another_gateway_through_notify(serve: Serve) -> None:
+    """Two gateways, caches far longer than the test: the one that did not revoke the key
+    refuses it as soon as the revocation's NOTIFY arrives."""
+    async with (
+        serve(api_key_cache_seconds=300) as (first, _),
+        serve(api_key_cache_seconds=300) as (second, second_address),
+    ):
+        listener = asyncio.create_task(second.hub.run())
+        try:
+            await asyncio.wait_for(second.hub.connected.wait(), 10)
+            key, secret = await first.api_keys.create("erin", "")
+            async with ReelmillClient(second_address, token=secret) as as_key:
+                await as_key.list_jobs()  # cached on the second gateway now
+                assert key.id in second.api_keys.cache
+                await first.api_keys.revoke("erin", key.id)
+                for _ in range(100):
+                    if key.id not in second.api_keys.cache:
+                        break
+                    await asyncio.sleep(0.05)
+                error = await refused(as_key.list_jobs())
+            assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert reason(error) == "API_KEY_REVOKED"
+        finally:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
