@@ -283,3 +283,13 @@ def restart_postgres(server: PostgresServer, *, down: float = 0.0) -> None:
     time.sleep(down)
     start = ["-o", '-h ""', "-o", f"-k {data}", "-l", str(data / "log"), "start"]
     subprocess.run([*pg_ctl, *start], check=True, **quiet)  # type: ignore[call-overload]
+
+
+def entries_under(root: Path, *, files_only: bool = False) -> list[Path]:
+    """Everything below ``root`` (nothing when it does not exist). ``os.walk`` rather than
+    ``rglob``: a process may be removing a directory while the test looks."""
+    found: list[Path] = []
+    for directory, dirs, files in os.walk(root):
+        names = files if files_only else [*dirs, *files]
+        found += [Path(directory, name) for name in names]
+    return found

@@ -21,7 +21,7 @@ from reelmill.client import ReelmillClient
 from reelmill.v1 import job_pb2, job_service_pb2, media_pb2, pipeline_pb2
 from runtime.errors import error_info
 from tests.media import make_clip
-from tests.servers import PostgresServer, S3Server, free_port
+from tests.servers import PostgresServer, S3Server, entries_under, free_port
 from tests.suite import PROBE_ONLY, Suite, run_suite, token
 
 pytestmark = pytest.mark.e2e
@@ -90,11 +90,14 @@ def stored_keys(suite: Suite) -> set[str]:
     # Objects live under <root>/<bucket>/<key>; metadata and unfinished writes beside them
     # (.meta, .incomplete) count as stored too.
     root = Path(suite.env["REELMILL_STORAGE_DIR"])
-    return {str(p.relative_to(root)).removeprefix("local/") for p in root.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(root)).removeprefix("local/")
+        for p in entries_under(root, files_only=True)
+    }
 
 
 def scratch_left(suite: Suite) -> list[Path]:
-    return list(Path(suite.env["REELMILL_SCRATCH_DIR"]).rglob("*"))
+    return entries_under(Path(suite.env["REELMILL_SCRATCH_DIR"]))
 
 
 async def run_to_end(client: ReelmillClient, job_id: str) -> list[job_pb2.JobEvent]:

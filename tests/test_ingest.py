@@ -34,7 +34,7 @@ from services.ingest.settings import IngestSettings
 from services.ingest.structure import find_truncation
 from tests.inprocess import serve
 from tests.media import make_clip
-from tests.servers import S3Server
+from tests.servers import S3Server, entries_under
 
 KEY = "videos/v1/source"
 
@@ -60,8 +60,7 @@ class Ingest:
             if incomplete.exists():
                 found += [f"temp:{p.name}" for p in incomplete.iterdir()]
         scratch = self.settings.scratch_dir
-        if scratch.exists():
-            found += [f"scratch:{p.relative_to(scratch)}" for p in scratch.rglob("*")]
+        found += [f"scratch:{p.relative_to(scratch)}" for p in entries_under(scratch)]
         return found
 
 

@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from reelmill.v1 import job_service_pb2 as pb
 from reelmill.v1 import job_service_pb2_grpc
 from runtime.ffmpeg import ffmpeg_path
-from tests.servers import PostgresServer, S3Server
+from tests.servers import PostgresServer, S3Server, entries_under
 from tests.suite import INTERNAL_TOKEN, JWT_SECRET, Suite, token
 
 #: Limits the harness runs with (the settings under test; README documents them).
@@ -82,7 +82,7 @@ class Hostile:
         finish (an upload the gateway aborted is cleaned up as ingest sees the cancel)."""
         deadline = time.monotonic() + wait
         while True:
-            left = [str(p.relative_to(self.scratch)) for p in self.scratch.rglob("*")]
+            left = [str(p.relative_to(self.scratch)) for p in entries_under(self.scratch)]
             if not left or time.monotonic() > deadline:
                 return left
             time.sleep(0.05)
