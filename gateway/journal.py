@@ -37,14 +37,14 @@ _LOAD_JOB = text(
                 (SELECT count(*) FROM jobs q
                   WHERE q.state = 'QUEUED' AND (q.create_time, q.id) < (j.create_time, j.id)) + 1
                 ELSE 0 END AS queue_position,
-           CASE WHEN j.state = 'QUEUED' THEN
+           CASE WHEN j.state = 'QUEUED' AND :estimate THEN
                 (SELECT count(*) FROM jobs r WHERE r.state = 'RUNNING')
                 ELSE 0 END AS running_jobs,
-           CASE WHEN j.state = 'QUEUED' THEN
+           CASE WHEN j.state = 'QUEUED' AND :estimate THEN
                 (SELECT count(DISTINCT w.lease_owner) FROM jobs w
                   WHERE w.state = 'RUNNING' AND w.lease_expires_at > now())
                 ELSE 0 END AS live_workers,
-           CASE WHEN j.state = 'QUEUED' THEN
+           CASE WHEN j.state = 'QUEUED' AND :estimate THEN
                 (SELECT avg(extract(epoch FROM d.end_time - d.start_time))
                    FROM (SELECT end_time, start_time FROM jobs
                           WHERE state = 'SUCCEEDED' AND start_time IS NOT NULL
@@ -67,7 +67,8 @@ async def load_job(
     """The job (stages, artifacts, queue position, estimated start) in one round trip;
     ``full=False`` leaves out the transcript's segments and the artifacts. Raises
     ``LookupError`` when there is no such job (of ``owner``, when given)."""
-    params = {"id": job_id, "owner": owner, "full": full}
+    # The estimate's three aggregates run only for a caller that shows it (GetJob).
+    params = {"id": job_id, "owner": owner, "full": full, "estimate": bool(slots_per_worker)}
     row = (await session.execute(_LOAD_JOB, params)).mappings().first()
     if row is None:
         raise LookupError(str(job_id))

@@ -26,9 +26,9 @@ from pathlib import Path
 from types import TracebackType
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
+from reelmill.status import error_reason as error_reason  # part of the client's API
+from reelmill.status import retry_after as retry_after
 from reelmill.v1 import (
     api_key_service_pb2,
     api_key_service_pb2_grpc,
@@ -52,32 +52,6 @@ def file_sha256(path: Path) -> str:
         while chunk := handle.read(CHUNK_SIZE):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def retry_after(error: grpc.RpcError) -> float | None:
-    """Seconds the server asked the caller to wait before retrying (its ``RetryInfo``)."""
-    status = rpc_status.from_call(error)
-    if status is None:
-        return None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            seconds: float = info.retry_delay.ToNanoseconds() / 1e9
-            return seconds
-    return None
-
-
-def error_reason(error: grpc.RpcError) -> str:
-    """The machine-readable reason (``ErrorInfo.reason``) of a failed call, or ""."""
-    status = rpc_status.from_call(error)
-    for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reason: str = info.reason
-            return reason
-    return ""
 
 
 class ReelmillClient:

@@ -34,6 +34,9 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from reelmill.status import error_info as error_info  # re-exported for the servers
+from reelmill.status import retry_after
+
 DOMAIN = "reelmill.dev"
 
 log = logging.getLogger(__name__)
@@ -169,35 +172,6 @@ def to_status(error: ReelmillError) -> grpc.Status:
     return result
 
 
-def error_info(
-    rpc_error: grpc.aio.AioRpcError | grpc.RpcError,
-) -> error_details_pb2.ErrorInfo | None:
-    """The ``ErrorInfo`` a failed call carried, if any."""
-    status = rpc_status.from_call(rpc_error)
-    if status is None:
-        return None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
-    return None
-
-
-def retry_delay(rpc_error: grpc.aio.AioRpcError | grpc.RpcError) -> float | None:
-    """The seconds a failed call's ``RetryInfo`` asks the caller to wait, if it has one."""
-    status = rpc_status.from_call(rpc_error)
-    if status is None:
-        return None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            seconds: float = info.retry_delay.ToNanoseconds() / 1e9
-            return seconds
-    return None
-
-
 def from_rpc_error(rpc_error: grpc.aio.AioRpcError) -> ReelmillError:
     """The domain error for a failed downstream call, keeping its code, reason, message and
     retry delay."""
@@ -216,7 +190,7 @@ def from_rpc_error(rpc_error: grpc.aio.AioRpcError) -> ReelmillError:
         rpc_error.details() or cls.default_reason,
         reason=reason,
         metadata=metadata,
-        retry_after=retry_delay(rpc_error),
+        retry_after=retry_after(rpc_error),
     )
 
 

@@ -233,47 +233,32 @@ def _with_token(details: grpc.aio.ClientCallDetails, value: str) -> grpc.aio.Cli
     )
 
 
-class _UnaryUnaryToken(grpc.aio.UnaryUnaryClientInterceptor):
+class _Token:
+    """Adds the token to a call's metadata. grpc.aio files a client interceptor under one call
+    type only, so each type gets its own small subclass."""
+
     def __init__(self, value: str) -> None:
         self._value = value
 
-    async def intercept_unary_unary(
-        self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
-    ) -> Any:
-        return await continuation(_with_token(client_call_details, self._value), request)
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        return _with_token(details, self._value)
 
 
-class _UnaryStreamToken(grpc.aio.UnaryStreamClientInterceptor):
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    async def intercept_unary_stream(
-        self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
-    ) -> Any:
-        return await continuation(_with_token(client_call_details, self._value), request)
+class _UnaryUnaryToken(_Token, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
 
 
-class _StreamUnaryToken(grpc.aio.StreamUnaryClientInterceptor):
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    async def intercept_stream_unary(
-        self,
-        continuation: Any,
-        client_call_details: grpc.aio.ClientCallDetails,
-        request_iterator: Any,
-    ) -> Any:
-        return await continuation(_with_token(client_call_details, self._value), request_iterator)
+class _UnaryStreamToken(_Token, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
 
 
-class _StreamStreamToken(grpc.aio.StreamStreamClientInterceptor):
-    def __init__(self, value: str) -> None:
-        self._value = value
+class _StreamUnaryToken(_Token, grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._details(details), requests)
 
-    async def intercept_stream_stream(
-        self,
-        continuation: Any,
-        client_call_details: grpc.aio.ClientCallDetails,
-        request_iterator: Any,
-    ) -> Any:
-        return await continuation(_with_token(client_call_details, self._value), request_iterator)
+
+class _StreamStreamToken(_Token, grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._details(details), requests)
