@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 
 from gateway.db import models
-from reelmill.v1 import job_pb2, media_pb2
+from reelmill.v1 import job_pb2, media_pb2, pipeline_pb2
 
 M = TypeVar("M", bound=Message)
 
@@ -80,8 +81,6 @@ def job_to_proto(
     artifacts: list[Any],
     queue_position: int = 0,
 ) -> job_pb2.Job:
-    from reelmill.v1 import pipeline_pb2
-
     return job_pb2.Job(
         id=str(row.id),
         video_id=str(row.video_id) if row.video_id else "",
@@ -108,8 +107,6 @@ def job_to_proto(
 
 def _record(data: dict[str, Any], *times: str) -> Any:
     """A JSON-aggregated row as an object with attributes, timestamps parsed."""
-    from types import SimpleNamespace
-
     values = dict(data)
     for name in times:
         if values.get(name):
@@ -120,8 +117,6 @@ def _record(data: dict[str, Any], *times: str) -> Any:
 def job_from_record(row: Any, *, slots_per_worker: int | None = None) -> job_pb2.Job:
     """A job from the single-query load (jobs.* plus aggregated stages and artifacts). With
     ``slots_per_worker`` (jobs one gateway runs at once), a queued job gets an estimated start."""
-    from types import SimpleNamespace
-
     job: Any = SimpleNamespace(**dict(row))
     job.metadata_ = row["metadata"]
     stages = [_record(s, "start_time", "end_time") for s in row["stages_json"]]

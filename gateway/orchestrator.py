@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from gateway.pipeline import Stage, StageContext, StageResult, finished
 from gateway.runs import ClaimedJob, LeaseLost, Runs
 from gateway.settings import GatewaySettings
-from gateway.stages import Stage, StageContext, StageResult, finished
 from reelmill.v1 import job_pb2
 from runtime.errors import DeadlineExceeded, Internal, ReelmillError
 from runtime.logs import log_context

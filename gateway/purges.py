@@ -25,6 +25,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db import models
+from gateway.keys import imported_video_id, job_prefix, video_prefix
 from runtime.storage import ObjectStore
 from runtime.storage.keys import normalize_prefix
 
@@ -32,14 +33,6 @@ log = logging.getLogger(__name__)
 
 #: A purge that keeps failing (storage down) is retried at most this many times.
 MAX_PURGE_ATTEMPTS = 20
-
-
-def job_prefix(job_id: uuid.UUID) -> str:
-    return f"jobs/{job_id}/"
-
-
-def video_prefix(video_id: uuid.UUID) -> str:
-    return f"videos/{video_id}/"
 
 
 async def request_purge(
@@ -66,8 +59,6 @@ async def request_job_purge(
 ) -> None:
     """A failed or cancelled job: its unrecorded outputs go, and so does the half-imported
     video of a URL job whose import never finished."""
-    from gateway.stages import imported_video_id
-
     await request_purge(
         session, job_prefix(job.id), reason=reason, delay=delay, keep_artifacts_of=job.id
     )

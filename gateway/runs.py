@@ -20,9 +20,10 @@ from typing import Any, ParamSpec, TypeVar
 from asyncpg import exceptions as asyncpg_exc
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from gateway.convert import to_json
+from gateway.convert import from_json, stage_to_proto, to_json, video_to_proto
 from gateway.db import models
 from gateway.journal import append_event, state_event
 from gateway.purges import request_job_purge
@@ -180,8 +181,6 @@ class Runs:
         return [await self.load(job_id) for job_id in ids]
 
     async def load(self, job_id: uuid.UUID) -> ClaimedJob:
-        from gateway.convert import from_json, video_to_proto
-
         async with self.sessions() as session:
             job = await session.get_one(models.Job, job_id)
             video = await session.get(models.Video, job.video_id) if job.video_id else None
@@ -328,8 +327,6 @@ class Runs:
                 )
             await session.flush()
             await session.refresh(stage)
-            from gateway.convert import stage_to_proto
-
             event = job_pb2.JobEvent(
                 stage_updated=job_pb2.StageUpdated(
                     stage=stage_to_proto(stage), message=message, artifacts=list(artifacts)
@@ -338,8 +335,6 @@ class Runs:
             return await append_event(session, job_id, event)
 
     async def _put_video(self, session: AsyncSession, owner: str, video: media_pb2.Video) -> None:
-        from sqlalchemy.dialects.postgresql import insert
-
         values = {
             "owner": owner,
             "filename": video.filename,
@@ -361,8 +356,6 @@ class Runs:
     async def _put_artifact(
         self, session: AsyncSession, job_id: uuid.UUID, stage: str, artifact: media_pb2.Artifact
     ) -> None:
-        from sqlalchemy.dialects.postgresql import insert
-
         values = {
             "kind": media_pb2.ArtifactKind.Name(artifact.kind),
             "stage": stage,

@@ -21,19 +21,11 @@ from gateway.events import EventHub
 from gateway.journal import CANCEL_CHANNEL, QUEUE_CHANNEL
 from gateway.limits import RateLimiter
 from gateway.orchestrator import Orchestrator
+from gateway.pipeline import Wiring, build_stages
 from gateway.purges import Purger
 from gateway.runs import Runs, database_unavailable
 from gateway.servicer import JobServicer
 from gateway.settings import GatewaySettings
-from gateway.stages import (
-    AudioStage,
-    ImportStage,
-    MetadataStage,
-    ProbeStage,
-    Stage,
-    TranscodeStage,
-    TranscribeStage,
-)
 from gateway.store import Store
 from reelmill.v1 import (
     api_key_service_pb2_grpc,
@@ -133,14 +125,7 @@ async def assemble(settings: GatewaySettings) -> Gateway:
         )
     }
     ingest = ingest_service_pb2_grpc.IngestServiceStub(channels["ingest"])
-    stages: list[Stage] = [
-        ImportStage(channels["ingest"], objects.bucket),
-        ProbeStage(channels["ingest"]),
-        TranscodeStage(channels["transcode"]),
-        AudioStage(channels["transcode"]),
-        TranscribeStage(channels["transcribe"]),
-        MetadataStage(channels["metadata"]),
-    ]
+    stages = build_stages(Wiring(channels, objects.bucket))
     orchestrator = Orchestrator(settings, runs, stages)
     hub.on(QUEUE_CHANNEL, orchestrator.on_queued)
     hub.on(CANCEL_CHANNEL, orchestrator.on_cancelled)

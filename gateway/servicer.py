@@ -16,8 +16,9 @@ import grpc
 
 from gateway.auth import current_owner
 from gateway.events import EventHub
+from gateway.keys import source_key
+from gateway.pipeline import Stage, plan_stages
 from gateway.settings import GatewaySettings
-from gateway.stages import Stage, plan_stages
 from gateway.store import Store, page_size
 from reelmill.v1 import (
     ingest_service_pb2,
@@ -177,9 +178,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             await self.store.check_storage(
                 owner, header.size_bytes, self.settings.owner_max_stored_bytes
             )
-        destination = media_pb2.ObjectRef(
-            bucket=self.objects.bucket, key=f"videos/{video_id}/source"
-        )
+        destination = media_pb2.ObjectRef(bucket=self.objects.bucket, key=source_key(video_id))
 
         async def forward() -> AsyncIterator[ingest_service_pb2.IngestVideoRequest]:
             message: job_service_pb2.UploadVideoRequest | None = first

@@ -21,7 +21,7 @@ from sqlalchemy import Select, delete, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from gateway.convert import event_from_row, to_json, video_to_proto
+from gateway.convert import artifact_to_proto, event_from_row, to_json, video_to_proto
 from gateway.db import models
 from gateway.journal import (
     CANCEL_CHANNEL,
@@ -31,7 +31,8 @@ from gateway.journal import (
     load_job,
     state_event,
 )
-from gateway.purges import job_prefix, request_job_purge, request_purge, video_prefix
+from gateway.keys import job_prefix, video_prefix
+from gateway.purges import request_job_purge, request_purge
 from reelmill.v1 import job_pb2, media_pb2, pipeline_pb2
 from runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 
@@ -474,8 +475,6 @@ class Store:
         return [event_from_row(r) for r in rows]
 
     async def get_artifact(self, owner: str, job_id: str, name: str) -> media_pb2.Artifact:
-        from gateway.convert import artifact_to_proto
-
         async with self.sessions() as session:
             row = await self._job_row(session, owner, job_id)
             artifact = await session.get(models.Artifact, (row.id, name))

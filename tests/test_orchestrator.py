@@ -23,10 +23,10 @@ from gateway.convert import estimated_wait
 from gateway.db import models
 from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.orchestrator import Orchestrator, retryable
+from gateway.pipeline import Stage, StageContext, StageResult
 from gateway.purges import Purger
 from gateway.runs import Runs
 from gateway.settings import GatewaySettings
-from gateway.stages import Stage, StageContext, StageResult
 from gateway.store import StagePlan, Store
 from reelmill.v1 import job_pb2, media_pb2, pipeline_pb2
 from runtime.errors import (

@@ -1,0 +1,153 @@
+"""What every stage is made of: the context it runs in, what it returns, how it calls its
+service. A stage calls one internal service through its stub, passing object references (never
+bytes), and reports what it produced; it knows nothing of Postgres, leases or retries (the
+orchestrator's)."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
+
+import grpc
+
+from gateway.convert import from_json
+from gateway.runs import ClaimedJob, StageRow
+from reelmill.v1 import media_pb2, pipeline_pb2
+from runtime.errors import FailedPrecondition, Unavailable, from_rpc_error
+
+Report = Callable[[float, str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """What stages are built from: a channel per internal service, and the bucket."""
+
+    channels: Mapping[str, grpc.aio.Channel]
+    bucket: str
+
+
+@dataclass(frozen=True)
+class StageContext:
+    job: ClaimedJob
+    #: Outputs of every finished stage, by stage name.
+    outputs: Mapping[str, Mapping[str, Any]]
+    #: Job-level results so far (protobuf JSON): media_info, transcript, metadata.
+    fields: Mapping[str, Any]
+    #: Reports progress (fraction 0..1, message); throttled before it is persisted.
+    report: Report
+    #: Deadline of this attempt's call, in seconds: the stage's budget, never past the job's
+    #: deadline.
+    timeout: float
+    #: This attempt's number (1-based, counted across runs of the job).
+    attempt: int = 1
+
+    @property
+    def output_prefix(self) -> str:
+        return f"jobs/{self.job.id}/"
+
+    @property
+    def media_info(self) -> media_pb2.MediaInfo:
+        return from_json(self.fields.get("media_info"), media_pb2.MediaInfo)
+
+    @property
+    def transcript(self) -> media_pb2.Transcript:
+        return from_json(self.fields.get("transcript"), media_pb2.Transcript)
+
+    @property
+    def video(self) -> media_pb2.Video:
+        """The video the job processes: uploaded before, or imported by the import stage."""
+        if self.job.video is not None:
+            return self.job.video
+        if "video" in self.outputs.get("import", {}):
+            return from_json(dict(self.outputs["import"]["video"]), media_pb2.Video)
+        raise FailedPrecondition("the job's video no longer exists", reason="VIDEO_DELETED")
+
+    @property
+    def source(self) -> media_pb2.ObjectRef:
+        return self.video.object
+
+
+@dataclass(frozen=True)
+class StageResult:
+    outputs: dict[str, Any] = field(default_factory=dict)
+    artifacts: list[media_pb2.Artifact] = field(default_factory=list)
+    #: Columns of the job to set with the stage's success (media_info, transcript, metadata).
+    job_fields: dict[str, Any] = field(default_factory=dict)
+    #: A video the stage brought in (URL import), recorded with the stage's success.
+    video: media_pb2.Video | None = None
+
+
+class Stage(abc.ABC):
+    """One node of the DAG. ``depends_on`` names stages that must finish first; a dependency
+    that a job does not plan (the import, for an uploaded video) is dropped for that job."""
+
+    name: ClassVar[str]
+    depends_on: ClassVar[tuple[str, ...]] = ()
+    #: The internal service the stage calls (a key of ``Wiring.channels``).
+    service: ClassVar[str]
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+
+    @classmethod
+    def build(cls, wiring: Wiring) -> Self:
+        return cls(wiring.channels[cls.service])
+
+    def planned(self, *, from_url: bool) -> bool:
+        """Whether a job has this stage at all (the import exists only for URL jobs)."""
+        return True
+
+    def enabled(self, spec: pipeline_pb2.PipelineSpec) -> bool:
+        """Whether the job's spec asks for this stage (a planned stage that is not starts
+        SKIPPED, and so do the stages that depend on it)."""
+        return True
+
+    def skip_reason(self, ctx: StageContext) -> str | None:
+        """Why the stage has nothing to do for this job (e.g. no audio track), if so."""
+        return None
+
+    @abc.abstractmethod
+    async def run(self, ctx: StageContext) -> StageResult: ...
+
+
+async def follow_stream(call: Any, ctx: StageContext) -> Any:
+    """Consumes a stage's server stream: progress goes to ``ctx.report``; returns the
+    ``result``. Cancelling the stage cancels the call, which stops the service's work."""
+    try:
+        async for response in call:
+            kind = response.WhichOneof("update")
+            if kind == "progress":
+                await ctx.report(response.progress.fraction, response.progress.message)
+            elif kind == "result":
+                return response.result
+    except grpc.aio.AioRpcError as exc:
+        raise from_rpc_error(exc) from None
+    finally:
+        call.cancel()
+    raise Unavailable("the service ended the stream without a result", reason="NO_RESULT")
+
+
+async def call_unary(call: Awaitable[Any]) -> Any:
+    """Awaits a unary stage call; its failure as the domain error the orchestrator judges."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as exc:
+        raise from_rpc_error(exc) from None
+
+
+def artifact_names(artifacts: Any) -> list[str]:
+    return [artifact.name for artifact in artifacts]
+
+
+def has_video(info: media_pb2.MediaInfo) -> bool:
+    return len(info.video_streams) > 0
+
+
+def has_audio(info: media_pb2.MediaInfo) -> bool:
+    return len(info.audio_streams) > 0
+
+
+def finished(row: StageRow) -> bool:
+    return row.state in ("SUCCEEDED", "SKIPPED")

@@ -1,0 +1,45 @@
+"""The metadata: title, description, tags, chapters and summary from the transcript."""
+
+from __future__ import annotations
+
+import grpc
+
+from gateway.convert import to_json
+from gateway.pipeline.base import Stage, StageContext, StageResult, artifact_names, call_unary
+from reelmill.v1 import metadata_service_pb2, metadata_service_pb2_grpc, pipeline_pb2
+
+
+class MetadataStage(Stage):
+    name = "metadata"
+    depends_on = ("transcribe",)
+    service = "metadata"
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        super().__init__(channel)
+        self.metadata = metadata_service_pb2_grpc.MetadataServiceStub(channel)
+
+    def enabled(self, spec: pipeline_pb2.PipelineSpec) -> bool:
+        return not spec.metadata.disabled
+
+    def skip_reason(self, ctx: StageContext) -> str | None:
+        return None if "transcript" in ctx.fields else "there is no transcript"
+
+    async def run(self, ctx: StageContext) -> StageResult:
+        await ctx.report(0.0, "generating")
+        response = await call_unary(
+            self.metadata.GenerateMetadata(
+                metadata_service_pb2.GenerateMetadataRequest(
+                    transcript=ctx.transcript,
+                    media_info=ctx.media_info,
+                    spec=ctx.job.spec.metadata,
+                    output_prefix=ctx.output_prefix,
+                    filename=ctx.video.filename,
+                ),
+                timeout=ctx.timeout,
+            )
+        )
+        return StageResult(
+            outputs={"artifacts": artifact_names(response.artifacts), "cached": response.cached},
+            artifacts=list(response.artifacts),
+            job_fields={"metadata": to_json(response.metadata)},
+        )

@@ -1,0 +1,49 @@
+"""The transcode: renditions (MP4 ladder, HLS, WebM), thumbnails, storyboard and clips."""
+
+from __future__ import annotations
+
+import grpc
+
+from gateway.pipeline.base import (
+    Stage,
+    StageContext,
+    StageResult,
+    artifact_names,
+    follow_stream,
+    has_video,
+)
+from reelmill.v1 import pipeline_pb2, transcode_service_pb2, transcode_service_pb2_grpc
+
+
+class TranscodeStage(Stage):
+    name = "transcode"
+    depends_on = ("probe",)
+    service = "transcode"
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        super().__init__(channel)
+        self.transcode = transcode_service_pb2_grpc.TranscodeServiceStub(channel)
+
+    def enabled(self, spec: pipeline_pb2.PipelineSpec) -> bool:
+        return not spec.transcode.disabled
+
+    def skip_reason(self, ctx: StageContext) -> str | None:
+        if not has_video(ctx.media_info) and not ctx.job.spec.transcode.clips:
+            return "the source has no video stream"
+        return None
+
+    async def run(self, ctx: StageContext) -> StageResult:
+        call = self.transcode.Transcode(
+            transcode_service_pb2.TranscodeRequest(
+                source=ctx.source,
+                media_info=ctx.media_info,
+                spec=ctx.job.spec.transcode,
+                output_prefix=ctx.output_prefix,
+            ),
+            timeout=ctx.timeout,
+        )
+        result = await follow_stream(call, ctx)
+        return StageResult(
+            outputs={"artifacts": artifact_names(result.artifacts)},
+            artifacts=list(result.artifacts),
+        )

@@ -1,0 +1,54 @@
+"""The transcription: speech to timed text from the audio stage's WAV."""
+
+from __future__ import annotations
+
+import grpc
+
+from gateway.convert import to_json
+from gateway.pipeline.base import Stage, StageContext, StageResult, artifact_names, follow_stream
+from reelmill.v1 import (
+    media_pb2,
+    pipeline_pb2,
+    transcribe_service_pb2,
+    transcribe_service_pb2_grpc,
+)
+
+
+class TranscribeStage(Stage):
+    name = "transcribe"
+    depends_on = ("audio",)
+    service = "transcribe"
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        super().__init__(channel)
+        self.transcribe = transcribe_service_pb2_grpc.TranscribeServiceStub(channel)
+
+    def enabled(self, spec: pipeline_pb2.PipelineSpec) -> bool:
+        return not spec.transcribe.disabled
+
+    def skip_reason(self, ctx: StageContext) -> str | None:
+        return None if "wav" in ctx.outputs.get("audio", {}) else "there is no audio track"
+
+    async def run(self, ctx: StageContext) -> StageResult:
+        wav = ctx.outputs["audio"]["wav"]
+        call = self.transcribe.Transcribe(
+            transcribe_service_pb2.TranscribeRequest(
+                audio=media_pb2.ObjectRef(bucket=wav["bucket"], key=wav["key"]),
+                duration=ctx.media_info.duration,
+                spec=ctx.job.spec.transcribe,
+                output_prefix=ctx.output_prefix,
+            ),
+            timeout=ctx.timeout,
+        )
+        result = await follow_stream(call, ctx)
+        transcript = result.transcript
+        return StageResult(
+            outputs={
+                "artifacts": artifact_names(result.artifacts),
+                "segments": len(transcript.segments),
+                "language": transcript.language,
+                "cached": result.cached,
+            },
+            artifacts=list(result.artifacts),
+            job_fields={"transcript": to_json(transcript)},
+        )
