@@ -211,7 +211,7 @@ def test_errors_are_sanitized_and_inputs_restricted() -> None:
     assert "hls" not in args[args.index("-format_whitelist") + 1].split(",")
     assert args[-2:] == ["-i", "file:/tmp/x.mp4"]
     remote = source_input_args("https://s3.example/b/k?X-Amz-Signature=abc", seek=2)
-    assert remote[remote.index("-protocol_whitelist") + 1] == "http,https,tcp,tls,crypto"
+    assert remote[remote.index("-protocol_whitelist") + 1] == "http,https,tcp,tls"
     assert remote[remote.index("-ss") + 1] == "2.000"
     assert normalize_prefix("jobs/1") == "jobs/1/"
     for bad in ("", "/abs/", "jobs/../x/", "a//b/", "x\n/"):

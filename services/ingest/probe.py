@@ -1,10 +1,11 @@
 """What a media file holds, probed with PyAV, and whether it is whole.
 
-The demuxer only ever sees what it is allowed to: a whitelist of self-contained audio/video
-container formats (no HLS, DASH, concat, image sequences, SDP or anything else that names other
-files or URLs: those are refused before their demuxer reads a line), and only the ``file``
-protocol for local files or ``http(s)`` for presigned object URLs. Every failure reaches the
-caller as a short reason of ours; FFmpeg's own messages only go to the log.
+The demuxer only ever sees what it is allowed to (``runtime.demux``, as in every service): a
+whitelist of self-contained audio/video container formats (no HLS, DASH, concat, image
+sequences, SDP or anything else that names other files or URLs: those are refused before their
+demuxer reads a line), and only the ``file`` protocol for local files or ``http(s)`` for
+presigned object URLs. Every failure reaches the caller as a short reason of ours; FFmpeg's
+own messages only go to the log.
 
 Whole or cut short: a local file's container framing is checked first (``structure``: an MP4
 cut before its ``moov`` cannot even be opened, yet it is truncated, not "not a video"), then
@@ -31,43 +32,12 @@ import av.error
 from av.container import InputContainer
 from av.stream import Disposition, Stream
 
+from runtime import demux
 from runtime.errors import Internal, InvalidArgument, Unavailable
 from services.ingest.structure import find_external_reference, find_truncation
 
 log = logging.getLogger(__name__)
 
-#: Demuxers that may open an upload: self-contained A/V containers only.
-ALLOWED_FORMATS = (
-    "mov,mp4,m4a,3gp,3g2,mj2",
-    "matroska,webm",
-    "avi",
-    "flv",
-    "mpegts",
-    "mpeg",
-    "mpegvideo",
-    "asf",
-    "ogg",
-    "wav",
-    "w64",
-    "mp3",
-    "aac",
-    "flac",
-    "mxf",
-    "nut",
-    "ivf",
-    "dv",
-    "caf",
-    "aiff",
-    "amr",
-    "wv",
-    "ac3",
-    "eac3",
-    "h264",
-    "hevc",
-    "m4v",
-)
-FILE_PROTOCOLS = "file"
-URL_PROTOCOLS = "http,https,tcp,tls"
 #: How far the probe reads to find streams' parameters.
 PROBE_SIZE = 10 * 1024 * 1024
 #: Packets demuxed from the start, at most, to decode each video stream's first frame.
@@ -200,8 +170,7 @@ def probe_sync(
             f"file:{source}" if local else str(source),
             mode="r",
             options={
-                "format_whitelist": ",".join(ALLOWED_FORMATS),
-                "protocol_whitelist": FILE_PROTOCOLS if local else URL_PROTOCOLS,
+                **demux.pyav_options(remote=not local),
                 "probesize": str(PROBE_SIZE),
                 # Decoders refuse larger pictures while the streams are probed.
                 "max_pixels": str(limits.max_dimension**2),

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+from runtime import demux
 from services.transcode.ffmpeg_runner import source_input_args
 from services.transcode.model import ClipContainer
 from services.transcode.plan import (
@@ -134,7 +135,7 @@ def sprite_command(storyboard: StoryboardPlan, tiles_dir: Path, board_dir: Path)
     """Lays the storyboard tiles (our own files) out on sheets of columns x rows; the last
     sheet is padded."""
     return [
-        *("-protocol_whitelist", "file", "-f", "image2", "-framerate", "1"),
+        *("-protocol_whitelist", demux.LOCAL_PROTOCOLS, "-f", "image2", "-framerate", "1"),
         *("-start_number", "0", "-i", f"file:{tiles_dir / TILE_PATTERN}"),
         *("-vf", f"tile={storyboard.columns}x{storyboard.rows}", "-c:v", "mjpeg", "-q:v", "5"),
         *("-fps_mode", "passthrough", "-start_number", "0"),
@@ -172,7 +173,8 @@ def hls_command(ladder: LadderPlan, renditions: dict[str, Path], hls_dir: Path) 
     times."""
     args: list[str] = []
     for rung in ladder.rungs:
-        args += ["-protocol_whitelist", "file", "-f", "mp4", "-i", f"file:{renditions[rung.name]}"]
+        args += ["-protocol_whitelist", demux.LOCAL_PROTOCOLS, "-f", "mp4"]
+        args += ["-i", f"file:{renditions[rung.name]}"]
     for index, rung in enumerate(ladder.rungs):
         variant = hls_dir / rung.name
         args += ["-map", str(index), "-c", "copy", "-f", "hls"]

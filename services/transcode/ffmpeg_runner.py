@@ -10,10 +10,11 @@ error with a fixed message and a reason (``CORRUPT_SOURCE``, ``UNSUPPORTED_FORMA
 else is ``Internal``). If the awaiting task is cancelled, ffmpeg gets SIGTERM, then SIGKILL
 after ``terminate_timeout`` seconds, is reaped, and the ``CancelledError`` propagates.
 
-Untrusted sources are opened only through ``source_input_args``:
-- ``-protocol_whitelist`` is ``file`` for a local path and ``http,https,tcp,tls,crypto`` for a
-  URL, so nothing inside the file can make a demuxer reach another protocol.
-- ``-format_whitelist`` lists the media demuxers we accept (``SOURCE_FORMATS``). libavformat
+Untrusted sources are opened only through ``source_input_args``, with the allowlists of
+``runtime.demux`` (the same as ingest's and transcribe's):
+- ``-protocol_whitelist`` is ``file`` for a local path and ``http,https,tcp,tls`` for a URL, so
+  nothing inside the file can make a demuxer reach another protocol.
+- ``-format_whitelist`` lists the media demuxers we accept (``demux.FORMATS``). libavformat
   checks it after probing, whatever the file name or the caller's probe said, so an HLS
   playlist, an ffconcat list, an image sequence or anything else that reads *other* files
   fails with "Format not on whitelist" (UNSUPPORTED_FORMAT) instead of being followed. That is
@@ -32,6 +33,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime import demux
 from runtime.errors import (
     Internal,
     InvalidArgument,
@@ -56,34 +58,6 @@ COMMON_ARGS: tuple[str, ...] = (
     "-stats_period",
     "0.5",
 )
-#: Demuxers an untrusted source may use (libavformat short names).
-SOURCE_FORMATS: tuple[str, ...] = (
-    "mov",
-    "matroska",
-    "avi",
-    "mpegts",
-    "mpeg",
-    "flv",
-    "asf",
-    "ogg",
-    "mxf",
-    "ivf",
-    "h264",
-    "hevc",
-    "m4v",
-    "dv",
-    "nut",
-    "wav",
-    "w64",
-    "aiff",
-    "caf",
-    "mp3",
-    "aac",
-    "flac",
-    "amr",
-)
-LOCAL_PROTOCOLS = "file"
-REMOTE_PROTOCOLS = "http,https,tcp,tls,crypto"
 
 
 def source_url(media_url: str) -> str:
@@ -98,13 +72,8 @@ def source_url(media_url: str) -> str:
 def source_input_args(url: str, *, seek: float | None = None) -> list[str]:
     """Input options and ``-i`` for an untrusted source (``url`` from ``source_url``).
     ``seek`` seeks on the input (fast: demuxer seek, then decode to the exact time)."""
-    remote = url.startswith(("http://", "https://"))
-    args = [
-        "-protocol_whitelist",
-        REMOTE_PROTOCOLS if remote else LOCAL_PROTOCOLS,
-        "-format_whitelist",
-        ",".join(SOURCE_FORMATS),
-    ]
+    remote = demux.is_remote(url)
+    args = demux.ffmpeg_args(remote=remote)
     if remote:
         # A stalled or dropped connection errors out or resumes instead of hanging or ending
         # the output early (which would look like a truncated source).

@@ -16,8 +16,8 @@ from pathlib import Path
 import av
 import av.error
 
+from runtime import demux
 from runtime.errors import InvalidArgument, NotFound, Unavailable
-from services.transcode.ffmpeg_runner import LOCAL_PROTOCOLS, REMOTE_PROTOCOLS, SOURCE_FORMATS
 from services.transcode.model import AudioInfo, SourceInfo, VideoInfo
 
 log = logging.getLogger(__name__)
@@ -25,11 +25,7 @@ log = logging.getLogger(__name__)
 
 def probe_source(url: str, *, timeout: float = 30.0) -> SourceInfo:
     """Probes an untrusted source (``url`` as ``ffmpeg_runner.source_url`` returns it)."""
-    remote = url.startswith(("http://", "https://"))
-    options = {
-        "protocol_whitelist": REMOTE_PROTOCOLS if remote else LOCAL_PROTOCOLS,
-        "format_whitelist": ",".join(SOURCE_FORMATS),
-    }
+    options = demux.pyav_options(remote=demux.is_remote(url))
     try:
         container = av.open(url, options=options, timeout=timeout)
     except (av.error.FileNotFoundError, av.error.HTTPNotFoundError):

@@ -1,9 +1,10 @@
 """Audio in: any file PyAV decodes, as 16 kHz mono float32 samples (what Whisper expects).
 
-The demuxer only sees what it is allowed to, as in the ingest probe: self-contained audio/video
-containers (no HLS, DASH, concat or anything else that names other files or URLs), the ``file``
-protocol for local paths and ``http(s)`` for presigned object URLs. Decoding is blocking: run it
-in a worker thread; it checks ``stop`` between frames so a cancelled call does not decode on.
+The demuxer only sees what it is allowed to (``runtime.demux``, as in every service):
+self-contained audio/video containers (no HLS, DASH, concat or anything else that names other
+files or URLs), the ``file`` protocol for local paths and ``http(s)`` for presigned object
+URLs. Decoding is blocking: run it in a worker thread; it checks ``stop`` between frames so a
+cancelled call does not decode on.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import av.error
 import numpy as np
 import numpy.typing as npt
 
+from runtime import demux
 from runtime.errors import Cancelled, InvalidArgument, Unavailable
 
 log = logging.getLogger(__name__)
@@ -26,30 +28,6 @@ SAMPLE_RATE = 16_000
 
 Samples = npt.NDArray[np.float32]
 
-#: Demuxers that may open the input: self-contained A/V containers only.
-ALLOWED_FORMATS = (
-    "wav",
-    "w64",
-    "flac",
-    "mp3",
-    "ogg",
-    "mov,mp4,m4a,3gp,3g2,mj2",
-    "matroska,webm",
-    "aac",
-    "aiff",
-    "caf",
-    "amr",
-    "wv",
-    "ac3",
-    "eac3",
-    "asf",
-    "avi",
-    "flv",
-    "mpegts",
-    "mpeg",
-)
-FILE_PROTOCOLS = "file"
-URL_PROTOCOLS = "http,https,tcp,tls"
 #: Samples grouped per resampler call (about 30 s at 16 kHz).
 _GROUP = 500_000
 
@@ -65,15 +43,12 @@ def decode_audio(
     """The first audio stream of ``source`` (a local path or an http(s) URL) as 16 kHz mono
     float32 samples in [-1, 1]. Raises ``InvalidArgument`` (NOT_AUDIO, AUDIO_TOO_LONG),
     ``Unavailable`` when a URL cannot be read, ``Cancelled`` once ``stop`` is set."""
-    local = not source.startswith(("http://", "https://"))
+    remote = demux.is_remote(source)
     try:
         container = av.open(
-            f"file:{source}" if local else source,
+            source if remote else f"file:{source}",
             mode="r",
-            options={
-                "format_whitelist": ",".join(ALLOWED_FORMATS),
-                "protocol_whitelist": FILE_PROTOCOLS if local else URL_PROTOCOLS,
-            },
+            options=demux.pyav_options(remote=remote),
             metadata_errors="ignore",
             timeout=(30.0, 30.0),
         )

@@ -1,0 +1,81 @@
+"""The one demuxer and protocol allowlist (runtime/demux.py), through real PyAV and real ffmpeg:
+media opens, playlists and lists that name other files are refused before they are followed,
+and a remote source cannot fall back to local files."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import av
+import av.error
+import pytest
+
+from runtime import demux
+from runtime.ffmpeg import ffmpeg_path
+from tests.media import make_clip
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("demux")
+    mp4 = make_clip(root / "clip.mp4", seconds=1.0, width=64, height=48)
+    mkv = make_clip(root / "clip.mkv", seconds=1.0, width=64, height=48, container_args=())
+    wav = make_clip(
+        root / "clip.wav", seconds=1.0, video=False, container_args=("-c:a", "pcm_s16le")
+    )
+    hls = root / "index.m3u8"
+    hls.write_text(
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:10\n"
+        f"#EXTINF:1.0,\n{mp4}\n#EXT-X-ENDLIST\n"
+    )
+    concat = root / "list.ffconcat"
+    concat.write_text(f"ffconcat version 1.0\nfile '{mp4}'\n")
+    return {"mp4": mp4, "mkv": mkv, "wav": wav, "hls": hls, "concat": concat}
+
+
+def ffmpeg_reads(path: Path) -> subprocess.CompletedProcess[str]:
+    args = [ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-nostdin"]
+    args += [*demux.ffmpeg_args(remote=False), "-i", f"file:{path}", "-f", "null", "-"]
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_every_listed_demuxer_exists() -> None:
+    # A misspelt name would not widen anything, but the format it meant would be refused.
+    assert set(demux.FORMATS) <= av.formats_available
+    assert not {"hls", "dash", "concat", "image2", "sdp", "rtsp"} & set(demux.FORMATS)
+
+
+@pytest.mark.parametrize("name", ["mp4", "mkv", "wav"])
+def test_media_opens_with_pyav_and_ffmpeg(clips: dict[str, Path], name: str) -> None:
+    with av.open(f"file:{clips[name]}", options=demux.pyav_options(remote=False)) as container:
+        assert container.streams.audio
+    assert ffmpeg_reads(clips[name]).returncode == 0
+
+
+@pytest.mark.parametrize("name", ["hls", "concat"])
+def test_lists_of_other_files_are_refused_before_they_are_followed(
+    clips: dict[str, Path], name: str
+) -> None:
+    with pytest.raises(av.error.ArgumentError):
+        av.open(f"file:{clips[name]}", options=demux.pyav_options(remote=False))
+    result = ffmpeg_reads(clips[name])
+    assert result.returncode != 0
+    assert "not on whitelist" in result.stderr
+
+
+def test_a_remote_source_cannot_read_local_files(clips: dict[str, Path]) -> None:
+    assert "file" not in demux.REMOTE_PROTOCOLS.split(",")
+    with pytest.raises(av.error.FFmpegError):
+        av.open(f"file:{clips['mp4']}", options=demux.pyav_options(remote=True))
+    args = demux.ffmpeg_args(remote=True)
+    assert args[args.index("-protocol_whitelist") + 1] == "http,https,tcp,tls"
+    assert args[args.index("-format_whitelist") + 1] == ",".join(demux.FORMATS)
+
+
+def test_only_http_urls_are_remote() -> None:
+    assert demux.is_remote("https://s3.example/b/k?X-Amz-Signature=abc")
+    assert demux.is_remote("http://127.0.0.1:9000/b/k")
+    assert not demux.is_remote("/tmp/x.mp4")
+    assert not demux.is_remote("file:/tmp/x.mp4")
+    assert not demux.is_remote(Path("https://not/a/url"))
