@@ -12,28 +12,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
-import random
 import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
 from gateway.pipeline import Stage, StageContext, StageResult, finished
 from gateway.runs import ClaimedJob, LeaseLost, Runs
 from gateway.settings import GatewaySettings
+from reelmill.retry import Backoff
 from reelmill.v1 import job_pb2
 from runtime.errors import DeadlineExceeded, Internal, ReelmillError
 from runtime.logs import log_context
+from runtime.telemetry import context_from
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+
+#: Between failed claims while the database is unreachable.
+CLAIM_BACKOFF = Backoff(initial=0.5, maximum=10.0)
+#: An attempt that ran this share of its budget or more before DEADLINE_EXCEEDED used all of it.
+WHOLE_BUDGET = 0.98
 
 
 #: Reasons of transient codes that a retry would only repeat (the import already retried
-#: within its own limits, or the input itself is too large).
-PERMANENT_REASONS = frozenset({"DOWNLOAD_TOO_LARGE", "DOWNLOAD_TIMEOUT"})
+#: within its own limits, the input itself is too large, or no longer budget is left).
+PERMANENT_REASONS = frozenset({"DOWNLOAD_TOO_LARGE", "DOWNLOAD_TIMEOUT", "STAGE_TIMEOUT"})
 
 
 def retryable(error: ReelmillError) -> bool:
@@ -63,6 +74,11 @@ class Orchestrator:
         self.runs = runs
         self.stages = {s.name: s for s in stages}
         self.lease = timedelta(seconds=settings.lease_seconds)
+        #: Between the attempts of a stage.
+        self.retry_backoff = Backoff(
+            initial=settings.retry_initial_backoff_seconds,
+            maximum=settings.retry_max_backoff_seconds,
+        )
         self.wake = asyncio.Event()
         self.draining = False
         self.running: dict[uuid.UUID, asyncio.Task[None]] = {}
@@ -87,18 +103,18 @@ class Orchestrator:
     # the claim loop ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        backoff = 0.5
+        failures = 0
         async with asyncio.TaskGroup() as group:
             while not self.draining:
                 free = self.settings.max_concurrent_jobs - len(self.running)
                 if free > 0:
                     try:
                         claimed = await self.runs.claim(free, self.lease)
-                        backoff = 0.5
-                    except (OSError, Exception) as exc:  # database down: keep trying
+                        failures = 0
+                    except Exception as exc:  # database down: keep trying
+                        failures += 1
                         log.warning("claiming jobs failed: %s", exc)
-                        await asyncio.sleep(backoff)
-                        backoff = min(backoff * 2, 10.0)
+                        await asyncio.sleep(CLAIM_BACKOFF.delay(failures))
                         continue
                     for job in claimed:
                         task = group.create_task(self._run_job(job), name=f"job-{job.id}")
@@ -156,7 +172,16 @@ class Orchestrator:
                 log.exception("could not record the job's outcome; it resumes after its lease")
 
     async def _run_claimed(self, job: ClaimedJob) -> None:
-        with log_context(job_id=str(job.id)):
+        # Every run of the job, on whichever gateway, is a child of the CreateJob call's span:
+        # one trace per job, across retries and takeovers.
+        with (
+            log_context(job_id=str(job.id)),
+            tracer.start_as_current_span(
+                "job.run",
+                context=context_from(job.trace_context),
+                attributes={"reelmill.job_id": str(job.id), "reelmill.job.run": job.runs},
+            ),
+        ):
             keeper = asyncio.create_task(self._keep_lease(job.id), name=f"lease-{job.id}")
             try:
                 await self.runs.start(job.id)
@@ -200,13 +225,54 @@ class Orchestrator:
             return None
         return (job.deadline - datetime.now(UTC)).total_seconds()
 
-    def backoff(self, attempt: int) -> float:
-        """Full-jitter-ish backoff before retry ``attempt`` (1-based): uniform in [c/2, c]."""
-        ceiling = min(
-            self.settings.retry_max_backoff_seconds,
-            self.settings.retry_initial_backoff_seconds * 2 ** (attempt - 1),
-        )
-        return random.uniform(ceiling / 2, ceiling)
+    def _attempt_timeout(self, job: ClaimedJob, budget: float) -> float:
+        """An attempt's deadline: the stage's budget, never past the job's deadline."""
+        left = self._seconds_left(job)
+        return budget if left is None else max(min(budget, left), 0.0)
+
+    def _after_failure(
+        self, name: str, error: ReelmillError, timeout: float, used: float, job: ClaimedJob
+    ) -> tuple[float, ReelmillError]:
+        """The next attempt's budget, and the error as the retry decision should see it.
+
+        An attempt that timed out after using its whole budget would most likely time out
+        again with the same one: the next attempt gets twice the budget (still never past the
+        job's deadline). When the budget cannot grow any more, because the job's deadline is
+        what bounded it, the stage is not retried: it fails DEADLINE_EXCEEDED
+        ``STAGE_TIMEOUT``. A DEADLINE_EXCEEDED that came early (a service's own deadline) is
+        an ordinary transient failure."""
+        if not isinstance(error, DeadlineExceeded) or used < timeout * WHOLE_BUDGET:
+            return timeout, error
+        grown = self._attempt_timeout(job, timeout * 2)
+        if grown <= timeout:
+            return timeout, DeadlineExceeded(
+                f"the {name} stage did not finish within {timeout:.0f}s, and the job's "
+                "deadline leaves no longer budget for another attempt",
+                reason="STAGE_TIMEOUT",
+            )
+        return grown, error
+
+    async def _attempt(self, stage: Stage, ctx: StageContext) -> StageResult:
+        """One attempt of a stage, as a span (child of the job's run) whose children are the
+        service's spans: the gRPC interceptors carry the context."""
+        with tracer.start_as_current_span(
+            f"stage {stage.name}",
+            attributes={
+                "reelmill.job_id": str(ctx.job.id),
+                "reelmill.stage": stage.name,
+                "reelmill.attempt": ctx.attempt,
+                "reelmill.timeout_seconds": round(ctx.timeout, 3),
+            },
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                return await stage.run(ctx)
+            except ReelmillError as error:
+                span.set_status(Status(StatusCode.ERROR, f"{error.code.name}: {error.message}"))
+                span.set_attribute("reelmill.error.code", error.code.name)
+                span.set_attribute("reelmill.error.reason", error.reason)
+                raise
 
     async def _finish_failed(self, job_id: uuid.UUID, error: ReelmillError) -> None:
         with contextlib.suppress(LeaseLost):
@@ -269,12 +335,9 @@ class Orchestrator:
                     message=message,
                 )
 
+            budget = self.settings.stage_timeout_seconds
             ctx = StageContext(
-                job=job,
-                outputs=outputs,
-                fields=fields,
-                report=report,
-                timeout=self.settings.stage_timeout_seconds,
+                job=job, outputs=outputs, fields=fields, report=report, timeout=budget
             )
             if (reason := stage.skip_reason(ctx)) is not None:
                 await self.runs.update_stage(job.id, name, state="SKIPPED", message=reason)
@@ -282,6 +345,7 @@ class Orchestrator:
             attempts = next(row.attempts for row in job.stages if row.name == name)
             while True:
                 attempts += 1
+                timeout = self._attempt_timeout(job, budget)
                 await self.runs.update_stage(
                     job.id,
                     name,
@@ -292,9 +356,13 @@ class Orchestrator:
                 )
                 started = time.monotonic()
                 try:
-                    result = await stage.run(ctx)
+                    result = await self._attempt(
+                        stage, dataclasses.replace(ctx, timeout=timeout, attempt=attempts)
+                    )
                     break
                 except ReelmillError as error:
+                    used = time.monotonic() - started
+                    budget, error = self._after_failure(name, error, timeout, used, job)
                     if not retryable(error) or attempts >= self.settings.stage_max_attempts:
                         await self.runs.update_stage(
                             job.id,
@@ -304,7 +372,7 @@ class Orchestrator:
                             message=error.message,
                         )
                         raise StageFailed(name, error) from None
-                    delay = self.backoff(attempts)
+                    delay = self.retry_backoff.delay(attempts)
                     log.warning(
                         "stage failed transiently; retrying",
                         extra={
@@ -313,6 +381,7 @@ class Orchestrator:
                             "reason": error.reason,
                             "error": error.message,
                             "backoff_seconds": round(delay, 2),
+                            "next_timeout_seconds": round(self._attempt_timeout(job, budget), 2),
                         },
                     )
                     await self.runs.update_stage(

@@ -27,6 +27,7 @@ from gateway.convert import from_json, stage_to_proto, to_json, video_to_proto
 from gateway.db import models
 from gateway.journal import append_event, state_event
 from gateway.purges import request_job_purge
+from reelmill.retry import Backoff, retry
 from reelmill.v1 import job_pb2, media_pb2, pipeline_pb2
 from runtime.errors import Unavailable
 
@@ -38,6 +39,7 @@ T = TypeVar("T")
 #: How long a runner write keeps retrying while the database is unreachable. Meanwhile the
 #: lease may expire and another replica take the job; the fence then ends this run.
 DISCONNECT_RETRY_SECONDS = 300.0
+DISCONNECT_BACKOFF = Backoff(initial=0.2, maximum=5.0)
 
 
 class LeaseLost(Exception):
@@ -94,18 +96,16 @@ def survives_disconnects(
 
     @functools.wraps(method)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + DISCONNECT_RETRY_SECONDS
-        delay = 0.2
-        while True:
-            try:
-                return await method(*args, **kwargs)
-            except Exception as exc:
-                if not disconnected(exc) or loop.time() + delay > give_up:
-                    raise
-                log.warning("database unreachable; retrying %s: %s", method.__name__, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        def told(_retry: int, exc: Exception, _delay: float) -> None:
+            log.warning("database unreachable; retrying %s: %s", method.__name__, exc)
+
+        return await retry(
+            functools.partial(method, *args, **kwargs),
+            retry_on=disconnected,
+            backoff=DISCONNECT_BACKOFF,
+            deadline=asyncio.get_running_loop().time() + DISCONNECT_RETRY_SECONDS,
+            on_retry=told,
+        )
 
     return wrapper
 
@@ -132,6 +132,10 @@ class ClaimedJob:
     stages: tuple[StageRow, ...]
     #: When the job fails with DEADLINE_EXCEEDED if still running.
     deadline: datetime | None = None
+    #: The trace context of the CreateJob call, which every run continues.
+    trace_context: dict[str, Any] | None = None
+    #: How many times the job has been claimed (this run included).
+    runs: int = 1
 
 
 _CLAIM = text(
@@ -212,6 +216,8 @@ class Runs:
                 for s in stages
             ),
             deadline=job.deadline,
+            trace_context=job.trace_context,
+            runs=job.attempts,
         )
 
     async def _fence(self, session: AsyncSession, job_id: uuid.UUID) -> models.Job:

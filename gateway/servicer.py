@@ -36,6 +36,7 @@ from runtime.errors import (
 )
 from runtime.storage import ObjectStore
 from runtime.streams import drain
+from runtime.telemetry import current_context
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +269,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             stages=plan_stages(self.stages, request.spec, from_url=url is not None),
             timeout=timeout,
             max_active=self.settings.owner_max_active_jobs,
+            trace_context=current_context(),
         )
         log.info(
             "job created" if created else "job returned for repeated request_id",

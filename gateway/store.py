@@ -290,6 +290,7 @@ class Store:
         stages: Sequence[StagePlan],
         timeout: timedelta | None = None,
         max_active: int = 0,
+        trace_context: dict[str, str] | None = None,
     ) -> tuple[job_pb2.Job, bool]:
         """Creates a queued job, or returns the caller's earlier job with the same request_id.
         The boolean says whether it was created now. With ``max_active``, a new job beyond
@@ -335,6 +336,7 @@ class Store:
                         labels=labels,
                         request_id=request_id or None,
                         deadline=func.now() + timeout if timeout is not None else None,
+                        trace_context=trace_context or None,
                     )
                     .on_conflict_do_nothing(
                         index_elements=["owner", "request_id"],

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -110,7 +110,7 @@ class Harness:
         return video_id
 
     async def job(
-        self, stages: list[Scripted], video_id: str | None = None, timeout: float | None = None
+        self, stages: Sequence[Stage], video_id: str | None = None, timeout: float | None = None
     ) -> str:
         job, _ = await self.store.create_job(
             OWNER,
@@ -125,7 +125,7 @@ class Harness:
         return job.id
 
     @contextlib.asynccontextmanager
-    async def running(self, stages: list[Scripted]) -> AsyncIterator[Orchestrator]:
+    async def running(self, stages: Sequence[Stage]) -> AsyncIterator[Orchestrator]:
         orchestrator = Orchestrator(
             self.settings,
             Runs(self.sessions, f"test-{uuid.uuid4().hex[:6]}", purge_delay=timedelta(0)),
@@ -271,6 +271,7 @@ def test_retry_policy() -> None:
     assert retryable(ResourceExhausted("x"))
     assert not retryable(ResourceExhausted("too big", reason="DOWNLOAD_TOO_LARGE"))
     assert not retryable(DeadlineExceeded("slow", reason="DOWNLOAD_TIMEOUT"))
+    assert not retryable(DeadlineExceeded("no budget left", reason="STAGE_TIMEOUT"))
     for permanent in (InvalidArgument("x"), FailedPrecondition("x"), NotFound("x"), Internal("x")):
         assert not retryable(permanent)
 
@@ -281,7 +282,7 @@ def test_backoff_is_capped_and_jittered(harness: Harness) -> None:
     )
     orchestrator = Orchestrator(settings, Runs(harness.sessions, "w"), [])
     for attempt, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (9, 8.0)]:
-        delays = {orchestrator.backoff(attempt) for _ in range(50)}
+        delays = {orchestrator.retry_backoff.delay(attempt) for _ in range(50)}
         assert all(ceiling / 2 <= d <= ceiling for d in delays), (attempt, delays)
         assert len(delays) > 1  # jittered
 
@@ -299,6 +300,65 @@ async def test_job_deadline_fails_the_job_and_stops_its_stage(harness: Harness) 
     assert job.state == job_pb2.JOB_STATE_FAILED
     assert (job.error.code, job.error.reason) == ("DEADLINE_EXCEEDED", "JOB_DEADLINE_EXCEEDED")
     assert stage_of(job, "transcode").state == job_pb2.STAGE_STATE_CANCELLED
+
+
+@dataclass
+class Slow(Stage):
+    """A stage whose work takes ``needs`` seconds and that honours its call's deadline as a
+    service does: past ``ctx.timeout`` it gives up with DEADLINE_EXCEEDED."""
+
+    name: str
+    needs: float
+    timeouts: list[float] = field(default_factory=list)
+    depends_on: tuple[str, ...] = ()
+
+    async def run(self, ctx: StageContext) -> StageResult:
+        self.timeouts.append(ctx.timeout)
+        try:
+            await asyncio.wait_for(asyncio.sleep(self.needs), ctx.timeout)
+        except TimeoutError:
+            raise DeadlineExceeded("Deadline Exceeded") from None
+        return StageResult(outputs={"ok": True})
+
+
+async def test_an_attempt_that_used_its_whole_budget_is_retried_with_twice_the_budget(
+    harness: Harness,
+) -> None:
+    stage = Slow("transcode", needs=0.6)
+    job_id = await harness.job([stage])
+    harness.settings = harness.settings.model_copy(update={"stage_timeout_seconds": 0.4})
+    async with harness.running([stage]):
+        job = await harness.finished(job_id)
+    assert job.state == job_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert stage.timeouts == [0.4, 0.8]
+    assert stage_of(job, "transcode").attempts == 2
+
+
+async def test_a_stage_bounded_by_the_job_deadline_is_not_retried_with_the_same_budget(
+    harness: Harness,
+) -> None:
+    # The first attempt gets its 3 s budget (the job has 4 s); it times out with under a
+    # second of the job left: a second attempt could only have less, so there is none.
+    stage = Slow("transcode", needs=60)
+    job_id = await harness.job([stage], timeout=4.0)
+    harness.settings = harness.settings.model_copy(update={"stage_timeout_seconds": 3.0})
+    async with harness.running([stage]):
+        job = await harness.finished(job_id)
+    assert job.state == job_pb2.JOB_STATE_FAILED
+    assert (job.error.code, job.error.reason) == ("DEADLINE_EXCEEDED", "STAGE_TIMEOUT")
+    assert len(stage.timeouts) == 1 and 2.0 < stage.timeouts[0] <= 3.0
+    assert stage_of(job, "transcode").attempts == 1
+
+
+async def test_an_early_deadline_exceeded_is_an_ordinary_transient_failure(
+    harness: Harness,
+) -> None:
+    stage = Scripted("transcode", harness.objects, failures=[DeadlineExceeded("upstream")])
+    job_id = await harness.job([stage])
+    async with harness.running([stage]):
+        job = await harness.finished(job_id)
+    assert job.state == job_pb2.JOB_STATE_SUCCEEDED
+    assert stage_of(job, "transcode").attempts == 2
 
 
 # -- purges ----------------------------------------------------------------------------------

@@ -87,6 +87,9 @@ class Job(Base):
     #: The job fails with DEADLINE_EXCEEDED when it has not finished by then.
     deadline: Mapped[datetime | None]
     last_event_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: The W3C trace context of the CreateJob call (``traceparent``, ``tracestate``): every
+    #: run of the job, on any gateway, continues that trace.
+    trace_context: Mapped[dict[str, Any] | None]
     create_time: Mapped[datetime] = mapped_column(server_default=func.now())
     start_time: Mapped[datetime | None]
     end_time: Mapped[datetime | None]
