@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 # One image for every reelmill process; the command picks the process:
 #   docker run reelmill python -m gateway            (the default)
+#   docker run reelmill python -m gateway migrate    (apply the database migrations, exit)
 #   docker run reelmill python -m services.ingest    (.transcode, .transcribe, .metadata)
-#   docker run reelmill reelmill migrate
 # deploy/k8s/ runs it as uid 10001 with a read-only root filesystem and emptyDirs at /tmp and
 # /scratch.
 

@@ -15,7 +15,7 @@ class GatewaySettings(ServiceSettings):
     #: SQLAlchemy URL of the gateway's Postgres, e.g. postgresql+asyncpg://user:pw@host/db.
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/reelmill"
     database_pool_size: int = Field(default=10, ge=1, le=200)
-    #: Apply Alembic migrations at start (otherwise run `reelmill migrate`).
+    #: Apply Alembic migrations at start (otherwise run `python -m gateway migrate`).
     migrate_on_start: bool = True
 
     #: gRPC targets of the internal services: "host:port", "dns:///name:port" or a

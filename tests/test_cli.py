@@ -1,17 +1,21 @@
 """The README's first command, for real: `reelmill demo` starts every process on embedded
-defaults (pgserver, local store), processes a sample video and stops everything."""
+defaults (pgserver, local store), processes a sample video and stops everything. And
+`reelmill migrate`, which runs the gateway's own `python -m gateway migrate`."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
+import asyncpg
 import psutil
 import pytest
 
-from tests.servers import free_port
+from tests.servers import PostgresServer, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -44,3 +48,50 @@ def _mentions(process: psutil.Process, needle: str) -> bool:
     except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
         return False
     return any(needle in part for part in parts)
+
+
+def test_migrate_runs_the_gateways_migrate_command(postgres: PostgresServer) -> None:
+    """`reelmill migrate` brings an empty database to the newest migration, as
+    `python -m gateway migrate` (what deployments run) does; again, it changes nothing."""
+    from gateway.db.engine import head_revision
+
+    name = f"cli_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_execute(postgres.dsn(), f'CREATE DATABASE "{name}"'))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REELMILL_")}
+    env["REELMILL_DATABASE_URL"] = postgres.url(name)
+    for command in (["reelmill.cli.main", "migrate"], ["gateway", "migrate"]):
+        done = subprocess.run(
+            [sys.executable, "-m", *command],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"database is at the newest migration ({head_revision()})" in done.stdout
+    version = "SELECT version_num FROM alembic_version"
+    assert asyncio.run(_execute(postgres.dsn(name), version)) == head_revision()
+
+
+async def _execute(dsn: str, sql: str) -> object:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
+
+
+def test_migrate_refuses_bad_settings() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REELMILL_")}
+    env["REELMILL_DATABASE_POOL_SIZE"] = "0"
+    done = subprocess.run(
+        [sys.executable, "-m", "reelmill.cli.main", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "gateway migrate: bad settings: REELMILL_DATABASE_POOL_SIZE" in done.stderr

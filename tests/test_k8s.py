@@ -207,7 +207,7 @@ def settings_class(process: str) -> type[BaseSettings]:
 
     return {
         "gateway": GatewaySettings,
-        "migrate": GatewaySettings,  # `reelmill migrate` loads the gateway's settings
+        "migrate": GatewaySettings,  # `python -m gateway migrate` loads the gateway's settings
         "ingest": IngestSettings,
         "transcode": TranscodeSettings,
         "transcribe": TranscribeSettings,
@@ -482,16 +482,14 @@ def test_one_image_for_every_process(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_migration_job_runs_the_cli(overlay: str) -> None:
-    from reelmill.cli.main import migrate, parser
+def test_migration_job_runs_the_gateways_migrate_command(overlay: str) -> None:
+    from gateway.__main__ import parser
 
     job = rendered(overlay).get("Job", "migrate")
     container = main_container(job)
     command = [*container["command"], *container.get("args", [])]
-    assert command[0] == "reelmill"
-    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert "reelmill" in scripts
-    assert parser().parse_args(command[1:]).run is migrate
+    assert command[:3] == ["python", "-m", "gateway"]
+    assert parser().parse_args(command[3:]).command == "migrate"
     assert pod(job)["spec"]["restartPolicy"] == "Never"
     assert job["spec"]["backoffLimit"] >= 3
 
@@ -782,12 +780,6 @@ class LocalCluster:
         executable, rest = argv[0], argv[1:]
         if executable == "python":
             return [sys.executable, *rest]
-        if executable == "reelmill":
-            script = Path(sys.executable).parent / "reelmill"
-            if script.exists():
-                return [str(script), *rest]
-            # The project is not installed here: the console script's entry point.
-            return [sys.executable, "-m", "reelmill.cli.main", *rest]
         raise AssertionError(f"unexpected executable {executable!r}")
 
     def start(self, workload: Obj) -> Started:

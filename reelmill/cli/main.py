@@ -7,13 +7,19 @@ reelmill jobs ls|get|cancel|watch   inspect and steer jobs
 reelmill videos ls|get|rm           inspect and delete uploads
 reelmill artifacts get|url          fetch what a job produced
 reelmill keys create|ls|revoke      manage your API keys
-reelmill migrate                    apply database migrations (REELMILL_DATABASE_URL)
+reelmill migrate                    runs `python -m gateway migrate` (REELMILL_DATABASE_URL)
+
+`up`, `demo` and `migrate` run the servers' code, so they need the server side (the gateway
+and services packages) installed beside the CLI; the other commands only call a gateway.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
+import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -226,7 +232,24 @@ def _with_client(command: Command, args: argparse.Namespace) -> int:
         return 1
 
 
+#: What ``up``, ``demo`` and ``migrate`` run. They start, or are, server processes; the
+#: CLI imports their server-side tooling (``reelmill.cli.up``, ``reelmill.cli.sample``) only
+#: in these commands, so every other command works from a client-only install.
+SERVER_PACKAGES = ("gateway", "runtime")
+
+
+def _require_server_side(command: str) -> None:
+    missing = [name for name in SERVER_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise SystemExit(
+            f"reelmill {command}: runs reelmill's servers on this machine, but this install has "
+            f"only the client (no {', '.join(missing)} package); install the whole reelmill "
+            "project, or point REELMILL_GATEWAY at a running gateway"
+        )
+
+
 def up(args: argparse.Namespace) -> int:
+    _require_server_side("up")
     from reelmill.cli.up import run_suite, serve_forever
 
     settings = CliSettings()
@@ -241,6 +264,7 @@ def up(args: argparse.Namespace) -> int:
 
 def demo(args: argparse.Namespace) -> int:
     """Starts the suite, processes a generated sample video, shows the result, stops."""
+    _require_server_side("demo")
     from reelmill.cli.sample import make_sample
     from reelmill.cli.up import run_suite
 
@@ -263,23 +287,12 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def migrate(_args: argparse.Namespace) -> int:
-    from gateway.db.engine import make_engine
-    from gateway.db.engine import migrate as run_migrations
-    from gateway.settings import GatewaySettings
-    from runtime.settings import load_settings
-
-    settings = load_settings(GatewaySettings)
-
-    async def main() -> None:
-        engine = make_engine(settings.database_url)
-        try:
-            await run_migrations(engine)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(main())
-    render.console.print("database is at the newest migration")
-    return 0
+    """The gateway's own command, ``python -m gateway migrate``, in this interpreter (kept for
+    those who run ``reelmill migrate``); logs in the console format unless set otherwise."""
+    _require_server_side("migrate")
+    env = {"REELMILL_LOG_FORMAT": "console", **os.environ}
+    command = [sys.executable, "-m", "gateway", "migrate"]
+    return subprocess.run(command, env=env, check=False).returncode
 
 
 def parser() -> argparse.ArgumentParser:
@@ -294,7 +307,12 @@ def parser() -> argparse.ArgumentParser:
     p = commands.add_parser("demo", help="start the suite, process a sample video, stop")
     p.add_argument("--listen", default="127.0.0.1:50051", help="gateway address")
     p.set_defaults(run=demo)
-    p = commands.add_parser("migrate", help="apply database migrations")
+    p = commands.add_parser(
+        "migrate",
+        help="apply the database migrations (runs `python -m gateway migrate`)",
+        description="Runs `python -m gateway migrate`: applies the database migrations to "
+        "REELMILL_DATABASE_URL (idempotent). Deployments run that command directly.",
+    )
     p.set_defaults(run=migrate)
 
     p = commands.add_parser("submit", help="upload a video (or name a URL) and create a job")
