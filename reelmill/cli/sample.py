@@ -1,4 +1,8 @@
-"""A sample video for demos, generated with ffmpeg (no download, nothing shipped)."""
+"""A sample video for demos, generated with ffmpeg (no download, nothing shipped).
+
+Server-side tooling, like ``reelmill.cli.up``: it finds ffmpeg as the services do
+(``runtime.ffmpeg``), so only ``reelmill demo`` imports it.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,9 @@
 """``reelmill up``: the whole suite on this machine, each service its own process.
 
+Server-side tooling: it needs the server packages and their dependencies (``pgserver``,
+``jwt``), so the CLI imports it only for ``up`` and ``demo``, once it has checked they are
+installed; no other client module imports it (``tests/test_client_package.py``).
+
 Embedded defaults: Postgres from the ``pgserver`` wheel in ``$REELMILL_HOME/pg`` and the
 local-directory object store in ``$REELMILL_HOME/objects``. Set ``REELMILL_DATABASE_URL`` (and
 ``REELMILL_STORAGE_BACKEND=s3`` with the ``REELMILL_S3_*`` settings) to use external ones.
