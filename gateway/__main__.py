@@ -62,8 +62,9 @@ def migrate() -> int:
 
     try:
         asyncio.run(main())
-    except Exception:  # unreachable database, failed migration: the log says which
-        log.exception("migration failed")
+    except Exception as exc:  # unreachable database, failed migration: one line says which
+        debug = log.isEnabledFor(logging.DEBUG)
+        log.error("migration failed: %s: %s", type(exc).__name__, exc, exc_info=debug)
         return 1
     log.info("database is at the newest migration (%s)", head_revision())
     return 0

@@ -82,16 +82,25 @@ async def _execute(dsn: str, sql: str) -> object:
         await conn.close()
 
 
-def test_migrate_refuses_bad_settings() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REELMILL_")}
-    env["REELMILL_DATABASE_POOL_SIZE"] = "0"
-    done = subprocess.run(
-        [sys.executable, "-m", "reelmill.cli.main", "migrate"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 2
-    assert "gateway migrate: bad settings: REELMILL_DATABASE_POOL_SIZE" in done.stderr
+def test_migrate_says_what_went_wrong() -> None:
+    """Exit code 2 and the setting for bad settings; 1 and one line for no database."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("REELMILL_")}
+
+    def migrate(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "reelmill.cli.main", "migrate"],
+            env={**base, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    bad = migrate(REELMILL_DATABASE_POOL_SIZE="0")
+    assert bad.returncode == 2
+    assert "gateway migrate: bad settings: REELMILL_DATABASE_POOL_SIZE" in bad.stderr
+    nowhere = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/reelmill"
+    unreachable = migrate(REELMILL_DATABASE_URL=nowhere)
+    assert unreachable.returncode == 1
+    assert "migration failed: ConnectionRefusedError" in unreachable.stdout
+    assert "Traceback" not in unreachable.stdout + unreachable.stderr
