@@ -20,17 +20,30 @@ from tests.servers import PostgresServer, free_port
 pytestmark = pytest.mark.e2e
 
 
-def test_demo_processes_a_sample_and_stops_cleanly(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REELMILL_")}
-    env["REELMILL_HOME"] = str(tmp_path / "home")
-    env["COLUMNS"] = "200"
-    result = subprocess.run(
-        [sys.executable, "-m", "reelmill.cli.main", "demo", "--listen", f"127.0.0.1:{free_port()}"],
-        env=env,
+def run(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m ARGS`` with ``env`` and none of this environment's ``REELMILL_*``."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("REELMILL_")}
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        env={**clean, **env},
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
         check=False,
+    )
+
+
+def test_demo_processes_a_sample_and_stops_cleanly(tmp_path: Path) -> None:
+    listen = f"127.0.0.1:{free_port()}"
+    home = str(tmp_path / "home")
+    result = run(
+        "reelmill.cli.main",
+        "demo",
+        "--listen",
+        listen,
+        timeout=600,
+        REELMILL_HOME=home,
+        COLUMNS="200",
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
@@ -57,17 +70,8 @@ def test_migrate_runs_the_gateways_migrate_command(postgres: PostgresServer) -> 
 
     name = f"cli_{uuid.uuid4().hex[:12]}"
     asyncio.run(_execute(postgres.dsn(), f'CREATE DATABASE "{name}"'))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REELMILL_")}
-    env["REELMILL_DATABASE_URL"] = postgres.url(name)
     for command in (["reelmill.cli.main", "migrate"], ["gateway", "migrate"]):
-        done = subprocess.run(
-            [sys.executable, "-m", *command],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        done = run(*command, REELMILL_DATABASE_URL=postgres.url(name))
         assert done.returncode == 0, done.stdout + done.stderr
         assert f"database is at the newest migration ({head_revision()})" in done.stdout
     version = "SELECT version_num FROM alembic_version"
@@ -84,23 +88,11 @@ async def _execute(dsn: str, sql: str) -> object:
 
 def test_migrate_says_what_went_wrong() -> None:
     """Exit code 2 and the setting for bad settings; 1 and one line for no database."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("REELMILL_")}
-
-    def migrate(**env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "reelmill.cli.main", "migrate"],
-            env={**base, **env},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-
-    bad = migrate(REELMILL_DATABASE_POOL_SIZE="0")
+    bad = run("reelmill.cli.main", "migrate", REELMILL_DATABASE_POOL_SIZE="0")
     assert bad.returncode == 2
     assert "gateway migrate: bad settings: REELMILL_DATABASE_POOL_SIZE" in bad.stderr
     nowhere = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/reelmill"
-    unreachable = migrate(REELMILL_DATABASE_URL=nowhere)
+    unreachable = run("reelmill.cli.main", "migrate", REELMILL_DATABASE_URL=nowhere)
     assert unreachable.returncode == 1
     assert "migration failed: ConnectionRefusedError" in unreachable.stdout
     assert "Traceback" not in unreachable.stdout + unreachable.stderr
