@@ -24,6 +24,7 @@ import asyncpg
 
 from gateway.convert import is_terminal
 from gateway.journal import EVENTS_CHANNEL
+from reelmill.retry import Backoff
 from reelmill.v1 import job_pb2, job_service_pb2
 from runtime.errors import NotFound, Unavailable
 
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 FEED_CAPACITY = 256
 #: How often an idle listening connection is probed.
 LIVENESS_SECONDS = 15.0
+#: Waits before the listener reconnects (reset by every connection made).
+RECONNECT_BACKOFF = Backoff(initial=0.2, maximum=5.0)
 
 LoadEvents = Callable[[uuid.UUID, int], Awaitable[list[job_pb2.JobEvent]]]
 
@@ -111,7 +114,7 @@ class EventHub:
 
     async def run(self) -> None:
         """Keeps one LISTEN connection open for the life of the process."""
-        backoff = 0.2
+        failures = 0
         while True:
             connection: asyncpg.Connection | None = None
             try:
@@ -122,7 +125,7 @@ class EventHub:
                 for channel, callbacks in self.channels.items():
                     await connection.add_listener(channel, _dispatch(callbacks))
                 self.connected.set()
-                backoff = 0.2
+                failures = 0
                 # Anything between the last connection's loss and now may have been missed.
                 for feed in self.feeds.values():
                     feed.reset()
@@ -140,8 +143,8 @@ class EventHub:
                 if connection is not None and not connection.is_closed():
                     with contextlib.suppress(Exception):
                         await asyncio.shield(connection.close(timeout=2))
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            failures += 1
+            await asyncio.sleep(RECONNECT_BACKOFF.delay(failures))
 
     def close(self) -> None:
         """Ends every watch stream with UNAVAILABLE (shutdown): clients reconnect, to another

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db import models
 from gateway.keys import imported_video_id, job_prefix, video_prefix
+from reelmill.retry import Backoff
 from runtime.storage import ObjectStore
 from runtime.storage.keys import normalize_prefix
 
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: A purge that keeps failing (storage down) is retried at most this many times.
 MAX_PURGE_ATTEMPTS = 20
+#: Waits before those retries: 1 s before the first, doubling up to 10 minutes (jittered).
+PURGE_BACKOFF = Backoff(initial=1.0, maximum=600.0)
 
 
 async def request_purge(
@@ -127,13 +130,11 @@ class Purger:
                 except Exception as exc:
                     log.warning("purging %s failed: %s", row.prefix, exc)
                     retry = row.attempts + 1 < MAX_PURGE_ATTEMPTS
+                    wait = timedelta(seconds=PURGE_BACKOFF.delay(row.attempts + 1))
                     await session.execute(
                         update(models.Purge)
                         .where(models.Purge.id == row.id)
-                        .values(
-                            attempts=row.attempts + 1,
-                            not_before=func.now() + timedelta(seconds=min(2**row.attempts, 600)),
-                        )
+                        .values(attempts=row.attempts + 1, not_before=func.now() + wait)
                         if retry
                         else delete(models.Purge).where(models.Purge.id == row.id)
                     )

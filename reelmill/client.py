@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import random
 from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -27,6 +26,7 @@ from types import TracebackType
 
 import grpc
 
+from reelmill.retry import Backoff
 from reelmill.status import error_reason as error_reason  # part of the client's API
 from reelmill.status import retry_after as retry_after
 from reelmill.v1 import (
@@ -44,6 +44,8 @@ TERMINAL_STATES = frozenset(
     {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}
 )
 _RECONNECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL})
+#: Waits before ``watch_job``'s reconnects (reset by every event received).
+_RECONNECT_BACKOFF = Backoff(initial=0.4, maximum=5.0)
 
 
 def file_sha256(path: Path) -> str:
@@ -251,7 +253,9 @@ class ReelmillClient:
                 if exc.code() not in _RECONNECT_CODES or failures >= max_reconnects:
                     raise
                 failures += 1
-                await asyncio.sleep(min(0.2 * 2**failures, 5.0) * random.uniform(0.5, 1.0))
+                await asyncio.sleep(
+                    _RECONNECT_BACKOFF.delay(failures, retry_after=retry_after(exc))
+                )
             finally:
                 call.cancel()
 

@@ -1,5 +1,5 @@
 """Calling Gemini through google-genai: one client per process, errors mapped to the domain
-tree, transient failures retried with capped, jittered exponential backoff.
+tree, transient failures retried with capped, jittered exponential backoff (``reelmill.retry``).
 
     401/403, or 400 API_KEY_INVALID     Unauthenticated     (GEMINI_UNAUTHENTICATED)
     429                                 ResourceExhausted   (GEMINI_QUOTA_EXHAUSTED)
@@ -29,6 +29,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
+from reelmill.retry import Backoff, Uniform, retry
 from runtime.errors import (
     FailedPrecondition,
     Internal,
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _MESSAGE_LIMIT = 300
+#: Waits between attempts: 1 s before the first retry, doubling up to 20 s (jittered).
+BACKOFF = Backoff(initial=1.0, maximum=20.0)
 
 
 @dataclass(frozen=True)
@@ -55,9 +58,8 @@ class GeminiConfig:
     timeout: float = 300.0
     #: Attempts per call when failures are transient.
     max_attempts: int = 4
-    #: First retry delay before jitter, doubled per attempt, capped at ``max_delay``.
-    base_delay: float = 1.0
-    max_delay: float = 20.0
+    #: Waits between those attempts.
+    backoff: Backoff = BACKOFF
     #: The HTTP transport under the SDK; ``None`` is the network. Tests pass a recorded one.
     transport: httpx2.AsyncBaseTransport | None = None
 
@@ -109,12 +111,6 @@ def gemini_config(settings: GeminiServiceSettings) -> GeminiConfig | None:
     )
 
 
-def backoff_delay(attempt: int, config: GeminiConfig, rng: Callable[[], float]) -> float:
-    """Full jitter: uniform in [0, min(max_delay, base_delay * 2**(attempt-1)))."""
-    cap: float = min(config.max_delay, config.base_delay * 2.0 ** (attempt - 1))
-    return cap * rng()
-
-
 class GeminiClient:
     """One SDK client (and one HTTP connection pool) for the process."""
 
@@ -123,11 +119,11 @@ class GeminiClient:
         config: GeminiConfig,
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        rng: Callable[[], float] = random.random,
+        uniform: Uniform = random.uniform,
     ) -> None:
         self.config = config
         self._sleep = sleep
-        self._rng = rng
+        self._uniform = uniform
         self._http = httpx2.AsyncClient(transport=config.transport, timeout=config.timeout)
         self.client = genai.Client(
             api_key=config.api_key,
@@ -142,28 +138,34 @@ class GeminiClient:
 
     async def call(self, fn: Callable[[], Awaitable[T]], *, what: str) -> T:
         """``fn()``, retried while it fails transiently; failures as domain errors."""
-        attempts = self.config.max_attempts
-        for attempt in range(1, attempts + 1):
+
+        async def once() -> T:
             try:
                 return await fn()
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
                 error = map_error(exc)
-                if not isinstance(error, Unavailable) or attempt == attempts:
-                    raise error from (exc if isinstance(error, Internal) else None)
-                delay = backoff_delay(attempt, self.config, self._rng)
-                log.warning(
-                    "gemini call failed; retrying",
-                    extra={
-                        "what": what,
-                        "attempt": attempt,
-                        "delay": round(delay, 2),
-                        "error": error.message,
-                    },
-                )
-                await self._sleep(delay)
-        raise AssertionError("unreachable")
+                raise error from (exc if isinstance(error, Internal) else None)
+
+        def told(attempt: int, error: Exception, delay: float) -> None:
+            log.warning(
+                "gemini call failed; retrying",
+                extra={
+                    "what": what,
+                    "attempt": attempt,
+                    "delay": round(delay, 2),
+                    "error": str(error),
+                },
+            )
+
+        return await retry(
+            once,
+            retry_on=lambda error: isinstance(error, Unavailable),
+            backoff=self.config.backoff,
+            attempts=self.config.max_attempts,
+            on_retry=told,
+            sleep=self._sleep,
+            uniform=self._uniform,
+        )
 
     async def generate(
         self,

@@ -22,6 +22,7 @@ import pytest
 import srt
 import webvtt
 
+from reelmill.retry import Backoff
 from reelmill.v1 import media_pb2, pipeline_pb2, transcribe_service_pb2, transcribe_service_pb2_grpc
 from runtime.errors import (
     FailedPrecondition,
@@ -32,7 +33,7 @@ from runtime.errors import (
     error_info,
 )
 from runtime.ffmpeg import ffmpeg_path
-from runtime.genai import GeminiClient, GeminiConfig, backoff_delay
+from runtime.genai import GeminiClient, GeminiConfig
 from runtime.progress import ProgressUpdate
 from runtime.server import build_server
 from runtime.storage.keys import normalize_prefix
@@ -514,7 +515,7 @@ def gemini_transcriber(
     config = GeminiConfig(
         api_key="test-key", max_attempts=3, transport=httpx2.MockTransport(recorded)
     )
-    client = GeminiClient(config, sleep=no_sleep, rng=lambda: 0.5)
+    client = GeminiClient(config, sleep=no_sleep, uniform=lambda low, high: high)
     transcriber = build_transcriber(settings, store, client)
     return transcriber, delays
 
@@ -537,8 +538,8 @@ async def test_gemini_request_and_response(
     # Gemini's end time past the audio (11.6 s) is clamped inside it.
     assert [(s.start, s.end) for s in transcript.segments] == [(0.0, 8.1), (8.1, 11.0)]
     check_timing(transcript)
-    # One transient failure, retried after a jittered backoff.
-    assert len(recorded.requests) == 2 and delays == [0.5]
+    # One transient failure, retried after a jittered backoff (here its ceiling).
+    assert len(recorded.requests) == 2 and delays == [1.0]
 
     request = recorded.requests[-1]
     assert request.method == "POST"
@@ -586,10 +587,37 @@ async def test_gemini_errors_are_mapped(
     assert len(recorded.requests) == attempts and len(delays) == attempts - 1
 
 
-def test_backoff_is_capped_and_jittered() -> None:
-    config = GeminiConfig(api_key="k", base_delay=1.0, max_delay=5.0)
-    assert [backoff_delay(n, config, lambda: 1.0) for n in range(1, 6)] == [1, 2, 4, 5, 5]
-    assert backoff_delay(3, config, lambda: 0.25) == 1.0
+@pytest.mark.parametrize(
+    ("uniform", "expected"),
+    [
+        (lambda low, high: high, [1.0, 2.0, 4.0, 5.0, 5.0]),
+        (lambda low, high: low, [0.5, 1.0, 2.0, 2.5, 2.5]),
+    ],
+)
+async def test_backoff_is_capped_and_jittered(
+    uniform: Callable[[float, float], float], expected: list[float]
+) -> None:
+    delays: list[float] = []
+
+    async def no_sleep(delay: float) -> None:
+        delays.append(delay)
+
+    config = GeminiConfig(
+        api_key="k",
+        max_attempts=6,
+        backoff=Backoff(initial=1.0, maximum=5.0),
+        transport=httpx2.MockTransport(lambda request: httpx2.Response(503, json={})),
+    )
+    client = GeminiClient(config, sleep=no_sleep, uniform=uniform)
+
+    async def fails() -> None:
+        await client.client.aio.models.generate_content(model=client.model, contents="x")
+
+    with pytest.raises(Unavailable):
+        await client.call(fails, what="test")
+    await client.close()
+    # Equal jitter: in [c/2, c] for the ceiling c, which doubles up to the maximum.
+    assert delays == expected
 
 
 async def test_gemini_upload_path_for_long_audio(

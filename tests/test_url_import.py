@@ -36,6 +36,7 @@ from yt_dlp.utils import (  # type: ignore[import-untyped]
     GeoRestrictedError,
 )
 
+from reelmill.retry import Backoff
 from reelmill.v1 import ingest_service_pb2 as pb
 from reelmill.v1 import media_pb2
 from reelmill.v1.ingest_service_pb2_grpc import IngestServiceStub
@@ -60,6 +61,8 @@ from tests.servers import S3Server
 from tests.test_ingest import Ingest
 
 KEY = "videos/v1/source"
+#: Retries in tests wait tens of milliseconds.
+FAST_BACKOFF = Backoff(initial=0.02, maximum=0.1)
 
 
 # -- a media server on loopback ---------------------------------------------------------------
@@ -250,6 +253,7 @@ def importing(
         resolver: FakeResolver | None = None,
         extractors: Sequence[type[Any]] | None = None,
         attempts: int = 3,
+        backoff: Backoff = FAST_BACKOFF,
         max_bytes: int = 50 * 1024 * 1024,
         verify: ssl.SSLContext | bool = True,
         port: int | None = None,
@@ -288,8 +292,7 @@ def importing(
                 max_bytes=settings.url_import_max_bytes,
                 timeout=settings.url_import_timeout_seconds,
                 attempts=settings.url_import_attempts,
-                backoff_base=0.02,
-                backoff_cap=0.1,
+                backoff=backoff,
                 progress_interval=0.0,
             ),
             platforms=PlatformExtractor(guard, extractors=extractors)
@@ -830,6 +833,28 @@ async def test_remote_statuses(
     assert info is not None and info.metadata["http_status"] == str(status)
     retried = code == grpc.StatusCode.UNAVAILABLE
     assert server.paths() == ["/x"] * (2 if retried else 1)
+
+
+async def test_no_retry_is_made_when_retry_after_would_end_past_the_deadline(
+    importing: Any, server: MediaServer
+) -> None:
+    def busy(handler: BaseHTTPRequestHandler) -> None:
+        send(handler, b"busy", status=503, headers=[("Retry-After", "30")])
+
+    server.routes["/x"] = busy
+    # Retry-After raises the wait to the backoff's maximum, 5 s: past the 1 s time limit.
+    async with importing(attempts=5, backoff=Backoff(initial=0.02, maximum=5.0)) as env:
+        started = time.monotonic()
+        error = await expect_error(
+            env,
+            server.url("/x"),
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "DOWNLOAD_TIMEOUT",
+            timeout=seconds(1.0),
+        )
+        assert time.monotonic() - started < 1.0  # refused at once, not after waiting
+    assert "503" in (error.details() or "")
+    assert server.paths() == ["/x"]
 
 
 async def test_nothing_listening_is_unavailable(importing: Any, server: MediaServer) -> None:

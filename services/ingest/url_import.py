@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import ssl
 import threading
 import time
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 import httpcore2
 import httpx2
 
+from reelmill.retry import Backoff, retry
 from runtime.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from runtime.netguard import NetGuard
 from services.ingest.fetch import DownloadProgress, Transient, download
@@ -40,6 +40,9 @@ from services.ingest.platforms import PlatformExtractor, PlatformMedia
 log = logging.getLogger(__name__)
 
 ImportUpdate = DownloadProgress | IngestedMedia
+#: Waits between attempts: 0.5 s before the second, doubling up to 10 s (jittered); a
+#: ``Retry-After`` raises a wait up to 10 s.
+BACKOFF = Backoff(initial=0.5, maximum=10.0)
 
 
 @dataclass(frozen=True)
@@ -62,9 +65,8 @@ class ImportConfig:
     #: Seconds.
     timeout: float
     attempts: int = 3
-    #: Seconds before the second attempt; doubles each time, up to ``backoff_cap``.
-    backoff_base: float = 0.5
-    backoff_cap: float = 10.0
+    #: Waits between attempts.
+    backoff: Backoff = BACKOFF
     max_redirects: int = 5
     #: Seconds between two progress updates, at most.
     progress_interval: float = 0.25
@@ -151,19 +153,17 @@ class UrlImporter:
     async def _run(
         self, request: ImportRequest, limit: int, seconds: float, progress: _Progress
     ) -> IngestedMedia:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
+        deadline = asyncio.get_running_loop().time() + seconds
         monotonic_deadline = time.monotonic() + seconds
         timeout = httpx2.Timeout(
             self._config.read_timeout, connect=min(self._config.connect_timeout, seconds)
         )
         platform = await asyncio.to_thread(self._platforms.matches, request.url)
-        last: Transient | None = None
         async with self._guard.async_client(
             timeout=timeout, inner=self._inner_backend, verify=self._verify
         ) as client:
-            for attempt in range(1, self._config.attempts + 1):
-                progress.attempt = attempt
+
+            async def attempt() -> IngestedMedia:
                 try:
                     url, headers = request.url, None
                     if platform is not None:
@@ -188,24 +188,35 @@ class UrlImporter:
                         deadline=deadline,
                     )
                 except Transient as exc:
-                    last = exc
                     log.info(
                         "import attempt failed",
-                        extra={"attempt": attempt, "error": exc.message, "key": request.key},
+                        extra={
+                            "attempt": progress.attempt,
+                            "error": exc.message,
+                            "key": request.key,
+                        },
                     )
-                if attempt == self._config.attempts:
-                    break
-                delay = self._backoff(attempt, last.retry_after)
-                if loop.time() + delay >= deadline:
-                    raise _timed_out(seconds, last)
-                await asyncio.sleep(delay)
-        assert last is not None
-        raise Unavailable(
-            f"the URL could not be fetched after {self._config.attempts} attempts: {last.message}",
-            reason="URL_UNAVAILABLE",
-            metadata={"attempts": str(self._config.attempts)}
-            | ({"http_status": str(last.status)} if last.status else {}),
-        )
+                    raise
+
+            def next_attempt(made: int, error: Exception, delay: float) -> None:
+                progress.attempt = made + 1
+
+            try:
+                return await retry(
+                    attempt,
+                    retry_on=lambda error: isinstance(error, Transient),
+                    backoff=self._config.backoff,
+                    attempts=self._config.attempts,
+                    deadline=deadline,
+                    on_retry=next_attempt,
+                    retry_after=lambda error: (
+                        error.retry_after if isinstance(error, Transient) else None
+                    ),
+                )
+            except Transient as last:
+                if progress.attempt < self._config.attempts:  # the next one would end too late
+                    raise _timed_out(seconds, last) from None
+                raise _unavailable(self._config.attempts, last) from None
 
     async def _extract(
         self, url: str, key: str, limit: int, deadline: float, monotonic_deadline: float
@@ -228,17 +239,19 @@ class UrlImporter:
         finally:
             stop.set()  # a thread still running stops at its next request
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        ceiling = min(self._config.backoff_cap, self._config.backoff_base * 2 ** (attempt - 1))
-        delay = random.uniform(ceiling / 2, ceiling)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self._config.backoff_cap))
-        return delay
-
 
 def _not_empty(received: int, sha256: str) -> None:
     if received == 0:
         raise InvalidArgument("the URL returned no bytes", reason="EMPTY_DOWNLOAD")
+
+
+def _unavailable(attempts: int, last: Transient) -> Unavailable:
+    return Unavailable(
+        f"the URL could not be fetched after {attempts} attempts: {last.message}",
+        reason="URL_UNAVAILABLE",
+        metadata={"attempts": str(attempts)}
+        | ({"http_status": str(last.status)} if last.status else {}),
+    )
 
 
 def _timed_out(seconds: float, last: Transient) -> DeadlineExceeded:
