@@ -113,20 +113,24 @@ class Stage(abc.ABC):
 
 
 async def follow_stream(call: Any, ctx: StageContext) -> Any:
-    """Consumes a stage's server stream: progress goes to ``ctx.report``; returns the
-    ``result``. Cancelling the stage cancels the call, which stops the service's work."""
+    """Consumes a stage's server stream to its end: progress goes to ``ctx.report``; returns
+    the ``result``, once the call has ended OK (so its status, and its client span, are
+    complete). Cancelling the stage cancels the call, which stops the service's work."""
+    result = None
     try:
         async for response in call:
             kind = response.WhichOneof("update")
             if kind == "progress":
                 await ctx.report(response.progress.fraction, response.progress.message)
             elif kind == "result":
-                return response.result
+                result = response.result
     except grpc.aio.AioRpcError as exc:
         raise from_rpc_error(exc) from None
     finally:
         call.cancel()
-    raise Unavailable("the service ended the stream without a result", reason="NO_RESULT")
+    if result is None:
+        raise Unavailable("the service ended the stream without a result", reason="NO_RESULT")
+    return result
 
 
 async def call_unary(call: Awaitable[Any]) -> Any:
