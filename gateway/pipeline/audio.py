@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
-
 from gateway.pipeline.base import (
     Stage,
     StageContext,
@@ -21,10 +19,7 @@ class AudioStage(Stage):
     name = "audio"
     depends_on = ("probe",)
     service = "transcode"
-
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        super().__init__(channel)
-        self.transcode = transcode_service_pb2_grpc.TranscodeServiceStub(channel)
+    stub_class = transcode_service_pb2_grpc.TranscodeServiceStub
 
     def enabled(self, spec: pipeline_pb2.PipelineSpec) -> bool:
         return not spec.audio.disabled
@@ -33,7 +28,7 @@ class AudioStage(Stage):
         return None if has_audio(ctx.media_info) else "the source has no audio stream"
 
     async def run(self, ctx: StageContext) -> StageResult:
-        call = self.transcode.ExtractAudio(
+        call = self.stub.ExtractAudio(
             transcode_service_pb2.ExtractAudioRequest(
                 source=ctx.source,
                 media_info=ctx.media_info,

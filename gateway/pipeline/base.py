@@ -85,11 +85,12 @@ class Stage(abc.ABC):
 
     name: ClassVar[str]
     depends_on: ClassVar[tuple[str, ...]] = ()
-    #: The internal service the stage calls (a key of ``Wiring.channels``).
+    #: The internal service the stage calls (a key of ``Wiring.channels``), and its stub.
     service: ClassVar[str]
+    stub_class: ClassVar[type[Any]]
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
-        self.channel = channel
+        self.stub = self.stub_class(channel)
 
     @classmethod
     def build(cls, wiring: Wiring) -> Self:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
-
 from gateway.convert import to_json
 from gateway.pipeline.base import Stage, StageContext, StageResult, artifact_names, call_unary
 from reelmill.v1 import metadata_service_pb2, metadata_service_pb2_grpc, pipeline_pb2
@@ -13,10 +11,7 @@ class MetadataStage(Stage):
     name = "metadata"
     depends_on = ("transcribe",)
     service = "metadata"
-
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        super().__init__(channel)
-        self.metadata = metadata_service_pb2_grpc.MetadataServiceStub(channel)
+    stub_class = metadata_service_pb2_grpc.MetadataServiceStub
 
     def enabled(self, spec: pipeline_pb2.PipelineSpec) -> bool:
         return not spec.metadata.disabled
@@ -27,7 +22,7 @@ class MetadataStage(Stage):
     async def run(self, ctx: StageContext) -> StageResult:
         await ctx.report(0.0, "generating")
         response = await call_unary(
-            self.metadata.GenerateMetadata(
+            self.stub.GenerateMetadata(
                 metadata_service_pb2.GenerateMetadataRequest(
                     transcript=ctx.transcript,
                     media_info=ctx.media_info,

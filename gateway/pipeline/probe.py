@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
-
 from gateway.convert import to_json
 from gateway.pipeline.base import Stage, StageContext, StageResult, call_unary
 from reelmill.v1 import ingest_service_pb2, ingest_service_pb2_grpc
@@ -13,15 +11,12 @@ class ProbeStage(Stage):
     name = "probe"
     depends_on = ("import",)
     service = "ingest"
-
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        super().__init__(channel)
-        self.ingest = ingest_service_pb2_grpc.IngestServiceStub(channel)
+    stub_class = ingest_service_pb2_grpc.IngestServiceStub
 
     async def run(self, ctx: StageContext) -> StageResult:
         await ctx.report(0.0, "probing")
         response = await call_unary(
-            self.ingest.ProbeVideo(
+            self.stub.ProbeVideo(
                 ingest_service_pb2.ProbeVideoRequest(object=ctx.source), timeout=ctx.timeout
             )
         )

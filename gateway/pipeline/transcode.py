@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
-
 from gateway.pipeline.base import (
     Stage,
     StageContext,
@@ -19,10 +17,7 @@ class TranscodeStage(Stage):
     name = "transcode"
     depends_on = ("probe",)
     service = "transcode"
-
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        super().__init__(channel)
-        self.transcode = transcode_service_pb2_grpc.TranscodeServiceStub(channel)
+    stub_class = transcode_service_pb2_grpc.TranscodeServiceStub
 
     def enabled(self, spec: pipeline_pb2.PipelineSpec) -> bool:
         return not spec.transcode.disabled
@@ -33,7 +28,7 @@ class TranscodeStage(Stage):
         return None
 
     async def run(self, ctx: StageContext) -> StageResult:
-        call = self.transcode.Transcode(
+        call = self.stub.Transcode(
             transcode_service_pb2.TranscodeRequest(
                 source=ctx.source,
                 media_info=ctx.media_info,

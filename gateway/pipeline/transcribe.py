@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
-
 from gateway.convert import to_json
 from gateway.pipeline.base import Stage, StageContext, StageResult, artifact_names, follow_stream
 from reelmill.v1 import (
@@ -18,10 +16,7 @@ class TranscribeStage(Stage):
     name = "transcribe"
     depends_on = ("audio",)
     service = "transcribe"
-
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        super().__init__(channel)
-        self.transcribe = transcribe_service_pb2_grpc.TranscribeServiceStub(channel)
+    stub_class = transcribe_service_pb2_grpc.TranscribeServiceStub
 
     def enabled(self, spec: pipeline_pb2.PipelineSpec) -> bool:
         return not spec.transcribe.disabled
@@ -31,7 +26,7 @@ class TranscribeStage(Stage):
 
     async def run(self, ctx: StageContext) -> StageResult:
         wav = ctx.outputs["audio"]["wav"]
-        call = self.transcribe.Transcribe(
+        call = self.stub.Transcribe(
             transcribe_service_pb2.TranscribeRequest(
                 audio=media_pb2.ObjectRef(bucket=wav["bucket"], key=wav["key"]),
                 duration=ctx.media_info.duration,

@@ -23,10 +23,10 @@ def filename_from_url(url: str) -> str:
 class ImportStage(Stage):
     name = "import"
     service = "ingest"
+    stub_class = ingest_service_pb2_grpc.IngestServiceStub
 
     def __init__(self, channel: grpc.aio.Channel, bucket: str) -> None:
         super().__init__(channel)
-        self.ingest = ingest_service_pb2_grpc.IngestServiceStub(channel)
         self.bucket = bucket
 
     @classmethod
@@ -39,7 +39,7 @@ class ImportStage(Stage):
     async def run(self, ctx: StageContext) -> StageResult:
         url = ctx.job.source_url or ""
         video_id = imported_video_id(ctx.job.id)
-        call = self.ingest.ImportUrl(
+        call = self.stub.ImportUrl(
             ingest_service_pb2.ImportUrlRequest(
                 url=url,
                 destination=media_pb2.ObjectRef(bucket=self.bucket, key=source_key(video_id)),
