@@ -1,4 +1,5 @@
-"""Builds the gateway process: database, event hub, orchestrator, JobService, ApiKeyService.
+"""Builds the gateway process: database, event hub, orchestrator, JobService, ApiKeyService,
+and (when metrics are on) the job counter behind its job metrics.
 Importing this module starts nothing; ``build`` wires the parts and
 ``runtime.server.run_service`` runs them."""
 
@@ -20,6 +21,7 @@ from gateway.db.engine import check_schema, head_revision, make_engine, make_ses
 from gateway.events import EventHub
 from gateway.journal import CANCEL_CHANNEL, QUEUE_CHANNEL
 from gateway.limits import RateLimiter
+from gateway.metrics import JobCounter
 from gateway.orchestrator import Orchestrator
 from gateway.pipeline import Wiring, build_stages
 from gateway.purges import Purger
@@ -36,6 +38,7 @@ from reelmill.v1 import (
 from runtime.channels import internal_channel
 from runtime.errors import InvalidArgument, register_translation
 from runtime.internal_auth import InternalAuth
+from runtime.metrics import metrics_enabled
 from runtime.server import ServiceSpec
 from runtime.storage import open_store
 
@@ -154,6 +157,12 @@ async def assemble(settings: GatewaySettings) -> Gateway:
         await objects.close()
         await engine.dispose()
 
+    # Jobs by state for the metrics; nobody reads them when no metrics reader is on.
+    counting = (
+        [JobCounter(sessions, settings.job_metrics_interval_seconds).run]
+        if metrics_enabled(settings)
+        else []
+    )
     spec = ServiceSpec(
         name="gateway",
         service_names=[SERVICE_NAME, api_key_servicer.SERVICE_NAME],
@@ -163,7 +172,7 @@ async def assemble(settings: GatewaySettings) -> Gateway:
             "events": hub.check,
             "storage": objects.check,
         },
-        background=[hub.run, orchestrator.run, purger.run],
+        background=[hub.run, orchestrator.run, purger.run, *counting],
         on_drain=drain,
         on_close=close,
         interceptors=[AuthInterceptor(verifier, api_keys, limiter)],

@@ -17,6 +17,7 @@ import grpc
 from gateway.auth import current_owner
 from gateway.events import EventHub
 from gateway.keys import source_key
+from gateway.metrics import watching
 from gateway.pipeline import Stage, plan_stages
 from gateway.settings import GatewaySettings
 from gateway.store import Store, page_size
@@ -34,6 +35,7 @@ from runtime.errors import (
     ResourceExhausted,
     from_rpc_error,
 )
+from runtime.metrics import upload_received
 from runtime.storage import ObjectStore
 from runtime.streams import drain
 from runtime.telemetry import current_context
@@ -195,6 +197,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                         )
                     )
                 else:
+                    upload_received("gateway", len(message.chunk))
                     yield ingest_service_pb2.IngestVideoRequest(chunk=message.chunk)
                 message = await anext(source, None)
 
@@ -337,16 +340,17 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     ) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
         if request.after_sequence < 0:
             raise InvalidArgument("after_sequence must not be negative", reason="BAD_SEQUENCE")
-        job = await self.store.get_job(current_owner(), request.job_id, full=False)
-        terminal = job.state in (
-            job_pb2.JOB_STATE_SUCCEEDED,
-            job_pb2.JOB_STATE_FAILED,
-            job_pb2.JOB_STATE_CANCELLED,
-        )
-        if terminal and request.after_sequence >= job.last_event_sequence:
-            return
-        async for response in self.hub.watch(uuid.UUID(job.id), request.after_sequence):
-            yield response
+        with watching():
+            job = await self.store.get_job(current_owner(), request.job_id, full=False)
+            terminal = job.state in (
+                job_pb2.JOB_STATE_SUCCEEDED,
+                job_pb2.JOB_STATE_FAILED,
+                job_pb2.JOB_STATE_CANCELLED,
+            )
+            if terminal and request.after_sequence >= job.last_event_sequence:
+                return
+            async for response in self.hub.watch(uuid.UUID(job.id), request.after_sequence):
+                yield response
 
     # artifacts --------------------------------------------------------------------------------
 

@@ -79,6 +79,8 @@ class GatewaySettings(ServiceSettings):
     purge_delay_seconds: float = Field(default=30.0, ge=0)
     #: How often each gateway looks for purges that are due.
     purge_interval_seconds: float = Field(default=15.0, gt=0)
+    #: How often each gateway counts jobs by state for its metrics (when metrics are on).
+    job_metrics_interval_seconds: float = Field(default=15.0, gt=0)
 
     #: Largest upload accepted, in bytes.
     max_upload_bytes: int = Field(default=20 * 1024**3, ge=1)

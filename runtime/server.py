@@ -1,8 +1,9 @@
 """Server bootstrap shared by every process.
 
-``run_service`` builds a grpc.aio server with the error-mapping and tracing interceptors,
-grpc.health.v1 reflecting real dependency health, and server reflection; runs the process's
-background tasks in a TaskGroup; and on SIGTERM/SIGINT shuts down gracefully: health goes
+``run_service`` builds a grpc.aio server with the error-mapping, tracing and (when metrics are
+on, ``runtime.metrics``) call-metrics interceptors, grpc.health.v1 reflecting real dependency
+health, and server reflection; serves the process's metrics; runs its background tasks in a
+TaskGroup; and on SIGTERM/SIGINT shuts down gracefully: health goes
 NOT_SERVING, the process stops taking new work (``on_drain``), in-flight calls get
 ``grace_seconds`` to finish, then the rest is cancelled.
 
@@ -28,6 +29,12 @@ from grpc_reflection.v1alpha import reflection
 
 from runtime.errors import ErrorMappingInterceptor
 from runtime.internal_auth import InternalAuth
+from runtime.metrics import (
+    RpcMetricsInterceptor,
+    metrics_enabled,
+    setup_metrics,
+    shutdown_metrics,
+)
 from runtime.settings import ServiceSettings
 from runtime.slots import CallLimitInterceptor, Slots
 from runtime.telemetry import server_interceptors, setup_tracing, shutdown_tracing
@@ -86,9 +93,17 @@ def build_server(
                 )
             )
         )
+    # Call metrics outside the error mapping: they see the status an error became.
+    measured = [RpcMetricsInterceptor()] if metrics_enabled(settings) else []
     return grpc.aio.server(
         # Authentication before the call limit: a refused caller never takes a slot.
-        interceptors=[*server_interceptors(), ErrorMappingInterceptor(), *interceptors, *limits],
+        interceptors=[
+            *server_interceptors(),
+            *measured,
+            ErrorMappingInterceptor(),
+            *interceptors,
+            *limits,
+        ],
         options=[
             ("grpc.max_send_message_length", limit),
             ("grpc.max_receive_message_length", limit),
@@ -155,6 +170,7 @@ async def run_service(
         auth = InternalAuth.from_settings(settings)
     internal = None if spec.public else auth
     setup_tracing(spec.name, settings.otlp_endpoint)
+    setup_metrics(spec.name, settings)
     server = build_server(
         settings,
         [*(internal.server_interceptors() if internal else ()), *spec.interceptors],
@@ -248,6 +264,7 @@ async def run_service(
         if spec.on_close is not None:
             await spec.on_close()
         shutdown_tracing()
+        shutdown_metrics()
         log.info("stopped")
 
 

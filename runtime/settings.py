@@ -24,7 +24,8 @@ class CommonSettings(BaseSettings):
 
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
-    #: OTLP/gRPC endpoint for traces, e.g. "http://otel-collector:4317"; unset exports nothing.
+    #: OTLP/gRPC endpoint for traces (and, in server processes, metrics), e.g.
+    #: "http://otel-collector:4317"; unset exports nothing.
     otlp_endpoint: str | None = None
 
     storage_backend: Literal["local", "s3"] = "local"
@@ -73,6 +74,12 @@ class ServiceSettings(CommonSettings):
     #: unset serves health on ``listen`` only.
     health_listen: str | None = None
 
+    #: host:port of a Prometheus endpoint (``GET /metrics``) with this process's metrics
+    #: (``runtime.metrics``), bound exactly as given; unset serves none.
+    metrics_listen: str | None = None
+    #: Seconds between two exports of the metrics over OTLP (with ``otlp_endpoint``).
+    metrics_export_interval_seconds: float = Field(default=60.0, gt=0)
+
     #: How internal services know their caller is the gateway (``runtime.internal_auth``):
     #: "token" (a shared secret in call metadata), "mtls" (client certificates signed by
     #: ``tls_ca_file``; the token is checked too when one is set) or "none" (anyone who can
@@ -88,6 +95,15 @@ class ServiceSettings(CommonSettings):
     #: Name the gateway expects in the services' certificates, when it is not the target's
     #: host name (e.g. one certificate for every service).
     tls_server_name: str | None = None
+
+    @field_validator("metrics_listen", mode="before")
+    @classmethod
+    def _host_and_port(cls, value: object) -> object:
+        if value == "":
+            return None
+        if isinstance(value, str):
+            split_address(value)  # raises ValueError
+        return value
 
     @field_validator("internal_token", mode="before")
     @classmethod
@@ -110,6 +126,15 @@ class GeminiServiceSettings(ServiceSettings):
     gemini_timeout_seconds: float = Field(default=300.0, gt=0)
     #: Attempts per Gemini call on transient errors (5xx, timeouts).
     gemini_max_attempts: int = Field(default=4, ge=1, le=10)
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """("host", port) of "host:port" or "[v6 address]:port"; raises ValueError otherwise."""
+    host, colon, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{address!r} is not host:port")
+    return host, int(port)
 
 
 S = TypeVar("S", bound=BaseSettings)

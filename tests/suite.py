@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,9 +152,15 @@ class Suite:
 
 
 @contextmanager
-def run_suite(env: dict[str, str], gateways: int = 1, replicas: int = 1) -> Iterator[Suite]:
+def run_suite(
+    env: dict[str, str],
+    gateways: int = 1,
+    replicas: int = 1,
+    extra: Callable[[str], Mapping[str, str]] | None = None,
+) -> Iterator[Suite]:
     """Every process as a subprocess: ``replicas`` of each internal service (the gateways
-    balance over them round-robin) and ``gateways`` gateways."""
+    balance over them round-robin) and ``gateways`` gateways; ``extra(name)`` is more
+    environment for each process (e.g. a port of its own)."""
     logs = Path(tempfile.mkdtemp(prefix="reelmill-logs-"))
     scratch = Path(tempfile.mkdtemp(prefix="reelmill-scratch-"))
     suite = Suite(
@@ -172,14 +178,16 @@ def run_suite(env: dict[str, str], gateways: int = 1, replicas: int = 1) -> Iter
         },
         logs=logs,
     )
+
+    def more(name: str) -> dict[str, str]:
+        return dict(extra(name)) if extra is not None else {}
+
     try:
         for _ in range(replicas):
-            suite.add("ingest", "services.ingest")
-            suite.add("transcode", "services.transcode")
-            suite.add("transcribe", "services.transcribe")
-            suite.add("metadata", "services.metadata")
+            for name in ("ingest", "transcode", "transcribe", "metadata"):
+                suite.add(name, f"services.{name}", more(name))
         for _ in range(gateways):
-            suite.add("gateway", "gateway")
+            suite.add("gateway", "gateway", more("gateway"))
         yield suite
     finally:
         suite.stop()

@@ -13,6 +13,7 @@ import grpc
 
 from reelmill.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 from runtime.errors import InvalidArgument
+from runtime.metrics import upload_received
 from runtime.streams import drain
 from services.ingest import convert
 from services.ingest.fetch import DownloadProgress
@@ -49,6 +50,7 @@ async def read_upload(
                 )
             if request.chunk:
                 received += len(request.chunk)
+                upload_received("ingest", len(request.chunk))
                 yield request.chunk
 
     return (
