@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Self
 import grpc
 
 from gateway.convert import from_json
+from gateway.keys import job_prefix
 from gateway.runs import ClaimedJob, StageRow
 from reelmill.v1 import media_pb2, pipeline_pb2
 from runtime.errors import FailedPrecondition, Unavailable, from_rpc_error
@@ -45,7 +46,8 @@ class StageContext:
 
     @property
     def output_prefix(self) -> str:
-        return f"jobs/{self.job.id}/"
+        """Where the job's outputs go: the prefix its purges empty."""
+        return job_prefix(self.job.id)
 
     @property
     def media_info(self) -> media_pb2.MediaInfo:
