@@ -9,11 +9,15 @@ the write and leaves nothing behind. Memory stays bounded by the backend's part 
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
+
+from runtime.errors import InvalidArgument, NotFound
+from runtime.storage.keys import validate_key
 
 CHUNK_SIZE = 1024 * 1024
 
@@ -77,6 +81,20 @@ class ObjectWriter(abc.ABC):
 class ObjectStore(abc.ABC):
     bucket: str
 
+    def check_ref(self, bucket: str, key: str, *, what: str = "object") -> str:
+        """``key``, when (``bucket``, ``key``) may name an object of this store: the bucket is
+        this store's ("" stands for it) and the key is a valid key. ``InvalidArgument``
+        otherwise: UNKNOWN_BUCKET, MISSING_OBJECT_KEY ("an {what} key is required") or
+        BAD_OBJECT_KEY."""
+        if bucket and bucket != self.bucket:
+            raise InvalidArgument(
+                f"bucket {bucket!r} is not this store's ({self.bucket!r})",
+                reason="UNKNOWN_BUCKET",
+            )
+        if not key:
+            raise InvalidArgument(f"an {what} key is required", reason="MISSING_OBJECT_KEY")
+        return validate_key(key)
+
     @abc.abstractmethod
     def open_writer(self, key: str, *, content_type: str) -> ObjectWriter:
         """A writer for ``key``; use it as an async context manager."""
@@ -106,8 +124,6 @@ class ObjectStore(abc.ABC):
         """Raises ``NotFound`` when the object does not exist."""
 
     async def exists(self, key: str) -> bool:
-        from runtime.errors import NotFound
-
         try:
             await self.stat(key)
         except NotFound:
@@ -149,8 +165,6 @@ class ObjectStore(abc.ABC):
 
 
 async def _read_file(path: Path, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
-    import asyncio
-
     with path.open("rb") as handle:
         while chunk := await asyncio.to_thread(handle.read, chunk_size):
             yield chunk

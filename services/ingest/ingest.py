@@ -25,7 +25,6 @@ from typing import IO, Any
 
 from runtime.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from runtime.storage import ObjectStore, StoredObject
-from runtime.storage.keys import validate_key
 from runtime.tasks import shielded
 from services.ingest.probe import DEFAULT_LIMITS, MediaInfo, MediaLimits, probe
 
@@ -110,22 +109,9 @@ class Ingestor:
 
     # -- checks ------------------------------------------------------------------------------
 
-    def _check_bucket(self, bucket: str) -> None:
-        if bucket and bucket != self._store.bucket:
-            raise InvalidArgument(
-                f"bucket {bucket!r} is not this store's ({self._store.bucket!r})",
-                reason="UNKNOWN_BUCKET",
-            )
-
-    def _check_key(self, key: str) -> None:
-        if not key:
-            raise InvalidArgument("an object key is required", reason="MISSING_OBJECT_KEY")
-        validate_key(key)
-
     def check_header(self, header: UploadHeader) -> UploadHeader:
         """The header with its SHA-256 normalised; raises ``InvalidArgument`` when it is bad."""
-        self._check_bucket(header.bucket)
-        self._check_key(header.key)
+        self._store.check_ref(header.bucket, header.key)
         if header.size < 0:
             raise InvalidArgument("size_bytes must not be negative", reason="INVALID_SIZE")
         if header.size == 0:
@@ -199,8 +185,7 @@ class Ingestor:
 
     def check_destination(self, bucket: str, key: str) -> None:
         """Raises ``InvalidArgument`` when (bucket, key) is not somewhere this store can write."""
-        self._check_bucket(bucket)
-        self._check_key(key)
+        self._store.check_ref(bucket, key)
 
     async def store(
         self,
@@ -264,8 +249,7 @@ class Ingestor:
 
     async def probe_object(self, bucket: str, key: str) -> MediaInfo:
         """Probes an object already in the store (``NotFound`` when it is not)."""
-        self._check_bucket(bucket)
-        self._check_key(key)
+        self._store.check_ref(bucket, key)
         info = await self._store.stat(key)
         url = await self._store.media_url(key)
         source: Path | str = url if url.startswith(("http://", "https://")) else Path(url)

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from runtime.cache import ResultCache, cache_key
-from runtime.errors import FailedPrecondition, InvalidArgument
+from runtime.errors import FailedPrecondition
 from runtime.progress import ProgressUpdate
 from runtime.slots import Slots
 from runtime.storage import ObjectStore
-from runtime.storage.keys import normalize_prefix, validate_key
+from runtime.storage.keys import normalize_prefix
 from services.transcribe import formats
 from services.transcribe.audio import SAMPLE_RATE, Samples, decode_audio
 from services.transcribe.model import (
@@ -121,14 +121,7 @@ class Transcriber:
         stream_segments: bool = False,
     ) -> AsyncGenerator[Update, None]:
         prefix = normalize_prefix(output_prefix)
-        if audio.bucket and audio.bucket != self._store.bucket:
-            raise InvalidArgument(
-                f"bucket {audio.bucket!r} is not this store's ({self._store.bucket!r})",
-                reason="UNKNOWN_BUCKET",
-            )
-        if not audio.key:
-            raise InvalidArgument("an audio object key is required", reason="MISSING_OBJECT_KEY")
-        validate_key(audio.key)
+        self._store.check_ref(audio.bucket, audio.key, what="audio object")
         engine = self.engine_for(options.engine)
         options = dataclasses.replace(options, engine=None)
         await engine.prepare(options)
