@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import asyncpg
 
 from gateway.convert import is_terminal
-from gateway.journal import EVENTS_CHANNEL
+from gateway.journal import EVENTS_CHANNEL, parse_event_notification
 from reelmill.retry import Backoff
 from reelmill.v1 import job_pb2, job_service_pb2
 from runtime.errors import NotFound, Unavailable
@@ -104,8 +104,9 @@ class EventHub:
         #: Asked when a watcher is woken but finds nothing new: a deleted job ends its streams.
         self.job_exists = job_exists
         self.feeds: dict[uuid.UUID, Feed] = {}
-        #: Other channels this process listens to: name -> callbacks(payload).
-        self.channels: dict[str, list[Callable[[str], None]]] = {}
+        #: The channels this process listens to: name -> callbacks(payload). Job events are
+        #: one of them; ``on`` adds the others.
+        self.channels: dict[str, list[Callable[[str], None]]] = {EVENTS_CHANNEL: [self._on_event]}
         self.connected = asyncio.Event()
         self.closing = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -121,7 +122,6 @@ class EventHub:
                 connection = await asyncpg.connect(self.dsn)
                 closed = asyncio.Event()
                 connection.add_termination_listener(functools.partial(_set_event, closed))
-                await connection.add_listener(EVENTS_CHANNEL, self._on_notify)
                 for channel, callbacks in self.channels.items():
                     await connection.add_listener(channel, _dispatch(callbacks))
                 self.connected.set()
@@ -162,10 +162,9 @@ class EventHub:
         if not self.connected.is_set():
             raise ConnectionError("event listener not connected")
 
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+    def _on_event(self, payload: str) -> None:
         try:
-            job_text, seq_text = payload.split(":", 1)
-            job_id, sequence = uuid.UUID(job_text), int(seq_text)
+            job_id, sequence = parse_event_notification(payload)
         except ValueError:
             log.warning("malformed event notification %r", payload)
             return

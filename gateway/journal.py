@@ -12,7 +12,7 @@ import uuid
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.convert import artifact_to_proto, job_from_record, to_json
+from gateway.convert import job_from_record, to_json
 from gateway.db import models
 from reelmill.v1 import job_pb2
 
@@ -95,8 +95,22 @@ async def append_event(
     session.add(
         models.JobEvent(job_id=job_id, sequence=sequence, type=payload, payload=to_json(event))
     )
-    await session.execute(select(func.pg_notify(EVENTS_CHANNEL, f"{job_id}:{sequence}")))
+    await notify_event(session, job_id, sequence)
     return int(sequence)
+
+
+async def notify_event(session: AsyncSession, job_id: uuid.UUID, sequence: int) -> None:
+    """Tells every replica's watchers, at commit, that the job has an event ``sequence``."""
+    await session.execute(select(func.pg_notify(EVENTS_CHANNEL, f"{job_id}:{sequence}")))
+
+
+def parse_event_notification(payload: str) -> tuple[uuid.UUID, int]:
+    """The (job id, sequence) an ``EVENTS_CHANNEL`` payload names; ValueError when malformed."""
+    job_text, _, sequence_text = payload.partition(":")
+    try:
+        return uuid.UUID(job_text), int(sequence_text)
+    except ValueError:
+        raise ValueError(f"not an event notification: {payload[:100]!r}") from None
 
 
 def state_event(state: str, error: job_pb2.JobError | None = None) -> job_pb2.JobEvent:
@@ -105,6 +119,3 @@ def state_event(state: str, error: job_pb2.JobError | None = None) -> job_pb2.Jo
             state=job_pb2.JobState.Value(f"JOB_STATE_{state}"), error=error
         )
     )
-
-
-__all__ = ["EVENTS_CHANNEL", "QUEUE_CHANNEL", "append_event", "artifact_to_proto", "load_job"]

@@ -25,10 +25,10 @@ from gateway.convert import artifact_to_proto, event_from_row, to_json, video_to
 from gateway.db import models
 from gateway.journal import (
     CANCEL_CHANNEL,
-    EVENTS_CHANNEL,
     QUEUE_CHANNEL,
     append_event,
     load_job,
+    notify_event,
     state_event,
 )
 from gateway.keys import job_prefix, video_prefix
@@ -246,11 +246,7 @@ class Store:
                     cancelled += 1
                     await session.execute(select(func.pg_notify(CANCEL_CHANNEL, str(job.id))))
                 # Wakes the job's watchers on every replica: they find it gone (NOT_FOUND).
-                await session.execute(
-                    select(
-                        func.pg_notify(EVENTS_CHANNEL, f"{job.id}:{job.last_event_sequence + 1}")
-                    )
-                )
+                await notify_event(session, job.id, job.last_event_sequence + 1)
                 await request_purge(
                     session, job_prefix(job.id), reason="video_deleted", delay=self.purge_delay
                 )

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.events import EventHub
+from gateway.journal import parse_event_notification
 from gateway.runs import LeaseLost, Runs
 from gateway.store import StagePlan, Store
 from reelmill.v1 import job_pb2, media_pb2, pipeline_pb2
@@ -263,3 +264,34 @@ async def test_cancelled_watcher_unsubscribes(store: Store, database_url: str) -
     finally:
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)
+
+
+async def test_deleting_the_video_ends_its_jobs_watchers(store: Store, database_url: str) -> None:
+    """delete_video announces an event past the last one, so watchers on every replica wake,
+    find the job gone, and end with NOT_FOUND."""
+    video_id = await add_video(store)
+    job, _ = await create(store, video_id)
+    dsn = database_url.replace("postgresql+asyncpg", "postgresql")
+    hub = EventHub(dsn, store.events_after, store.job_exists)
+    listener = asyncio.create_task(hub.run())
+    try:
+        await asyncio.wait_for(hub.connected.wait(), 10)
+        watcher = asyncio.create_task(_collect(hub, uuid.UUID(job.id), 0))
+        await asyncio.sleep(0.3)
+        assert not watcher.done()
+        await store.delete_video("alice", video_id)
+        with pytest.raises(NotFound) as caught:
+            await asyncio.wait_for(watcher, 10)
+        assert caught.value.reason == "JOB_NOT_FOUND"
+        assert hub.feeds == {}
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+
+
+def test_an_event_notification_names_the_job_and_the_sequence() -> None:
+    job_id = uuid.uuid4()
+    assert parse_event_notification(f"{job_id}:7") == (job_id, 7)
+    for malformed in ("", str(job_id), f"{job_id}:x", "not-a-uuid:1"):
+        with pytest.raises(ValueError, match="not an event notification"):
+            parse_event_notification(malformed)

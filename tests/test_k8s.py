@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic_settings import BaseSettings
 
 from reelmill.v1 import (
@@ -278,6 +280,35 @@ def test_pods_are_non_root_with_read_only_roots_and_no_capabilities(overlay: str
             for mount in container.get("volumeMounts", []):
                 volume = volumes.get(mount["name"])
                 assert volume is None or "emptyDir" in volume, (name, mount)
+
+
+def metrics_port(r: Rendered, process: str) -> int:
+    """The port of the process's REELMILL_METRICS_LISTEN, as its pod gets it (from a config
+    map, or the container's own env)."""
+    container = main_container(r.get("Deployment", process))
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        config = r.find("ConfigMap", source.get("configMapRef", {}).get("name", ""))
+        env.update(config["data"] if config else {})
+    listen = {**env, **plain_env(container)}["REELMILL_METRICS_LISTEN"]
+    assert listen.rsplit(":", 1)[0] == "0.0.0.0", (process, listen)
+    return port_of(listen)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("process", PROCESSES)
+def test_every_process_exposes_the_metrics_port_its_setting_names(
+    overlay: str, process: str
+) -> None:
+    r = rendered(overlay)
+    deployment = r.get("Deployment", process)
+    port = metrics_port(r, process)
+    (declared,) = [p for p in main_container(deployment)["ports"] if p["name"] == "metrics"]
+    assert (declared["containerPort"], declared.get("protocol", "TCP")) == (port, "TCP")
+    annotations = pod(deployment)["metadata"].get("annotations", {})
+    assert annotations.get("prometheus.io/scrape") == "true", process
+    assert annotations.get("prometheus.io/port") == str(port), process
+    assert annotations.get("prometheus.io/path") == "/metrics", process
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -562,6 +593,8 @@ def test_network_policies_let_only_the_gateway_reach_the_services(overlay: str) 
         Peer("client-here", {"reelmill.io/client": "true"}, here),
         Peer("stranger", {"app": "other"}, elsewhere),
         Peer("neighbour", {"app": "other"}, here),
+        Peer("scraper", {"reelmill.io/metrics-scraper": "true"}, elsewhere),
+        Peer("scraper-here", {"reelmill.io/metrics-scraper": "true"}, here),
     ]
     policy = r.get("NetworkPolicy", "default-deny-ingress")["spec"]
     assert policy["podSelector"] == {} and policy["policyTypes"] == ["Ingress"]
@@ -571,6 +604,8 @@ def test_network_policies_let_only_the_gateway_reach_the_services(overlay: str) 
     for process in INTERNAL:
         port = grpc_port(main_container(r.get("Deployment", process)))
         expected[(process, port)] = {GATEWAY}
+    for process in PROCESSES:
+        expected[(process, metrics_port(r, process))] = {"scraper", "scraper-here"}
     if overlay == "dev":
         for name, ports in DATASTORES.items():
             for port, allowed in ports.items():
@@ -748,6 +783,9 @@ class LocalCluster:
                 if value == path or value.startswith(path + "/"):
                     return str(local) + value[len(path) :]
             if value.startswith("0.0.0.0:"):
+                if workload["kind"] == "Job":
+                    # A Job serves nothing (the config map's listen addresses do not apply).
+                    return "127.0.0.1:0"
                 return f"127.0.0.1:{self.ports[(name, port_of(value))]}"
 
             def host_port(match: re.Match[str]) -> str:
@@ -891,7 +929,8 @@ def test_dev_overlay_runs_as_declared(
         secret = resolve_env(
             r, r.get("Deployment", GATEWAY), main_container(r.get("Deployment", GATEWAY))
         )["REELMILL_JWT_SECRET"]
-        job = asyncio.run(run_job(address, token(secret=secret), make_clip(tmp_path / "clip.mp4")))
+        clip = make_clip(tmp_path / "clip.mp4")
+        job = asyncio.run(run_job(address, token(secret=secret), clip))
         assert job.state == job_pb2.JOB_STATE_SUCCEEDED, job
         assert {s.name: s.state for s in job.stages} == {
             s.name: job_pb2.STAGE_STATE_SUCCEEDED for s in job.stages
@@ -903,6 +942,22 @@ def test_dev_overlay_runs_as_declared(
             s3_server.client().list_objects(bucket, prefix=f"jobs/{job.id}/", recursive=True)
         )
 
+        # Each serves its metrics on the port the annotations name; the gateway counted the
+        # upload.
+        for process in started:
+            annotations = pod(r.get("Deployment", process.name))["metadata"]["annotations"]
+            local = process.ports[int(annotations["prometheus.io/port"])]
+            samples = scrape(f"http://127.0.0.1:{local}{annotations['prometheus.io/path']}")
+            (info,) = [labels for name, labels, _ in samples if name == "target_info"]
+            assert info["service_name"] == process.name, info
+            if process.name == GATEWAY:
+                uploaded = [
+                    value
+                    for name, labels, value in samples
+                    if name == "reelmill_upload_size_bytes_total" and labels["service"] == GATEWAY
+                ]
+                assert uploaded == [clip.stat().st_size], samples
+
         # SIGTERM, as the kubelet sends it: each stops cleanly within its grace.
         for process in reversed(started):
             process.proc.send_signal(signal.SIGTERM)
@@ -910,6 +965,17 @@ def test_dev_overlay_runs_as_declared(
     finally:
         for process in reversed(started):
             stop_process(process.proc)
+
+
+def scrape(url: str) -> list[tuple[str, dict[str, str], float]]:
+    """(name, labels, value) of every sample a Prometheus endpoint serves."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return [
+        (sample.name, sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    ]
 
 
 async def run_job(address: str, bearer: str, clip: Path) -> job_pb2.Job:
