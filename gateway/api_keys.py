@@ -19,7 +19,6 @@ import logging
 import re
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,7 @@ from gateway.convert import timestamp
 from gateway.db import models
 from gateway.store import keyset_page
 from reelmill.v1 import api_key_service_pb2
+from runtime.cache import Lru
 from runtime.errors import InvalidArgument, NotFound, Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class ApiKeys:
         self.pepper = pepper.encode()
         self.cache_seconds = cache_seconds
         self.clock = clock
-        self.cache: OrderedDict[str, _Cached] = OrderedDict()
+        self.cache: Lru[str, _Cached] = Lru(MAX_CACHED if cache_seconds > 0 else 0)
 
     # hashing ----------------------------------------------------------------------------------
 
@@ -174,13 +174,13 @@ class ApiKeys:
                 # only matters if a replica misses the notification.
                 await session.execute(select(func.pg_notify(REVOKED_CHANNEL, identifier)))
                 await session.refresh(row)
-        self.cache.pop(identifier, None)
+        self.cache.pop(identifier)
         log.info("API key revoked", extra={"api_key_id": identifier})
         return to_proto(row)
 
     def on_revoked(self, identifier: str) -> None:
         """A key was revoked (on any replica): its cached lookup goes."""
-        self.cache.pop(identifier, None)
+        self.cache.pop(identifier)
 
     # authentication ---------------------------------------------------------------------------
 
@@ -205,7 +205,7 @@ class ApiKeys:
             row = await session.get(models.ApiKey, identifier)
         if row is None:
             # Unknown ids are not cached: random ids would only fill the cache.
-            self.cache.pop(identifier, None)
+            self.cache.pop(identifier)
             return None
         entry = _Cached(
             expires=now + self.cache_seconds,
@@ -213,9 +213,5 @@ class ApiKeys:
             secret_hash=row.secret_hash,
             revoked=row.revoke_time is not None,
         )
-        if self.cache_seconds > 0:
-            self.cache[identifier] = entry
-            self.cache.move_to_end(identifier)
-            while len(self.cache) > MAX_CACHED:
-                self.cache.popitem(last=False)
+        self.cache.put(identifier, entry)
         return entry

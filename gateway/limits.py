@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from runtime.cache import Lru
 from runtime.errors import ResourceExhausted
 
 #: Buckets kept at most; the least recently used are dropped beyond it (a dropped bucket
@@ -42,8 +42,7 @@ class RateLimiter:
         self.rate = rate
         self.burst = float(burst)
         self.clock = clock
-        self.max_buckets = max_buckets
-        self.buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self.buckets: Lru[str, _Bucket] = Lru(max_buckets)
 
     def acquire(self, owner: str) -> None:
         """Takes one token from the owner's bucket, or raises RESOURCE_EXHAUSTED saying when
@@ -51,11 +50,9 @@ class RateLimiter:
         now = self.clock()
         bucket = self.buckets.get(owner)
         if bucket is None:
-            bucket = self.buckets[owner] = _Bucket(self.burst, now)
-            while len(self.buckets) > self.max_buckets:
-                self.buckets.popitem(last=False)
+            bucket = _Bucket(self.burst, now)
+            self.buckets.put(owner, bucket)
         else:
-            self.buckets.move_to_end(owner)
             elapsed = max(now - bucket.updated, 0.0)
             bucket.tokens = min(self.burst, bucket.tokens + elapsed * self.rate)
             bucket.updated = now

@@ -1,7 +1,8 @@
-"""An in-process LRU of results, keyed by a hash of what determines them.
+"""In-process LRUs: ``Lru``, a bounded map, and ``ResultCache``, results keyed by a hash of
+what determines them.
 
-A service may keep a cache, never the truth: entries are rebuilt by doing the work again, and a
-process restart simply starts cold. One event loop uses it, so it needs no lock.
+A process may keep a cache, never the truth: entries are rebuilt by doing the work again, and a
+process restart simply starts cold. One event loop uses each, so they need no lock.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
+from collections.abc import Hashable
 from typing import Any, Generic, TypeVar
 
+K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
@@ -20,23 +23,21 @@ def cache_key(**parts: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-class ResultCache(Generic[V]):
+class Lru(Generic[K, V]):
+    """At most ``capacity`` entries (0 keeps none). Reading or writing an entry makes it the
+    most recent; beyond the capacity the least recent go."""
+
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._entries: OrderedDict[str, V] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
+        self._entries: OrderedDict[K, V] = OrderedDict()
 
-    def get(self, key: str) -> V | None:
+    def get(self, key: K) -> V | None:
         value = self._entries.get(key)
-        if value is None:
-            self.misses += 1
-            return None
-        self._entries.move_to_end(key)
-        self.hits += 1
+        if value is not None:
+            self._entries.move_to_end(key)
         return value
 
-    def put(self, key: str, value: V) -> None:
+    def put(self, key: K, value: V) -> None:
         if self.capacity <= 0:
             return
         self._entries[key] = value
@@ -44,5 +45,29 @@ class ResultCache(Generic[V]):
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
 
+    def pop(self, key: K) -> None:
+        """Forgets ``key`` (nothing happens when it is not there)."""
+        self._entries.pop(key, None)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class ResultCache(Lru[str, V]):
+    """Results by ``cache_key``, counting hits and misses."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(capacity)
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> V | None:
+        value = super().get(key)
+        if value is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return value
