@@ -14,6 +14,7 @@ Attributes stay few-valued: never a job, video or owner id.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -21,7 +22,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -192,23 +193,27 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
             functools.partial(self._stream, method),
         )
 
-    def _record(self, method: str, began: float, code: grpc.StatusCode | str | None) -> None:
-        name = code.name if isinstance(code, grpc.StatusCode) else code or "OK"
-        self._duration.record(time.monotonic() - began, {"method": method, "code": name})
+    @contextlib.contextmanager
+    def _measuring(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Iterator[None]:
+        """Records the call that runs in the block, with the status it ended with."""
+        began = time.monotonic()
+        code: grpc.StatusCode | str | None = None
+        try:
+            yield
+            code = context.code()
+        except BaseException as exc:
+            code = _code_of(exc, context)
+            raise
+        finally:
+            name = code.name if isinstance(code, grpc.StatusCode) else code or "OK"
+            self._duration.record(time.monotonic() - began, {"method": method, "code": name})
 
     def _unary(self, method: str, behavior: Handler) -> Handler:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            began = time.monotonic()
-            code: grpc.StatusCode | str | None = None
-            try:
-                response = await behavior(request, context)
-                code = context.code()
-                return response
-            except BaseException as exc:
-                code = _code_of(exc, context)
-                raise
-            finally:
-                self._record(method, began, code)
+            with self._measuring(method, context):
+                return await behavior(request, context)
 
         return wrapper
 
@@ -216,21 +221,13 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
         async def wrapper(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            began = time.monotonic()
-            code: grpc.StatusCode | str | None = None
-            try:
+            with self._measuring(method, context):
                 responses = behavior(request, context)
                 if inspect.isawaitable(responses):
                     await responses  # a handler that writes with context.write
                 else:
                     async for response in responses:
                         yield response
-                code = context.code()
-            except BaseException as exc:
-                code = _code_of(exc, context)
-                raise
-            finally:
-                self._record(method, began, code)
 
         return wrapper
 
