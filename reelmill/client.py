@@ -135,6 +135,17 @@ class ReelmillClient:
             chunks(), filename=path.name, size=size, sha256=sha256, timeout=timeout
         )
 
+    async def list_videos(
+        self, *, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[media_pb2.Video], str]:
+        """The caller's videos, newest first, and the next page's token ("" after the last)."""
+        response: job_service_pb2.ListVideosResponse = await self.stub.ListVideos(
+            job_service_pb2.ListVideosRequest(page_size=page_size, page_token=page_token),
+            metadata=self._metadata,
+            timeout=self._timeout,
+        )
+        return list(response.videos), response.next_page_token
+
     async def get_video(self, video_id: str) -> media_pb2.Video:
         response: job_service_pb2.GetVideoResponse = await self.stub.GetVideo(
             job_service_pb2.GetVideoRequest(video_id=video_id),

@@ -95,3 +95,28 @@ async def test_client_cancelling_watch_leaves_no_task_behind(
     leftover = {t.get_name() for t in asyncio.all_tasks()} - tasks_before
     assert not any("WatchJob" in name or name.startswith("feed-") for name in leftover), leftover
     assert [await c.code() for c in calls] == [grpc.StatusCode.CANCELLED] * len(calls)
+
+
+async def test_client_lists_videos_page_by_page(gateway: tuple[Gateway, str]) -> None:
+    parts, address = gateway
+    owner = f"owner-{uuid.uuid4().hex[:6]}"
+    ids = []
+    for n in range(3):
+        video_id = str(uuid.uuid4())
+        ids.append(video_id)
+        await parts.store.add_video(
+            owner,
+            media_pb2.Video(
+                id=video_id,
+                filename=f"{n}.mp4",
+                content_type="video/mp4",
+                size_bytes=1,
+                sha256="0" * 64,
+                object=media_pb2.ObjectRef(key=f"k{n}"),
+            ),
+        )
+    async with ReelmillClient(address, token=token(owner)) as client:
+        first, next_token = await client.list_videos(page_size=2)
+        rest, last_token = await client.list_videos(page_size=2, page_token=next_token)
+    assert next_token and not last_token
+    assert [v.id for v in first + rest] == ids[::-1]  # newest first
