@@ -223,9 +223,6 @@ class Store:
             rows, next_token = await keyset_page(session, query, models.Video, size, token, filters)
         return [video_to_proto(r) for r in rows], next_token
 
-    async def video_for_job(self, owner: str, video_id: str) -> media_pb2.Video:
-        return await self.get_video(owner, video_id)
-
     async def delete_video(self, owner: str, video_id: str) -> tuple[int, int]:
         """Deletes a video with every job that processed it: running and queued jobs are
         cancelled first (their runners stop), then the rows go, and the video's and the jobs'
@@ -379,10 +376,6 @@ class Store:
         if row is None or row.owner != owner:
             raise NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND")
         return row
-
-    async def check_job_owner(self, owner: str, job_id: str) -> uuid.UUID:
-        async with self.sessions() as session:
-            return (await self._job_row(session, owner, job_id)).id
 
     async def get_job(self, owner: str, job_id: str, *, full: bool = True) -> job_pb2.Job:
         async with self.sessions() as session:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
@@ -42,8 +44,6 @@ def _upgrade(connection: Connection, url: str) -> None:
 async def migrate(engine: AsyncEngine) -> None:
     """Brings the schema to the newest migration (serialised by an advisory lock, so replicas
     starting together do not race)."""
-    from sqlalchemy import text
-
     url = engine.url.render_as_string(hide_password=False)
     async with engine.begin() as connection:
         await connection.execute(text("SELECT pg_advisory_xact_lock(724100)"))
@@ -52,8 +52,6 @@ async def migrate(engine: AsyncEngine) -> None:
 
 def head_revision() -> str:
     """The newest migration this code knows."""
-    from alembic.script import ScriptDirectory
-
     head = ScriptDirectory.from_config(alembic_config("postgresql://")).get_current_head()
     if head is None:
         raise RuntimeError("no migrations found")
@@ -63,8 +61,6 @@ def head_revision() -> str:
 async def check_schema(engine: AsyncEngine, expected: str) -> None:
     """Raises unless the database is at ``expected`` (the code's head): a gateway is not
     ready on a database whose migrations have not run yet (or are newer than the code)."""
-    from sqlalchemy import text
-
     async with engine.connect() as connection:
         current = (
             await connection.execute(text("SELECT version_num FROM alembic_version"))
