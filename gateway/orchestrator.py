@@ -24,6 +24,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
+from gateway import metrics
 from gateway.pipeline import Stage, StageContext, StageResult, finished
 from gateway.runs import ClaimedJob, LeaseLost, Runs
 from gateway.settings import GatewaySettings
@@ -266,13 +267,22 @@ class Orchestrator:
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
+            started = time.monotonic()
+            outcome = "failed"
             try:
-                return await stage.run(ctx)
+                result = await stage.run(ctx)
+                outcome = "succeeded"
+                return result
+            except asyncio.CancelledError:
+                outcome = "cancelled"
+                raise
             except ReelmillError as error:
                 span.set_status(Status(StatusCode.ERROR, f"{error.code.name}: {error.message}"))
                 span.set_attribute("reelmill.error.code", error.code.name)
                 span.set_attribute("reelmill.error.reason", error.reason)
                 raise
+            finally:
+                metrics.stage_finished(stage.name, outcome, time.monotonic() - started)
 
     async def _finish_failed(self, job_id: uuid.UUID, error: ReelmillError) -> None:
         with contextlib.suppress(LeaseLost):
@@ -373,6 +383,7 @@ class Orchestrator:
                         )
                         raise StageFailed(name, error) from None
                     delay = self.retry_backoff.delay(attempts)
+                    metrics.stage_retried(name, error.code.name)
                     log.warning(
                         "stage failed transiently; retrying",
                         extra={

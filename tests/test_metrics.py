@@ -460,6 +460,8 @@ async def test_every_process_serves_metrics_that_follow_a_job(
         assert value(after, "reelmill_queue_depth") == 0
         assert value(after, "reelmill_jobs", state="RUNNING") == 0
         assert value(after, "reelmill_watchers") == 0
+        probes = "reelmill_stage_duration_seconds_count"
+        assert value(after, probes, stage="probe", outcome="succeeded") == 1
 
         # A URL import held by the media server: the job stays RUNNING while it is watched.
         media = StallingMedia(clip.read_bytes(), media_port)
@@ -494,6 +496,9 @@ async def test_every_process_serves_metrics_that_follow_a_job(
         final = await asyncio.to_thread(gateway)
         assert value(final, "reelmill_jobs", state="RUNNING") == 0
         assert value(final, "reelmill_queue_depth") == 0
+        assert value(final, probes, stage="probe", outcome="succeeded") == 2
+        assert value(final, probes, stage="import", outcome="succeeded") == 1
+        assert not final.get("reelmill_stage_retries_total")  # nothing was retried
         # A URL import is no upload.
         assert value(final, "reelmill_upload_size_bytes_total", service="gateway") == size
     # Each process's endpoint stops with it (the suite's SIGTERM).

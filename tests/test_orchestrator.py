@@ -16,12 +16,16 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+import gateway.metrics
 from gateway.convert import estimated_wait
 from gateway.db import models
 from gateway.db.engine import make_engine, make_sessionmaker
+from gateway.metrics import GatewayMetrics
 from gateway.orchestrator import Orchestrator, retryable
 from gateway.pipeline import Stage, StageContext, StageResult
 from gateway.purges import Purger
@@ -231,6 +235,31 @@ async def test_transient_failures_are_retried_and_recorded(
     assert retrying[0].stage.error.code == error.code.name
     assert retrying[0].stage.error.reason == error.reason
     assert "retrying in" in retrying[0].message
+
+
+async def test_stage_attempts_and_retries_are_measured(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    monkeypatch.setattr(gateway.metrics, "instruments", GatewayMetrics(provider.get_meter("test")))
+    stage = Scripted("transcode", harness.objects, failures=[Unavailable("down")] * 2)
+    job_id = await harness.job([stage])
+    async with harness.running([stage]):
+        assert (await harness.finished(job_id)).state == job_pb2.JOB_STATE_SUCCEEDED
+    found: dict[tuple[str, ...], Any] = {}
+    data = reader.get_metrics_data()
+    for resource in data.resource_metrics if data else ():
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    key = (metric.name, *sorted(f"{k}={v}" for k, v in point.attributes.items()))
+                    found[key] = point
+    provider.shutdown()
+    duration = "reelmill.stage.duration"
+    assert found[(duration, "outcome=failed", "stage=transcode")].count == 2
+    assert found[(duration, "outcome=succeeded", "stage=transcode")].count == 1
+    assert found[("reelmill.stage.retries", "code=UNAVAILABLE", "stage=transcode")].value == 2
 
 
 async def test_permanent_failure_is_not_retried(harness: Harness) -> None:
