@@ -28,6 +28,7 @@ import httpx2
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
+from pydantic import BaseModel, ValidationError
 
 from reelmill.retry import Backoff, Uniform, retry
 from runtime.errors import (
@@ -44,6 +45,7 @@ from runtime.settings import GeminiServiceSettings
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 _MESSAGE_LIMIT = 300
 #: Waits between attempts: 1 s before the first retry, doubling up to 20 s (jittered).
@@ -188,6 +190,29 @@ class GeminiClient:
 
     async def close(self) -> None:
         await self._http.aclose()
+
+
+def invalid_output(what: str, problem: str) -> Unavailable:
+    """The error for a response that does not validate: UNAVAILABLE (GEMINI_INVALID_OUTPUT), so
+    ``GeminiClient.generate`` retries it like a transient failure. ``what`` names the output
+    ("a transcript"); ``problem`` is logged, not sent to the caller."""
+    log.warning("gemini returned %s that does not validate: %s", what, problem)
+    return Unavailable(
+        f"gemini returned {what} that does not validate", reason="GEMINI_INVALID_OUTPUT"
+    )
+
+
+def parse_as(model: type[M], what: str) -> Callable[[str], M]:
+    """A ``parse`` for ``GeminiClient.generate``: the response's JSON validated as ``model``;
+    ``invalid_output`` when it does not validate."""
+
+    def parse(text: str) -> M:
+        try:
+            return model.model_validate_json(text)
+        except ValidationError as exc:
+            raise invalid_output(what, str(exc.errors()[:3])) from None
+
+    return parse
 
 
 def response_text(response: types.GenerateContentResponse) -> str:

@@ -24,11 +24,12 @@ from runtime.errors import (
     Unavailable,
     error_info,
 )
-from runtime.genai import GeminiClient, GeminiConfig
+from runtime.genai import GeminiClient, GeminiConfig, parse_as
 from runtime.server import build_server
 from runtime.storage.local import LocalObjectStore
 from services.metadata import extractive
 from services.metadata.chapters import find_chapters
+from services.metadata.gemini import GeneratedChapter
 from services.metadata.generator import MetadataGenerator
 from services.metadata.keywords import keyphrases
 from services.metadata.model import Engine, MetadataOptions, Source, TimedText
@@ -481,6 +482,21 @@ async def test_gemini_errors(
         await generator.generate(lecture(), MetadataOptions(), "jobs/err/")
     assert getattr(caught.value, "reason", None) == reason
     assert recorded.answers == []
+
+
+def test_gemini_output_that_does_not_validate_is_retryable_and_keeps_its_details_in_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    parse = parse_as(GeneratedChapter, "a chapter")
+    assert parse('{"start_seconds": 1.5, "title": "Intro"}') == GeneratedChapter(
+        start_seconds=1.5, title="Intro"
+    )
+    for text in ('{"start_seconds": -1, "title": "Intro"}', "not json"):
+        with pytest.raises(Unavailable) as caught:
+            parse(text)
+        assert caught.value.reason == "GEMINI_INVALID_OUTPUT"
+        assert caught.value.message == "gemini returned a chapter that does not validate"
+    assert "start_seconds" in caplog.text
 
 
 async def test_gemini_error_reaches_the_caller_as_a_status(

@@ -10,20 +10,16 @@ like a transient error, then reported as UNAVAILABLE (GEMINI_INVALID_OUTPUT).
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping
 from typing import Any
 
 from google.genai import types
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
-from runtime.errors import Unavailable
-from runtime.genai import GeminiClient
+from runtime.genai import GeminiClient, invalid_output, parse_as
 from services.metadata.model import Chapter, Metadata, Source
 from services.metadata.schema import validation_error
 from services.metadata.text import clean, clock
-
-log = logging.getLogger(__name__)
 
 NAME = "gemini"
 MAX_TITLE_CHARS = 100
@@ -85,18 +81,7 @@ def context(source: Source, budget: int) -> str:
     return f"{header}\n\nTranscript:\n{transcript_lines(source, budget)}\n"
 
 
-def _invalid(problem: str) -> Unavailable:
-    log.warning("gemini returned invalid metadata: %s", problem)
-    return Unavailable(
-        "gemini returned metadata that does not validate", reason="GEMINI_INVALID_OUTPUT"
-    )
-
-
-def parse_metadata(text: str) -> GeneratedMetadata:
-    try:
-        return GeneratedMetadata.model_validate_json(text)
-    except ValidationError as exc:
-        raise _invalid(str(exc.errors()[:3])) from None
+parse_metadata = parse_as(GeneratedMetadata, "metadata")
 
 
 def tidy(generated: GeneratedMetadata, source: Source, max_tags: int, model: str) -> Metadata:
@@ -155,10 +140,10 @@ class GeminiGenerator:
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise _invalid(f"not JSON: {exc.msg}") from None
+                raise invalid_output("custom metadata", f"not JSON: {exc.msg}") from None
             problem = validation_error(value, schema)
             if problem is not None:
-                raise _invalid(problem)
+                raise invalid_output("custom metadata", problem)
             return value
 
         instructions = CUSTOM_INSTRUCTIONS + (f"\n{prompt.strip()}\n" if prompt.strip() else "")

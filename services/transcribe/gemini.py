@@ -14,10 +14,10 @@ import logging
 from collections.abc import AsyncGenerator
 
 from google.genai import types
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from runtime.errors import Unavailable
-from runtime.genai import GeminiClient
+from runtime.genai import GeminiClient, parse_as
 from runtime.tasks import shielded
 from services.transcribe.audio import Samples, encode_flac
 from services.transcribe.model import Language, Segment, TranscribeOptions
@@ -65,15 +65,7 @@ def build_prompt(options: TranscribeOptions) -> str:
     return PROMPT
 
 
-def parse_transcript(text: str) -> GeminiTranscript:
-    try:
-        return GeminiTranscript.model_validate_json(text)
-    except ValidationError as exc:
-        log.warning("gemini returned an invalid transcript: %s", exc.errors()[:3])
-        raise Unavailable(
-            "gemini returned a transcript that does not match the schema",
-            reason="GEMINI_INVALID_OUTPUT",
-        ) from None
+parse_transcript = parse_as(GeminiTranscript, "a transcript")
 
 
 class GeminiEngine:
