@@ -25,6 +25,7 @@ caller as INTERNAL with a generic message, unless a translation registered by th
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, ClassVar
@@ -248,8 +249,12 @@ def _wrap_stream(behavior: Handler) -> Handler:
         request_or_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         try:
-            async for response in behavior(request_or_iterator, context):
-                yield response
+            responses = behavior(request_or_iterator, context)
+            if inspect.isawaitable(responses):
+                await responses  # a handler that writes with context.write (health Watch)
+            else:
+                async for response in responses:
+                    yield response
         except grpc.aio.AbortError:
             raise
         except Exception as exc:

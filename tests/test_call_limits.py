@@ -69,3 +69,27 @@ async def test_calls_beyond_capacity_and_queue_are_refused_while_health_answers(
             assert await call(b"z", timeout=30) == b"z"
     finally:
         await server.stop(0)
+
+
+async def test_health_watch_streams_through_the_shared_interceptors() -> None:
+    """Health's Watch writes with ``context.write`` rather than yielding: the shared
+    interceptors (error mapping, call metrics, limits) must pass such a stream through."""
+    server = build_server(ServiceSettings())
+    checker = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+    await checker.set("", health_pb2.HealthCheckResponse.SERVING)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service=""), timeout=10
+            )
+            first = await watch.read()
+            assert first.status == health_pb2.HealthCheckResponse.SERVING
+            await checker.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+            second = await watch.read()
+            assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            watch.cancel()
+    finally:
+        await server.stop(0)
