@@ -1,5 +1,5 @@
-"""Upload throughput and memory: gateway -> ingest -> S3 (moto server on loopback) against a
-direct minio-py ``put_object`` of the same file to the same server, in one run.
+"""Upload throughput and memory: gateway -> ingest -> S3 (a SeaweedFS server on loopback)
+against a direct minio-py ``put_object`` of the same file to the same server, in one run.
 
 For each size, fresh gateway and ingest processes are started so their peak RSS (VmHWM)
 belongs to that upload alone. The files are real videos (raw frames in Matroska), since
@@ -18,7 +18,7 @@ from pathlib import Path
 from bench.common import table
 from reelmill.client import ReelmillClient
 from runtime.ffmpeg import ffmpeg_path
-from tests.servers import run_moto, run_postgres
+from tests.servers import run_postgres, run_seaweedfs
 from tests.suite import run_suite, token
 
 MIB = 1024 * 1024
@@ -67,10 +67,11 @@ def main(quick: bool = False) -> None:
     rows = []
     with (
         tempfile.TemporaryDirectory(prefix="bench-upload-") as tmp,
-        run_moto() as s3,
+        run_seaweedfs() as weed,
         run_postgres() as pg,
     ):
         workdir = Path(tmp)
+        s3 = weed.server
         client = s3.client()
         for size, label in sizes:
             video = make_video(workdir / f"{label.replace(' ', '')}.mkv", size)
@@ -83,19 +84,9 @@ def main(quick: bool = False) -> None:
             direct = time.perf_counter() - began
             client.remove_object(bucket, "direct")
 
-            import asyncpg
-
-            database = f"bench_{uuid.uuid4().hex[:8]}"
-
-            async def create_db(name: str = database) -> None:
-                conn = await asyncpg.connect(pg.dsn())
-                await conn.execute(f'CREATE DATABASE "{name}"')
-                await conn.close()
-
-            asyncio.run(create_db())
             env = {
                 **s3.env(bucket),
-                "REELMILL_DATABASE_URL": pg.url(database),
+                "REELMILL_DATABASE_URL": pg.url(pg.create_database("bench")),
                 "REELMILL_LOG_LEVEL": "WARNING",
             }
             with run_suite(env) as suite:

@@ -1,28 +1,52 @@
+"""The session's real servers and what every test that needs them takes from them: a database
+cloned from the migrated template (``fresh_database``), a bucket (``fresh_bucket``), and the
+storage and database settings of a suite (``suite_env``)."""
+
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
-from tests.servers import PostgresServer, S3Server, run_moto, run_postgres
+from tests.servers import PostgresServer, S3Server, run_postgres, run_seaweedfs
 
 SHARED_MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
+
+Backend = Literal["local", "s3"]
+#: ``fresh_database(prefix, migrated=True)`` -> the name of a new database.
+FreshDatabase = Callable[..., str]
+#: ``fresh_bucket(prefix)`` -> the name of a new, empty bucket.
+FreshBucket = Callable[..., str]
+#: ``suite_env(backend)`` -> a fresh database and fresh storage, as ``REELMILL_*`` settings.
+SuiteEnv = Callable[[Backend], dict[str, str]]
 
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
-    with run_moto() as server:
-        yield server
+    """The session's S3 server, SeaweedFS: where it answers and the identity it checks
+    signatures against."""
+    with run_seaweedfs() as weed:
+        yield weed.server
+
+
+@pytest.fixture(scope="session")
+def fresh_bucket(s3_server: S3Server) -> FreshBucket:
+    def make(prefix: str = "t") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:16]}"
+        s3_server.client().make_bucket(name)
+        return name
+
+    return make
 
 
 @pytest.fixture
-def s3_bucket(s3_server: S3Server) -> str:
+def s3_bucket(fresh_bucket: FreshBucket) -> str:
     """A fresh, empty bucket per test."""
-    name = f"t-{uuid.uuid4().hex[:16]}"
-    s3_server.client().make_bucket(name)
-    return name
+    return fresh_bucket()
 
 
 @pytest.fixture(scope="session")
@@ -40,44 +64,58 @@ def shared_media() -> Path:
 
 @pytest.fixture(scope="session")
 def migrated_template(postgres: PostgresServer) -> str:
-    """A database with every migration applied, cloned by each test that needs one."""
-    import asyncio
-
-    import asyncpg
-
+    """A database with every migration applied, cloned by ``fresh_database``."""
     from gateway.db.engine import make_engine, migrate
 
+    name = postgres.create_database("template")
+
     async def build() -> None:
-        conn = await asyncpg.connect(postgres.dsn())
-        try:
-            await conn.execute("CREATE DATABASE reelmill_template")
-        finally:
-            await conn.close()
-        engine = make_engine(postgres.url("reelmill_template"))
+        engine = make_engine(postgres.url(name))
         try:
             await migrate(engine)
         finally:
             await engine.dispose()
 
     asyncio.run(build())
-    return "reelmill_template"
+    return name
+
+
+@pytest.fixture(scope="session")
+def fresh_database(postgres: PostgresServer, migrated_template: str) -> FreshDatabase:
+    """Creates a database and returns its name: a clone of the migrated template, or with
+    ``migrated=False`` an empty one (for what has to migrate it itself). Call it from sync
+    code (a fixture), not from a running event loop."""
+
+    def make(prefix: str = "t", *, migrated: bool = True) -> str:
+        return postgres.create_database(prefix, template=migrated_template if migrated else None)
+
+    return make
 
 
 @pytest.fixture
-def database_url(postgres: PostgresServer, migrated_template: str) -> str:
+def database_url(postgres: PostgresServer, fresh_database: FreshDatabase) -> str:
     """A fresh, migrated database per test."""
-    import asyncio
+    return postgres.url(fresh_database())
 
-    import asyncpg
 
-    name = f"t_{uuid.uuid4().hex[:12]}"
+@pytest.fixture(scope="session")
+def suite_env(
+    postgres: PostgresServer,
+    fresh_database: FreshDatabase,
+    fresh_bucket: FreshBucket,
+    s3_server: S3Server,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> SuiteEnv:
+    """The settings a suite of its own needs: a fresh migrated database, and a fresh bucket
+    on the session's S3 server (``"s3"``) or a fresh local object directory (``"local"``)."""
 
-    async def create() -> None:
-        conn = await asyncpg.connect(postgres.dsn())
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE {migrated_template}')
-        finally:
-            await conn.close()
+    def make(backend: Backend) -> dict[str, str]:
+        env = {"REELMILL_DATABASE_URL": postgres.url(fresh_database())}
+        if backend == "s3":
+            env.update(s3_server.env(fresh_bucket()))
+        else:
+            objects = tmp_path_factory.mktemp("objects")
+            env.update({"REELMILL_STORAGE_BACKEND": "local", "REELMILL_STORAGE_DIR": str(objects)})
+        return env
 
-    asyncio.run(create())
-    return postgres.url(name)
+    return make

@@ -1,13 +1,21 @@
 """The README's first command, for real: `reelmill demo` starts every process on embedded
-defaults (pgserver, local store), processes a sample video and stops everything. And
-`reelmill migrate`, which runs the gateway's own `python -m gateway migrate`."""
+defaults (pgserver, local store), processes a sample video and stops everything; `reelmill up
+--storage seaweedfs` does the same with an embedded S3 server whose presigned URLs a plain HTTP
+client fetches. And `reelmill migrate`, which runs the gateway's own `python -m gateway
+migrate`."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -15,6 +23,8 @@ import asyncpg
 import psutil
 import pytest
 
+from reelmill.v1 import job_pb2, media_pb2, pipeline_pb2
+from tests.media import make_clip
 from tests.servers import PostgresServer, free_port
 
 pytestmark = pytest.mark.e2e
@@ -53,6 +63,75 @@ def test_demo_processes_a_sample_and_stops_cleanly(tmp_path: Path) -> None:
     assert credentials.is_file()
     # Every child was stopped: no process still runs from this home.
     assert [p.pid for p in psutil.process_iter() if _mentions(p, str(tmp_path))] == []
+
+
+def test_up_with_seaweedfs_serves_artifacts_over_presigned_http_urls(tmp_path: Path) -> None:
+    """`reelmill up --storage seaweedfs`: an upload and a short job land in the embedded S3
+    server, whose presigned URL for an artifact is an http URL a plain GET fetches (no
+    credentials but the signature); SIGTERM stops every process, SeaweedFS included."""
+    listen = f"127.0.0.1:{free_port()}"
+    home = tmp_path / "home"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("REELMILL_")}
+    log = tmp_path / "up.log"
+    command = ["reelmill.cli.main", "up", "--listen", listen, "--storage", "seaweedfs"]
+    with log.open("wb") as output:
+        up = subprocess.Popen(
+            [sys.executable, "-m", *command],
+            env={**clean, "REELMILL_HOME": str(home), "COLUMNS": "200"},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        credentials = home / "credentials.json"
+        deadline = time.monotonic() + 300
+        while not credentials.is_file():
+            assert up.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        bearer = json.loads(credentials.read_text())["token"]
+        clip = make_clip(tmp_path / "clip.mp4", seconds=1)
+        url, artifact = asyncio.run(_rendition(listen, bearer, clip))
+        assert url.startswith("http://127.0.0.1:"), url
+        with urllib.request.urlopen(url, timeout=30) as response:
+            assert response.status == 200
+            body = response.read()
+        assert hashlib.sha256(body).hexdigest() == artifact.sha256
+        assert len(body) == artifact.size_bytes
+        unsigned = url.split("?", 1)[0]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(unsigned, timeout=30)
+        refused.value.close()
+        assert refused.value.code == 403
+        assert "S3 (SeaweedFS): http://127.0.0.1:" in log.read_text()
+    finally:
+        up.send_signal(signal.SIGTERM)
+        code = up.wait(timeout=120)
+    assert code == 0, log.read_text()
+    assert [p.pid for p in psutil.process_iter() if _mentions(p, str(tmp_path))] == []
+
+
+#: A short job: one small rendition, nothing else.
+ONE_RENDITION = pipeline_pb2.PipelineSpec(
+    transcode=pipeline_pb2.TranscodeSpec(
+        ladder=[pipeline_pb2.LadderRung(height=120)], preset="ultrafast"
+    ),
+    audio=pipeline_pb2.AudioSpec(disabled=True),
+)
+
+
+async def _rendition(address: str, bearer: str, clip: Path) -> tuple[str, media_pb2.Artifact]:
+    """Uploads ``clip`` and runs a short job; a rendition's URL and its artifact."""
+    from reelmill.client import ReelmillClient
+
+    async with ReelmillClient(address, token=bearer) as client:
+        video = await client.upload_file(clip)
+        job = await client.create_job(video.id, spec=ONE_RENDITION)
+        async for _ in client.watch_job(job.id):
+            pass
+        done = await client.get_job(job.id)
+        assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done
+        artifact = next(a for a in done.artifacts if a.name.startswith("renditions/"))
+        return await client.artifact_url(job.id, artifact.name), artifact
 
 
 def _mentions(process: psutil.Process, needle: str) -> bool:

@@ -1,5 +1,5 @@
 """End to end through real processes: gateway + ingest as subprocesses, real Postgres, a real
-S3 server (moto) or the local-directory store, real media."""
+S3 server (SeaweedFS) or the local-directory store, real media."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import sys
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -20,8 +19,9 @@ import pytest
 from reelmill.client import ReelmillClient
 from reelmill.v1 import job_pb2, job_service_pb2, media_pb2, pipeline_pb2
 from runtime.errors import error_info
+from tests.conftest import SuiteEnv
 from tests.media import make_clip
-from tests.servers import PostgresServer, S3Server, entries_under, free_port
+from tests.servers import S3Server, entries_under, free_port
 from tests.suite import PROBE_ONLY, Suite, run_suite, token
 
 pytestmark = pytest.mark.e2e
@@ -29,38 +29,9 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module", params=["local", "s3"])
 def suite(
-    request: pytest.FixtureRequest,
-    postgres: PostgresServer,
-    migrated_template: str,
-    s3_server: S3Server,
-    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest, suite_env: SuiteEnv, s3_server: S3Server
 ) -> Iterator[Suite]:
-    import asyncio as aio
-
-    import asyncpg
-
-    database = f"e2e_{uuid.uuid4().hex[:10]}"
-
-    async def create_db() -> None:
-        conn = await asyncpg.connect(postgres.dsn())
-        try:
-            await conn.execute(f'CREATE DATABASE "{database}" TEMPLATE {migrated_template}')
-        finally:
-            await conn.close()
-
-    aio.run(create_db())
-    env = {"REELMILL_DATABASE_URL": postgres.url(database)}
-    if request.param == "s3":
-        bucket = f"e2e-{uuid.uuid4().hex[:12]}"
-        s3_server.client().make_bucket(bucket)
-        env.update(s3_server.env(bucket))
-    else:
-        env.update(
-            {
-                "REELMILL_STORAGE_BACKEND": "local",
-                "REELMILL_STORAGE_DIR": str(tmp_path_factory.mktemp("objects")),
-            }
-        )
+    env = suite_env(request.param)
     # Media served from this machine for URL imports: loopback is refused unless allowed.
     media_port = free_port()
     env.update(

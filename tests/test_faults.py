@@ -41,8 +41,15 @@ from minio import Minio
 from reelmill.client import ReelmillClient
 from reelmill.v1 import job_pb2, pipeline_pb2
 from runtime.ffmpeg import ffmpeg_path
+from tests.conftest import FreshBucket, FreshDatabase, SuiteEnv
 from tests.media import make_clip, make_speech_clip
-from tests.servers import S3Server, restart_postgres, run_postgres, run_recorded_moto
+from tests.servers import (
+    PostgresServer,
+    S3Server,
+    restart_postgres,
+    run_postgres,
+    run_seaweedfs,
+)
 from tests.suite import Process, Suite, run_suite, token
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
@@ -99,18 +106,10 @@ def short_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_clip(tmp_path_factory.mktemp("faults-clip") / "one.mp4", seconds=2)
 
 
-def s3_env(s3: S3Server) -> dict[str, str]:
-    bucket = f"f-{uuid.uuid4().hex[:12]}"
-    s3.client().make_bucket(bucket)
-    return s3.env(bucket)
-
-
 @contextlib.contextmanager
-def running(
-    database_url: str, storage: dict[str, str], *, gateways: int = 1, **extra: str
-) -> Iterator[Suite]:
-    env = {**FAST, "REELMILL_DATABASE_URL": database_url, **storage, **extra}
-    with run_suite(env, gateways=gateways) as suite:
+def running(env: dict[str, str], *, gateways: int = 1, **extra: str) -> Iterator[Suite]:
+    """A suite on ``env`` (a database and a bucket: ``suite_env("s3")``) with FAST timings."""
+    with run_suite({**FAST, **env, **extra}, gateways=gateways) as suite:
         try:
             yield suite
         except BaseException:
@@ -120,8 +119,10 @@ def running(
             raise
 
 
-def dsn_of(database_url: str) -> str:
-    return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+def dsn_of(suite: Suite) -> str:
+    """The suite's database, for asyncpg."""
+    url = suite.env["REELMILL_DATABASE_URL"]
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 # what must hold after any fault ----------------------------------------------------------------
@@ -267,12 +268,10 @@ async def chaos(suite: Suite, rng: random.Random, stop: asyncio.Event, log: list
         log.append(f"{kind} killed, back after {time.monotonic() - began:.1f}s")
 
 
-async def test_sigkill_any_process_mid_job(
-    database_url: str, s3_server: S3Server, speech: Path
-) -> None:
+async def test_sigkill_any_process_mid_job(suite_env: SuiteEnv, speech: Path) -> None:
     rng = random.Random(5)
-    with running(database_url, s3_env(s3_server)) as suite:
-        dsn = dsn_of(database_url)
+    with running(suite_env("s3")) as suite:
+        dsn = dsn_of(suite)
         kills: list[str] = []
         outcomes: list[str] = []
         async with ReelmillClient(suite.gateway, token=token()) as client:
@@ -306,14 +305,14 @@ def killed_kinds(kills: list[str]) -> set[str]:
 
 
 async def test_sigkill_ingest_mid_upload_leaves_no_multipart_upload(
-    database_url: str, s3_server: S3Server
+    suite_env: SuiteEnv,
 ) -> None:
     """An upload larger than a part is a multipart upload in S3: killed mid-way, ingest can
     neither finish nor abort it, so its next life's sweep must (and the scratch copy too)."""
     # Leftovers count as stale after 10 s here (a day by default); the upload is killed well
     # before its own ingest would take it for one.
     extra = {"REELMILL_STALE_AFTER_SECONDS": "10", "REELMILL_SWEEP_INTERVAL_SECONDS": "1"}
-    with running(database_url, s3_env(s3_server), **extra) as suite:
+    with running(suite_env("s3"), **extra) as suite:
         part = 5 * 2**20  # REELMILL_S3_PART_SIZE_MIB
         sent = asyncio.Event()
         hold = asyncio.Event()
@@ -346,14 +345,14 @@ async def test_sigkill_ingest_mid_upload_leaves_no_multipart_upload(
 
 
 async def test_hung_service_exhausts_retries_and_its_late_writes_are_purged(
-    database_url: str, s3_server: S3Server, short_clip: Path
+    suite_env: SuiteEnv, short_clip: Path
 ) -> None:
     """Transcode frozen (SIGSTOP) for longer than every attempt's deadline: the job fails with
     DEADLINE_EXCEEDED once its retries run out. Thawed, transcode finds its calls cancelled;
     whatever it had written or still writes under the job's prefix goes with the purge, so
     the artifacts of the stages that finished and the stored objects still match."""
     extra = {"REELMILL_STAGE_TIMEOUT_SECONDS": "4", "REELMILL_STAGE_MAX_ATTEMPTS": "2"}
-    with running(database_url, s3_env(s3_server), **extra) as suite:
+    with running(suite_env("s3"), **extra) as suite:
         transcode = suite.processes["transcode"][0]
         spec = pipeline_pb2.PipelineSpec(
             transcode=pipeline_pb2.TranscodeSpec(ladder=[pipeline_pb2.LadderRung(height=120)]),
@@ -377,7 +376,7 @@ async def test_hung_service_exhausts_retries_and_its_late_writes_are_purged(
             # the thawed service's scratch is gone once it has noticed the cancelled calls
             await eventually(lambda: not scratch_left(suite), "transcode cleaned up")
             await asyncio.sleep(2)  # room for a late write, before checking for orphans
-            await check_job(suite, dsn_of(database_url), job.id, seen, client)
+            await check_job(suite, dsn_of(suite), job.id, seen, client)
         await check_clean(suite)
 
 
@@ -396,10 +395,10 @@ async def lease_owner_pid(dsn: str, job_id: str) -> int | None:
 
 
 async def test_surviving_gateway_resumes_a_killed_gateways_job(
-    database_url: str, s3_server: S3Server, speech: Path
+    suite_env: SuiteEnv, speech: Path
 ) -> None:
-    with running(database_url, s3_env(s3_server), gateways=2) as suite:
-        dsn = dsn_of(database_url)
+    with running(suite_env("s3"), gateways=2) as suite:
+        dsn = dsn_of(suite)
         first, second = suite.processes["gateway"]
         owner = token()
         # Transcode frozen: the transcode stage is surely in flight when the gateway dies.
@@ -465,11 +464,13 @@ async def stage_running(client: ReelmillClient, job_id: str, stage: str) -> bool
     return any(s.name == stage and s.state == job_pb2.STAGE_STATE_RUNNING for s in current.stages)
 
 
-async def test_postgres_restart_mid_job(s3_server: S3Server, speech: Path) -> None:
+async def test_postgres_restart_mid_job(
+    s3_server: S3Server, fresh_bucket: FreshBucket, speech: Path
+) -> None:
     # A Postgres of its own: the session's is shared with the other tests.
     with run_postgres() as postgres:
-        database_url = postgres.url("postgres")
-        with running(database_url, s3_env(s3_server), gateways=2) as suite:
+        env = {"REELMILL_DATABASE_URL": postgres.url("postgres"), **s3_server.env(fresh_bucket())}
+        with running(env, gateways=2) as suite:
             async with ReelmillClient(suite.gateway, token=token()) as client:
                 video = await client.upload_file(speech)
                 jobs = [await client.create_job(video.id, spec=SMALL) for _ in range(3)]
@@ -492,9 +493,7 @@ async def test_postgres_restart_mid_job(s3_server: S3Server, speech: Path) -> No
                     watching.cancel()
                     await asyncio.gather(watching, return_exceptions=True)
                 for job in jobs:
-                    done = await check_job(
-                        suite, dsn_of(database_url), job.id, seen[job.id], client
-                    )
+                    done = await check_job(suite, dsn_of(suite), job.id, seen[job.id], client)
                     assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
                     print(job.id, {s.name: s.attempts for s in done.stages if s.attempts > 1})
             logs = "".join(p.output() for p in suite.processes["gateway"])
@@ -503,46 +502,53 @@ async def test_postgres_restart_mid_job(s3_server: S3Server, speech: Path) -> No
 
 
 async def test_s3_outage_and_restart_mid_job(
-    database_url: str, speech: Path, tmp_path: Path
+    postgres: PostgresServer, fresh_database: FreshDatabase, speech: Path
 ) -> None:
-    """moto keeps everything in memory, so a restart is a recorded one (see ``RecordedMoto``):
-    first an outage (SIGSTOP for longer than a stage's S3 calls take, then SIGCONT), then a
-    SIGKILL and a new server on the same port with the recorded state replayed."""
-    with (
-        run_recorded_moto(tmp_path) as moto,
-        running(database_url, s3_env(moto.server), gateways=1) as suite,
-    ):
-        async with ReelmillClient(suite.gateway, token=token()) as client:
-            video = await client.upload_file(speech)
-            jobs = [await client.create_job(video.id, spec=SMALL) for _ in range(2)]
-            seen: dict[str, list[int]] = {job.id: [] for job in jobs}
-            watching = asyncio.gather(*(watch(client, j.id, seen[j.id]) for j in jobs))
-            assert moto.proc is not None
-            try:
-                await eventually(
-                    lambda: stage_running(client, jobs[0].id, "transcode"), "transcoding"
-                )
-                moto.proc.send_signal(signal.SIGSTOP)
+    """An S3 server of its own (the session's is shared with the other tests): first an
+    outage (SIGSTOP for longer than a stage's S3 calls take, then SIGCONT), then a SIGKILL and
+    a restart on the same data directory and ports. The suite creates its bucket."""
+    with run_seaweedfs() as weed:
+        env = {
+            "REELMILL_DATABASE_URL": postgres.url(fresh_database()),
+            **weed.server.env("faults-s3-restart"),
+        }
+        with running(env, gateways=1) as suite:
+            async with ReelmillClient(suite.gateway, token=token()) as client:
+                video = await client.upload_file(speech)
+                jobs = [await client.create_job(video.id, spec=SMALL) for _ in range(2)]
+                seen: dict[str, list[int]] = {job.id: [] for job in jobs}
+                watching = asyncio.gather(*(watch(client, j.id, seen[j.id]) for j in jobs))
                 try:
-                    await asyncio.sleep(6)
+                    await eventually(
+                        lambda: stage_running(client, jobs[0].id, "transcode"), "transcoding"
+                    )
+                    assert weed.process is not None
+                    weed.process.send_signal(signal.SIGSTOP)
+                    try:
+                        await asyncio.sleep(6)
+                    finally:
+                        weed.process.send_signal(signal.SIGCONT)
+                    print("\nS3 frozen for 6s while transcoding")
+                    await eventually(
+                        lambda: stage_running(client, jobs[-1].id, "transcribe"), "transcribing"
+                    )
+                    weed.kill()
+                    began = time.monotonic()
+                    await asyncio.sleep(1.0)
+                    await asyncio.to_thread(weed.start)
+                    print(
+                        f"S3 killed while transcribing, back after {time.monotonic() - began:.1f}s"
+                    )
+                    async with asyncio.timeout(PATIENCE):
+                        await watching
                 finally:
-                    moto.proc.send_signal(signal.SIGCONT)
-                print("\nS3 frozen for 6s while transcoding")
-                await eventually(
-                    lambda: stage_running(client, jobs[-1].id, "transcribe"), "transcribing"
-                )
-                await asyncio.to_thread(moto.restart, down=1.0)
-                print("S3 killed and restarted (state replayed) while transcribing")
-                async with asyncio.timeout(PATIENCE):
-                    await watching
-            finally:
-                watching.cancel()
-                await asyncio.gather(watching, return_exceptions=True)
-            for job in jobs:
-                done = await check_job(suite, dsn_of(database_url), job.id, seen[job.id], client)
-                assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
-                print(job.id, {s.name: s.attempts for s in done.stages if s.attempts > 1})
-        await check_clean(suite)
+                    watching.cancel()
+                    await asyncio.gather(watching, return_exceptions=True)
+                for job in jobs:
+                    done = await check_job(suite, dsn_of(suite), job.id, seen[job.id], client)
+                    assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
+                    print(job.id, {s.name: s.attempts for s in done.stages if s.attempts > 1})
+            await check_clean(suite)
 
 
 # 4. fifty short jobs at once, with peak memory per process -------------------------------------
@@ -591,12 +597,10 @@ class MemorySampler:
         return "\n".join(lines)
 
 
-async def test_fifty_concurrent_short_jobs(
-    database_url: str, s3_server: S3Server, short_clip: Path
-) -> None:
+async def test_fifty_concurrent_short_jobs(suite_env: SuiteEnv, short_clip: Path) -> None:
     extra = {"REELMILL_MAX_CONCURRENT_JOBS": "8", "REELMILL_CACHE_ENTRIES": "0"}
-    with running(database_url, s3_env(s3_server), gateways=2, **extra) as suite:
-        dsn = dsn_of(database_url)
+    with running(suite_env("s3"), gateways=2, **extra) as suite:
+        dsn = dsn_of(suite)
         began = time.monotonic()
         with MemorySampler(suite) as sampler:
             async with ReelmillClient(suite.gateway, token=token()) as client:

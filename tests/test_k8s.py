@@ -50,6 +50,7 @@ from reelmill.v1 import (
     transcode_service_pb2,
     transcribe_service_pb2,
 )
+from tests.conftest import FreshDatabase
 from tests.media import make_clip
 from tests.servers import PostgresServer, S3Server, free_port, stop_process
 from tests.suite import token
@@ -764,6 +765,18 @@ class LocalCluster:
         )
         return self.postgres.url(self.database)
 
+    def s3_credential(self, key: str, value: str) -> str:
+        """The test S3 server's access or secret key for the dev overlay's, after checking
+        that the MinIO StatefulSet would accept the overlay's (the test server checks
+        signatures against an identity of its own)."""
+        statefulset = self.r.get("StatefulSet", "minio")
+        minio = resolve_env(self.r, statefulset, main_container(statefulset))
+        if key == "REELMILL_S3_ACCESS_KEY":
+            assert value == minio["MINIO_ROOT_USER"], value
+            return self.s3.access_key
+        assert value == minio["MINIO_ROOT_PASSWORD"], value
+        return self.s3.secret_key
+
     def localize(self, workload: Obj, container: Obj, env: dict[str, str]) -> dict[str, str]:
         name = workload["metadata"]["name"]
         volumes = {v["name"]: v for v in pod(workload)["spec"].get("volumes", [])}
@@ -777,6 +790,8 @@ class LocalCluster:
             mounts[mount["mountPath"]] = local
 
         def one(key: str, value: str) -> str:
+            if key in ("REELMILL_S3_ACCESS_KEY", "REELMILL_S3_SECRET_KEY"):
+                return self.s3_credential(key, value)
             if value.startswith("postgresql"):
                 return self.database_url(value)
             for path, local in mounts.items():
@@ -879,21 +894,9 @@ def wait_serving(started: Started, port: int, services: set[str], timeout: float
 
 
 @pytest.fixture
-def empty_database(postgres: PostgresServer) -> str:
+def empty_database(fresh_database: FreshDatabase) -> str:
     """A database with no tables: the migrate Job has to create them."""
-    import asyncpg
-
-    name = f"k8s_{uuid.uuid4().hex[:12]}"
-
-    async def create() -> None:
-        conn = await asyncpg.connect(postgres.dsn())
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
-    return name
+    return fresh_database("k8s", migrated=False)
 
 
 @pytest.mark.e2e

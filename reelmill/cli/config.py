@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -19,6 +20,10 @@ class CliSettings(BaseSettings):
 
     #: Working directory of `reelmill up`: database, objects, logs, credentials.
     home: Path = Path(".reelmill")
+    #: The object store `reelmill up` runs: "local" (a directory, ``$REELMILL_HOME/objects``;
+    #: artifact URLs are file:// URLs) or "seaweedfs" (an embedded S3 server on loopback,
+    #: ``$REELMILL_HOME/seaweedfs``; artifact URLs are presigned http URLs).
+    up_storage: Literal["local", "seaweedfs"] = "local"
     #: Gateway address for the CLI.
     gateway: str | None = None
     #: Bearer token for the CLI: a JWT or an API key.

@@ -1,6 +1,6 @@
 """``reelmill``: run the suite and use it from a terminal.
 
-reelmill up                         start every process on localhost (Ctrl-C stops all)
+reelmill up [--storage seaweedfs]   start every process on localhost (Ctrl-C stops all)
 reelmill demo                       start, process a generated sample video, stop
 reelmill submit FILE [--watch]      upload, create a job, follow it
 reelmill jobs ls|get|cancel|watch   inspect and steer jobs
@@ -252,13 +252,19 @@ def up(args: argparse.Namespace) -> int:
     _require_server_side("up")
     from reelmill.cli.up import run_suite, serve_forever
 
-    settings = CliSettings()
+    settings = CliSettings(**({"up_storage": args.storage} if args.storage else {}))
     with run_suite(settings, listen=args.listen, echo=render.console.print) as suite:
         render.console.print(
             f"[bold green]reelmill is up[/]: gateway at [bold]{suite.gateway}[/]\n"
             f"credentials: {settings.credentials_file} (the CLI uses them)\n"
-            f"dev token: {suite.token}\nlogs: {suite.home / 'logs'}\nCtrl-C stops everything."
+            f"dev token: {suite.token}\nlogs: {suite.home / 'logs'}"
         )
+        if suite.seaweedfs is not None:
+            render.console.print(
+                f"S3 (SeaweedFS): {suite.seaweedfs.server.url}, "
+                f"keys in {suite.seaweedfs.root / 's3.json'}"
+            )
+        render.console.print("Ctrl-C stops everything.")
         return serve_forever(suite)
 
 
@@ -303,6 +309,12 @@ def parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("up", help="start the whole suite on localhost")
     p.add_argument("--listen", default="127.0.0.1:50051", help="gateway address")
+    p.add_argument(
+        "--storage",
+        choices=["local", "seaweedfs"],
+        help="object store: a local directory, or an embedded S3 server (SeaweedFS) whose "
+        "presigned http URLs players and browsers open (default: REELMILL_UP_STORAGE, local)",
+    )
     p.set_defaults(run=up)
     p = commands.add_parser("demo", help="start the suite, process a sample video, stop")
     p.add_argument("--listen", default="127.0.0.1:50051", help="gateway address")

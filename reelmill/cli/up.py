@@ -5,7 +5,10 @@ Server-side tooling: it needs the server packages and their dependencies (``pgse
 installed; no other client module imports it (``tests/test_client_package.py``).
 
 Embedded defaults: Postgres from the ``pgserver`` wheel in ``$REELMILL_HOME/pg`` and the
-local-directory object store in ``$REELMILL_HOME/objects``. Set ``REELMILL_DATABASE_URL`` (and
+local-directory object store in ``$REELMILL_HOME/objects``. ``REELMILL_UP_STORAGE=seaweedfs``
+(``up --storage seaweedfs``) runs an embedded S3 server instead (SeaweedFS on loopback, data in
+``$REELMILL_HOME/seaweedfs``; see ``reelmill.cli.seaweedfs``), so that artifact URLs are http
+URLs players and browsers on this machine can open. Set ``REELMILL_DATABASE_URL`` (and
 ``REELMILL_STORAGE_BACKEND=s3`` with the ``REELMILL_S3_*`` settings) to use external ones.
 Children are started by PID and stopped the same way: SIGTERM, a grace period, then SIGKILL.
 Every run generates a fresh internal token (unless ``REELMILL_INTERNAL_TOKEN`` is set) and gives
@@ -26,12 +29,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from reelmill.cli.config import CliSettings
+
+if TYPE_CHECKING:
+    from reelmill.cli.seaweedfs import SeaweedFS
 
 #: Internal services, in start order; the gateway starts last, stops first.
 SERVICES: tuple[tuple[str, str], ...] = (
@@ -73,6 +79,8 @@ class Suite:
     token: str
     children: list[Child] = field(default_factory=list)
     postgres: Any = None
+    #: The embedded S3 server (``REELMILL_UP_STORAGE=seaweedfs``), stopped after every child.
+    seaweedfs: SeaweedFS | None = None
 
     def stop(self, grace: float = STOP_GRACE) -> None:
         for child in reversed(self.children):
@@ -86,6 +94,9 @@ class Suite:
                 child.process.kill()
                 child.process.wait()
         self.children.clear()
+        if self.seaweedfs is not None:
+            self.seaweedfs.stop()
+            self.seaweedfs = None
         if self.postgres is not None:
             self.postgres.cleanup()
             self.postgres = None
@@ -171,6 +182,10 @@ def run_suite(
             base_env["REELMILL_DATABASE_URL"] = (
                 f"postgresql+asyncpg://postgres@/postgres?host={home / 'pg'}"
             )
+        if settings.up_storage == "seaweedfs":
+            base_env.update(_start_seaweedfs(suite, base_env.get("REELMILL_S3_BUCKET"), echo))
+            # URLs are signed for the endpoint itself: where this machine reaches it.
+            base_env.pop("REELMILL_S3_PUBLIC_URL", None)
         targets: dict[str, str] = {}
         for name, module in [*available_services(), GATEWAY]:
             address = listen if name == "gateway" else f"127.0.0.1:{free_port()}"
@@ -198,6 +213,18 @@ def run_suite(
         yield suite
     finally:
         suite.stop()
+
+
+def _start_seaweedfs(suite: Suite, bucket: str | None, echo: Any) -> dict[str, str]:
+    """Starts the embedded S3 server on ``$REELMILL_HOME/seaweedfs`` (same ports and keys as
+    the last run there); the storage settings that point every process at it."""
+    from reelmill.cli.seaweedfs import SeaweedFS
+
+    weed = SeaweedFS(suite.home / "seaweedfs")
+    echo(f"starting embedded SeaweedFS (S3 at {weed.server.url}) …")
+    weed.start()
+    suite.seaweedfs = weed
+    return weed.server.env(bucket or "reelmill")
 
 
 def serve_forever(suite: Suite) -> int:

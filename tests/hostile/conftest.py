@@ -1,14 +1,12 @@
 """The hostile-input harness: gateway + ingest as real processes on a fresh database, a fresh
-S3 bucket (moto), their own scratch and log directories, with small limits so that lying
+S3 bucket (SeaweedFS), their own scratch and log directories, with small limits so that lying
 headers stay cheap."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import subprocess
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from reelmill.v1 import job_service_pb2 as pb
 from reelmill.v1 import job_service_pb2_grpc
 from runtime.ffmpeg import ffmpeg_path
-from tests.servers import PostgresServer, S3Server, entries_under
+from tests.conftest import SuiteEnv
+from tests.servers import S3Server, entries_under
 from tests.suite import INTERNAL_TOKEN, JWT_SECRET, Suite, token
 
 #: Limits the harness runs with (the settings under test; README documents them).
@@ -102,44 +101,28 @@ class Hostile:
 
 @pytest.fixture(scope="module")
 def hostile(
-    postgres: PostgresServer,
-    migrated_template: str,
-    s3_server: S3Server,
-    tmp_path_factory: pytest.TempPathFactory,
+    suite_env: SuiteEnv, s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Hostile]:
-    import asyncpg
-
-    database = f"hostile_{uuid.uuid4().hex[:10]}"
-
-    async def create_db() -> None:
-        conn = await asyncpg.connect(postgres.dsn())
-        try:
-            await conn.execute(f'CREATE DATABASE "{database}" TEMPLATE {migrated_template}')
-        finally:
-            await conn.close()
-
-    asyncio.run(create_db())
-    bucket = f"hostile-{uuid.uuid4().hex[:12]}"
-    s3_server.client().make_bucket(bucket)
+    env = suite_env("s3")
     scratch = tmp_path_factory.mktemp("scratch")
     suite = Suite(
         env={
             "REELMILL_JWT_SECRET": JWT_SECRET,
             "REELMILL_INTERNAL_TOKEN": INTERNAL_TOKEN,
-            "REELMILL_DATABASE_URL": postgres.url(database),
             "REELMILL_SCRATCH_DIR": str(scratch),
             "REELMILL_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
             "REELMILL_MAX_MESSAGE_MIB": str(MAX_MESSAGE_MIB),
             "REELMILL_MAX_DURATION_SECONDS": str(MAX_DURATION_SECONDS),
             "REELMILL_MAX_VIDEO_DIMENSION": str(MAX_VIDEO_DIMENSION),
             "REELMILL_PROBE_TIMEOUT_SECONDS": "30",
-            **s3_server.env(bucket),
+            **env,
         },
         logs=tmp_path_factory.mktemp("logs"),
     )
     try:
         suite.add("ingest", "services.ingest")
         suite.add("gateway", "gateway")
+        bucket = env["REELMILL_S3_BUCKET"]
         yield Hostile(suite=suite, s3=s3_server, bucket=bucket, scratch=scratch)
     finally:
         suite.stop()

@@ -32,6 +32,7 @@ from runtime.server import build_server
 from runtime.storage import open_store
 from services.ingest.server import build_spec
 from services.ingest.settings import IngestSettings
+from tests.conftest import FreshDatabase
 from tests.hostile.conftest import (
     MAX_MESSAGE_MIB,
     MAX_UPLOAD_BYTES,
@@ -209,24 +210,15 @@ class InProcess:
 
 @pytest.fixture(scope="module")
 def in_process(
-    postgres: PostgresServer, migrated_template: str, tmp_path_factory: pytest.TempPathFactory
+    postgres: PostgresServer,
+    fresh_database: FreshDatabase,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[InProcess]:
     """The gateway and ingest served in this process (their event loop in a thread), on a
     fresh database and a local store. The orchestrator is not started: jobs stay QUEUED
     until cancelled, so the model knows every state."""
-    import asyncpg
-
-    database = f"owners_{uuid.uuid4().hex[:10]}"
+    database = fresh_database("owners")
     root = tmp_path_factory.mktemp("owners")
-
-    async def create_db() -> None:
-        conn = await asyncpg.connect(postgres.dsn())
-        try:
-            await conn.execute(f'CREATE DATABASE "{database}" TEMPLATE {migrated_template}')
-        finally:
-            await conn.close()
-
-    asyncio.run(create_db())
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="in-process-servers", daemon=True)
     thread.start()
