@@ -4,6 +4,7 @@ the core (``Transcoder`` on a ``LocalObjectStore``) and through a real grpc.aio 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import os
@@ -726,6 +727,51 @@ async def test_runner_iterates_progress(tmp_path: Path, clips: Clips) -> None:
     assert updates[-1].done and updates[-1].fraction == 1.0
     assert abs(updates[-1].out_time - 3.0) < 0.05
     await runner.check()
+
+
+async def test_cancel_stops_ffmpeg_blocked_on_a_stalled_source(clips: Clips) -> None:
+    """ffmpeg acts on its first SIGTERM between packets only: blocked reading from a server
+    that stopped sending (a slow S3), it carries on until a second signal. A cancel stops it
+    without waiting ``terminate_timeout`` for the SIGKILL."""
+    data = clips.long.read_bytes()
+    release = asyncio.Event()
+
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: video/mp4\r\nContent-Length: {len(data)}\r\n\r\n"
+        writer.write(head.encode() + data[: len(data) // 2])
+        await writer.drain()
+        await release.wait()
+        writer.close()
+
+    server = await asyncio.start_server(stall, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    runner = FfmpegRunner(ffmpeg_path(), terminate_timeout=600)
+    out_times: list[float] = []
+    args = [*source_input_args(f"http://127.0.0.1:{port}/long.mp4"), "-f", "null", "-"]
+    task = asyncio.create_task(
+        runner.run(args, duration=20, on_progress=lambda update: out_times.append(update.out_time))
+    )
+    try:
+        # Stalled: it has written output (so it is past its start) and no longer advances.
+        for _ in range(600):
+            if len(out_times) >= 2 and out_times[-1] == out_times[-2] > 0:
+                break
+            await asyncio.sleep(0.1)
+        assert out_times and out_times[-1] > 0 and _ffmpeg_children()
+        task.cancel()
+        # Well short of the 30 s after which ffmpeg gives up on the read (-rw_timeout) itself.
+        await asyncio.wait({task}, timeout=15)
+        assert task.cancelled(), "ffmpeg still runs after the cancel"
+        assert _ffmpeg_children() == []
+    finally:
+        for process in _ffmpeg_children():
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        await asyncio.wait({task})
+        release.set()
+        server.close()
+        await server.wait_closed()
 
 
 # --- over gRPC -------------------------------------------------------------------------------

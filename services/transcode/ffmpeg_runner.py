@@ -7,8 +7,9 @@ process that never outlives its caller.
 stderr for the log. Callers never see that stderr: a failure becomes a ``runtime.errors``
 error with a fixed message and a reason (``CORRUPT_SOURCE``, ``UNSUPPORTED_FORMAT``,
 ``SOURCE_NOT_FOUND``, ``SOURCE_UNAVAILABLE``, ``SCRATCH_FULL``; anything
-else is ``Internal``). If the awaiting task is cancelled, ffmpeg gets SIGTERM, then SIGKILL
-after ``terminate_timeout`` seconds, is reaped, and the ``CancelledError`` propagates.
+else is ``Internal``). If the awaiting task is cancelled, ffmpeg gets SIGTERM, a second one
+half a second later (only that one breaks a blocking read), then SIGKILL after
+``terminate_timeout`` seconds, is reaped, and the ``CancelledError`` propagates.
 
 Untrusted sources are opened only through ``source_input_args``, with the allowlists of
 ``runtime.demux`` (the same as ingest's and transcribe's):
@@ -46,6 +47,8 @@ from runtime.errors import (
 log = logging.getLogger(__name__)
 
 STDERR_LIMIT = 64 * 1024
+#: Seconds between the two SIGTERMs that stop a run (``FfmpegRunner._stop``).
+SECOND_SIGNAL_AFTER = 0.5
 COMMON_ARGS: tuple[str, ...] = (
     "-nostdin",
     "-hide_banner",
@@ -328,14 +331,21 @@ class FfmpegRunner:
                 del buffer[: len(buffer) - self.stderr_limit]
 
     async def _stop(self, proc: asyncio.subprocess.Process) -> None:
-        """SIGTERM, wait, SIGKILL, reap. A second cancel while waiting still kills it."""
+        """SIGTERM, SIGTERM again, wait, SIGKILL, reap. A second cancel while waiting still
+        kills it.
+
+        ffmpeg acts on its first signal between packets only: blocked in a read (a source
+        server that stalls), it would carry on until ``-rw_timeout`` or our SIGKILL. From the
+        second signal on it also aborts blocking I/O. The pause between the two lets the first
+        arrive on its own (pending signals of one kind merge) and a quick exit need no more."""
         if proc.returncode is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
+        first = min(SECOND_SIGNAL_AFTER, self.terminate_timeout)
         try:
-            await asyncio.wait_for(proc.wait(), self.terminate_timeout)
-        except TimeoutError:
+            if await _terminate(proc, first):
+                return
+            if await _terminate(proc, self.terminate_timeout - first):
+                return
             log.warning("ffmpeg ignored SIGTERM; killing it", extra={"pid": proc.pid})
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -370,3 +380,14 @@ class FfmpegRunner:
                 "stderr": clean(stderr[-8192:]),
             },
         )
+
+
+async def _terminate(proc: asyncio.subprocess.Process, timeout: float) -> bool:
+    """SIGTERM; whether ffmpeg exits within ``timeout`` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        return False
+    return True
