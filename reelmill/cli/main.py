@@ -129,13 +129,9 @@ async def jobs_watch(args: argparse.Namespace, client: ReelmillClient) -> int:
 
 
 async def videos_ls(args: argparse.Namespace, client: ReelmillClient) -> int:
-    from reelmill.v1 import job_service_pb2
-
-    response = await client.stub.ListVideos(
-        job_service_pb2.ListVideosRequest(page_size=args.limit), metadata=client._metadata
-    )
+    videos, _ = await client.list_videos(page_size=args.limit)
     table = Table("video", "file", "bytes", "created", box=None)
-    for video in response.videos:
+    for video in videos:
         table.add_row(
             video.id,
             video.filename,
