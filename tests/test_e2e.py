@@ -321,14 +321,40 @@ async def test_owners_are_isolated(suite: Suite, client: ReelmillClient, tmp_pat
         assert jobs == []
 
 
-def ffmpeg_children(pid: int) -> list[int]:
+def ffmpeg_children(suite: Suite) -> list[tuple[int, list[str]]]:
+    """The transcode process's ffmpeg children, with their arguments, in one look (a child
+    that exits meanwhile, a zombie included, is left out)."""
     import psutil
 
-    return [
-        child.pid
-        for child in psutil.Process(pid).children(recursive=True)
-        if "ffmpeg" in child.name().lower()
-    ]
+    found = []
+    for child in psutil.Process(suite.processes["transcode"][0].proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "ffmpeg" in child.name().lower():
+                found.append((child.pid, child.cmdline()))
+    return found
+
+
+def for_a_job(suite: Suite, args: list[str]) -> bool:
+    """Whether an ffmpeg with ``args`` works for a job: every step writes into the scratch
+    directory. The health check's ``ffmpeg -version`` (every 0.5 s here, a child for a few
+    milliseconds each time) does not; counting it once failed the cancel test below."""
+    scratch = suite.env["REELMILL_SCRATCH_DIR"]
+    return any(scratch in arg for arg in args)
+
+
+def job_ffmpeg(suite: Suite) -> list[int]:
+    return [pid for pid, args in ffmpeg_children(suite) if for_a_job(suite, args)]
+
+
+async def test_health_check_ffmpeg_is_no_job_ffmpeg(suite: Suite) -> None:
+    checks: list[tuple[int, list[str]]] = []
+    for _ in range(3000):  # a check starts every 0.5 s and lives for milliseconds
+        checks = [child for child in ffmpeg_children(suite) if "-version" in child[1]]
+        if checks:
+            break
+        await asyncio.sleep(0.005)
+    assert checks, "no health check seen"
+    assert not any(for_a_job(suite, args) for _, args in checks)
 
 
 async def test_cancel_mid_transcode_stops_ffmpeg_and_cleans_up(
@@ -337,7 +363,6 @@ async def test_cancel_mid_transcode_stops_ffmpeg_and_cleans_up(
     clip = make_clip(tmp_path / "long.mp4", seconds=40, width=640, height=480)
     video = await client.upload_file(clip)
     job = await client.create_job(video.id)
-    transcode = suite.processes["transcode"][0].proc
     async for event in client.watch_job(job.id):
         stage = event.stage_updated.stage
         if (
@@ -346,15 +371,16 @@ async def test_cancel_mid_transcode_stops_ffmpeg_and_cleans_up(
             and (stage.progress > 0.05)
         ):
             break
-    assert ffmpeg_children(transcode.pid), "ffmpeg should be running mid-transcode"
+    assert job_ffmpeg(suite), "ffmpeg should be running mid-transcode"
     cancelled = await client.cancel_job(job.id)
     assert cancelled.state == job_pb2.JOB_STATE_CANCELLED
     for _ in range(100):
-        if not ffmpeg_children(transcode.pid) and not scratch_left(suite):
+        running, scratch = job_ffmpeg(suite), scratch_left(suite)
+        if not running and not scratch:
             break
         await asyncio.sleep(0.1)
-    assert ffmpeg_children(transcode.pid) == []
-    assert scratch_left(suite) == []
+    assert running == []
+    assert scratch == []
     final = await client.get_job(job.id)
     assert final.state == job_pb2.JOB_STATE_CANCELLED
     assert {s.name: s.state for s in final.stages}["transcode"] == job_pb2.STAGE_STATE_CANCELLED
@@ -394,13 +420,12 @@ async def test_delete_video_mid_job_cancels_and_purges_everything(
     running = await client.create_job(
         video.id, spec=pipeline_pb2.PipelineSpec(audio=pipeline_pb2.AudioSpec(disabled=True))
     )
-    transcode = suite.processes["transcode"][0].proc
     watcher = client.watch_job(running.id)
     async for event in watcher:
         stage = event.stage_updated.stage
         if stage.name == "transcode" and stage.progress > 0.05:
             break
-    assert ffmpeg_children(transcode.pid)
+    assert job_ffmpeg(suite)
     assert any(f"videos/{video.id}/" in k for k in stored_keys(suite))
 
     deleted = await client.delete_video(video.id)
@@ -420,10 +445,10 @@ async def test_delete_video_mid_job_cancels_and_purges_everything(
             await call
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     for _ in range(100):
-        if not ffmpeg_children(transcode.pid):
+        if not (left := job_ffmpeg(suite)):
             break
         await asyncio.sleep(0.1)
-    assert ffmpeg_children(transcode.pid) == []
+    assert left == []
     for prefix in (f"videos/{video.id}/", f"jobs/{done.id}/", f"jobs/{running.id}/"):
         await until_no_keys(suite, prefix)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
