@@ -558,6 +558,49 @@ async def test_portrait_without_audio(
     assert audio.artifacts == ()
 
 
+PORTRAIT_720 = {"720p": (720, 1280), "480p": (480, 854), "360p": (360, 640)}
+PORTRAIT_1080 = {"1080p": (1080, 1920), **PORTRAIT_720}
+LANDSCAPE_1080 = {
+    "1080p": (1920, 1080),
+    "720p": (1280, 720),
+    "480p": (854, 480),
+    "360p": (640, 360),
+}
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "expected"),
+    [(720, 1280, PORTRAIT_720), (1080, 1920, PORTRAIT_1080), (1920, 1080, LANDSCAPE_1080)],
+    ids=["portrait-720x1280", "portrait-1080x1920", "landscape-1920x1080"],
+)
+async def test_default_ladder_rungs_are_short_sides(
+    transcoder: Transcoder,
+    store: LocalObjectStore,
+    tmp_path: Path,
+    width: int,
+    height: int,
+    expected: dict[str, tuple[int, int]],
+) -> None:
+    """A rung is named by its short side, as players label video: 720p is 720x1280 for a
+    portrait source. A 720x1280 source gets no 1080p (its short side, 1080, is above the
+    source's 720: that would upscale), whatever its 1280 pixels of height."""
+    clip = make_clip(tmp_path / "source.mp4", seconds=1, width=width, height=height, audio=False)
+    source = await _put(store, clip)
+    options = TranscodeOptions(
+        hls=False,
+        thumbnails=ThumbnailOptions(enabled=False),
+        storyboard=StoryboardOptions(enabled=False),
+    )
+    _, outcome = await _collect(transcoder.transcode(source, None, options, "jobs/l/"))
+    renditions = [a for a in outcome.artifacts if a.kind is ArtifactKind.RENDITION_MP4]
+    assert [a.name for a in renditions] == [f"renditions/{name}.mp4" for name in expected]
+    sizes = {}
+    for artifact in renditions:
+        media = _media(await _local(store, artifact))
+        sizes[artifact.attributes["rung"]] = (media.width, media.height)
+    assert sizes == expected
+
+
 async def test_odd_size_10bit_444_becomes_even_yuv420p(
     transcoder: Transcoder, store: LocalObjectStore, clips: Clips
 ) -> None:

@@ -125,8 +125,11 @@ class LadderRung(_message.Message):
     VIDEO_BITRATE_KBPS_FIELD_NUMBER: _builtins.int
     AUDIO_BITRATE_KBPS_FIELD_NUMBER: _builtins.int
     height: _builtins.int
-    """Output height in pixels; the width follows the source aspect ratio.
-    Rungs taller than the source are dropped (never upscale).
+    """The rung's size as players and platforms label it ("720p"): its short
+    side in pixels, so the height of a landscape output and the width of a
+    portrait one (720p is 1280x720 or 720x1280); the long side follows the
+    source's display aspect ratio. A rung whose short side exceeds the
+    source's (after rotation) is dropped: never upscale.
     """
     video_bitrate_kbps: _builtins.int
     """Target video bit rate in kbit/s; 0 picks one from the height."""
@@ -281,7 +284,10 @@ class TranscodeSpec(_message.Message):
     """x264 preset, e.g. "veryfast"; empty uses the service default."""
     @_builtins.property
     def ladder(self) -> _containers.RepeatedCompositeFieldContainer[Global___LadderRung]:
-        """MP4 ladder; empty uses 1080p/720p/480p/360p, capped at the source height."""
+        """MP4 ladder; empty uses 1080p/720p/480p/360p. Rungs whose short side
+        exceeds the source's are dropped; if none is left, one rung at the
+        source's short side takes their place.
+        """
 
     @_builtins.property
     def hls_segment_duration(self) -> _duration_pb2.Duration:

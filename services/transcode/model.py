@@ -109,7 +109,8 @@ class ClipOptions:
 class TranscodeOptions:
     """What ``Transcoder.transcode`` produces; the defaults are the pipeline's defaults."""
 
-    #: Empty uses the default ladder (1080/720/480/360, capped at the source).
+    #: Empty uses the default ladder (1080p/720p/480p/360p, short sides; those above the
+    #: source's short side are dropped).
     ladder: tuple[RungSpec, ...] = ()
     hls: bool = True
     hls_segment_seconds: float = 4.0
