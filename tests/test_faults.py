@@ -28,7 +28,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +41,9 @@ from minio import Minio
 from reelmill.client import ReelmillClient
 from reelmill.v1 import job_pb2, pipeline_pb2
 from runtime.ffmpeg import ffmpeg_path
-from tests.conftest import FreshBucket, FreshDatabase, SuiteEnv
+from tests.conftest import FreshBucket, SuiteEnv
 from tests.media import make_clip, make_speech_clip
 from tests.servers import (
-    PostgresServer,
     S3Server,
     restart_postgres,
     run_postgres,
@@ -84,6 +83,9 @@ FAST = {
     "REELMILL_FFMPEG_THREADS": "1",
 }
 
+#: Result caches off: every job does all of its work.
+UNCACHED = {"REELMILL_CACHE_ENTRIES": "0"}
+
 
 # fixtures --------------------------------------------------------------------------------------
 
@@ -106,9 +108,15 @@ def short_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_clip(tmp_path_factory.mktemp("faults-clip") / "one.mp4", seconds=2)
 
 
+@pytest.fixture
+def env(suite_env: SuiteEnv) -> dict[str, str]:
+    """A fresh database and a fresh bucket on the session's S3 server."""
+    return suite_env("s3")
+
+
 @contextlib.contextmanager
 def running(env: dict[str, str], *, gateways: int = 1, **extra: str) -> Iterator[Suite]:
-    """A suite on ``env`` (a database and a bucket: ``suite_env("s3")``) with FAST timings."""
+    """A suite on ``env`` (a database and storage) with FAST timings."""
     with run_suite({**FAST, **env, **extra}, gateways=gateways) as suite:
         try:
             yield suite
@@ -268,9 +276,9 @@ async def chaos(suite: Suite, rng: random.Random, stop: asyncio.Event, log: list
         log.append(f"{kind} killed, back after {time.monotonic() - began:.1f}s")
 
 
-async def test_sigkill_any_process_mid_job(suite_env: SuiteEnv, speech: Path) -> None:
+async def test_sigkill_any_process_mid_job(env: dict[str, str], speech: Path) -> None:
     rng = random.Random(5)
-    with running(suite_env("s3")) as suite:
+    with running(env) as suite:
         dsn = dsn_of(suite)
         kills: list[str] = []
         outcomes: list[str] = []
@@ -305,14 +313,14 @@ def killed_kinds(kills: list[str]) -> set[str]:
 
 
 async def test_sigkill_ingest_mid_upload_leaves_no_multipart_upload(
-    suite_env: SuiteEnv,
+    env: dict[str, str],
 ) -> None:
     """An upload larger than a part is a multipart upload in S3: killed mid-way, ingest can
     neither finish nor abort it, so its next life's sweep must (and the scratch copy too)."""
     # Leftovers count as stale after 10 s here (a day by default); the upload is killed well
     # before its own ingest would take it for one.
     extra = {"REELMILL_STALE_AFTER_SECONDS": "10", "REELMILL_SWEEP_INTERVAL_SECONDS": "1"}
-    with running(suite_env("s3"), **extra) as suite:
+    with running(env, **extra) as suite:
         part = 5 * 2**20  # REELMILL_S3_PART_SIZE_MIB
         sent = asyncio.Event()
         hold = asyncio.Event()
@@ -345,14 +353,14 @@ async def test_sigkill_ingest_mid_upload_leaves_no_multipart_upload(
 
 
 async def test_hung_service_exhausts_retries_and_its_late_writes_are_purged(
-    suite_env: SuiteEnv, short_clip: Path
+    env: dict[str, str], short_clip: Path
 ) -> None:
     """Transcode frozen (SIGSTOP) for longer than every attempt's deadline: the job fails with
     DEADLINE_EXCEEDED once its retries run out. Thawed, transcode finds its calls cancelled;
     whatever it had written or still writes under the job's prefix goes with the purge, so
     the artifacts of the stages that finished and the stored objects still match."""
     extra = {"REELMILL_STAGE_TIMEOUT_SECONDS": "4", "REELMILL_STAGE_MAX_ATTEMPTS": "2"}
-    with running(suite_env("s3"), **extra) as suite:
+    with running(env, **extra) as suite:
         transcode = suite.processes["transcode"][0]
         spec = pipeline_pb2.PipelineSpec(
             transcode=pipeline_pb2.TranscodeSpec(ladder=[pipeline_pb2.LadderRung(height=120)]),
@@ -395,9 +403,9 @@ async def lease_owner_pid(dsn: str, job_id: str) -> int | None:
 
 
 async def test_surviving_gateway_resumes_a_killed_gateways_job(
-    suite_env: SuiteEnv, speech: Path
+    env: dict[str, str], speech: Path
 ) -> None:
-    with running(suite_env("s3"), gateways=2) as suite:
+    with running(env, gateways=2) as suite:
         dsn = dsn_of(suite)
         first, second = suite.processes["gateway"]
         owner = token()
@@ -464,90 +472,95 @@ async def stage_running(client: ReelmillClient, job_id: str, stage: str) -> bool
     return any(s.name == stage and s.state == job_pb2.STAGE_STATE_RUNNING for s in current.stages)
 
 
+async def faults_mid_jobs(
+    suite: Suite,
+    clip: Path,
+    jobs: int,
+    *,
+    while_transcoding: Callable[[], Awaitable[str]],
+    while_transcribing: Callable[[], Awaitable[str]],
+) -> None:
+    """``jobs`` SMALL jobs of ``clip``: ``while_transcoding`` once the first transcodes,
+    ``while_transcribing`` once the last transcribes (each says what it did); every job must
+    succeed and check out. Run the suite with ``UNCACHED``: a transcript cached from an
+    earlier job of the same clip ends the last job's transcribe stage before anyone sees it
+    running."""
+    async with ReelmillClient(suite.gateway, token=token()) as client:
+        video = await client.upload_file(clip)
+        created = [await client.create_job(video.id, spec=SMALL) for _ in range(jobs)]
+        seen: dict[str, list[int]] = {job.id: [] for job in created}
+        watching = asyncio.gather(*(watch(client, j.id, seen[j.id]) for j in created))
+        try:
+            await eventually(
+                lambda: stage_running(client, created[0].id, "transcode"), "transcoding"
+            )
+            print(f"\n{await while_transcoding()} while transcoding")
+            await eventually(
+                lambda: stage_running(client, created[-1].id, "transcribe"), "transcribing"
+            )
+            print(f"{await while_transcribing()} while transcribing")
+            async with asyncio.timeout(PATIENCE):
+                await watching
+        finally:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
+        for job in created:
+            done = await check_job(suite, dsn_of(suite), job.id, seen[job.id], client)
+            assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
+            print(job.id, {s.name: s.attempts for s in done.stages if s.attempts > 1})
+
+
 async def test_postgres_restart_mid_job(
     s3_server: S3Server, fresh_bucket: FreshBucket, speech: Path
 ) -> None:
     # A Postgres of its own: the session's is shared with the other tests.
     with run_postgres() as postgres:
+
+        async def restart(down: float) -> str:
+            await asyncio.to_thread(restart_postgres, postgres, down=down)
+            return f"Postgres restarted ({down}s down)"
+
         env = {"REELMILL_DATABASE_URL": postgres.url("postgres"), **s3_server.env(fresh_bucket())}
-        with running(env, gateways=2) as suite:
-            async with ReelmillClient(suite.gateway, token=token()) as client:
-                video = await client.upload_file(speech)
-                jobs = [await client.create_job(video.id, spec=SMALL) for _ in range(3)]
-                seen: dict[str, list[int]] = {job.id: [] for job in jobs}
-                watching = asyncio.gather(*(watch(client, j.id, seen[j.id]) for j in jobs))
-                try:
-                    await eventually(
-                        lambda: stage_running(client, jobs[0].id, "transcode"), "transcoding"
-                    )
-                    await asyncio.to_thread(restart_postgres, postgres, down=2.0)
-                    print("\nPostgres restarted while transcoding")
-                    await eventually(
-                        lambda: stage_running(client, jobs[-1].id, "transcribe"), "transcribing"
-                    )
-                    await asyncio.to_thread(restart_postgres, postgres, down=0.5)
-                    print("Postgres restarted while transcribing")
-                    async with asyncio.timeout(PATIENCE):
-                        await watching
-                finally:
-                    watching.cancel()
-                    await asyncio.gather(watching, return_exceptions=True)
-                for job in jobs:
-                    done = await check_job(suite, dsn_of(suite), job.id, seen[job.id], client)
-                    assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
-                    print(job.id, {s.name: s.attempts for s in done.stages if s.attempts > 1})
+        with running(env, gateways=2, **UNCACHED) as suite:
+            await faults_mid_jobs(
+                suite,
+                speech,
+                3,
+                while_transcoding=lambda: restart(2.0),
+                while_transcribing=lambda: restart(0.5),
+            )
             logs = "".join(p.output() for p in suite.processes["gateway"])
             assert "event listener connection lost" in logs  # the restarts were felt
             await check_clean(suite)
 
 
-async def test_s3_outage_and_restart_mid_job(
-    postgres: PostgresServer, fresh_database: FreshDatabase, speech: Path
-) -> None:
+async def test_s3_outage_and_restart_mid_job(database_url: str, speech: Path) -> None:
     """An S3 server of its own (the session's is shared with the other tests): first an
     outage (SIGSTOP for longer than a stage's S3 calls take, then SIGCONT), then a SIGKILL and
     a restart on the same data directory and ports. The suite creates its bucket."""
     with run_seaweedfs() as weed:
-        env = {
-            "REELMILL_DATABASE_URL": postgres.url(fresh_database()),
-            **weed.server.env("faults-s3-restart"),
-        }
-        with running(env, gateways=1) as suite:
-            async with ReelmillClient(suite.gateway, token=token()) as client:
-                video = await client.upload_file(speech)
-                jobs = [await client.create_job(video.id, spec=SMALL) for _ in range(2)]
-                seen: dict[str, list[int]] = {job.id: [] for job in jobs}
-                watching = asyncio.gather(*(watch(client, j.id, seen[j.id]) for j in jobs))
-                try:
-                    await eventually(
-                        lambda: stage_running(client, jobs[0].id, "transcode"), "transcoding"
-                    )
-                    assert weed.process is not None
-                    weed.process.send_signal(signal.SIGSTOP)
-                    try:
-                        await asyncio.sleep(6)
-                    finally:
-                        weed.process.send_signal(signal.SIGCONT)
-                    print("\nS3 frozen for 6s while transcoding")
-                    await eventually(
-                        lambda: stage_running(client, jobs[-1].id, "transcribe"), "transcribing"
-                    )
-                    weed.kill()
-                    began = time.monotonic()
-                    await asyncio.sleep(1.0)
-                    await asyncio.to_thread(weed.start)
-                    print(
-                        f"S3 killed while transcribing, back after {time.monotonic() - began:.1f}s"
-                    )
-                    async with asyncio.timeout(PATIENCE):
-                        await watching
-                finally:
-                    watching.cancel()
-                    await asyncio.gather(watching, return_exceptions=True)
-                for job in jobs:
-                    done = await check_job(suite, dsn_of(suite), job.id, seen[job.id], client)
-                    assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
-                    print(job.id, {s.name: s.attempts for s in done.stages if s.attempts > 1})
+
+        async def freeze() -> str:
+            assert weed.process is not None
+            weed.process.send_signal(signal.SIGSTOP)
+            try:
+                await asyncio.sleep(6)
+            finally:
+                weed.process.send_signal(signal.SIGCONT)
+            return "S3 frozen for 6s"
+
+        async def kill_and_restart() -> str:
+            weed.kill()
+            began = time.monotonic()
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(weed.start)
+            return f"S3 killed, back after {time.monotonic() - began:.1f}s (1s down)"
+
+        env = {"REELMILL_DATABASE_URL": database_url, **weed.server.env("faults-s3-restart")}
+        with running(env, gateways=1, **UNCACHED) as suite:
+            await faults_mid_jobs(
+                suite, speech, 2, while_transcoding=freeze, while_transcribing=kill_and_restart
+            )
             await check_clean(suite)
 
 
@@ -597,9 +610,9 @@ class MemorySampler:
         return "\n".join(lines)
 
 
-async def test_fifty_concurrent_short_jobs(suite_env: SuiteEnv, short_clip: Path) -> None:
-    extra = {"REELMILL_MAX_CONCURRENT_JOBS": "8", "REELMILL_CACHE_ENTRIES": "0"}
-    with running(suite_env("s3"), gateways=2, **extra) as suite:
+async def test_fifty_concurrent_short_jobs(env: dict[str, str], short_clip: Path) -> None:
+    extra = {"REELMILL_MAX_CONCURRENT_JOBS": "8", **UNCACHED}
+    with running(env, gateways=2, **extra) as suite:
         dsn = dsn_of(suite)
         began = time.monotonic()
         with MemorySampler(suite) as sampler:

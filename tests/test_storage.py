@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import os
 import tracemalloc
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.errors import InvalidArgument, NotFound
+from runtime.errors import Internal, InvalidArgument, NotFound
 from runtime.storage import ObjectStore
 from runtime.storage.local import LocalObjectStore
 from runtime.storage.s3 import S3ObjectStore
@@ -266,6 +268,29 @@ async def test_abort_incomplete_writes(store: ObjectStore) -> None:
     await writer.abort()  # what is already gone is fine
 
 
+async def test_abort_incomplete_writes_reads_every_page(
+    s3_server: S3Server, s3_bucket: str
+) -> None:
+    """More unfinished uploads than one listing returns: every page is read and swept, on a
+    server that names only the upload id marker of the next page (SeaweedFS) as on S3."""
+    store = S3ObjectStore(
+        endpoint=s3_server.endpoint,
+        access_key=s3_server.access_key,
+        secret_key=s3_server.secret_key,
+        bucket=s3_bucket,
+    )
+    store.uploads_page_size = 2
+    try:
+        client = s3_server.client()
+        for n in range(5):
+            key = f"jobs/{n}/crashed"
+            await asyncio.to_thread(client._create_multipart_upload, s3_bucket, key, {})
+        assert await store.abort_incomplete_writes(timedelta(0)) == 5
+        assert await leftovers(store) == []
+    finally:
+        await store.close()
+
+
 async def test_check(store: ObjectStore) -> None:
     await store.check()
 
@@ -352,3 +377,24 @@ async def test_public_url_signs_client_urls_for_the_public_host(
     for bad in ("ftp://x", "https://cdn.example.com/prefix", "localhost:9000"):
         with pytest.raises(ValueError, match="public URL"):
             S3ObjectStore("127.0.0.1:1", "a", "b", "c", public_url=bad)
+
+
+async def test_s3_server_checks_signatures(s3_server: S3Server, s3_bucket: str) -> None:
+    """The test S3 server is no pushover: a wrong secret and an unsigned read are refused."""
+    store = S3ObjectStore(
+        endpoint=s3_server.endpoint,
+        access_key=s3_server.access_key,
+        secret_key=s3_server.secret_key + "-not",
+        bucket=s3_bucket,
+    )
+    try:
+        with pytest.raises(Internal) as caught:
+            await store.put_bytes("a/b.bin", b"x", content_type="application/octet-stream")
+        assert caught.value.reason == "STORAGE_ERROR"
+    finally:
+        await store.close()
+    s3_server.client().put_object(s3_bucket, "a/b.bin", io.BytesIO(b"x"), 1)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        await asyncio.to_thread(urllib.request.urlopen, f"{s3_server.url}/{s3_bucket}/a/b.bin")
+    refused.value.close()
+    assert refused.value.code == 403

@@ -4,9 +4,10 @@
 gateway signs are plain http URLs a player or a browser on this machine can fetch; the tests
 start one per session as their S3 server. Both go through ``SeaweedFS``:
 
-- Everything listens on 127.0.0.1 only, on ports chosen once (free loopback ports) and kept in
-  ``<root>/ports.json``: a restart on the same root comes back on the same ports, which the
-  master's raft state and every client's configuration need.
+- Everything listens on 127.0.0.1 only, on free loopback ports chosen once and kept in
+  ``<root>/ports.json``: ``start()`` after ``stop()`` or ``kill()`` comes back on the same
+  ports, and so does a new ``SeaweedFS`` on the same root while they are free (clients and
+  URLs signed earlier keep working).
 - Requests are signed: ``<root>/s3.json`` holds one identity (its keys generated on the first
   start), and SeaweedFS refuses anything not signed with it.
 - Data lives in ``<root>/data`` (volumes and the filer's database) and survives a stop, a
@@ -15,7 +16,7 @@ start one per session as their S3 server. Both go through ``SeaweedFS``:
 - It is started by PID and stopped by PID: SIGTERM, then SIGKILL when it has not exited after
   the grace period (its filer waits up to 15 s for its own streams on SIGTERM).
 
-Only the standard library is imported here; minio is imported by ``S3Server.client``.
+Only the standard library is imported at the top: minio only where a client is made.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import io
 import json
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +35,8 @@ import uuid
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from reelmill.cli.processes import stop_process
 
 if TYPE_CHECKING:
     from minio import Minio
@@ -106,6 +108,16 @@ class Ports:
                 sock.bind(("127.0.0.1", 0))
             return cls(*(int(sock.getsockname()[1]) for sock in sockets))
 
+    def available(self) -> bool:
+        """Whether every one of them is free on 127.0.0.1 now."""
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in asdict(self).values():
+                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            except OSError:
+                return False
+        return True
+
     def args(self) -> list[str]:
         return [
             f"-master.port={self.master}",
@@ -158,10 +170,13 @@ class SeaweedFS:
         return self.server.endpoint
 
     def _saved_ports(self) -> Ports | None:
+        """The ports of the last start on this root, if they are all still free (else new
+        ones: SeaweedFS comes back on its data under other ports too)."""
         path = self.root / "ports.json"
         if not path.is_file():
             return None
-        return Ports(**json.loads(path.read_text()))
+        ports = Ports(**json.loads(path.read_text()))
+        return ports if ports.available() else None
 
     def _identity(self) -> S3Server:
         """The S3 identity in ``s3.json``, generated on the first start."""
@@ -269,17 +284,9 @@ class SeaweedFS:
 
     def stop(self, grace: float = STOP_GRACE) -> None:
         """SIGTERM; SIGKILL when it has not exited after ``grace`` seconds."""
-        process = self.process
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(grace)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        self.process = None
+        if self.process is not None:
+            stop_process(self.process, grace)
+            self.process = None
 
     def kill(self) -> None:
         """SIGKILL: nothing is flushed or closed, as when a machine loses power."""

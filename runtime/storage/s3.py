@@ -266,6 +266,9 @@ class _S3Writer(StagedWriter):
 class S3ObjectStore(ObjectStore):
     """Objects in one S3 bucket; see the module docstring for how writes work."""
 
+    #: Incomplete multipart uploads listed per request by ``abort_incomplete_writes``.
+    uploads_page_size = 1000
+
     def __init__(
         self,
         endpoint: str,
@@ -485,6 +488,7 @@ class S3ObjectStore(ObjectStore):
                     prefix=prefix or None,
                     key_marker=key_marker,
                     upload_id_marker=upload_id_marker,
+                    max_uploads=self.uploads_page_size,
                 )
             except S3Error as exc:
                 if exc.code == "NoSuchBucket":
@@ -505,13 +509,16 @@ class S3ObjectStore(ObjectStore):
                             raise
             if not result.is_truncated:
                 return aborted
-            # minio 7.2 stores NextUploadIdMarker under a misspelt attribute name.
-            key_marker = result.next_key_marker
-            upload_id_marker = result.next_upload_id_marker or getattr(
-                result, "self._next_upload_id_marker", None
+            # minio 7.2 stores NextUploadIdMarker under a misspelt attribute name. S3 names
+            # both markers; SeaweedFS lists by upload id and names only that one.
+            markers = (
+                result.next_key_marker,
+                result.next_upload_id_marker
+                or getattr(result, "self._next_upload_id_marker", None),
             )
-            if not key_marker:
-                return aborted
+            if not any(markers) or markers == (key_marker, upload_id_marker):
+                return aborted  # no way on, or one back to a page already read
+            key_marker, upload_id_marker = markers
 
     async def abort_incomplete_writes(self, older_than: timedelta, *, prefix: str = "") -> int:
         if prefix:
