@@ -26,9 +26,10 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from reelmill.v1 import media_pb2 as reelmill_dot_v1_dot_media__pb2
 from reelmill.v1 import pipeline_pb2 as reelmill_dot_v1_dot_pipeline__pb2
+from reelmill.v1 import vision_pb2 as reelmill_dot_v1_dot_vision__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15reelmill/v1/job.proto\x12\x0breelmill.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17reelmill/v1/media.proto\x1a\x1areelmill/v1/pipeline.proto\"9\n\x08JobError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xf9\x01\n\x05Stage\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.reelmill.v1.StageState\x12\x10\n\x08progress\x18\x03 \x01(\x01\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12$\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x15.reelmill.v1.JobError\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ndepends_on\x18\x08 \x03(\t\"\xcf\x06\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08video_id\x18\x02 \x01(\t\x12\x12\n\nsource_url\x18\x03 \x01(\t\x12\'\n\x04spec\x18\x04 \x01(\x0b\x32\x19.reelmill.v1.PipelineSpec\x12$\n\x05state\x18\x05 \x01(\x0e\x32\x15.reelmill.v1.JobState\x12\"\n\x06stages\x18\x06 \x03(\x0b\x32\x12.reelmill.v1.Stage\x12,\n\x06labels\x18\x07 \x03(\x0b\x32\x1c.reelmill.v1.Job.LabelsEntry\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05\x65rror\x18\r \x01(\x0b\x32\x15.reelmill.v1.JobError\x12*\n\nmedia_info\x18\x0e \x01(\x0b\x32\x16.reelmill.v1.MediaInfo\x12(\n\tartifacts\x18\x0f \x03(\x0b\x32\x15.reelmill.v1.Artifact\x12+\n\ntranscript\x18\x10 \x01(\x0b\x32\x17.reelmill.v1.Transcript\x12,\n\x08metadata\x18\x11 \x01(\x0b\x32\x1a.reelmill.v1.VideoMetadata\x12\x16\n\x0equeue_position\x18\x12 \x01(\x05\x12\x1b\n\x13last_event_sequence\x18\x13 \x01(\x03\x12,\n\x08\x64\x65\x61\x64line\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x14\x65stimated_start_time\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"]\n\x0fJobStateChanged\x12$\n\x05state\x18\x01 \x01(\x0e\x32\x15.reelmill.v1.JobState\x12$\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x15.reelmill.v1.JobError\"l\n\x0cStageUpdated\x12!\n\x05stage\x18\x01 \x01(\x0b\x32\x12.reelmill.v1.Stage\x12\x0f\n\x07message\x18\x02 \x01(\t\x12(\n\tartifacts\x18\x03 \x03(\x0b\x32\x15.reelmill.v1.Artifact\"\xf6\x01\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x11job_state_changed\x18\x04 \x01(\x0b\x32\x1c.reelmill.v1.JobStateChangedH\x00\x12\x32\n\rstage_updated\x18\x05 \x01(\x0b\x32\x19.reelmill.v1.StageUpdatedH\x00\x12\x1d\n\x03job\x18\x06 \x01(\x0b\x32\x10.reelmill.v1.JobB\t\n\x07payload*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05*\xdc\x01\n\nStageState\x12\x1b\n\x17STAGE_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13STAGE_STATE_PENDING\x10\x01\x12\x17\n\x13STAGE_STATE_RUNNING\x10\x02\x12\x19\n\x15STAGE_STATE_SUCCEEDED\x10\x03\x12\x16\n\x12STAGE_STATE_FAILED\x10\x04\x12\x17\n\x13STAGE_STATE_SKIPPED\x10\x05\x12\x19\n\x15STAGE_STATE_CANCELLED\x10\x06\x12\x18\n\x14STAGE_STATE_RETRYING\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15reelmill/v1/job.proto\x12\x0breelmill.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17reelmill/v1/media.proto\x1a\x1areelmill/v1/pipeline.proto\x1a\x18reelmill/v1/vision.proto\"9\n\x08JobError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xf9\x01\n\x05Stage\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.reelmill.v1.StageState\x12\x10\n\x08progress\x18\x03 \x01(\x01\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12$\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x15.reelmill.v1.JobError\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ndepends_on\x18\x08 \x03(\t\"\xa7\x07\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08video_id\x18\x02 \x01(\t\x12\x12\n\nsource_url\x18\x03 \x01(\t\x12\'\n\x04spec\x18\x04 \x01(\x0b\x32\x19.reelmill.v1.PipelineSpec\x12$\n\x05state\x18\x05 \x01(\x0e\x32\x15.reelmill.v1.JobState\x12\"\n\x06stages\x18\x06 \x03(\x0b\x32\x12.reelmill.v1.Stage\x12,\n\x06labels\x18\x07 \x03(\x0b\x32\x1c.reelmill.v1.Job.LabelsEntry\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05\x65rror\x18\r \x01(\x0b\x32\x15.reelmill.v1.JobError\x12*\n\nmedia_info\x18\x0e \x01(\x0b\x32\x16.reelmill.v1.MediaInfo\x12(\n\tartifacts\x18\x0f \x03(\x0b\x32\x15.reelmill.v1.Artifact\x12+\n\ntranscript\x18\x10 \x01(\x0b\x32\x17.reelmill.v1.Transcript\x12,\n\x08metadata\x18\x11 \x01(\x0b\x32\x1a.reelmill.v1.VideoMetadata\x12\x16\n\x0equeue_position\x18\x12 \x01(\x05\x12\x1b\n\x13last_event_sequence\x18\x13 \x01(\x03\x12,\n\x08\x64\x65\x61\x64line\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x14\x65stimated_start_time\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x06scenes\x18\x16 \x01(\x0b\x32\x13.reelmill.v1.Scenes\x12\x31\n\x0eon_screen_text\x18\x17 \x01(\x0b\x32\x19.reelmill.v1.OnScreenText\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"]\n\x0fJobStateChanged\x12$\n\x05state\x18\x01 \x01(\x0e\x32\x15.reelmill.v1.JobState\x12$\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x15.reelmill.v1.JobError\"l\n\x0cStageUpdated\x12!\n\x05stage\x18\x01 \x01(\x0b\x32\x12.reelmill.v1.Stage\x12\x0f\n\x07message\x18\x02 \x01(\t\x12(\n\tartifacts\x18\x03 \x03(\x0b\x32\x15.reelmill.v1.Artifact\"\xf6\x01\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x11job_state_changed\x18\x04 \x01(\x0b\x32\x1c.reelmill.v1.JobStateChangedH\x00\x12\x32\n\rstage_updated\x18\x05 \x01(\x0b\x32\x19.reelmill.v1.StageUpdatedH\x00\x12\x1d\n\x03job\x18\x06 \x01(\x0b\x32\x10.reelmill.v1.JobB\t\n\x07payload*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05*\xdc\x01\n\nStageState\x12\x1b\n\x17STAGE_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13STAGE_STATE_PENDING\x10\x01\x12\x17\n\x13STAGE_STATE_RUNNING\x10\x02\x12\x19\n\x15STAGE_STATE_SUCCEEDED\x10\x03\x12\x16\n\x12STAGE_STATE_FAILED\x10\x04\x12\x17\n\x13STAGE_STATE_SKIPPED\x10\x05\x12\x19\n\x15STAGE_STATE_CANCELLED\x10\x06\x12\x18\n\x14STAGE_STATE_RETRYING\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,22 +38,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOB_LABELSENTRY']._loaded_options = None
   _globals['_JOB_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=1740
-  _globals['_JOBSTATE']._serialized_end=1894
-  _globals['_STAGESTATE']._serialized_start=1897
-  _globals['_STAGESTATE']._serialized_end=2117
-  _globals['_JOBERROR']._serialized_start=124
-  _globals['_JOBERROR']._serialized_end=181
-  _globals['_STAGE']._serialized_start=184
-  _globals['_STAGE']._serialized_end=433
-  _globals['_JOB']._serialized_start=436
-  _globals['_JOB']._serialized_end=1283
-  _globals['_JOB_LABELSENTRY']._serialized_start=1238
-  _globals['_JOB_LABELSENTRY']._serialized_end=1283
-  _globals['_JOBSTATECHANGED']._serialized_start=1285
-  _globals['_JOBSTATECHANGED']._serialized_end=1378
-  _globals['_STAGEUPDATED']._serialized_start=1380
-  _globals['_STAGEUPDATED']._serialized_end=1488
-  _globals['_JOBEVENT']._serialized_start=1491
-  _globals['_JOBEVENT']._serialized_end=1737
+  _globals['_JOBSTATE']._serialized_start=1854
+  _globals['_JOBSTATE']._serialized_end=2008
+  _globals['_STAGESTATE']._serialized_start=2011
+  _globals['_STAGESTATE']._serialized_end=2231
+  _globals['_JOBERROR']._serialized_start=150
+  _globals['_JOBERROR']._serialized_end=207
+  _globals['_STAGE']._serialized_start=210
+  _globals['_STAGE']._serialized_end=459
+  _globals['_JOB']._serialized_start=462
+  _globals['_JOB']._serialized_end=1397
+  _globals['_JOB_LABELSENTRY']._serialized_start=1352
+  _globals['_JOB_LABELSENTRY']._serialized_end=1397
+  _globals['_JOBSTATECHANGED']._serialized_start=1399
+  _globals['_JOBSTATECHANGED']._serialized_end=1492
+  _globals['_STAGEUPDATED']._serialized_start=1494
+  _globals['_STAGEUPDATED']._serialized_end=1602
+  _globals['_JOBEVENT']._serialized_start=1605
+  _globals['_JOBEVENT']._serialized_end=1851
 # @@protoc_insertion_point(module_scope)

@@ -12,6 +12,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from reelmill.v1 import media_pb2 as _media_pb2
 from reelmill.v1 import pipeline_pb2 as _pipeline_pb2
+from reelmill.v1 import vision_pb2 as _vision_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -124,7 +125,9 @@ class Stage(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     DEPENDS_ON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """"probe", "transcode", "audio", "transcribe" or "metadata"."""
+    """"import", "probe", "transcode", "scenes", "ocr", "audio", "transcribe" or
+    "metadata".
+    """
     state: Global___StageState.ValueType
     progress: _builtins.float
     """Fraction done, 0.0 to 1.0."""
@@ -213,6 +216,8 @@ class Job(_message.Message):
     LAST_EVENT_SEQUENCE_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
     ESTIMATED_START_TIME_FIELD_NUMBER: _builtins.int
+    SCENES_FIELD_NUMBER: _builtins.int
+    ON_SCREEN_TEXT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. Server-assigned id."""
     video_id: _builtins.str
@@ -284,6 +289,18 @@ class Job(_message.Message):
         capacity. Unset when there is no recent history or the job is not queued.
         """
 
+    @_builtins.property
+    def scenes(self) -> _vision_pb2.Scenes:
+        """Output only. Set once the scenes stage succeeded; the BASIC view leaves
+        out its shots and transitions.
+        """
+
+    @_builtins.property
+    def on_screen_text(self) -> _vision_pb2.OnScreenText:
+        """Output only. Set once the OCR stage succeeded; the BASIC view leaves out
+        its entries.
+        """
+
     def __init__(
         self,
         *,
@@ -308,10 +325,12 @@ class Job(_message.Message):
         last_event_sequence: _builtins.int = ...,
         deadline: _timestamp_pb2.Timestamp | None = ...,
         estimated_start_time: _timestamp_pb2.Timestamp | None = ...,
+        scenes: _vision_pb2.Scenes | None = ...,
+        on_screen_text: _vision_pb2.OnScreenText | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "estimated_start_time", b"estimated_start_time", "media_info", b"media_info", "metadata", b"metadata", "spec", b"spec", "start_time", b"start_time", "transcript", b"transcript", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "estimated_start_time", b"estimated_start_time", "media_info", b"media_info", "metadata", b"metadata", "on_screen_text", b"on_screen_text", "scenes", b"scenes", "spec", b"spec", "start_time", b"start_time", "transcript", b"transcript", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "estimated_start_time", b"estimated_start_time", "id", b"id", "labels", b"labels", "last_event_sequence", b"last_event_sequence", "media_info", b"media_info", "metadata", b"metadata", "queue_position", b"queue_position", "request_id", b"request_id", "source_url", b"source_url", "spec", b"spec", "stages", b"stages", "start_time", b"start_time", "state", b"state", "transcript", b"transcript", "update_time", b"update_time", "video_id", b"video_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "estimated_start_time", b"estimated_start_time", "id", b"id", "labels", b"labels", "last_event_sequence", b"last_event_sequence", "media_info", b"media_info", "metadata", b"metadata", "on_screen_text", b"on_screen_text", "queue_position", b"queue_position", "request_id", b"request_id", "scenes", b"scenes", "source_url", b"source_url", "spec", b"spec", "stages", b"stages", "start_time", b"start_time", "state", b"state", "transcript", b"transcript", "update_time", b"update_time", "video_id", b"video_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -47,6 +47,9 @@ class _ArtifactKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Artifact
     ARTIFACT_KIND_TRANSCRIPT_TXT: _ArtifactKind.ValueType  # 16
     ARTIFACT_KIND_METADATA_JSON: _ArtifactKind.ValueType  # 17
     ARTIFACT_KIND_CUSTOM_METADATA_JSON: _ArtifactKind.ValueType  # 18
+    ARTIFACT_KIND_SCENES_JSON: _ArtifactKind.ValueType  # 19
+    ARTIFACT_KIND_OCR_JSON: _ArtifactKind.ValueType  # 20
+    ARTIFACT_KIND_OCR_VTT: _ArtifactKind.ValueType  # 21
 
 class ArtifactKind(_ArtifactKind, metaclass=_ArtifactKindEnumTypeWrapper):
     """Kinds of artifacts a job produces."""
@@ -70,6 +73,9 @@ ARTIFACT_KIND_TRANSCRIPT_SRT: ArtifactKind.ValueType  # 15
 ARTIFACT_KIND_TRANSCRIPT_TXT: ArtifactKind.ValueType  # 16
 ARTIFACT_KIND_METADATA_JSON: ArtifactKind.ValueType  # 17
 ARTIFACT_KIND_CUSTOM_METADATA_JSON: ArtifactKind.ValueType  # 18
+ARTIFACT_KIND_SCENES_JSON: ArtifactKind.ValueType  # 19
+ARTIFACT_KIND_OCR_JSON: ArtifactKind.ValueType  # 20
+ARTIFACT_KIND_OCR_VTT: ArtifactKind.ValueType  # 21
 Global___ArtifactKind: _TypeAlias = ArtifactKind  # noqa: Y015
 
 @_typing.final

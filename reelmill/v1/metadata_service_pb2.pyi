@@ -10,6 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from reelmill.v1 import media_pb2 as _media_pb2
 from reelmill.v1 import pipeline_pb2 as _pipeline_pb2
+from reelmill.v1 import vision_pb2 as _vision_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -30,6 +31,7 @@ class GenerateMetadataRequest(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     OUTPUT_PREFIX_FIELD_NUMBER: _builtins.int
     FILENAME_FIELD_NUMBER: _builtins.int
+    ON_SCREEN_TEXT_FIELD_NUMBER: _builtins.int
     output_prefix: _builtins.str
     filename: _builtins.str
     """The source's file name, a hint for the title."""
@@ -39,6 +41,12 @@ class GenerateMetadataRequest(_message.Message):
     def media_info(self) -> _media_pb2.MediaInfo: ...
     @_builtins.property
     def spec(self) -> _pipeline_pb2.MetadataSpec: ...
+    @_builtins.property
+    def on_screen_text(self) -> _vision_pb2.OnScreenText:
+        """The text shown on screen (the OCR stage's), read with the transcript: a
+        video with no speech still gets a title, tags and a summary from it.
+        """
+
     def __init__(
         self,
         *,
@@ -47,10 +55,11 @@ class GenerateMetadataRequest(_message.Message):
         spec: _pipeline_pb2.MetadataSpec | None = ...,
         output_prefix: _builtins.str = ...,
         filename: _builtins.str = ...,
+        on_screen_text: _vision_pb2.OnScreenText | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["media_info", b"media_info", "spec", b"spec", "transcript", b"transcript"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["media_info", b"media_info", "on_screen_text", b"on_screen_text", "spec", b"spec", "transcript", b"transcript"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filename", b"filename", "media_info", b"media_info", "output_prefix", b"output_prefix", "spec", b"spec", "transcript", b"transcript"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filename", b"filename", "media_info", b"media_info", "on_screen_text", b"on_screen_text", "output_prefix", b"output_prefix", "spec", b"spec", "transcript", b"transcript"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

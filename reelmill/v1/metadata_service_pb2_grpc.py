@@ -27,7 +27,8 @@ if _version_not_supported:
 
 
 class MetadataServiceStub:
-    """Internal: title, description, tags, chapters and summary from a transcript.
+    """Internal: title, description, tags, chapters and summary from a transcript
+    and the text shown on screen.
     """
 
     def __init__(self, channel):
@@ -44,7 +45,8 @@ class MetadataServiceStub:
 
 
 class MetadataServiceServicer:
-    """Internal: title, description, tags, chapters and summary from a transcript.
+    """Internal: title, description, tags, chapters and summary from a transcript
+    and the text shown on screen.
     """
 
     def GenerateMetadata(self, request, context):
@@ -70,7 +72,8 @@ def add_MetadataServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class MetadataService:
-    """Internal: title, description, tags, chapters and summary from a transcript.
+    """Internal: title, description, tags, chapters and summary from a transcript
+    and the text shown on screen.
     """
 
     @staticmethod

@@ -79,6 +79,34 @@ METADATA_ENGINE_EXTRACTIVE: MetadataEngine.ValueType  # 1
 METADATA_ENGINE_GEMINI: MetadataEngine.ValueType  # 2
 Global___MetadataEngine: _TypeAlias = MetadataEngine  # noqa: Y015
 
+class _ShotDetector:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ShotDetectorEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ShotDetector.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SHOT_DETECTOR_UNSPECIFIED: _ShotDetector.ValueType  # 0
+    """AdaptiveDetector."""
+    SHOT_DETECTOR_ADAPTIVE: _ShotDetector.ValueType  # 1
+    """AdaptiveDetector: a frame's change against the average of its neighbours
+    (steadier under camera motion).
+    """
+    SHOT_DETECTOR_CONTENT: _ShotDetector.ValueType  # 2
+    """ContentDetector: a frame's change against the frame before it."""
+
+class ShotDetector(_ShotDetector, metaclass=_ShotDetectorEnumTypeWrapper):
+    """Cut detectors (PySceneDetect)."""
+
+SHOT_DETECTOR_UNSPECIFIED: ShotDetector.ValueType  # 0
+"""AdaptiveDetector."""
+SHOT_DETECTOR_ADAPTIVE: ShotDetector.ValueType  # 1
+"""AdaptiveDetector: a frame's change against the average of its neighbours
+(steadier under camera motion).
+"""
+SHOT_DETECTOR_CONTENT: ShotDetector.ValueType  # 2
+"""ContentDetector: a frame's change against the frame before it."""
+Global___ShotDetector: _TypeAlias = ShotDetector  # noqa: Y015
+
 @_typing.final
 class PipelineSpec(_message.Message):
     """What a job produces. Every part has working defaults; an empty spec runs
@@ -91,6 +119,8 @@ class PipelineSpec(_message.Message):
     AUDIO_FIELD_NUMBER: _builtins.int
     TRANSCRIBE_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    SCENES_FIELD_NUMBER: _builtins.int
+    OCR_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def transcode(self) -> Global___TranscodeSpec: ...
     @_builtins.property
@@ -99,6 +129,10 @@ class PipelineSpec(_message.Message):
     def transcribe(self) -> Global___TranscribeSpec: ...
     @_builtins.property
     def metadata(self) -> Global___MetadataSpec: ...
+    @_builtins.property
+    def scenes(self) -> Global___ScenesSpec: ...
+    @_builtins.property
+    def ocr(self) -> Global___OcrSpec: ...
     def __init__(
         self,
         *,
@@ -106,10 +140,12 @@ class PipelineSpec(_message.Message):
         audio: Global___AudioSpec | None = ...,
         transcribe: Global___TranscribeSpec | None = ...,
         metadata: Global___MetadataSpec | None = ...,
+        scenes: Global___ScenesSpec | None = ...,
+        ocr: Global___OcrSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "metadata", b"metadata", "transcode", b"transcode", "transcribe", b"transcribe"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "metadata", b"metadata", "ocr", b"ocr", "scenes", b"scenes", "transcode", b"transcode", "transcribe", b"transcribe"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "metadata", b"metadata", "transcode", b"transcode", "transcribe", b"transcribe"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "metadata", b"metadata", "ocr", b"ocr", "scenes", b"scenes", "transcode", b"transcode", "transcribe", b"transcribe"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -441,3 +477,96 @@ class MetadataSpec(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MetadataSpec: _TypeAlias = MetadataSpec  # noqa: Y015
+
+@_typing.final
+class ScenesSpec(_message.Message):
+    """What the scenes stage finds: shots, cuts, dissolves and fades."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISABLED_FIELD_NUMBER: _builtins.int
+    DETECTOR_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    MIN_CONTENT_VALUE_FIELD_NUMBER: _builtins.int
+    MIN_SHOT_DURATION_FIELD_NUMBER: _builtins.int
+    GRADUAL_TRANSITIONS_FIELD_NUMBER: _builtins.int
+    MAX_TRANSITION_DURATION_FIELD_NUMBER: _builtins.int
+    disabled: _builtins.bool
+    """Skip the scenes stage (and with it OCR; stills are then taken by time)."""
+    detector: Global___ShotDetector.ValueType
+    threshold: _builtins.float
+    """The detector's threshold: AdaptiveDetector's adaptive_threshold (default
+    3.0), ContentDetector's threshold (default 27); 0 uses the default.
+    """
+    min_content_value: _builtins.float
+    """AdaptiveDetector's min_content_val (default 15); 0 uses the default."""
+    gradual_transitions: _builtins.bool
+    """Also find dissolves and fades; default true."""
+    @_builtins.property
+    def min_shot_duration(self) -> _duration_pb2.Duration:
+        """Shortest shot between two cuts; default 15 frames' worth (0.6 s at 25 fps)."""
+
+    @_builtins.property
+    def max_transition_duration(self) -> _duration_pb2.Duration:
+        """Longest dissolve or fade looked for; default 2 s (0.2 to 5 s)."""
+
+    def __init__(
+        self,
+        *,
+        disabled: _builtins.bool = ...,
+        detector: Global___ShotDetector.ValueType = ...,
+        threshold: _builtins.float = ...,
+        min_content_value: _builtins.float = ...,
+        min_shot_duration: _duration_pb2.Duration | None = ...,
+        gradual_transitions: _builtins.bool | None = ...,
+        max_transition_duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_gradual_transitions", b"_gradual_transitions", "gradual_transitions", b"gradual_transitions", "max_transition_duration", b"max_transition_duration", "min_shot_duration", b"min_shot_duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_gradual_transitions", b"_gradual_transitions", "detector", b"detector", "disabled", b"disabled", "gradual_transitions", b"gradual_transitions", "max_transition_duration", b"max_transition_duration", "min_content_value", b"min_content_value", "min_shot_duration", b"min_shot_duration", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__gradual_transitions: _TypeAlias = _typing.Literal["gradual_transitions"]  # noqa: Y015
+    _WhichOneofArgType__gradual_transitions: _TypeAlias = _typing.Literal["_gradual_transitions", b"_gradual_transitions"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gradual_transitions) -> _WhichOneofReturnType__gradual_transitions | None: ...
+
+Global___ScenesSpec: _TypeAlias = ScenesSpec  # noqa: Y015
+
+@_typing.final
+class OcrSpec(_message.Message):
+    """What the OCR stage reads."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISABLED_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    MIN_CONFIDENCE_FIELD_NUMBER: _builtins.int
+    MAX_SIDE_FIELD_NUMBER: _builtins.int
+    disabled: _builtins.bool
+    """Skip the OCR stage."""
+    min_confidence: _builtins.float
+    """Lines recognised with less confidence are dropped; default 0.5."""
+    max_side: _builtins.int
+    """Frames are downscaled so their longest side is at most this; default 960
+    (320 to 1920).
+    """
+    @_builtins.property
+    def interval(self) -> _duration_pb2.Duration:
+        """Time between frames read inside a long shot, besides its keyframe;
+        default 2 s (0.25 to 60 s).
+        """
+
+    def __init__(
+        self,
+        *,
+        disabled: _builtins.bool = ...,
+        interval: _duration_pb2.Duration | None = ...,
+        min_confidence: _builtins.float = ...,
+        max_side: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disabled", b"disabled", "interval", b"interval", "max_side", b"max_side", "min_confidence", b"min_confidence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OcrSpec: _TypeAlias = OcrSpec  # noqa: Y015

@@ -25,27 +25,28 @@ _sym_db = _symbol_database.Default()
 
 from reelmill.v1 import media_pb2 as reelmill_dot_v1_dot_media__pb2
 from reelmill.v1 import pipeline_pb2 as reelmill_dot_v1_dot_pipeline__pb2
+from reelmill.v1 import vision_pb2 as reelmill_dot_v1_dot_vision__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#reelmill/v1/transcode_service.proto\x12\x0breelmill.v1\x1a\x17reelmill/v1/media.proto\x1a\x1areelmill/v1/pipeline.proto\"\xa7\x01\n\x10TranscodeRequest\x12&\n\x06source\x18\x01 \x01(\x0b\x32\x16.reelmill.v1.ObjectRef\x12*\n\nmedia_info\x18\x02 \x01(\x0b\x32\x16.reelmill.v1.MediaInfo\x12(\n\x04spec\x18\x03 \x01(\x0b\x32\x1a.reelmill.v1.TranscodeSpec\x12\x15\n\routput_prefix\x18\x04 \x01(\t\";\n\x0fTranscodeResult\x12(\n\tartifacts\x18\x01 \x03(\x0b\x32\x15.reelmill.v1.Artifact\"x\n\x11TranscodeResponse\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.reelmill.v1.ProgressH\x00\x12.\n\x06result\x18\x02 \x01(\x0b\x32\x1c.reelmill.v1.TranscodeResultH\x00\x42\x08\n\x06update\"\xa6\x01\n\x13\x45xtractAudioRequest\x12&\n\x06source\x18\x01 \x01(\x0b\x32\x16.reelmill.v1.ObjectRef\x12*\n\nmedia_info\x18\x02 \x01(\x0b\x32\x16.reelmill.v1.MediaInfo\x12$\n\x04spec\x18\x03 \x01(\x0b\x32\x16.reelmill.v1.AudioSpec\x12\x15\n\routput_prefix\x18\x04 \x01(\t\">\n\x12\x45xtractAudioResult\x12(\n\tartifacts\x18\x01 \x03(\x0b\x32\x15.reelmill.v1.Artifact\"~\n\x14\x45xtractAudioResponse\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.reelmill.v1.ProgressH\x00\x12\x31\n\x06result\x18\x02 \x01(\x0b\x32\x1f.reelmill.v1.ExtractAudioResultH\x00\x42\x08\n\x06update2\xb7\x01\n\x10TranscodeService\x12L\n\tTranscode\x12\x1d.reelmill.v1.TranscodeRequest\x1a\x1e.reelmill.v1.TranscodeResponse0\x01\x12U\n\x0c\x45xtractAudio\x12 .reelmill.v1.ExtractAudioRequest\x1a!.reelmill.v1.ExtractAudioResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#reelmill/v1/transcode_service.proto\x12\x0breelmill.v1\x1a\x17reelmill/v1/media.proto\x1a\x1areelmill/v1/pipeline.proto\x1a\x18reelmill/v1/vision.proto\"\xcc\x01\n\x10TranscodeRequest\x12&\n\x06source\x18\x01 \x01(\x0b\x32\x16.reelmill.v1.ObjectRef\x12*\n\nmedia_info\x18\x02 \x01(\x0b\x32\x16.reelmill.v1.MediaInfo\x12(\n\x04spec\x18\x03 \x01(\x0b\x32\x1a.reelmill.v1.TranscodeSpec\x12\x15\n\routput_prefix\x18\x04 \x01(\t\x12#\n\x06scenes\x18\x05 \x01(\x0b\x32\x13.reelmill.v1.Scenes\";\n\x0fTranscodeResult\x12(\n\tartifacts\x18\x01 \x03(\x0b\x32\x15.reelmill.v1.Artifact\"x\n\x11TranscodeResponse\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.reelmill.v1.ProgressH\x00\x12.\n\x06result\x18\x02 \x01(\x0b\x32\x1c.reelmill.v1.TranscodeResultH\x00\x42\x08\n\x06update\"\xa6\x01\n\x13\x45xtractAudioRequest\x12&\n\x06source\x18\x01 \x01(\x0b\x32\x16.reelmill.v1.ObjectRef\x12*\n\nmedia_info\x18\x02 \x01(\x0b\x32\x16.reelmill.v1.MediaInfo\x12$\n\x04spec\x18\x03 \x01(\x0b\x32\x16.reelmill.v1.AudioSpec\x12\x15\n\routput_prefix\x18\x04 \x01(\t\">\n\x12\x45xtractAudioResult\x12(\n\tartifacts\x18\x01 \x03(\x0b\x32\x15.reelmill.v1.Artifact\"~\n\x14\x45xtractAudioResponse\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.reelmill.v1.ProgressH\x00\x12\x31\n\x06result\x18\x02 \x01(\x0b\x32\x1f.reelmill.v1.ExtractAudioResultH\x00\x42\x08\n\x06update2\xb7\x01\n\x10TranscodeService\x12L\n\tTranscode\x12\x1d.reelmill.v1.TranscodeRequest\x1a\x1e.reelmill.v1.TranscodeResponse0\x01\x12U\n\x0c\x45xtractAudio\x12 .reelmill.v1.ExtractAudioRequest\x1a!.reelmill.v1.ExtractAudioResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'reelmill.v1.transcode_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRANSCODEREQUEST']._serialized_start=106
-  _globals['_TRANSCODEREQUEST']._serialized_end=273
-  _globals['_TRANSCODERESULT']._serialized_start=275
-  _globals['_TRANSCODERESULT']._serialized_end=334
-  _globals['_TRANSCODERESPONSE']._serialized_start=336
-  _globals['_TRANSCODERESPONSE']._serialized_end=456
-  _globals['_EXTRACTAUDIOREQUEST']._serialized_start=459
-  _globals['_EXTRACTAUDIOREQUEST']._serialized_end=625
-  _globals['_EXTRACTAUDIORESULT']._serialized_start=627
-  _globals['_EXTRACTAUDIORESULT']._serialized_end=689
-  _globals['_EXTRACTAUDIORESPONSE']._serialized_start=691
-  _globals['_EXTRACTAUDIORESPONSE']._serialized_end=817
-  _globals['_TRANSCODESERVICE']._serialized_start=820
-  _globals['_TRANSCODESERVICE']._serialized_end=1003
+  _globals['_TRANSCODEREQUEST']._serialized_start=132
+  _globals['_TRANSCODEREQUEST']._serialized_end=336
+  _globals['_TRANSCODERESULT']._serialized_start=338
+  _globals['_TRANSCODERESULT']._serialized_end=397
+  _globals['_TRANSCODERESPONSE']._serialized_start=399
+  _globals['_TRANSCODERESPONSE']._serialized_end=519
+  _globals['_EXTRACTAUDIOREQUEST']._serialized_start=522
+  _globals['_EXTRACTAUDIOREQUEST']._serialized_end=688
+  _globals['_EXTRACTAUDIORESULT']._serialized_start=690
+  _globals['_EXTRACTAUDIORESULT']._serialized_end=752
+  _globals['_EXTRACTAUDIORESPONSE']._serialized_start=754
+  _globals['_EXTRACTAUDIORESPONSE']._serialized_end=880
+  _globals['_TRANSCODESERVICE']._serialized_start=883
+  _globals['_TRANSCODESERVICE']._serialized_end=1066
 # @@protoc_insertion_point(module_scope)

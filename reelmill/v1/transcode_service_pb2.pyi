@@ -10,6 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from reelmill.v1 import media_pb2 as _media_pb2
 from reelmill.v1 import pipeline_pb2 as _pipeline_pb2
+from reelmill.v1 import vision_pb2 as _vision_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -29,6 +30,7 @@ class TranscodeRequest(_message.Message):
     MEDIA_INFO_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     OUTPUT_PREFIX_FIELD_NUMBER: _builtins.int
+    SCENES_FIELD_NUMBER: _builtins.int
     output_prefix: _builtins.str
     """Key prefix for outputs, e.g. "jobs/{job_id}/"; keys under it are deterministic."""
     @_builtins.property
@@ -39,6 +41,13 @@ class TranscodeRequest(_message.Message):
 
     @_builtins.property
     def spec(self) -> _pipeline_pb2.TranscodeSpec: ...
+    @_builtins.property
+    def scenes(self) -> _vision_pb2.Scenes:
+        """The shots the scenes stage found: the poster is the keyframe of a
+        representative shot, the thumbnails one per shot. Empty takes stills by
+        time (the poster a third of the way in, thumbnails evenly spaced).
+        """
+
     def __init__(
         self,
         *,
@@ -46,10 +55,11 @@ class TranscodeRequest(_message.Message):
         media_info: _media_pb2.MediaInfo | None = ...,
         spec: _pipeline_pb2.TranscodeSpec | None = ...,
         output_prefix: _builtins.str = ...,
+        scenes: _vision_pb2.Scenes | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["media_info", b"media_info", "source", b"source", "spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["media_info", b"media_info", "scenes", b"scenes", "source", b"source", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["media_info", b"media_info", "output_prefix", b"output_prefix", "source", b"source", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["media_info", b"media_info", "output_prefix", b"output_prefix", "scenes", b"scenes", "source", b"source", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
