@@ -124,6 +124,7 @@ class Stage(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     DEPENDS_ON_FIELD_NUMBER: _builtins.int
+    REUSED_FROM_JOB_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """"import", "probe", "transcode", "scenes", "ocr", "audio", "transcribe" or
     "metadata".
@@ -134,6 +135,11 @@ class Stage(_message.Message):
     attempts: _builtins.int
     """How many times the stage was started (retries of transient failures and
     runs resumed after a crash each count).
+    """
+    reused_from_job_id: _builtins.str
+    """Output only. Set when the stage did not run: its outputs were copied from
+    this earlier job of the same owner, whose same stage had the same inputs
+    (source sha256, options, upstream results). See PipelineSpec.reuse.
     """
     @_builtins.property
     def error(self) -> Global___JobError:
@@ -160,10 +166,11 @@ class Stage(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         depends_on: _abc.Iterable[_builtins.str] | None = ...,
+        reused_from_job_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "depends_on", b"depends_on", "end_time", b"end_time", "error", b"error", "name", b"name", "progress", b"progress", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "depends_on", b"depends_on", "end_time", b"end_time", "error", b"error", "name", b"name", "progress", b"progress", "reused_from_job_id", b"reused_from_job_id", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -218,6 +225,8 @@ class Job(_message.Message):
     ESTIMATED_START_TIME_FIELD_NUMBER: _builtins.int
     SCENES_FIELD_NUMBER: _builtins.int
     ON_SCREEN_TEXT_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    BATCH_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. Server-assigned id."""
     video_id: _builtins.str
@@ -232,6 +241,12 @@ class Job(_message.Message):
     """Output only. 1-based position among queued jobs; 0 when not queued."""
     last_event_sequence: _builtins.int
     """Output only. The largest sequence of the job's events so far."""
+    priority: _builtins.int
+    """Orders the owner's own queued jobs: higher first, -100 to 100, default 0.
+    Between owners, the queue is fair whatever the priorities (see the README).
+    """
+    batch_id: _builtins.str
+    """Output only. The batch (BatchCreateJobs) that created the job, if any."""
     @_builtins.property
     def spec(self) -> _pipeline_pb2.PipelineSpec: ...
     @_builtins.property
@@ -327,10 +342,12 @@ class Job(_message.Message):
         estimated_start_time: _timestamp_pb2.Timestamp | None = ...,
         scenes: _vision_pb2.Scenes | None = ...,
         on_screen_text: _vision_pb2.OnScreenText | None = ...,
+        priority: _builtins.int = ...,
+        batch_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "estimated_start_time", b"estimated_start_time", "media_info", b"media_info", "metadata", b"metadata", "on_screen_text", b"on_screen_text", "scenes", b"scenes", "spec", b"spec", "start_time", b"start_time", "transcript", b"transcript", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "estimated_start_time", b"estimated_start_time", "id", b"id", "labels", b"labels", "last_event_sequence", b"last_event_sequence", "media_info", b"media_info", "metadata", b"metadata", "on_screen_text", b"on_screen_text", "queue_position", b"queue_position", "request_id", b"request_id", "scenes", b"scenes", "source_url", b"source_url", "spec", b"spec", "stages", b"stages", "start_time", b"start_time", "state", b"state", "transcript", b"transcript", "update_time", b"update_time", "video_id", b"video_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "batch_id", b"batch_id", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "estimated_start_time", b"estimated_start_time", "id", b"id", "labels", b"labels", "last_event_sequence", b"last_event_sequence", "media_info", b"media_info", "metadata", b"metadata", "on_screen_text", b"on_screen_text", "priority", b"priority", "queue_position", b"queue_position", "request_id", b"request_id", "scenes", b"scenes", "source_url", b"source_url", "spec", b"spec", "stages", b"stages", "start_time", b"start_time", "state", b"state", "transcript", b"transcript", "update_time", b"update_time", "video_id", b"video_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -63,6 +63,11 @@ class JobServiceStub:
                 request_serializer=reelmill_dot_v1_dot_job__service__pb2.CreateJobRequest.SerializeToString,
                 response_deserializer=reelmill_dot_v1_dot_job__service__pb2.CreateJobResponse.FromString,
                 _registered_method=True)
+        self.BatchCreateJobs = channel.unary_unary(
+                '/reelmill.v1.JobService/BatchCreateJobs',
+                request_serializer=reelmill_dot_v1_dot_job__service__pb2.BatchCreateJobsRequest.SerializeToString,
+                response_deserializer=reelmill_dot_v1_dot_job__service__pb2.BatchCreateJobsResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/reelmill.v1.JobService/GetJob',
                 request_serializer=reelmill_dot_v1_dot_job__service__pb2.GetJobRequest.SerializeToString,
@@ -78,10 +83,20 @@ class JobServiceStub:
                 request_serializer=reelmill_dot_v1_dot_job__service__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=reelmill_dot_v1_dot_job__service__pb2.CancelJobResponse.FromString,
                 _registered_method=True)
+        self.RetryJob = channel.unary_unary(
+                '/reelmill.v1.JobService/RetryJob',
+                request_serializer=reelmill_dot_v1_dot_job__service__pb2.RetryJobRequest.SerializeToString,
+                response_deserializer=reelmill_dot_v1_dot_job__service__pb2.RetryJobResponse.FromString,
+                _registered_method=True)
         self.WatchJob = channel.unary_stream(
                 '/reelmill.v1.JobService/WatchJob',
                 request_serializer=reelmill_dot_v1_dot_job__service__pb2.WatchJobRequest.SerializeToString,
                 response_deserializer=reelmill_dot_v1_dot_job__service__pb2.WatchJobResponse.FromString,
+                _registered_method=True)
+        self.WatchBatch = channel.unary_stream(
+                '/reelmill.v1.JobService/WatchBatch',
+                request_serializer=reelmill_dot_v1_dot_job__service__pb2.WatchBatchRequest.SerializeToString,
+                response_deserializer=reelmill_dot_v1_dot_job__service__pb2.WatchBatchResponse.FromString,
                 _registered_method=True)
         self.GetArtifactUrl = channel.unary_unary(
                 '/reelmill.v1.JobService/GetArtifactUrl',
@@ -137,6 +152,17 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchCreateJobs(self, request, context):
+        """Creates many jobs in one call (AIP-233): every item is validated first,
+        and one invalid item refuses the whole batch (INVALID_ARGUMENT, nothing
+        created). Once accepted, each item has its own outcome: its job, or the
+        error of that item alone (e.g. its video was not found); the jobs then run
+        independently. Each item is idempotent by its own request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetJob(self, request, context):
         """Gets a job.
         """
@@ -158,9 +184,27 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryJob(self, request, context):
+        """Runs a FAILED or CANCELLED job again: the stages that succeeded are kept
+        (with their artifacts), the others run with a fresh attempt budget, and
+        the job gets a fresh deadline. Its events continue the same sequence.
+        FAILED_PRECONDITION for a job that is queued, running or succeeded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchJob(self, request, context):
         """Streams a job's events after after_sequence: stored ones first, then live
-        ones; ends after the terminal event.
+        ones; ends after the terminal event (the last one, for a retried job).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchBatch(self, request, context):
+        """Streams the events of every job of a batch, each job's in order (jobs
+        interleave), resumable per job like WatchJob; ends once every job ended.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -208,6 +252,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     request_deserializer=reelmill_dot_v1_dot_job__service__pb2.CreateJobRequest.FromString,
                     response_serializer=reelmill_dot_v1_dot_job__service__pb2.CreateJobResponse.SerializeToString,
             ),
+            'BatchCreateJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchCreateJobs,
+                    request_deserializer=reelmill_dot_v1_dot_job__service__pb2.BatchCreateJobsRequest.FromString,
+                    response_serializer=reelmill_dot_v1_dot_job__service__pb2.BatchCreateJobsResponse.SerializeToString,
+            ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
                     request_deserializer=reelmill_dot_v1_dot_job__service__pb2.GetJobRequest.FromString,
@@ -223,10 +272,20 @@ def add_JobServiceServicer_to_server(servicer, server):
                     request_deserializer=reelmill_dot_v1_dot_job__service__pb2.CancelJobRequest.FromString,
                     response_serializer=reelmill_dot_v1_dot_job__service__pb2.CancelJobResponse.SerializeToString,
             ),
+            'RetryJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryJob,
+                    request_deserializer=reelmill_dot_v1_dot_job__service__pb2.RetryJobRequest.FromString,
+                    response_serializer=reelmill_dot_v1_dot_job__service__pb2.RetryJobResponse.SerializeToString,
+            ),
             'WatchJob': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchJob,
                     request_deserializer=reelmill_dot_v1_dot_job__service__pb2.WatchJobRequest.FromString,
                     response_serializer=reelmill_dot_v1_dot_job__service__pb2.WatchJobResponse.SerializeToString,
+            ),
+            'WatchBatch': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchBatch,
+                    request_deserializer=reelmill_dot_v1_dot_job__service__pb2.WatchBatchRequest.FromString,
+                    response_serializer=reelmill_dot_v1_dot_job__service__pb2.WatchBatchResponse.SerializeToString,
             ),
             'GetArtifactUrl': grpc.unary_unary_rpc_method_handler(
                     servicer.GetArtifactUrl,
@@ -388,6 +447,33 @@ class JobService:
             _registered_method=True)
 
     @staticmethod
+    def BatchCreateJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/reelmill.v1.JobService/BatchCreateJobs',
+            reelmill_dot_v1_dot_job__service__pb2.BatchCreateJobsRequest.SerializeToString,
+            reelmill_dot_v1_dot_job__service__pb2.BatchCreateJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetJob(request,
             target,
             options=(),
@@ -469,6 +555,33 @@ class JobService:
             _registered_method=True)
 
     @staticmethod
+    def RetryJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/reelmill.v1.JobService/RetryJob',
+            reelmill_dot_v1_dot_job__service__pb2.RetryJobRequest.SerializeToString,
+            reelmill_dot_v1_dot_job__service__pb2.RetryJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def WatchJob(request,
             target,
             options=(),
@@ -485,6 +598,33 @@ class JobService:
             '/reelmill.v1.JobService/WatchJob',
             reelmill_dot_v1_dot_job__service__pb2.WatchJobRequest.SerializeToString,
             reelmill_dot_v1_dot_job__service__pb2.WatchJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/reelmill.v1.JobService/WatchBatch',
+            reelmill_dot_v1_dot_job__service__pb2.WatchBatchRequest.SerializeToString,
+            reelmill_dot_v1_dot_job__service__pb2.WatchBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

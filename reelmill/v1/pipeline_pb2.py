@@ -26,41 +26,41 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1areelmill/v1/pipeline.proto\x12\x0breelmill.v1\x1a\x1egoogle/protobuf/duration.proto\"\x8e\x02\n\x0cPipelineSpec\x12-\n\ttranscode\x18\x01 \x01(\x0b\x32\x1a.reelmill.v1.TranscodeSpec\x12%\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x16.reelmill.v1.AudioSpec\x12/\n\ntranscribe\x18\x03 \x01(\x0b\x32\x1b.reelmill.v1.TranscribeSpec\x12+\n\x08metadata\x18\x04 \x01(\x0b\x32\x19.reelmill.v1.MetadataSpec\x12\'\n\x06scenes\x18\x05 \x01(\x0b\x32\x17.reelmill.v1.ScenesSpec\x12!\n\x03ocr\x18\x06 \x01(\x0b\x32\x14.reelmill.v1.OcrSpec\"T\n\nLadderRung\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\x1a\n\x12video_bitrate_kbps\x18\x02 \x01(\x05\x12\x1a\n\x12\x61udio_bitrate_kbps\x18\x03 \x01(\x05\"\xa3\x01\n\x08\x43lipSpec\x12(\n\x05start\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\tcontainer\x18\x03 \x01(\x0e\x32\x1a.reelmill.v1.ClipContainer\x12\x16\n\x0e\x66rame_accurate\x18\x04 \x01(\x08\"O\n\rThumbnailSpec\x12\x14\n\x07\x65nabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x42\n\n\x08_enabled\"\x92\x01\n\x0eStoryboardSpec\x12\x14\n\x07\x65nabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12+\n\x08interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\ntile_width\x18\x03 \x01(\x05\x12\x0f\n\x07\x63olumns\x18\x04 \x01(\x05\x12\x0c\n\x04rows\x18\x05 \x01(\x05\x42\n\n\x08_enabled\"\xd0\x02\n\rTranscodeSpec\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12\'\n\x06ladder\x18\x02 \x03(\x0b\x32\x17.reelmill.v1.LadderRung\x12\x10\n\x03hls\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x37\n\x14hls_segment_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\x04webm\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12.\n\nthumbnails\x18\x06 \x01(\x0b\x32\x1a.reelmill.v1.ThumbnailSpec\x12/\n\nstoryboard\x18\x07 \x01(\x0b\x32\x1b.reelmill.v1.StoryboardSpec\x12$\n\x05\x63lips\x18\x08 \x03(\x0b\x32\x15.reelmill.v1.ClipSpec\x12\x0e\n\x06preset\x18\t \x01(\tB\x06\n\x04_hlsB\x07\n\x05_webm\"7\n\tAudioSpec\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12\x10\n\x03m4a\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x06\n\x04_m4a\"\xd0\x01\n\x0eTranscribeSpec\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12-\n\x06\x65ngine\x18\x02 \x01(\x0e\x32\x1d.reelmill.v1.TranscribeEngine\x12\x10\n\x08language\x18\x03 \x01(\t\x12\x1c\n\x0fword_timestamps\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x17\n\nvad_filter\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12\x11\n\tbeam_size\x18\x06 \x01(\x05\x42\x12\n\x10_word_timestampsB\r\n\x0b_vad_filter\"\x84\x01\n\x0cMetadataSpec\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12+\n\x06\x65ngine\x18\x02 \x01(\x0e\x32\x1b.reelmill.v1.MetadataEngine\x12\x10\n\x08max_tags\x18\x03 \x01(\x05\x12\x13\n\x0bjson_schema\x18\x04 \x01(\t\x12\x0e\n\x06prompt\x18\x05 \x01(\t\"\xa5\x02\n\nScenesSpec\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12+\n\x08\x64\x65tector\x18\x02 \x01(\x0e\x32\x19.reelmill.v1.ShotDetector\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x19\n\x11min_content_value\x18\x04 \x01(\x01\x12\x34\n\x11min_shot_duration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12 \n\x13gradual_transitions\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12:\n\x17max_transition_duration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationB\x16\n\x14_gradual_transitions\"r\n\x07OcrSpec\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12+\n\x08interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0emin_confidence\x18\x03 \x01(\x01\x12\x10\n\x08max_side\x18\x04 \x01(\x05*`\n\rClipContainer\x12\x1e\n\x1a\x43LIP_CONTAINER_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43LIP_CONTAINER_MP4\x10\x01\x12\x17\n\x13\x43LIP_CONTAINER_WEBM\x10\x02*y\n\x10TranscribeEngine\x12!\n\x1dTRANSCRIBE_ENGINE_UNSPECIFIED\x10\x00\x12$\n TRANSCRIBE_ENGINE_FASTER_WHISPER\x10\x01\x12\x1c\n\x18TRANSCRIBE_ENGINE_GEMINI\x10\x02*m\n\x0eMetadataEngine\x12\x1f\n\x1bMETADATA_ENGINE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMETADATA_ENGINE_EXTRACTIVE\x10\x01\x12\x1a\n\x16METADATA_ENGINE_GEMINI\x10\x02*d\n\x0cShotDetector\x12\x1d\n\x19SHOT_DETECTOR_UNSPECIFIED\x10\x00\x12\x1a\n\x16SHOT_DETECTOR_ADAPTIVE\x10\x01\x12\x19\n\x15SHOT_DETECTOR_CONTENT\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1areelmill/v1/pipeline.proto\x12\x0breelmill.v1\x1a\x1egoogle/protobuf/duration.proto\"\xac\x02\n\x0cPipelineSpec\x12-\n\ttranscode\x18\x01 \x01(\x0b\x32\x1a.reelmill.v1.TranscodeSpec\x12%\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x16.reelmill.v1.AudioSpec\x12/\n\ntranscribe\x18\x03 \x01(\x0b\x32\x1b.reelmill.v1.TranscribeSpec\x12+\n\x08metadata\x18\x04 \x01(\x0b\x32\x19.reelmill.v1.MetadataSpec\x12\'\n\x06scenes\x18\x05 \x01(\x0b\x32\x17.reelmill.v1.ScenesSpec\x12!\n\x03ocr\x18\x06 \x01(\x0b\x32\x14.reelmill.v1.OcrSpec\x12\x12\n\x05reuse\x18\n \x01(\x08H\x00\x88\x01\x01\x42\x08\n\x06_reuse\"T\n\nLadderRung\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\x1a\n\x12video_bitrate_kbps\x18\x02 \x01(\x05\x12\x1a\n\x12\x61udio_bitrate_kbps\x18\x03 \x01(\x05\"\xa3\x01\n\x08\x43lipSpec\x12(\n\x05start\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\tcontainer\x18\x03 \x01(\x0e\x32\x1a.reelmill.v1.ClipContainer\x12\x16\n\x0e\x66rame_accurate\x18\x04 \x01(\x08\"O\n\rThumbnailSpec\x12\x14\n\x07\x65nabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x42\n\n\x08_enabled\"\x92\x01\n\x0eStoryboardSpec\x12\x14\n\x07\x65nabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12+\n\x08interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\ntile_width\x18\x03 \x01(\x05\x12\x0f\n\x07\x63olumns\x18\x04 \x01(\x05\x12\x0c\n\x04rows\x18\x05 \x01(\x05\x42\n\n\x08_enabled\"\xd0\x02\n\rTranscodeSpec\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12\'\n\x06ladder\x18\x02 \x03(\x0b\x32\x17.reelmill.v1.LadderRung\x12\x10\n\x03hls\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x37\n\x14hls_segment_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\x04webm\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12.\n\nthumbnails\x18\x06 \x01(\x0b\x32\x1a.reelmill.v1.ThumbnailSpec\x12/\n\nstoryboard\x18\x07 \x01(\x0b\x32\x1b.reelmill.v1.StoryboardSpec\x12$\n\x05\x63lips\x18\x08 \x03(\x0b\x32\x15.reelmill.v1.ClipSpec\x12\x0e\n\x06preset\x18\t \x01(\tB\x06\n\x04_hlsB\x07\n\x05_webm\"7\n\tAudioSpec\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12\x10\n\x03m4a\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x06\n\x04_m4a\"\xd0\x01\n\x0eTranscribeSpec\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12-\n\x06\x65ngine\x18\x02 \x01(\x0e\x32\x1d.reelmill.v1.TranscribeEngine\x12\x10\n\x08language\x18\x03 \x01(\t\x12\x1c\n\x0fword_timestamps\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x17\n\nvad_filter\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12\x11\n\tbeam_size\x18\x06 \x01(\x05\x42\x12\n\x10_word_timestampsB\r\n\x0b_vad_filter\"\x84\x01\n\x0cMetadataSpec\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12+\n\x06\x65ngine\x18\x02 \x01(\x0e\x32\x1b.reelmill.v1.MetadataEngine\x12\x10\n\x08max_tags\x18\x03 \x01(\x05\x12\x13\n\x0bjson_schema\x18\x04 \x01(\t\x12\x0e\n\x06prompt\x18\x05 \x01(\t\"\xa5\x02\n\nScenesSpec\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12+\n\x08\x64\x65tector\x18\x02 \x01(\x0e\x32\x19.reelmill.v1.ShotDetector\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x19\n\x11min_content_value\x18\x04 \x01(\x01\x12\x34\n\x11min_shot_duration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12 \n\x13gradual_transitions\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12:\n\x17max_transition_duration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationB\x16\n\x14_gradual_transitions\"r\n\x07OcrSpec\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12+\n\x08interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0emin_confidence\x18\x03 \x01(\x01\x12\x10\n\x08max_side\x18\x04 \x01(\x05*`\n\rClipContainer\x12\x1e\n\x1a\x43LIP_CONTAINER_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43LIP_CONTAINER_MP4\x10\x01\x12\x17\n\x13\x43LIP_CONTAINER_WEBM\x10\x02*y\n\x10TranscribeEngine\x12!\n\x1dTRANSCRIBE_ENGINE_UNSPECIFIED\x10\x00\x12$\n TRANSCRIBE_ENGINE_FASTER_WHISPER\x10\x01\x12\x1c\n\x18TRANSCRIBE_ENGINE_GEMINI\x10\x02*m\n\x0eMetadataEngine\x12\x1f\n\x1bMETADATA_ENGINE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMETADATA_ENGINE_EXTRACTIVE\x10\x01\x12\x1a\n\x16METADATA_ENGINE_GEMINI\x10\x02*d\n\x0cShotDetector\x12\x1d\n\x19SHOT_DETECTOR_UNSPECIFIED\x10\x00\x12\x1a\n\x16SHOT_DETECTOR_ADAPTIVE\x10\x01\x12\x19\n\x15SHOT_DETECTOR_CONTENT\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'reelmill.v1.pipeline_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CLIPCONTAINER']._serialized_start=1984
-  _globals['_CLIPCONTAINER']._serialized_end=2080
-  _globals['_TRANSCRIBEENGINE']._serialized_start=2082
-  _globals['_TRANSCRIBEENGINE']._serialized_end=2203
-  _globals['_METADATAENGINE']._serialized_start=2205
-  _globals['_METADATAENGINE']._serialized_end=2314
-  _globals['_SHOTDETECTOR']._serialized_start=2316
-  _globals['_SHOTDETECTOR']._serialized_end=2416
+  _globals['_CLIPCONTAINER']._serialized_start=2014
+  _globals['_CLIPCONTAINER']._serialized_end=2110
+  _globals['_TRANSCRIBEENGINE']._serialized_start=2112
+  _globals['_TRANSCRIBEENGINE']._serialized_end=2233
+  _globals['_METADATAENGINE']._serialized_start=2235
+  _globals['_METADATAENGINE']._serialized_end=2344
+  _globals['_SHOTDETECTOR']._serialized_start=2346
+  _globals['_SHOTDETECTOR']._serialized_end=2446
   _globals['_PIPELINESPEC']._serialized_start=76
-  _globals['_PIPELINESPEC']._serialized_end=346
-  _globals['_LADDERRUNG']._serialized_start=348
-  _globals['_LADDERRUNG']._serialized_end=432
-  _globals['_CLIPSPEC']._serialized_start=435
-  _globals['_CLIPSPEC']._serialized_end=598
-  _globals['_THUMBNAILSPEC']._serialized_start=600
-  _globals['_THUMBNAILSPEC']._serialized_end=679
-  _globals['_STORYBOARDSPEC']._serialized_start=682
-  _globals['_STORYBOARDSPEC']._serialized_end=828
-  _globals['_TRANSCODESPEC']._serialized_start=831
-  _globals['_TRANSCODESPEC']._serialized_end=1167
-  _globals['_AUDIOSPEC']._serialized_start=1169
-  _globals['_AUDIOSPEC']._serialized_end=1224
-  _globals['_TRANSCRIBESPEC']._serialized_start=1227
-  _globals['_TRANSCRIBESPEC']._serialized_end=1435
-  _globals['_METADATASPEC']._serialized_start=1438
-  _globals['_METADATASPEC']._serialized_end=1570
-  _globals['_SCENESSPEC']._serialized_start=1573
-  _globals['_SCENESSPEC']._serialized_end=1866
-  _globals['_OCRSPEC']._serialized_start=1868
-  _globals['_OCRSPEC']._serialized_end=1982
+  _globals['_PIPELINESPEC']._serialized_end=376
+  _globals['_LADDERRUNG']._serialized_start=378
+  _globals['_LADDERRUNG']._serialized_end=462
+  _globals['_CLIPSPEC']._serialized_start=465
+  _globals['_CLIPSPEC']._serialized_end=628
+  _globals['_THUMBNAILSPEC']._serialized_start=630
+  _globals['_THUMBNAILSPEC']._serialized_end=709
+  _globals['_STORYBOARDSPEC']._serialized_start=712
+  _globals['_STORYBOARDSPEC']._serialized_end=858
+  _globals['_TRANSCODESPEC']._serialized_start=861
+  _globals['_TRANSCODESPEC']._serialized_end=1197
+  _globals['_AUDIOSPEC']._serialized_start=1199
+  _globals['_AUDIOSPEC']._serialized_end=1254
+  _globals['_TRANSCRIBESPEC']._serialized_start=1257
+  _globals['_TRANSCRIBESPEC']._serialized_end=1465
+  _globals['_METADATASPEC']._serialized_start=1468
+  _globals['_METADATASPEC']._serialized_end=1600
+  _globals['_SCENESSPEC']._serialized_start=1603
+  _globals['_SCENESSPEC']._serialized_end=1896
+  _globals['_OCRSPEC']._serialized_start=1898
+  _globals['_OCRSPEC']._serialized_end=2012
 # @@protoc_insertion_point(module_scope)

@@ -121,6 +121,13 @@ class PipelineSpec(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     SCENES_FIELD_NUMBER: _builtins.int
     OCR_FIELD_NUMBER: _builtins.int
+    REUSE_FIELD_NUMBER: _builtins.int
+    reuse: _builtins.bool
+    """Reuse finished work, default true: a stage whose inputs (the source's
+    sha256, its options, its upstream stages' results) equal those of the
+    same stage in an earlier job of the same owner copies that stage's outputs
+    instead of running. False computes every stage anew.
+    """
     @_builtins.property
     def transcode(self) -> Global___TranscodeSpec: ...
     @_builtins.property
@@ -142,12 +149,15 @@ class PipelineSpec(_message.Message):
         metadata: Global___MetadataSpec | None = ...,
         scenes: Global___ScenesSpec | None = ...,
         ocr: Global___OcrSpec | None = ...,
+        reuse: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "metadata", b"metadata", "ocr", b"ocr", "scenes", b"scenes", "transcode", b"transcode", "transcribe", b"transcribe"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_reuse", b"_reuse", "audio", b"audio", "metadata", b"metadata", "ocr", b"ocr", "reuse", b"reuse", "scenes", b"scenes", "transcode", b"transcode", "transcribe", b"transcribe"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "metadata", b"metadata", "ocr", b"ocr", "scenes", b"scenes", "transcode", b"transcode", "transcribe", b"transcribe"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_reuse", b"_reuse", "audio", b"audio", "metadata", b"metadata", "ocr", b"ocr", "reuse", b"reuse", "scenes", b"scenes", "transcode", b"transcode", "transcribe", b"transcribe"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__reuse: _TypeAlias = _typing.Literal["reuse"]  # noqa: Y015
+    _WhichOneofArgType__reuse: _TypeAlias = _typing.Literal["_reuse", b"_reuse"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__reuse) -> _WhichOneofReturnType__reuse | None: ...
 
 Global___PipelineSpec: _TypeAlias = PipelineSpec  # noqa: Y015
 
