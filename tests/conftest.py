@@ -98,6 +98,12 @@ def database_url(postgres: PostgresServer, fresh_database: FreshDatabase) -> str
     return postgres.url(fresh_database())
 
 
+@pytest.fixture
+def empty_database(fresh_database: FreshDatabase) -> str:
+    """A database with no tables (its name): what migrates has to create them."""
+    return fresh_database("empty", migrated=False)
+
+
 @pytest.fixture(scope="session")
 def suite_env(
     postgres: PostgresServer,

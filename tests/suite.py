@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,8 @@ PROBE_ONLY = pipeline_pb2.PipelineSpec(
     audio=pipeline_pb2.AudioSpec(disabled=True),
 )
 ROOT = Path(__file__).resolve().parent.parent
+#: The internal services, in start order (each a ``services.<name>`` module).
+SERVICES = ("ingest", "transcode", "transcribe", "metadata")
 
 
 def token(
@@ -157,10 +159,11 @@ def run_suite(
     gateways: int = 1,
     replicas: int = 1,
     extra: Callable[[str], Mapping[str, str]] | None = None,
+    services: Sequence[str] = SERVICES,
 ) -> Iterator[Suite]:
-    """Every process as a subprocess: ``replicas`` of each internal service (the gateways
-    balance over them round-robin) and ``gateways`` gateways; ``extra(name)`` is more
-    environment for each process (e.g. a port of its own)."""
+    """Every process as a subprocess: ``replicas`` of each internal service in ``services``
+    (the gateways balance over them round-robin) and ``gateways`` gateways; ``extra(name)`` is
+    more environment for each process (e.g. a port of its own)."""
     logs = Path(tempfile.mkdtemp(prefix="reelmill-logs-"))
     scratch = Path(tempfile.mkdtemp(prefix="reelmill-scratch-"))
     suite = Suite(
@@ -184,7 +187,7 @@ def run_suite(
 
     try:
         for _ in range(replicas):
-            for name in ("ingest", "transcode", "transcribe", "metadata"):
+            for name in services:
                 suite.add(name, f"services.{name}", more(name))
         for _ in range(gateways):
             suite.add("gateway", "gateway", more("gateway"))

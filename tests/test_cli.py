@@ -16,7 +16,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 
 import asyncpg
@@ -142,19 +141,19 @@ def _mentions(process: psutil.Process, needle: str) -> bool:
     return any(needle in part for part in parts)
 
 
-def test_migrate_runs_the_gateways_migrate_command(postgres: PostgresServer) -> None:
+def test_migrate_runs_the_gateways_migrate_command(
+    postgres: PostgresServer, empty_database: str
+) -> None:
     """`reelmill migrate` brings an empty database to the newest migration, as
     `python -m gateway migrate` (what deployments run) does; again, it changes nothing."""
     from gateway.db.engine import head_revision
 
-    name = f"cli_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_execute(postgres.dsn(), f'CREATE DATABASE "{name}"'))
     for command in (["reelmill.cli.main", "migrate"], ["gateway", "migrate"]):
-        done = run(*command, REELMILL_DATABASE_URL=postgres.url(name))
+        done = run(*command, REELMILL_DATABASE_URL=postgres.url(empty_database))
         assert done.returncode == 0, done.stdout + done.stderr
         assert f"database is at the newest migration ({head_revision()})" in done.stdout
     version = "SELECT version_num FROM alembic_version"
-    assert asyncio.run(_execute(postgres.dsn(name), version)) == head_revision()
+    assert asyncio.run(_execute(postgres.dsn(empty_database), version)) == head_revision()
 
 
 async def _execute(dsn: str, sql: str) -> object:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from gateway.db.engine import make_engine, migrate
@@ -15,15 +13,11 @@ from tests.servers import PostgresServer
 from tests.suite import INTERNAL_TOKEN
 
 
-async def test_readiness_waits_for_migrations(postgres: PostgresServer, tmp_path: Path) -> None:
-    name = f"empty_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(postgres.dsn())
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
+async def test_readiness_waits_for_migrations(
+    postgres: PostgresServer, empty_database: str, tmp_path: Path
+) -> None:
     settings = GatewaySettings(
-        database_url=postgres.url(name),
+        database_url=postgres.url(empty_database),
         jwt_secret="s" * 32,
         storage_dir=tmp_path / "objects",
         migrate_on_start=False,

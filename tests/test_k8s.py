@@ -50,7 +50,6 @@ from reelmill.v1 import (
     transcode_service_pb2,
     transcribe_service_pb2,
 )
-from tests.conftest import FreshDatabase
 from tests.media import make_clip
 from tests.servers import PostgresServer, S3Server, free_port, stop_process
 from tests.suite import token
@@ -891,12 +890,6 @@ def wait_serving(started: Started, port: int, services: set[str], timeout: float
     assert not pending, (
         f"{started.name} not SERVING for {pending} on {address}:\n{started.output()}"
     )
-
-
-@pytest.fixture
-def empty_database(fresh_database: FreshDatabase) -> str:
-    """A database with no tables: the migrate Job has to create them."""
-    return fresh_database("k8s", migrated=False)
 
 
 @pytest.mark.e2e

@@ -20,7 +20,7 @@ from reelmill.v1 import job_service_pb2_grpc
 from runtime.ffmpeg import ffmpeg_path
 from tests.conftest import SuiteEnv
 from tests.servers import S3Server, entries_under
-from tests.suite import INTERNAL_TOKEN, JWT_SECRET, Suite, token
+from tests.suite import Suite, run_suite, token
 
 #: Limits the harness runs with (the settings under test; README documents them).
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
@@ -100,32 +100,22 @@ class Hostile:
 
 
 @pytest.fixture(scope="module")
-def hostile(
-    suite_env: SuiteEnv, s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Hostile]:
-    env = suite_env("s3")
-    scratch = tmp_path_factory.mktemp("scratch")
-    suite = Suite(
-        env={
-            "REELMILL_JWT_SECRET": JWT_SECRET,
-            "REELMILL_INTERNAL_TOKEN": INTERNAL_TOKEN,
-            "REELMILL_SCRATCH_DIR": str(scratch),
-            "REELMILL_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
-            "REELMILL_MAX_MESSAGE_MIB": str(MAX_MESSAGE_MIB),
-            "REELMILL_MAX_DURATION_SECONDS": str(MAX_DURATION_SECONDS),
-            "REELMILL_MAX_VIDEO_DIMENSION": str(MAX_VIDEO_DIMENSION),
-            "REELMILL_PROBE_TIMEOUT_SECONDS": "30",
-            **env,
-        },
-        logs=tmp_path_factory.mktemp("logs"),
-    )
-    try:
-        suite.add("ingest", "services.ingest")
-        suite.add("gateway", "gateway")
-        bucket = env["REELMILL_S3_BUCKET"]
-        yield Hostile(suite=suite, s3=s3_server, bucket=bucket, scratch=scratch)
-    finally:
-        suite.stop()
+def hostile(suite_env: SuiteEnv, s3_server: S3Server) -> Iterator[Hostile]:
+    """Gateway and ingest only, on a fresh database and bucket, with the limits above."""
+    limits = {
+        "REELMILL_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+        "REELMILL_MAX_MESSAGE_MIB": str(MAX_MESSAGE_MIB),
+        "REELMILL_MAX_DURATION_SECONDS": str(MAX_DURATION_SECONDS),
+        "REELMILL_MAX_VIDEO_DIMENSION": str(MAX_VIDEO_DIMENSION),
+        "REELMILL_PROBE_TIMEOUT_SECONDS": "30",
+    }
+    with run_suite({**suite_env("s3"), **limits}, services=("ingest",)) as suite:
+        yield Hostile(
+            suite=suite,
+            s3=s3_server,
+            bucket=suite.env["REELMILL_S3_BUCKET"],
+            scratch=Path(suite.env["REELMILL_SCRATCH_DIR"]),
+        )
 
 
 # -- media -----------------------------------------------------------------------------------
