@@ -5,6 +5,7 @@ storage and database settings of a suite (``suite_env``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,18 +27,31 @@ SuiteEnv = Callable[[Backend], dict[str, str]]
 
 
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
-    """The session's S3 server, SeaweedFS: where it answers and the identity it checks
-    signatures against."""
-    with run_seaweedfs() as weed:
-        yield weed.server
+def seaweedfs() -> Iterator[Callable[[], S3Server]]:
+    """The session's S3 server, SeaweedFS, started by the first call (a session that needs
+    no S3 starts none) and stopped at the end of the session."""
+    with contextlib.ExitStack() as stack:
+        started: list[S3Server] = []
+
+        def server() -> S3Server:
+            if not started:
+                started.append(stack.enter_context(run_seaweedfs()).server)
+            return started[0]
+
+        yield server
 
 
 @pytest.fixture(scope="session")
-def fresh_bucket(s3_server: S3Server) -> FreshBucket:
+def s3_server(seaweedfs: Callable[[], S3Server]) -> S3Server:
+    """Where the session's S3 server answers, and the identity it checks signatures against."""
+    return seaweedfs()
+
+
+@pytest.fixture(scope="session")
+def fresh_bucket(seaweedfs: Callable[[], S3Server]) -> FreshBucket:
     def make(prefix: str = "t") -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:16]}"
-        s3_server.client().make_bucket(name)
+        seaweedfs().client().make_bucket(name)
         return name
 
     return make
@@ -109,7 +123,7 @@ def suite_env(
     postgres: PostgresServer,
     fresh_database: FreshDatabase,
     fresh_bucket: FreshBucket,
-    s3_server: S3Server,
+    seaweedfs: Callable[[], S3Server],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> SuiteEnv:
     """The settings a suite of its own needs: a fresh migrated database, and a fresh bucket
@@ -118,7 +132,7 @@ def suite_env(
     def make(backend: Backend) -> dict[str, str]:
         env = {"REELMILL_DATABASE_URL": postgres.url(fresh_database())}
         if backend == "s3":
-            env.update(s3_server.env(fresh_bucket()))
+            env.update(seaweedfs().env(fresh_bucket()))
         else:
             objects = tmp_path_factory.mktemp("objects")
             env.update({"REELMILL_STORAGE_BACKEND": "local", "REELMILL_STORAGE_DIR": str(objects)})

@@ -10,7 +10,6 @@ import socket
 import threading
 import time
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,8 +37,9 @@ from reelmill.v1 import job_pb2, job_service_pb2
 from runtime.errors import ErrorMappingInterceptor, InvalidArgument, NotFound
 from runtime.metrics import MetricsEndpoint, RpcMetricsInterceptor, build_meter_provider
 from runtime.settings import ServiceSettings, load_settings
+from tests.conftest import SuiteEnv
 from tests.media import make_clip
-from tests.servers import PostgresServer, free_port
+from tests.servers import free_port
 from tests.suite import PROBE_ONLY, Suite, run_suite, token
 
 Labels = frozenset[tuple[str, str]]
@@ -364,28 +364,12 @@ PROCESS_NAMES = ("gateway", "ingest", "transcode", "transcribe", "metadata")
 
 
 @pytest.fixture
-def metered(
-    postgres: PostgresServer, migrated_template: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Suite, dict[str, str], int]]:
+def metered(suite_env: SuiteEnv) -> Iterator[tuple[Suite, dict[str, str], int]]:
     """The suite with a metrics endpoint per process: (suite, name -> address, media port)."""
-    import asyncpg
-
-    database = f"metrics_{uuid.uuid4().hex[:10]}"
-
-    async def create_db() -> None:
-        conn = await asyncpg.connect(postgres.dsn())
-        try:
-            await conn.execute(f'CREATE DATABASE "{database}" TEMPLATE {migrated_template}')
-        finally:
-            await conn.close()
-
-    asyncio.run(create_db())
     media_port = free_port()
     addresses = {name: f"127.0.0.1:{free_port()}" for name in PROCESS_NAMES}
     env = {
-        "REELMILL_DATABASE_URL": postgres.url(database),
-        "REELMILL_STORAGE_BACKEND": "local",
-        "REELMILL_STORAGE_DIR": str(tmp_path_factory.mktemp("objects")),
+        **suite_env("local"),
         "REELMILL_JOB_METRICS_INTERVAL_SECONDS": "0.2",
         "REELMILL_URL_IMPORT_ALLOW_HOSTS": "127.0.0.1",
         "REELMILL_URL_IMPORT_ALLOWED_PORTS": f"80,443,{media_port}",
