@@ -38,6 +38,7 @@ from runtime.progress import ProgressUpdate
 from runtime.server import build_server
 from runtime.storage.keys import normalize_prefix
 from runtime.storage.local import LocalObjectStore
+from runtime.threads import produce_in_thread
 from services.transcribe import formats
 from services.transcribe.gemini import GeminiEngine
 from services.transcribe.model import (
@@ -53,7 +54,6 @@ from services.transcribe.model import (
 from services.transcribe.server import build_spec, build_transcriber
 from services.transcribe.servicer import TranscribeServicer
 from services.transcribe.settings import TranscribeSettings
-from services.transcribe.threads import produce_in_thread
 from services.transcribe.transcriber import AudioRef, Transcriber
 from services.transcribe.whisper import WhisperEngine, normalize_language
 

@@ -2,7 +2,7 @@
 
 The model is loaded once per process, lazily and under a lock, and shared by every call (a
 CTranslate2 model serves concurrent calls itself). Decoding runs in a dedicated thread per call
-(``threads.produce_in_thread``); segments reach the event loop through a bounded queue as
+(``runtime.threads.produce_in_thread``); segments reach the event loop through a bounded queue as
 faster-whisper yields them, and a cancelled call stops the thread between two segments.
 """
 
@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import FailedPrecondition, InvalidArgument
+from runtime.threads import Put, produce_in_thread
 from services.transcribe.audio import Samples
 from services.transcribe.model import Language, Segment, TranscribeOptions, Word
-from services.transcribe.threads import Put, produce_in_thread
 
 log = logging.getLogger(__name__)
 
