@@ -5,7 +5,8 @@
 - ``reelmill.queue.depth`` (gauge, ``{job}``): of those, the QUEUED ones;
 - ``reelmill.watchers`` (up-down counter, ``{stream}``): WatchJob streams open in this process;
 - ``reelmill.stage.duration`` (histogram, ``s``, ``stage``, ``outcome``): ``stage_finished``;
-- ``reelmill.stage.retries`` (counter, ``{retry}``, ``stage``, ``code``): ``stage_retried``.
+- ``reelmill.stage.retries`` (counter, ``{retry}``, ``stage``, ``code``): ``stage_retried``;
+- ``reelmill.webhook.deliveries`` (counter, ``{attempt}``, ``outcome``): ``webhook_attempted``.
 
 Upload bytes are ``runtime.metrics.upload_received``, shared with ingest.
 """
@@ -48,6 +49,11 @@ class GatewayMetrics:
             unit="{retry}",
             description="Stage attempts retried after a transient failure, by stage and code",
         )
+        self._webhook_deliveries = meter.create_counter(
+            "reelmill.webhook.deliveries",
+            unit="{attempt}",
+            description="Webhook delivery attempts, by outcome",
+        )
         #: WatchJob streams open now (observed, so that the series exists before the first).
         self.watchers = 0
         meter.create_observable_up_down_counter(
@@ -77,6 +83,9 @@ class GatewayMetrics:
 
     def stage_retried(self, stage: str, code: str) -> None:
         self._stage_retries.add(1, {"stage": stage, "code": code})
+
+    def webhook_attempted(self, outcome: str) -> None:
+        self._webhook_deliveries.add(1, {"outcome": outcome})
 
     @contextlib.contextmanager
     def watching(self) -> Iterator[None]:
@@ -115,6 +124,13 @@ def stage_retried(stage: str, code: str) -> None:
     """Counts a retry of ``stage`` after a transient failure with status ``code`` (e.g.
     "UNAVAILABLE") in ``reelmill.stage.retries``."""
     instruments.stage_retried(stage, code)
+
+
+def webhook_attempted(outcome: str) -> None:
+    """Counts one webhook delivery attempt in ``reelmill.webhook.deliveries``: ``outcome`` is
+    "succeeded", "retrying" (failed, retried later), "exhausted" (failed, no retry left: the
+    endpoint is disabled) or "gone" (410: the endpoint is disabled)."""
+    instruments.webhook_attempted(outcome)
 
 
 def watching() -> contextlib.AbstractContextManager[None]:

@@ -329,13 +329,16 @@ class NetGuard:
         timeout: httpx2.Timeout,
         inner: httpcore2.AsyncNetworkBackend | None = None,
         verify: ssl.SSLContext | bool = True,
+        max_connections: int = 10,
     ) -> httpx2.AsyncClient:
         """An ``AsyncClient`` whose every connection goes through this guard.
 
         It follows no redirects and ignores proxy and certificate environment variables.
         ``inner`` is the backend that opens sockets to vetted addresses (a seam for tests).
         """
-        transport = _AsyncTransport(GuardedAsyncBackend(self, inner), verify=verify)
+        transport = _AsyncTransport(
+            GuardedAsyncBackend(self, inner), verify=verify, max_connections=max_connections
+        )
         return httpx2.AsyncClient(
             transport=transport, timeout=timeout, follow_redirects=False, trust_env=False
         )
@@ -472,10 +475,18 @@ class _AsyncTransport(httpx2.AsyncHTTPTransport):
     request/response and exception mapping stay httpx's own.
     """
 
-    def __init__(self, backend: GuardedAsyncBackend, *, verify: ssl.SSLContext | bool) -> None:
+    def __init__(
+        self,
+        backend: GuardedAsyncBackend,
+        *,
+        verify: ssl.SSLContext | bool,
+        max_connections: int = 10,
+    ) -> None:
         super().__init__(trust_env=False)
         self._pool = httpcore2.AsyncConnectionPool(
-            ssl_context=_ssl_context(verify), network_backend=backend, max_connections=10
+            ssl_context=_ssl_context(verify),
+            network_backend=backend,
+            max_connections=max_connections,
         )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -126,6 +126,13 @@ class GeminiServiceSettings(ServiceSettings):
     gemini_timeout_seconds: float = Field(default=300.0, gt=0)
     #: Attempts per Gemini call on transient errors (5xx, timeouts).
     gemini_max_attempts: int = Field(default=4, ge=1, le=10)
+
+
+def comma_separated(value: Any) -> Any:
+    """A settings validator (``mode="before"``): "a, b,c" becomes ("a", "b", "c")."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -2,11 +2,15 @@
 
 reelmill up [--storage seaweedfs]   start every process on localhost (Ctrl-C stops all)
 reelmill demo                       start, process a generated sample video, stop
-reelmill submit FILE [--watch]      upload, create a job, follow it
-reelmill jobs ls|get|cancel|watch   inspect and steer jobs
+reelmill submit FILE… [--watch]     upload, create a job (several: a batch), follow it
+reelmill jobs ls|get|cancel|watch|retry
+                                    inspect and steer jobs
+reelmill batches get|watch          the jobs of a batch
 reelmill videos ls|get|rm           inspect and delete uploads
 reelmill artifacts get|url          fetch what a job produced
 reelmill keys create|ls|revoke      manage your API keys
+reelmill webhooks create|ls|rm|rotate|deliveries|redeliver
+                                    signed HTTP callbacks for your jobs' events
 reelmill migrate                    runs `python -m gateway migrate` (REELMILL_DATABASE_URL)
 
 `up`, `demo` and `migrate` run the servers' code, so they need the server side (the gateway
@@ -28,12 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from rich.table import Table
+from rich.table import Column, Table
 
-from reelmill.cli import render
+from reelmill.cli import batch, render
 from reelmill.cli.config import CliSettings
 from reelmill.client import ReelmillClient, error_reason, retry_after
-from reelmill.v1 import job_pb2
+from reelmill.v1 import job_pb2, webhook_service_pb2
+from reelmill.webhooks import event_type_name
 
 Command = Callable[[argparse.Namespace, ReelmillClient], Awaitable[int]]
 
@@ -53,12 +58,17 @@ def _timeout(seconds: float | None) -> timedelta | None:
 
 
 async def submit(args: argparse.Namespace, client: ReelmillClient) -> int:
+    if len(args.files) > 1:
+        return await batch.submit_batch(args, client, _labels(args.label))
+    args.file = args.files[0]
     if args.file.startswith(("http://", "https://")):
         job = await client.create_job(
             url=args.file,
             request_id=args.request_id or "",
             labels=_labels(args.label),
             timeout=_timeout(args.timeout),
+            spec=batch.spec_of(args),
+            priority=args.priority,
         )
         render.console.print(f"job {job.id} {render.state_name(job.state)} (importing {args.file})")
         return await _follow(client, job.id) if args.watch else 0
@@ -75,6 +85,8 @@ async def submit(args: argparse.Namespace, client: ReelmillClient) -> int:
         request_id=args.request_id or "",
         labels=_labels(args.label),
         timeout=_timeout(args.timeout),
+        spec=batch.spec_of(args),
+        priority=args.priority,
     )
     render.console.print(f"job {job.id} {render.state_name(job.state)}")
     if not args.watch:
@@ -82,8 +94,8 @@ async def submit(args: argparse.Namespace, client: ReelmillClient) -> int:
     return await _follow(client, job.id)
 
 
-async def _follow(client: ReelmillClient, job_id: str) -> int:
-    final = await render.follow(client.watch_job(job_id))
+async def _follow(client: ReelmillClient, job_id: str, after: int = 0) -> int:
+    final = await render.follow(client.watch_job(job_id, after_sequence=after))
     job = final if final is not None else await client.get_job(job_id)
     render.show_job(job)
     return 0 if job.state == job_pb2.JOB_STATE_SUCCEEDED else 1
@@ -92,7 +104,10 @@ async def _follow(client: ReelmillClient, job_id: str) -> int:
 async def jobs_ls(args: argparse.Namespace, client: ReelmillClient) -> int:
     states = [job_pb2.JobState.Value(f"JOB_STATE_{s.upper()}") for s in args.state]
     jobs, token = await client.list_jobs(
-        states=states, page_size=args.limit, page_token=args.page_token or ""
+        states=states,
+        page_size=args.limit,
+        page_token=args.page_token or "",
+        batch_id=args.batch or "",
     )
     table = Table("job", "state", "created", "video", "labels", box=None)
     for job in jobs:
@@ -126,6 +141,18 @@ async def jobs_cancel(args: argparse.Namespace, client: ReelmillClient) -> int:
 
 async def jobs_watch(args: argparse.Namespace, client: ReelmillClient) -> int:
     return await _follow(client, args.job_id)
+
+
+async def jobs_retry(args: argparse.Namespace, client: ReelmillClient) -> int:
+    job = await client.retry_job(args.job_id)
+    kept = [s.name for s in job.stages if s.state == job_pb2.STAGE_STATE_SUCCEEDED]
+    render.console.print(
+        f"job {job.id} {render.state_name(job.state)} again"
+        + (f"; kept: {', '.join(kept)}" if kept else "")
+    )
+    if not args.watch:
+        return 0
+    return await _follow(client, job.id, after=job.last_event_sequence - 1)
 
 
 async def videos_ls(args: argparse.Namespace, client: ReelmillClient) -> int:
@@ -203,6 +230,126 @@ async def keys_revoke(args: argparse.Namespace, client: ReelmillClient) -> int:
     return 0
 
 
+#: ``job.succeeded`` … -> the enum value, for ``--event``.
+WEBHOOK_EVENTS = {
+    event_type_name(name): value
+    for name, value in webhook_service_pb2.WebhookEventType.items()
+    if value != webhook_service_pb2.WEBHOOK_EVENT_TYPE_UNSPECIFIED
+}
+
+
+def _event_names(values: Any) -> str:
+    return ",".join(event_type_name(webhook_service_pb2.WebhookEventType.Name(v)) for v in values)
+
+
+def _when(stamp: Any) -> str:
+    return stamp.ToDatetime().isoformat(timespec="seconds") if stamp.seconds else ""
+
+
+def _endpoint_state(endpoint: webhook_service_pb2.WebhookEndpoint) -> str:
+    state = webhook_service_pb2.WebhookEndpointState.Name(endpoint.state)
+    shown = state.removeprefix("WEBHOOK_ENDPOINT_STATE_")
+    return f"{shown} ({endpoint.disabled_reason})" if endpoint.disabled_reason else shown
+
+
+async def webhooks_create(args: argparse.Namespace, client: ReelmillClient) -> int:
+    endpoint, secret = await client.create_webhook_endpoint(
+        args.url,
+        event_types=[WEBHOOK_EVENTS[name] for name in args.event],
+        description=args.description or "",
+    )
+    render.console.print(
+        f"webhook endpoint {endpoint.id} created for {_event_names(endpoint.event_types)}"
+    )
+    render.console.print("signing secret (shown only now; verify webhook-signature with it):")
+    print(secret)
+    return 0
+
+
+async def webhooks_ls(args: argparse.Namespace, client: ReelmillClient) -> int:
+    endpoints, token = await client.list_webhook_endpoints(
+        page_size=args.limit, page_token=args.page_token or ""
+    )
+    table = Table(
+        Column("endpoint", min_width=36, no_wrap=True), "url", "events", "state", box=None
+    )
+    for endpoint in endpoints:
+        table.add_row(
+            endpoint.id,
+            endpoint.url,
+            _event_names(endpoint.event_types),
+            _endpoint_state(endpoint),
+        )
+    render.console.print(table)
+    if token:
+        render.console.print(f"next page: --page-token {token}")
+    return 0
+
+
+async def webhooks_rm(args: argparse.Namespace, client: ReelmillClient) -> int:
+    dropped = await client.delete_webhook_endpoint(args.endpoint_id)
+    render.console.print(
+        f"webhook endpoint {args.endpoint_id} deleted; {dropped} pending deliveries dropped"
+    )
+    return 0
+
+
+async def webhooks_rotate(args: argparse.Namespace, client: ReelmillClient) -> int:
+    overlap = timedelta(seconds=args.overlap) if args.overlap is not None else None
+    endpoint, secret = await client.rotate_webhook_secret(args.endpoint_id, overlap=overlap)
+    until = _when(endpoint.previous_secret_expire_time)
+    render.console.print(
+        f"new signing secret for {endpoint.id}"
+        + (f"; the old one also signs until {until}" if until else "; the old one no longer signs")
+    )
+    print(secret)
+    return 0
+
+
+async def webhooks_deliveries(args: argparse.Namespace, client: ReelmillClient) -> int:
+    states = [
+        webhook_service_pb2.WebhookDeliveryState.Value(f"WEBHOOK_DELIVERY_STATE_{s.upper()}")
+        for s in args.state
+    ]
+    deliveries, token = await client.list_webhook_deliveries(
+        endpoint_id=args.endpoint_id or "",
+        job_id=args.job or "",
+        states=states,
+        page_size=args.limit,
+        page_token=args.page_token or "",
+    )
+    table = Table(
+        Column("delivery (webhook-id)", min_width=36, no_wrap=True),
+        "event",
+        "job",
+        "state",
+        "attempts",
+        "last",
+        box=None,
+    )
+    for delivery in deliveries:
+        state = webhook_service_pb2.WebhookDeliveryState.Name(delivery.state)
+        last = delivery.attempts[-1] if delivery.attempts else None
+        table.add_row(
+            delivery.id,
+            _event_names([delivery.event_type]),
+            f"{delivery.job_id} #{delivery.sequence}",
+            state.removeprefix("WEBHOOK_DELIVERY_STATE_"),
+            str(len(delivery.attempts)),
+            "" if last is None else (last.error or f"HTTP {last.status_code}"),
+        )
+    render.console.print(table)
+    if token:
+        render.console.print(f"next page: --page-token {token}")
+    return 0
+
+
+async def webhooks_redeliver(args: argparse.Namespace, client: ReelmillClient) -> int:
+    delivery = await client.redeliver_webhook(args.delivery_id)
+    render.console.print(f"delivery {delivery.id} queued again (same webhook-id)")
+    return 0
+
+
 def describe_error(exc: grpc.aio.AioRpcError) -> str:
     """One line for a failed call: code, message, reason, and when to retry if the server said."""
     line = f"{exc.code().name}: {exc.details()}"
@@ -276,7 +423,13 @@ def demo(args: argparse.Namespace) -> int:
         with run_suite(settings, listen=args.listen, echo=render.console.print) as suite:
             render.console.print(f"[bold green]reelmill is up[/] at {suite.gateway}")
             submit_args = argparse.Namespace(
-                file=str(sample), watch=True, request_id="", label=["source=demo"], timeout=None
+                files=[str(sample)],
+                watch=True,
+                request_id="",
+                label=["source=demo"],
+                timeout=None,
+                priority=0,
+                no_reuse=False,
             )
 
             async def main() -> int:
@@ -323,10 +476,27 @@ def parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=migrate)
 
-    p = commands.add_parser("submit", help="upload a video (or name a URL) and create a job")
-    p.add_argument("file", metavar="FILE|URL")
-    p.add_argument("--watch", action="store_true", help="follow the job to its end")
-    p.add_argument("--request-id", help="idempotency key")
+    p = commands.add_parser(
+        "submit",
+        help="upload a video (or name a URL) and create a job; several: one batch of jobs",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE|URL")
+    p.add_argument("--watch", action="store_true", help="follow the job(s) to the end")
+    p.add_argument(
+        "--request-id", help="idempotency key (with several files: KEY-0, KEY-1, … per file)"
+    )
+    p.add_argument(
+        "--priority",
+        type=int,
+        default=0,
+        metavar="N",
+        help="-100..100: orders your own queued jobs, higher first (default 0)",
+    )
+    p.add_argument(
+        "--no-reuse",
+        action="store_true",
+        help="compute every stage, even when an earlier job of yours had the same inputs",
+    )
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument(
         "--timeout", type=float, metavar="SECONDS", help="job deadline (default: the server's)"
@@ -344,13 +514,30 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--page-token")
+    p.add_argument("--batch", metavar="BATCH", help="only the jobs of this batch")
     p.set_defaults(call=jobs_ls)
-    for name, fn in (("get", jobs_get), ("cancel", jobs_cancel), ("watch", jobs_watch)):
+    for name, fn in (
+        ("get", jobs_get),
+        ("cancel", jobs_cancel),
+        ("watch", jobs_watch),
+        ("retry", jobs_retry),
+    ):
         p = sub.add_parser(name)
         p.add_argument("job_id")
         if name == "get":
             p.add_argument("--json", action="store_true")
+        if name == "retry":
+            p.add_argument("--watch", action="store_true", help="follow the job to its end")
         p.set_defaults(call=fn)
+
+    batches = commands.add_parser("batches", help="the jobs of a batch (submit of several)")
+    sub = batches.add_subparsers(dest="action", required=True)
+    p = sub.add_parser("get", help="every job of the batch and its state")
+    p.add_argument("batch_id")
+    p.set_defaults(call=batch.batches_get)
+    p = sub.add_parser("watch", help="one bar per job until every job ended, then a summary")
+    p.add_argument("batch_id")
+    p.set_defaults(call=batch.batches_watch)
 
     videos = commands.add_parser("videos", help="list, inspect and delete uploaded videos")
     sub = videos.add_subparsers(dest="action", required=True)
@@ -387,6 +574,50 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("revoke")
     p.add_argument("key_id")
     p.set_defaults(call=keys_revoke)
+
+    webhooks = commands.add_parser(
+        "webhooks", help="signed HTTP callbacks (Standard Webhooks) for your jobs' events"
+    )
+    sub = webhooks.add_subparsers(dest="action", required=True)
+    p = sub.add_parser("create", help="register a URL; its signing secret is printed once")
+    p.add_argument("url")
+    p.add_argument(
+        "--event",
+        action="append",
+        default=[],
+        choices=sorted(WEBHOOK_EVENTS),
+        help="an event type to receive (repeat; default: job.succeeded, job.failed, job.cancelled)",
+    )
+    p.add_argument("--description")
+    p.set_defaults(call=webhooks_create)
+    p = sub.add_parser("ls")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--page-token")
+    p.set_defaults(call=webhooks_ls)
+    p = sub.add_parser("rm", help="delete an endpoint and its deliveries")
+    p.add_argument("endpoint_id")
+    p.set_defaults(call=webhooks_rm)
+    p = sub.add_parser("rotate", help="a new signing secret; the old one signs a while longer")
+    p.add_argument("endpoint_id")
+    p.add_argument(
+        "--overlap",
+        type=float,
+        metavar="SECONDS",
+        help="how long the old secret keeps signing (default: the server's, 24 h; 0: stop now)",
+    )
+    p.set_defaults(call=webhooks_rotate)
+    p = sub.add_parser("deliveries", help="deliveries and their attempts, newest first")
+    p.add_argument("endpoint_id", nargs="?")
+    p.add_argument("--job")
+    p.add_argument(
+        "--state", action="append", default=[], choices=["pending", "succeeded", "failed"]
+    )
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--page-token")
+    p.set_defaults(call=webhooks_deliveries)
+    p = sub.add_parser("redeliver", help="send a delivery again (re-enables its endpoint)")
+    p.add_argument("delivery_id")
+    p.set_defaults(call=webhooks_redeliver)
     return root
 
 

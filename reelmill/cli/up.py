@@ -17,6 +17,7 @@ it to every process: the gateway sends it, the services accept only calls that c
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -26,7 +27,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -105,12 +106,17 @@ class Suite:
         return next((c for c in self.children if c.process.poll() is not None), None)
 
 
-def _secret(home: Path) -> str:
-    path = home / "jwt-secret"
+def _secret(home: Path, name: str = "jwt-secret", make: Callable[[], str] | None = None) -> str:
+    """A secret kept in ``home`` across runs (mode 0600), made on the first run."""
+    path = home / name
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(48))
+        path.write_text(make() if make is not None else secrets.token_urlsafe(48))
         path.chmod(0o600)
     return path.read_text().strip()
+
+
+def _webhook_key() -> str:
+    return base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def _dev_token(secret: str, issuer: str, audience: str) -> str:
@@ -165,6 +171,10 @@ def run_suite(
     base_env.setdefault("REELMILL_STORAGE_DIR", str(home / "objects"))
     base_env.setdefault("REELMILL_SCRATCH_DIR", str(home / "scratch"))
     secret = base_env.setdefault("REELMILL_JWT_SECRET", _secret(home))
+    # Seals the webhook secrets in the embedded database; kept, or they would not open again.
+    base_env.setdefault(
+        "REELMILL_WEBHOOK_SECRET_KEY", _secret(home, "webhook-secret-key", _webhook_key)
+    )
     # Lives only as long as this run: nothing to store, nothing another run could reuse.
     base_env.setdefault("REELMILL_INTERNAL_TOKEN", secrets.token_urlsafe(32))
     token = _dev_token(

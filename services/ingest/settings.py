@@ -8,13 +8,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
 from runtime.netguard import NetPolicy
-from runtime.settings import ServiceSettings
-
-
-def _comma_separated(value: Any) -> Any:
-    if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
-    return value
+from runtime.settings import ServiceSettings, comma_separated
 
 
 class IngestSettings(ServiceSettings):
@@ -51,7 +45,7 @@ class IngestSettings(ServiceSettings):
     @field_validator("url_import_allowed_ports", "url_import_allow_hosts", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
-        return _comma_separated(value)
+        return comma_separated(value)
 
     @field_validator("url_import_allow_hosts")
     @classmethod

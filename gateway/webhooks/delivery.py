@@ -1,0 +1,433 @@
+"""The delivery worker: every gateway sends the outbox's due deliveries.
+
+A worker claims due rows (``state = 'PENDING'``, ``next_attempt_time`` passed, no live lease,
+endpoint active) with ``FOR UPDATE SKIP LOCKED`` and gives each a lease (its attempt timeout
+plus a margin) and a token; it then POSTs them outside any transaction and records the outcome
+fenced by the token. A gateway that dies mid-delivery leaves the lease to run out, and any
+gateway sends the delivery again — with the same ``webhook-id``, so a receiver that already
+had it can tell. Nothing is ever sent under a different id.
+
+Each attempt: the endpoint URL is checked again by the SSRF guard (its form here, every address
+its host resolves to when the guarded backend connects: a name that now points inside is
+refused before any connection), the body is signed with every valid secret (two during a
+rotation's overlap), and the whole attempt is bounded by ``timeout``. Redirects are not
+followed: a 3xx is a failure (the owner should register the final URL), so a signed payload is
+never re-sent to a host nobody registered, and no redirect hop needs vetting.
+
+Outcomes: 2xx succeeds. 410 Gone fails the delivery and disables the endpoint. Anything else
+(another status, a timeout, a refused connection or address) is retried after the next wait of
+the schedule, jittered by ±20% and never sooner than the receiver's ``Retry-After``; when the
+schedule runs out, the delivery fails and the endpoint is disabled.
+
+The worker runs in its own task with at most ``concurrency`` attempts in flight (and at most
+``per_endpoint`` for one endpoint, so one hanging receiver cannot take every slot): jobs never
+wait for it, and a slow or dead receiver only delays its own deliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import json
+import logging
+import random
+import ssl
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpcore2
+import httpx2
+from sqlalchemy import func, insert, text, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.db import models
+from gateway.metrics import webhook_attempted
+from gateway.runs import survives_disconnects
+from gateway.webhooks.endpoints import message_id
+from gateway.webhooks.secrets import SecretBox, SecretUnreadable
+from reelmill.webhooks import headers as signed_headers
+from runtime.errors import ReelmillError
+from runtime.netguard import NetGuard
+from runtime.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+#: Time a claimed delivery stays leased beyond its attempt's timeout (the outcome's write).
+LEASE_MARGIN_SECONDS = 5.0
+#: Response bytes read (and thrown away) so the connection can be reused.
+MAX_RESPONSE_BYTES = 64 * 1024
+#: The longest wait a receiver's Retry-After can impose.
+MAX_RETRY_AFTER_SECONDS = 86400.0
+JITTER = 0.2
+USER_AGENT = "reelmill-webhooks/1"
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    timeout: float = 10.0
+    #: Waits before retries 1, 2, …; a failure after the last one gives up.
+    schedule: tuple[float, ...] = ()
+    concurrency: int = 16
+    per_endpoint: int = 4
+    poll_seconds: float = 1.0
+    artifact_url_ttl: timedelta = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: uuid.UUID
+    endpoint_id: uuid.UUID
+    token: uuid.UUID
+    url: str
+    event_type: str
+    event_time: datetime
+    payload: dict[str, Any]
+    #: This attempt's number in the current round (1-based).
+    attempt: int
+    secret: str
+    previous_secret: str | None
+    previous_secret_expire_time: datetime | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    succeeded: bool
+    status_code: int | None = None
+    error: str | None = None
+    retry_after: float | None = None
+
+
+_CLAIM = text(
+    """
+    UPDATE webhook_deliveries d
+       SET lease_until = now() + make_interval(secs => :lease),
+           lease_token = :token,
+           attempts = d.attempts + 1,
+           update_time = now()
+      FROM webhook_endpoints e
+     WHERE e.id = d.endpoint_id
+       AND d.id IN (
+           SELECT id FROM webhook_deliveries
+            WHERE id IN (
+                  SELECT id FROM (
+                         SELECT c.id, c.next_attempt_time,
+                                row_number() OVER (PARTITION BY c.endpoint_id
+                                                   ORDER BY c.next_attempt_time, c.id)
+                                + (SELECT count(*) FROM webhook_deliveries f
+                                    WHERE f.endpoint_id = c.endpoint_id
+                                      AND f.lease_until > now()) AS slot
+                           FROM webhook_deliveries c
+                           JOIN webhook_endpoints ce ON ce.id = c.endpoint_id
+                          WHERE c.state = 'PENDING' AND c.next_attempt_time <= now()
+                            AND (c.lease_until IS NULL OR c.lease_until < now())
+                            AND ce.state = 'ACTIVE') due
+                   WHERE slot <= :per_endpoint
+                   ORDER BY next_attempt_time
+                   LIMIT :limit)
+              AND state = 'PENDING'
+              AND (lease_until IS NULL OR lease_until < now())
+            FOR UPDATE SKIP LOCKED)
+    RETURNING d.id, d.endpoint_id, d.event_type, d.event_time, d.payload, d.attempts,
+              e.url, e.secret, e.previous_secret, e.previous_secret_expire_time
+    """
+)
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(when.timestamp() - now, 0.0)
+
+
+def next_wait(
+    schedule: tuple[float, ...],
+    attempt: int,
+    retry_after: float | None,
+    uniform: Callable[[float, float], float] = random.uniform,
+) -> float | None:
+    """The wait before the next attempt after failed attempt ``attempt`` (1-based), or None
+    when the schedule has run out."""
+    if attempt > len(schedule):
+        return None
+    wait = schedule[attempt - 1] * uniform(1 - JITTER, 1 + JITTER)
+    if retry_after is not None:
+        wait = max(wait, min(retry_after, MAX_RETRY_AFTER_SECONDS))
+    return wait
+
+
+def rfc3339(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+class Deliverer:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        guard: NetGuard,
+        box: SecretBox,
+        objects: ObjectStore,
+        config: DeliveryConfig,
+        *,
+        inner: httpcore2.AsyncNetworkBackend | None = None,
+        verify: ssl.SSLContext | bool = True,
+        uniform: Callable[[float, float], float] = random.uniform,
+    ) -> None:
+        self.sessions = sessions
+        self.guard = guard
+        self.box = box
+        self.objects = objects
+        self.config = config
+        self.uniform = uniform
+        self.client = guard.async_client(
+            timeout=httpx2.Timeout(config.timeout),
+            inner=inner,
+            verify=verify,
+            max_connections=config.concurrency,
+        )
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def wake(self, _payload: str = "") -> None:
+        """New deliveries may be due (a NOTIFY, a finished attempt)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                self._wake.clear()
+                free = self.config.concurrency - len(self._tasks)
+                if free > 0:
+                    try:
+                        claimed = await self.claim(free)
+                    except Exception as exc:  # database down: the next round retries
+                        log.warning("claiming webhook deliveries failed: %s", exc)
+                        claimed = []
+                    for item in claimed:
+                        task = asyncio.create_task(
+                            self._attempt(item), name=f"webhook-{message_id(item.id)}"
+                        )
+                        self._tasks.add(task)
+                        task.add_done_callback(self._finished)
+                    if claimed and len(claimed) == free:
+                        continue  # every slot filled: more may be due
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.config.poll_seconds)
+        finally:
+            await self.close()
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._wake.set()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.client.aclose()
+
+    async def drain(self, timeout: float) -> None:
+        """Lets the attempts in flight finish (shutdown); the rest keep their lease and are
+        sent again by another gateway once it runs out."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+
+    # claiming ---------------------------------------------------------------------------------
+
+    async def claim(self, limit: int) -> list[Claimed]:
+        token = uuid.uuid4()
+        async with self.sessions.begin() as session:
+            rows = (
+                await session.execute(
+                    _CLAIM,
+                    {
+                        "lease": self.config.timeout + LEASE_MARGIN_SECONDS,
+                        "token": token,
+                        "limit": limit,
+                        "per_endpoint": self.config.per_endpoint,
+                    },
+                )
+            ).all()
+        return [
+            Claimed(
+                id=row.id,
+                endpoint_id=row.endpoint_id,
+                token=token,
+                url=row.url,
+                event_type=row.event_type,
+                event_time=row.event_time,
+                payload=row.payload,
+                attempt=row.attempts,
+                secret=row.secret,
+                previous_secret=row.previous_secret,
+                previous_secret_expire_time=row.previous_secret_expire_time,
+            )
+            for row in rows
+        ]
+
+    # sending ----------------------------------------------------------------------------------
+
+    def secrets(self, item: Claimed) -> list[str]:
+        """The secrets that sign: the current one, and the rotated-out one until it expires."""
+        context = str(item.endpoint_id)
+        found = [self.box.open(item.secret, context)]
+        expires = item.previous_secret_expire_time
+        if item.previous_secret and expires is not None and expires > datetime.now(UTC):
+            found.append(self.box.open(item.previous_secret, context))
+        return found
+
+    async def body(self, item: Claimed) -> bytes:
+        """The JSON body: the event's type and time, and its data with fresh artifact URLs."""
+        data = dict(item.payload)
+        if "artifacts" in data:
+            with_urls = []
+            for artifact in data["artifacts"]:
+                shown = dict(artifact)
+                key = artifact.get("object", {}).get("key", "")
+                try:
+                    shown["url"] = await self.objects.presigned_get_url(
+                        key, self.config.artifact_url_ttl
+                    )
+                except Exception as exc:  # purged since: the rest of the payload still goes
+                    log.info("no URL for artifact %s: %s", key, exc)
+                with_urls.append(shown)
+            data["artifacts"] = with_urls
+        envelope = {"type": item.event_type, "timestamp": rfc3339(item.event_time), "data": data}
+        return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
+
+    async def send(self, item: Claimed) -> Outcome:
+        """One POST of the delivery; never raises for what the receiver (or the network, or
+        the guard) does."""
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                body = await self.body(item)
+                sent = {
+                    **signed_headers(self.secrets(item), message_id(item.id), body),
+                    "content-type": "application/json",
+                    "user-agent": USER_AGENT,
+                }
+                url = self.guard.check_url(item.url)
+                async with self.client.stream("POST", url, content=body, headers=sent) as reply:
+                    read = 0
+                    async for chunk in reply.aiter_raw():
+                        read += len(chunk)
+                        if read >= MAX_RESPONSE_BYTES:
+                            break
+                    status = reply.status_code
+                    wait = retry_after_seconds(reply.headers.get("retry-after"), time.time())
+        except TimeoutError:
+            return Outcome(False, error=f"timed out after {self.config.timeout:g} s")
+        except httpx2.TimeoutException:
+            return Outcome(False, error=f"timed out after {self.config.timeout:g} s")
+        except SecretUnreadable as exc:
+            return Outcome(False, error=f"WEBHOOK_SECRET_UNREADABLE: {exc}")
+        except ReelmillError as exc:  # the guard: URL_NOT_ALLOWED, HOST_NOT_FOUND, …
+            return Outcome(False, error=f"{exc.reason}: {exc.message}")
+        except (httpx2.HTTPError, httpcore2.ConnectError, OSError) as exc:
+            return Outcome(False, error=f"connection failed: {type(exc).__name__}: {exc}"[:500])
+        if 200 <= status < 300:
+            return Outcome(True, status_code=status)
+        if 300 <= status < 400:
+            error = f"HTTP {status}: redirects are not followed; register the final URL"
+        else:
+            error = f"HTTP {status}"
+        return Outcome(False, status_code=status, error=error, retry_after=wait)
+
+    async def _attempt(self, item: Claimed) -> None:
+        started = datetime.now(UTC)
+        clock = time.monotonic()
+        outcome = await self.send(item)
+        try:
+            await self.record(item, outcome, started, time.monotonic() - clock)
+        except Exception as exc:  # the lease runs out and the delivery is sent again
+            log.warning("recording webhook delivery %s failed: %s", message_id(item.id), exc)
+
+    # recording --------------------------------------------------------------------------------
+
+    @survives_disconnects
+    async def record(
+        self, item: Claimed, outcome: Outcome, started: datetime, seconds: float
+    ) -> str:
+        """Writes the attempt and what follows from it, fenced by the claim's token (a
+        delivery redelivered or taken over meanwhile is not overwritten); the outcome's
+        metric name."""
+        delivery = models.WebhookDelivery
+        fence = (delivery.id == item.id, delivery.lease_token == item.token)
+        values: dict[str, Any] = {
+            "lease_until": None,
+            "lease_token": None,
+            "last_status_code": outcome.status_code,
+            "last_error": outcome.error,
+            "update_time": func.now(),
+        }
+        disable: str | None = None
+        if outcome.succeeded:
+            label = "succeeded"
+            values.update(state="SUCCEEDED", delivered_time=func.now())
+        elif outcome.status_code == 410:
+            label, disable = "gone", "ENDPOINT_GONE"
+            values.update(state="FAILED")
+        else:
+            wait = next_wait(self.config.schedule, item.attempt, outcome.retry_after, self.uniform)
+            if wait is None:
+                label, disable = "exhausted", "RETRIES_EXHAUSTED"
+                values.update(state="FAILED")
+            else:
+                label = "retrying"
+                values.update(next_attempt_time=func.now() + timedelta(seconds=wait))
+        async with self.sessions.begin() as session:
+            updated = (
+                await session.execute(
+                    update(delivery).where(*fence).values(values).returning(delivery.id)
+                )
+            ).scalar_one_or_none()
+            if updated is None:
+                log.info("webhook delivery %s changed meanwhile", message_id(item.id))
+                return label
+            await session.execute(
+                insert(models.WebhookAttempt).values(
+                    delivery_id=item.id,
+                    start_time=started,
+                    duration_seconds=seconds,
+                    outcome="SUCCEEDED" if outcome.succeeded else "FAILED",
+                    status_code=outcome.status_code,
+                    error=outcome.error,
+                )
+            )
+            if disable is not None:
+                await session.execute(
+                    update(models.WebhookEndpoint)
+                    .where(
+                        models.WebhookEndpoint.id == item.endpoint_id,
+                        models.WebhookEndpoint.state == "ACTIVE",
+                    )
+                    .values(state="DISABLED", disabled_reason=disable, disable_time=func.now())
+                )
+        webhook_attempted(label)
+        extra = {
+            "webhook_id": message_id(item.id),
+            "endpoint_id": str(item.endpoint_id),
+            "attempt": item.attempt,
+            "outcome": label,
+        }
+        if outcome.succeeded:
+            log.debug("webhook delivered", extra=extra)
+        else:
+            log.info("webhook attempt failed: %s", outcome.error, extra=extra)
+        if disable is not None:
+            log.warning("webhook endpoint disabled: %s", disable, extra=extra)
+        return label
