@@ -1,4 +1,14 @@
-"""Ending client-streaming calls so that the caller learns why.
+"""Streaming calls: ending client streams so that the caller learns why, and tying the work
+behind a server stream to the call.
+
+``relay``: grpc's asyncio server does not close a streaming handler's generator when the call
+is cancelled while the handler waits to send (a slow reader, a full flow-control window): the
+generator stays suspended at its ``yield`` until the garbage collector finalises it, so work
+that only stops when the generator closes (ffmpeg, a decoding thread) would outlive the call
+for as long as something refers to it. ``relay`` runs the work in a task of its own that a
+done-callback of the call cancels, however the call ends.
+
+``drain``: ending client-streaming calls so that the caller learns why.
 
 A server that answers a client-streaming call (an upload) while the client is still sending
 makes grpc's asyncio client lose the answer: the client's next write fails and replaces the
@@ -12,9 +22,16 @@ than it declared, or too slowly) the server answers anyway.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
+
+import grpc
+
+from runtime.logs import log_context
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -58,3 +75,47 @@ async def drain(
     if not ended:
         log.info("answering before the client finished sending", extra={"drained_bytes": read})
     return ended
+
+
+async def relay(
+    updates: AsyncIterator[T],
+    context: grpc.aio.ServicerContext[Any, Any],
+    *,
+    stage: str | None = None,
+) -> AsyncIterator[T]:
+    """Yields what ``updates`` yields, running it in a task tied to the call: the call's end
+    (cancel, deadline, error, or a normal finish) cancels the task, which closes ``updates``
+    (stopping its work and removing its scratch). One update is buffered, so a slow reader
+    still slows the work. ``stage`` tags the work's log lines. The work's exception is raised
+    here, to be mapped to a status as any handler's."""
+    queue: asyncio.Queue[T] = asyncio.Queue(maxsize=1)
+
+    async def produce() -> None:
+        with log_context(stage=stage):
+            async with contextlib.aclosing(updates):  # type: ignore[type-var]
+                async for update in updates:
+                    await queue.put(update)
+
+    work = asyncio.create_task(produce(), name=f"relay-{stage or 'work'}")
+
+    def stop(_: Any) -> None:
+        work.cancel()
+
+    context.add_done_callback(stop)  # type: ignore[arg-type]  # (a class in the stubs)
+    getter: asyncio.Task[T] | None = None
+    try:
+        while True:
+            getter = asyncio.create_task(queue.get())
+            await asyncio.wait({getter, work}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                yield getter.result()
+                continue
+            while not queue.empty():
+                yield queue.get_nowait()
+            work.result()  # the work's failure, if it failed
+            return
+    finally:
+        pending = [task for task in (getter, work) if task is not None]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)

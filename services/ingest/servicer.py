@@ -14,10 +14,12 @@ import grpc
 from reelmill.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 from runtime.errors import InvalidArgument
 from runtime.metrics import upload_received
-from runtime.streams import drain
+from runtime.storage.base import Part
+from runtime.streams import drain, relay
 from services.ingest import convert
 from services.ingest.fetch import DownloadProgress
 from services.ingest.ingest import Ingestor, UploadHeader
+from services.ingest.resumable import PartsTarget, ResumableWrites
 from services.ingest.url_import import ImportRequest, UrlImporter
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -65,10 +67,23 @@ async def read_upload(
     )
 
 
+def parts_target(message: ingest_service_pb2.PartsTarget) -> PartsTarget:
+    return PartsTarget(
+        key=message.destination.key,
+        bucket=message.destination.bucket,
+        token=message.write_token,
+        size=message.size_bytes,
+        part_size=message.part_size,
+    )
+
+
 class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
-    def __init__(self, ingestor: Ingestor, importer: UrlImporter) -> None:
+    def __init__(
+        self, ingestor: Ingestor, importer: UrlImporter, resumable: ResumableWrites
+    ) -> None:
         self._ingestor = ingestor
         self._importer = importer
+        self._resumable = resumable
 
     async def IngestVideo(
         self,
@@ -86,6 +101,72 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             await drain(iterator, declared_bytes=declared)
             raise
         return convert.ingest_response(result)
+
+    async def StartResumableWrite(
+        self, request: ingest_service_pb2.StartResumableWriteRequest, context: Context
+    ) -> ingest_service_pb2.StartResumableWriteResponse:
+        header = request.header
+        token, part_size = await self._resumable.start(
+            UploadHeader(
+                key=header.destination.key,
+                bucket=header.destination.bucket,
+                size=header.size_bytes,
+                sha256=header.sha256,
+                content_type=header.content_type,
+            )
+        )
+        return ingest_service_pb2.StartResumableWriteResponse(
+            write_token=token, part_size=part_size
+        )
+
+    async def WriteParts(
+        self,
+        request_iterator: AsyncIterator[ingest_service_pb2.WritePartsRequest],
+        context: Context,
+    ) -> AsyncIterator[ingest_service_pb2.WritePartsResponse]:
+        iterator = aiter(request_iterator)
+        first = await anext(iterator, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidArgument("the first message must be a header", reason="MISSING_HEADER")
+        header = first.header
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for request in iterator:
+                if request.WhichOneof("part") == "header":
+                    raise InvalidArgument("a second header arrived", reason="DUPLICATE_HEADER")
+                if request.chunk:
+                    upload_received("ingest", len(request.chunk))
+                    yield request.chunk
+
+        parts = self._resumable.write(
+            parts_target(header.target),
+            offset=header.write_offset,
+            hash_state=header.hash_state,
+            chunks=chunks(),
+        )
+        async for part in parts:
+            yield ingest_service_pb2.WritePartsResponse(
+                part=ingest_service_pb2.CommittedPart(
+                    part_number=part.number,
+                    etag=part.etag,
+                    committed_size=part.committed_size,
+                    hash_state=part.hash_state,
+                )
+            )
+
+    async def CompleteResumableWrite(
+        self, request: ingest_service_pb2.CompleteResumableWriteRequest, context: Context
+    ) -> ingest_service_pb2.CompleteResumableWriteResponse:
+        result = await self._resumable.finish(
+            parts_target(request.target),
+            parts=[Part(number=p.part_number, etag=p.etag) for p in request.parts],
+            hash_state=request.hash_state,
+            sha256=request.sha256,
+            content_type=request.content_type,
+        )
+        return ingest_service_pb2.CompleteResumableWriteResponse(
+            video=convert.ingest_response(result)
+        )
 
     async def ProbeVideo(
         self, request: ingest_service_pb2.ProbeVideoRequest, context: Context
@@ -105,7 +186,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             timeout=timeout or None,
             caller_remaining=context.time_remaining(),
         )
-        async for update in self._importer.import_url(import_request):
+        async for update in relay(self._importer.import_url(import_request), context):
             if isinstance(update, DownloadProgress):
                 yield convert.import_progress(update)
             else:

@@ -2,13 +2,12 @@
 
 Both RPCs stream ``progress`` updates and end with one ``result``. Errors are raised as
 ``runtime.errors`` exceptions and mapped to statuses by the shared interceptor. A cancelled
-call (client cancel, deadline) cancels the handler, and closing the transcoder's iterator
-stops ffmpeg and removes scratch before the handler returns.
+call (client cancel, deadline) ends the transcoder's work through ``runtime.streams.relay``,
+which stops ffmpeg and removes scratch however the call ends.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,8 +16,8 @@ import grpc
 from reelmill.v1 import transcode_service_pb2 as pb
 from reelmill.v1 import transcode_service_pb2_grpc as pb_grpc
 from runtime.artifacts import artifact_messages
-from runtime.logs import log_context
 from runtime.progress import ProgressUpdate, progress_message
+from runtime.streams import relay
 from services.transcode import messages
 from services.transcode.transcoder import SourceRef, Transcoder
 
@@ -36,18 +35,16 @@ class TranscodeServicer(pb_grpc.TranscodeServiceServicer):
         updates = self._transcoder.transcode(
             SourceRef(request.source.key, request.source.bucket),
             messages.source_info(request.media_info),
-            messages.transcode_options(request.spec),
+            messages.transcode_options(request.spec, request.scenes),
             request.output_prefix,
         )
-        with log_context(stage="transcode"):
-            async with contextlib.aclosing(updates):
-                async for update in updates:
-                    if isinstance(update, ProgressUpdate):
-                        yield pb.TranscodeResponse(progress=progress_message(update))
-                    else:
-                        yield pb.TranscodeResponse(
-                            result=pb.TranscodeResult(artifacts=artifact_messages(update.artifacts))
-                        )
+        async for update in relay(updates, context, stage="transcode"):
+            if isinstance(update, ProgressUpdate):
+                yield pb.TranscodeResponse(progress=progress_message(update))
+            else:
+                yield pb.TranscodeResponse(
+                    result=pb.TranscodeResult(artifacts=artifact_messages(update.artifacts))
+                )
 
     async def ExtractAudio(
         self, request: pb.ExtractAudioRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -61,14 +58,10 @@ class TranscodeServicer(pb_grpc.TranscodeServiceServicer):
             messages.audio_options(request.spec),
             request.output_prefix,
         )
-        with log_context(stage="audio"):
-            async with contextlib.aclosing(updates):
-                async for update in updates:
-                    if isinstance(update, ProgressUpdate):
-                        yield pb.ExtractAudioResponse(progress=progress_message(update))
-                    else:
-                        yield pb.ExtractAudioResponse(
-                            result=pb.ExtractAudioResult(
-                                artifacts=artifact_messages(update.artifacts)
-                            )
-                        )
+        async for update in relay(updates, context, stage="audio"):
+            if isinstance(update, ProgressUpdate):
+                yield pb.ExtractAudioResponse(progress=progress_message(update))
+            else:
+                yield pb.ExtractAudioResponse(
+                    result=pb.ExtractAudioResult(artifacts=artifact_messages(update.artifacts))
+                )

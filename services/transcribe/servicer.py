@@ -2,13 +2,12 @@
 
 The RPC streams ``progress`` (and ``segment`` updates when asked), then one ``result``. Errors
 are domain exceptions that ``runtime.errors.ErrorMappingInterceptor`` maps to statuses. A
-cancelled call (client cancel, deadline) cancels the handler; closing the transcriber's iterator
-stops the decoding thread before the handler returns.
+cancelled call (client cancel, deadline) ends the transcriber's work through
+``runtime.streams.relay``, which stops the decoding thread however the call ends.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,8 +15,8 @@ import grpc
 
 from reelmill.v1 import transcribe_service_pb2 as pb
 from reelmill.v1 import transcribe_service_pb2_grpc as pb_grpc
-from runtime.logs import log_context
 from runtime.progress import ProgressUpdate, progress_message
+from runtime.streams import relay
 from services.transcribe import convert
 from services.transcribe.model import Outcome, SegmentUpdate
 from services.transcribe.transcriber import AudioRef, Transcriber
@@ -39,12 +38,10 @@ class TranscribeServicer(pb_grpc.TranscribeServiceServicer):
             request.output_prefix,
             stream_segments=request.stream_segments,
         )
-        with log_context(stage="transcribe"):
-            async with contextlib.aclosing(updates):
-                async for update in updates:
-                    if isinstance(update, ProgressUpdate):
-                        yield pb.TranscribeResponse(progress=progress_message(update))
-                    elif isinstance(update, SegmentUpdate):
-                        yield pb.TranscribeResponse(segment=convert.segment_message(update.segment))
-                    elif isinstance(update, Outcome):
-                        yield pb.TranscribeResponse(result=convert.result_message(update))
+        async for update in relay(updates, context, stage="transcribe"):
+            if isinstance(update, ProgressUpdate):
+                yield pb.TranscribeResponse(progress=progress_message(update))
+            elif isinstance(update, SegmentUpdate):
+                yield pb.TranscribeResponse(segment=convert.segment_message(update.segment))
+            elif isinstance(update, Outcome):
+                yield pb.TranscribeResponse(result=convert.result_message(update))
