@@ -48,7 +48,7 @@ def make_cuts_clip(
         source = SOURCES[index % len(SOURCES)].format(size=size, fps=fps)
         inputs += ["-f", "lavfi", "-i", source]
         chains.append(
-            f"[{index}:v]trim=end_frame={count},setpts=PTS-STARTPTS,format=yuv420p[v{index}]"
+            f"[{index}:v]trim=end_frame={count},setpts=PTS-STARTPTS,setsar=1,format=yuv420p[v{index}]"
         )
     joined = "".join(f"[v{i}]" for i in range(len(frames)))
     graph = ";".join([*chains, f"{joined}concat=n={len(frames)}:v=1:a=0[out]"])
@@ -83,7 +83,12 @@ def make_transitions_clip(
     inputs: list[str] = []
     for index in range(count):
         source = SOURCES[index % len(SOURCES)].format(size=size, fps=fps)
-        inputs += ["-f", "lavfi", "-i", f"{source},trim=duration={shot_seconds},format=yuv420p"]
+        inputs += [
+            "-f",
+            "lavfi",
+            "-i",
+            f"{source},trim=duration={shot_seconds},setsar=1,format=yuv420p",
+        ]
     graph, last, offset, blends = [], "[0:v]", 0.0, []
     for index, kind in enumerate(transitions, start=1):
         offset += shot_seconds - seconds
@@ -139,7 +144,7 @@ def make_caption_clip(
         source = SOURCES[(index + 1) % len(SOURCES)].format(size=size, fps=fps)
         inputs += ["-f", "lavfi", "-i", source]
         chains.append(
-            f"[{index}:v]trim=duration={length},setpts=PTS-STARTPTS,format=yuv420p[v{index}]"
+            f"[{index}:v]trim=duration={length},setpts=PTS-STARTPTS,setsar=1,format=yuv420p[v{index}]"
         )
     joined = "".join(f"[v{i}]" for i in range(len(shot_seconds)))
     draw = ",".join(

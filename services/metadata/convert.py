@@ -4,7 +4,7 @@ Defaults the contract documents are applied here: a field left unset means "the 
 
 from __future__ import annotations
 
-from reelmill.v1 import media_pb2, metadata_service_pb2, pipeline_pb2
+from reelmill.v1 import media_pb2, metadata_service_pb2, pipeline_pb2, vision_pb2
 from runtime.artifacts import artifact_messages
 from runtime.durations import seconds
 from services.metadata.model import (
@@ -22,7 +22,23 @@ _ENGINES = {
 }
 
 
-def source(transcript: media_pb2.Transcript, media: media_pb2.MediaInfo, filename: str) -> Source:
+def on_screen_lines(text: vision_pb2.OnScreenText | None) -> tuple[TimedText, ...]:
+    """Each distinct on-screen line once (the first time it appears), in order of appearance."""
+    lines: dict[str, TimedText] = {}
+    for entry in sorted(text.entries if text is not None else (), key=lambda e: e.start_seconds):
+        words = " ".join(entry.text.split())
+        if words and words.casefold() not in lines:
+            end = max(entry.end_seconds, entry.start_seconds)
+            lines[words.casefold()] = TimedText(max(entry.start_seconds, 0.0), end, words)
+    return tuple(lines.values())
+
+
+def source(
+    transcript: media_pb2.Transcript,
+    media: media_pb2.MediaInfo,
+    filename: str,
+    on_screen_text: vision_pb2.OnScreenText | None = None,
+) -> Source:
     segments = tuple(
         sorted(
             (
@@ -51,6 +67,7 @@ def source(transcript: media_pb2.Transcript, media: media_pb2.MediaInfo, filenam
         width=width,
         height=height,
         has_video=bool(media.video_streams) if known_streams else True,
+        on_screen=on_screen_lines(on_screen_text),
     )
 
 

@@ -9,7 +9,10 @@
 - chapters: ``chapters.find_chapters`` (pauses and topic shifts);
 - description and show notes: assembled from the above.
 
-An empty transcript (silence, music) still yields metadata, from the file name and media info.
+The text shown on screen (OCR) is read with the transcript: its lines join the sentences the
+keyphrases are ranked over, so titles, slides and captions weigh in the tags; a video with no
+speech takes its summary and title from them. An empty transcript and no on-screen text
+(silence, music over pictures) still yields metadata, from the file name and media info.
 """
 
 from __future__ import annotations
@@ -189,10 +192,22 @@ def show_notes(summary: str, chapters: list[Chapter], keywords: tuple[str, ...])
     return "\n".join(lines).strip()
 
 
+def screen_sentences(source: Source) -> list[Sentence]:
+    """The on-screen lines as sentences (each line one, as a slide or caption reads)."""
+    return [
+        Sentence(index, line.start, line.end, clean(line.text))
+        for index, line in enumerate(line for line in source.on_screen if clean(line.text))
+    ]
+
+
 def generate(source: Source, max_tags: int) -> Metadata:
     """Metadata for ``source``; a pure function of it."""
-    found = sentences(source.segments)
-    ranked = keyphrases([s.text for s in found], limit=KEYWORDS) if found else []
+    spoken = sentences(source.segments)
+    shown = screen_sentences(source)
+    # With speech, the summary is the speech's; the screen's lines only add to the topics.
+    found = spoken or shown
+    texts = [s.text for s in spoken] + [s.text for s in shown]
+    ranked = keyphrases(texts, limit=KEYWORDS) if texts else []
     summary_sentences = summarize(found, ranked)
     summary = " ".join(s.text for s in summary_sentences)
     keywords = tuple(k.phrase for k in ranked)
@@ -201,6 +216,8 @@ def generate(source: Source, max_tags: int) -> Metadata:
     title = _title(source, summary_sentences, ranked)
     if summary:
         description = summary
+        if not spoken:
+            description = f"On screen: {summary}"
         if keywords:
             description += "\n\nTopics: " + ", ".join(keywords[:8]) + "."
     else:

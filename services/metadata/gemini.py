@@ -25,8 +25,10 @@ NAME = "gemini"
 MAX_TITLE_CHARS = 100
 
 INSTRUCTIONS = """\
-You write the metadata of a video from its transcript, for a video library.
-Write in the language of the transcript. Do not invent facts that the transcript does not support.
+You write the metadata of a video from its transcript and the text shown on screen (titles,
+slides, captions, read by OCR), for a video library. A video may have only one of the two.
+Write in the language of the transcript (or of the on-screen text when there is no speech).
+Do not invent facts that the transcript and the on-screen text do not support.
 - title: at most 100 characters, specific, no clickbait, no quotes around it.
 - description: two to four sentences on what the video covers.
 - tags: up to {max_tags} short lower-case tags, most relevant first.
@@ -71,6 +73,20 @@ def transcript_lines(source: Source, budget: int) -> str:
     return "\n".join(lines)
 
 
+def screen_lines(source: Source, budget: int) -> str:
+    """The on-screen lines with the time each first appears; "(none)" when there are none."""
+    lines: list[str] = []
+    used = 0
+    for line in source.on_screen:
+        text = f"[{clock(line.start)}] {clean(line.text)}"
+        if used + len(text) + 1 > budget:
+            lines.append("[… on-screen text cut for length …]")
+            break
+        lines.append(text)
+        used += len(text) + 1
+    return "\n".join(lines) or "(none)"
+
+
 def context(source: Source, budget: int) -> str:
     facts = [f"Duration: {clock(source.duration)}" if source.duration else ""]
     if source.filename:
@@ -78,7 +94,9 @@ def context(source: Source, budget: int) -> str:
     if source.language:
         facts.append(f"Language: {source.language}")
     header = "\n".join(f for f in facts if f)
-    return f"{header}\n\nTranscript:\n{transcript_lines(source, budget)}\n"
+    spoken = transcript_lines(source, budget) if source.segments else "(no speech)"
+    shown = screen_lines(source, budget // 4)
+    return f"{header}\n\nTranscript:\n{spoken}\n\nText shown on screen:\n{shown}\n"
 
 
 parse_metadata = parse_as(GeneratedMetadata, "metadata")

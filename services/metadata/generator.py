@@ -68,6 +68,7 @@ def known_values(metadata: Metadata, source: Source) -> dict[str, Any]:
         "duration": round(source.duration, 3),
         "filename": source.filename,
         "transcript": text,
+        "on_screen_text": source.screen_text,
         "word_count": len(text.split()),
         "engine": metadata.engine,
         "model": metadata.model,
@@ -77,6 +78,7 @@ def known_values(metadata: Metadata, source: Source) -> dict[str, Any]:
 def _source_dict(source: Source) -> dict[str, Any]:
     data = dataclasses.asdict(source)
     data["segments"] = [[s.start, s.end, s.text] for s in source.segments]
+    data["on_screen"] = [[s.start, s.end, s.text] for s in source.on_screen]
     return data
 
 
@@ -106,7 +108,7 @@ class MetadataGenerator:
         max_tags = options.max_tags or DEFAULT_MAX_TAGS
         schema = parse_schema(options.json_schema) if options.json_schema.strip() else None
         engine = self._engine(options.engine)
-        if not source.segments:
+        if not source.segments and not source.on_screen:
             engine = Engine.EXTRACTIVE
         gemini = self._gemini if engine is Engine.GEMINI else None
         key = cache_key(

@@ -40,10 +40,17 @@ class Source:
     width: int = 0
     height: int = 0
     has_video: bool = True
+    #: The text shown on screen (the OCR stage's entries), each line once, in order of
+    #: appearance.
+    on_screen: tuple[TimedText, ...] = ()
 
     @property
     def text(self) -> str:
         return " ".join(segment.text.strip() for segment in self.segments if segment.text.strip())
+
+    @property
+    def screen_text(self) -> str:
+        return " ".join(line.text.strip() for line in self.on_screen if line.text.strip())
 
 
 @dataclass(frozen=True)

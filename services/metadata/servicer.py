@@ -27,7 +27,12 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
             return pb.GenerateMetadataResponse()
         with log_context(stage="metadata"):
             outcome = await self._generator.generate(
-                convert.source(request.transcript, request.media_info, request.filename),
+                convert.source(
+                    request.transcript,
+                    request.media_info,
+                    request.filename,
+                    request.on_screen_text,
+                ),
                 convert.options(request.spec),
                 request.output_prefix,
             )

@@ -6,7 +6,7 @@ the core sees complete options.
 
 from __future__ import annotations
 
-from reelmill.v1 import media_pb2, pipeline_pb2
+from reelmill.v1 import media_pb2, pipeline_pb2, vision_pb2
 from runtime.durations import seconds
 from services.transcode.model import (
     AudioInfo,
@@ -14,6 +14,7 @@ from services.transcode.model import (
     ClipContainer,
     ClipOptions,
     RungSpec,
+    ShotStill,
     SourceInfo,
     StoryboardOptions,
     ThumbnailOptions,
@@ -54,7 +55,9 @@ def source_info(media: media_pb2.MediaInfo) -> SourceInfo | None:
     return SourceInfo(media.container, seconds(media.duration), video, audio)
 
 
-def transcode_options(spec: pipeline_pb2.TranscodeSpec) -> TranscodeOptions:
+def transcode_options(
+    spec: pipeline_pb2.TranscodeSpec, scenes: vision_pb2.Scenes | None = None
+) -> TranscodeOptions:
     thumbs = spec.thumbnails
     board = spec.storyboard
     return TranscodeOptions(
@@ -95,6 +98,11 @@ def transcode_options(spec: pipeline_pb2.TranscodeSpec) -> TranscodeOptions:
             for clip in spec.clips
         ),
         preset=spec.preset,
+        shots=tuple(
+            ShotStill(s.start_seconds, s.end_seconds, s.keyframe_seconds, s.keyframe_brightness)
+            for s in (scenes.shots if scenes is not None else ())
+            if s.end_seconds > s.start_seconds
+        ),
     )
 
 

@@ -73,6 +73,21 @@ class RungSpec:
 
 
 @dataclass(frozen=True)
+class ShotStill:
+    """A shot the scenes stage found, as far as stills need it: its span and its keyframe."""
+
+    start: float
+    end: float
+    keyframe: float
+    #: Mean luma (0-255) of the keyframe.
+    brightness: float = 128.0
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
 class ThumbnailOptions:
     enabled: bool = True
     #: Evenly spaced thumbnails besides the poster.
@@ -120,6 +135,8 @@ class TranscodeOptions:
     clips: tuple[ClipOptions, ...] = ()
     #: x264 preset; empty uses the service default.
     preset: str = ""
+    #: The source's shots, when the scenes stage found them: stills come from their keyframes.
+    shots: tuple[ShotStill, ...] = ()
 
 
 @dataclass(frozen=True)

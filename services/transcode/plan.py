@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -33,6 +34,7 @@ from services.transcode.model import (
     ClipContainer,
     ClipOptions,
     RungSpec,
+    ShotStill,
     SourceInfo,
     StoryboardOptions,
     ThumbnailOptions,
@@ -267,11 +269,38 @@ class ThumbnailPlan:
     height: int
 
 
-def plan_thumbnails(options: ThumbnailOptions, source: SourceInfo) -> ThumbnailPlan:
-    """A poster a third of the way in (past intros, fade-ins and black first frames; and
-    never the same frame as a thumbnail, since 1/3 is no slice's middle) and ``count`` stills
-    at the middles of ``count`` equal slices of the video (never the very first or very last
-    frame, where seeking is least reliable)."""
+#: A keyframe darker than this (mean luma) never makes a poster or a thumbnail.
+DARK_KEYFRAME = 24.0
+
+
+def shot_stills(
+    shots: Sequence[ShotStill], count: int, duration: float
+) -> tuple[float, tuple[float, ...]]:
+    """Stills from the shots the scenes stage found: the poster is the keyframe of the longest
+    shot whose keyframe is not dark, leaving out the opening and closing shots (where titles and
+    credits sit) when there are three or more; the thumbnails are one keyframe per shot, from
+    ``count`` shots spread evenly over the list when there are more, and when there are fewer,
+    every shot's keyframe and the rest at the middles of equal slices of the video."""
+    lit = [s for s in shots if s.brightness >= DARK_KEYFRAME] or list(shots)
+    inner = [s for s in lit if s is not shots[0] and s is not shots[-1]] if len(shots) >= 3 else []
+    poster = max(inner or lit, key=lambda s: s.duration).keyframe
+    if count <= len(lit):
+        chosen = [lit[min(len(lit) - 1, int((i + 0.5) * len(lit) / count))] for i in range(count)]
+        times = [s.keyframe for s in chosen]
+    else:
+        times = [s.keyframe for s in lit]
+        extra = count - len(times)
+        times += [(i + 0.5) * duration / extra for i in range(extra)]
+    return round(poster, 3), tuple(sorted(round(t, 3) for t in times))
+
+
+def plan_thumbnails(
+    options: ThumbnailOptions, source: SourceInfo, shots: Sequence[ShotStill] = ()
+) -> ThumbnailPlan:
+    """With shots, as ``shot_stills`` says. Without: a poster a third of the way in (past
+    intros, fade-ins and black first frames; and never the same frame as a thumbnail, since
+    1/3 is no slice's middle) and ``count`` stills at the middles of ``count`` equal slices of
+    the video (never the very first or very last frame, where seeking is least reliable)."""
     video = source.video
     if video is None:
         raise InvalidArgument("the source has no video stream", reason="NO_VIDEO_STREAM")
@@ -283,6 +312,9 @@ def plan_thumbnails(options: ThumbnailOptions, source: SourceInfo) -> ThumbnailP
         raise InvalidArgument("thumbnail width must be 16 to 7680", reason="INVALID_THUMBNAILS")
     duration = max(source.duration, 0.0)
     width, height = fit_width(video, options.width)
+    if shots:
+        poster, times = shot_stills(shots, options.count, duration)
+        return ThumbnailPlan(poster, times, width, height)
     times = tuple(
         round((index + 0.5) * duration / options.count, 3) for index in range(options.count)
     )
@@ -478,7 +510,7 @@ def plan_transcode(options: TranscodeOptions, source: SourceInfo, *, preset: str
     )
     thumbnails = None
     if options.thumbnails.enabled:
-        thumbnails = plan_thumbnails(options.thumbnails, source)
+        thumbnails = plan_thumbnails(options.thumbnails, source, options.shots)
     storyboard = None
     # Without a known duration there is nothing to lay tiles against.
     if options.storyboard.enabled and source.duration > 0:

@@ -2,13 +2,12 @@
 
 Both RPCs stream ``progress`` updates and end with one ``result``. Errors are raised as
 ``runtime.errors`` exceptions and mapped to statuses by the shared interceptor. A cancelled
-call (client cancel, deadline) cancels the handler, and closing the core's generator stops the
-worker thread (decoding, OCR) before the handler returns.
+call (client cancel, deadline, however it ends) cancels the work through ``runtime.streams.relay``,
+which closes the core's generator: that stops the worker thread (decoding, OCR) and waits for it.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,8 +16,8 @@ import grpc
 from reelmill.v1 import vision_service_pb2 as pb
 from reelmill.v1 import vision_service_pb2_grpc as pb_grpc
 from runtime.artifacts import artifact_messages
-from runtime.logs import log_context
 from runtime.progress import ProgressUpdate, progress_message
+from runtime.streams import relay
 from services.vision import messages
 from services.vision.model import ShotsOutcome, TextOutcome
 from services.vision.vision import SourceRef, Vision
@@ -37,18 +36,16 @@ class VisionServicer(pb_grpc.VisionServiceServicer):
             messages.shot_options(request.spec),
             request.output_prefix,
         )
-        with log_context(stage="scenes"):
-            async with contextlib.aclosing(updates):
-                async for update in updates:
-                    if isinstance(update, ProgressUpdate):
-                        yield pb.DetectShotsResponse(progress=progress_message(update))
-                    elif isinstance(update, ShotsOutcome):
-                        yield pb.DetectShotsResponse(
-                            result=pb.DetectShotsResult(
-                                scenes=messages.scenes_message(update.scenes),
-                                artifacts=artifact_messages(update.artifacts),
-                            )
-                        )
+        async for update in relay(updates, context, stage="scenes"):
+            if isinstance(update, ProgressUpdate):
+                yield pb.DetectShotsResponse(progress=progress_message(update))
+            elif isinstance(update, ShotsOutcome):
+                yield pb.DetectShotsResponse(
+                    result=pb.DetectShotsResult(
+                        scenes=messages.scenes_message(update.scenes),
+                        artifacts=artifact_messages(update.artifacts),
+                    )
+                )
 
     async def ReadText(
         self, request: pb.ReadTextRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -60,15 +57,13 @@ class VisionServicer(pb_grpc.VisionServiceServicer):
             messages.ocr_options(request.spec),
             request.output_prefix,
         )
-        with log_context(stage="ocr"):
-            async with contextlib.aclosing(updates):
-                async for update in updates:
-                    if isinstance(update, ProgressUpdate):
-                        yield pb.ReadTextResponse(progress=progress_message(update))
-                    elif isinstance(update, TextOutcome):
-                        yield pb.ReadTextResponse(
-                            result=pb.ReadTextResult(
-                                text=messages.text_message(update.text),
-                                artifacts=artifact_messages(update.artifacts),
-                            )
-                        )
+        async for update in relay(updates, context, stage="ocr"):
+            if isinstance(update, ProgressUpdate):
+                yield pb.ReadTextResponse(progress=progress_message(update))
+            elif isinstance(update, TextOutcome):
+                yield pb.ReadTextResponse(
+                    result=pb.ReadTextResult(
+                        text=messages.text_message(update.text),
+                        artifacts=artifact_messages(update.artifacts),
+                    )
+                )
