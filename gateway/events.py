@@ -18,7 +18,7 @@ import functools
 import itertools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import asyncpg
 
@@ -204,7 +204,8 @@ class EventHub:
         self, job_id: uuid.UUID, after: int
     ) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
         """Every event of the job after ``after``, in order, each once; ends after the
-        terminal event. Cancelling the consumer unsubscribes cleanly."""
+        terminal event that is the job's last (a retried job's events go on after an earlier
+        one). Cancelling the consumer unsubscribes cleanly."""
         feed = self.feeds.get(job_id)
         if feed is None:
             feed = self.feeds[job_id] = Feed()
@@ -227,7 +228,11 @@ class EventHub:
                         break
                     yield response
                     last = response.event.sequence
-                    if is_terminal(response.event):
+                    if (
+                        is_terminal(response.event)
+                        and batch[-1] is response
+                        and not await self.load_events(job_id, last)
+                    ):
                         return
                 if batch:
                     woken = False
@@ -247,6 +252,46 @@ class EventHub:
             feed.watchers -= 1
             if feed.watchers == 0 and self.feeds.get(job_id) is feed:
                 del self.feeds[job_id]
+
+    async def watch_many(
+        self, cursors: Mapping[uuid.UUID, int]
+    ) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
+        """The events of every job in ``cursors`` after its cursor (as ``watch``), each job's
+        in order while jobs interleave; ends once every job's stream has ended. A job deleted
+        meanwhile just ends its part; any other failure (shutdown) ends the whole stream."""
+        merged: asyncio.Queue[job_service_pb2.WatchJobResponse | Exception | None] = asyncio.Queue(
+            maxsize=FEED_CAPACITY
+        )
+
+        async def pump(job_id: uuid.UUID, after: int) -> None:
+            try:
+                async for response in self.watch(job_id, after):
+                    await merged.put(response)
+            except NotFound:
+                pass
+            except Exception as exc:
+                await merged.put(exc)
+                return
+            await merged.put(None)
+
+        pumps = [
+            asyncio.create_task(pump(job_id, after), name=f"watch-{job_id}")
+            for job_id, after in cursors.items()
+        ]
+        try:
+            running = len(pumps)
+            while running:
+                item = await merged.get()
+                if item is None:
+                    running -= 1
+                elif isinstance(item, Exception):
+                    raise item
+                else:
+                    yield item
+        finally:
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
 
 
 def _dispatch(callbacks: list[Callable[[str], None]]) -> Callable[[object, int, str, str], None]:

@@ -26,12 +26,14 @@ from opentelemetry.trace import Status, StatusCode
 
 from gateway import metrics
 from gateway.pipeline import Stage, StageContext, StageResult, finished
+from gateway.reuse import SKIPPED, Reuser, stage_fingerprint
 from gateway.runs import ClaimedJob, LeaseLost, Runs
 from gateway.settings import GatewaySettings
 from reelmill.retry import Backoff
 from reelmill.v1 import job_pb2
 from runtime.errors import DeadlineExceeded, Internal, ReelmillError
 from runtime.logs import log_context
+from runtime.storage import ObjectStore
 from runtime.telemetry import context_from
 
 log = logging.getLogger(__name__)
@@ -70,10 +72,18 @@ def job_error(error: ReelmillError) -> job_pb2.JobError:
 
 
 class Orchestrator:
-    def __init__(self, settings: GatewaySettings, runs: Runs, stages: Sequence[Stage]) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        runs: Runs,
+        stages: Sequence[Stage],
+        objects: ObjectStore | None = None,
+    ) -> None:
         self.settings = settings
         self.runs = runs
         self.stages = {s.name: s for s in stages}
+        #: Copies earlier results of stages with the same fingerprint (with an object store).
+        self.reuser = Reuser(runs, objects) if objects is not None else None
         self.lease = timedelta(seconds=settings.lease_seconds)
         #: Between the attempts of a stage.
         self.retry_backoff = Backoff(
@@ -110,7 +120,9 @@ class Orchestrator:
                 free = self.settings.max_concurrent_jobs - len(self.running)
                 if free > 0:
                     try:
-                        claimed = await self.runs.claim(free, self.lease)
+                        # A job whose run here is still ending (cancelled, then retried)
+                        # waits for it rather than running twice.
+                        claimed = await self.runs.claim(free, self.lease, self.running.keys())
                         failures = 0
                     except Exception as exc:  # database down: keep trying
                         failures += 1
@@ -293,6 +305,12 @@ class Orchestrator:
         outputs: dict[str, dict[str, Any]] = {
             name: dict(row.outputs or {}) for name, row in rows.items() if finished(row)
         }
+        #: Fingerprints of the finished stages (SKIPPED for skipped ones, None when unknown).
+        fingerprints: dict[str, str | None] = {
+            name: SKIPPED if row.state == "SKIPPED" else row.fingerprint
+            for name, row in rows.items()
+            if finished(row)
+        }
         fields: dict[str, Any] = dict(job.fields)
         done = {name for name, row in rows.items() if finished(row)}
         todo = [name for name in rows if name not in done and name in self.stages]
@@ -302,7 +320,9 @@ class Orchestrator:
                 for name in list(todo):
                     if all(dep in done for dep in rows[name].depends_on):
                         todo.remove(name)
-                        task = asyncio.create_task(self._run_stage(job, name, outputs, fields))
+                        task = asyncio.create_task(
+                            self._run_stage(job, name, outputs, fields, fingerprints)
+                        )
                         active[task] = name
                 if not active:
                     raise Internal(f"stages {todo} can never run: unmet dependencies")
@@ -326,6 +346,7 @@ class Orchestrator:
         name: str,
         outputs: dict[str, dict[str, Any]],
         fields: dict[str, Any],
+        fingerprints: dict[str, str | None],
     ) -> StageResult | None:
         stage = self.stages[name]
         with log_context(stage=name):
@@ -351,7 +372,14 @@ class Orchestrator:
             )
             if (reason := stage.skip_reason(ctx)) is not None:
                 await self.runs.update_stage(job.id, name, state="SKIPPED", message=reason)
+                fingerprints[name] = SKIPPED
                 return None
+            fingerprint = stage_fingerprint(
+                stage, ctx, fingerprints, self.settings.reuse_salt.get_secret_value()
+            )
+            if fingerprint is not None and (reused := await self._reuse(stage, ctx, fingerprint)):
+                fingerprints[name] = fingerprint
+                return reused
             attempts = next(row.attempts for row in job.stages if row.name == name)
             while True:
                 attempts += 1
@@ -415,6 +443,33 @@ class Orchestrator:
                 artifacts=result.artifacts,
                 job_fields=result.job_fields,
                 video=result.video,
+                fingerprint=fingerprint,
             )
+            fingerprints[name] = fingerprint
             log.info("stage succeeded", extra={"seconds": round(time.monotonic() - started, 3)})
             return result
+
+    async def _reuse(self, stage: Stage, ctx: StageContext, fingerprint: str) -> StageResult | None:
+        """Records the earlier result of an identical stage as this stage's (copied into this
+        job), when the job allows reuse and there is one; None otherwise."""
+        spec = ctx.job.spec
+        if self.reuser is None or (spec.HasField("reuse") and not spec.reuse):
+            return None
+        reused = await self.reuser.reuse(stage, ctx, fingerprint)
+        if reused is None:
+            return None
+        result = reused.result
+        await self.runs.update_stage(
+            ctx.job.id,
+            stage.name,
+            state="SUCCEEDED",
+            message=f"reused the outputs of job {reused.source}",
+            outputs=result.outputs,
+            artifacts=result.artifacts,
+            job_fields=result.job_fields,
+            fingerprint=fingerprint,
+            reused_from=reused.source,
+        )
+        metrics.stage_finished(stage.name, "reused", 0.0)
+        log.info("stage reused", extra={"source_job_id": str(reused.source)})
+        return result

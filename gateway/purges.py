@@ -71,6 +71,28 @@ async def request_job_purge(
             await request_purge(session, video_prefix(video_id), reason=reason, delay=delay)
 
 
+async def cancel_job_purges(session: AsyncSession, job: models.Job) -> int:
+    """A job that runs again (RetryJob): the purges its end queued go, in the caller's
+    transaction, so none of them deletes what the job writes from now on. A purge being carried
+    out right now holds its row locked: this waits for it to finish. Returns how many went."""
+    prefixes = []
+    if job.source_url is not None:
+        prefixes.append(normalize_prefix(video_prefix(imported_video_id(job.id))))
+    result = await session.execute(
+        delete(models.Purge)
+        .where(
+            (models.Purge.job_id == job.id)
+            | (
+                models.Purge.job_id.is_(None)
+                & models.Purge.prefix.in_(prefixes)
+                & models.Purge.reason.in_(("job_failed", "job_cancelled"))
+            )
+        )
+        .returning(models.Purge.id)
+    )
+    return len(result.all())
+
+
 @dataclass(frozen=True)
 class PurgeResult:
     purges: int

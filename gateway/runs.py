@@ -12,21 +12,28 @@ import asyncio
 import functools
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
 from asyncpg import exceptions as asyncpg_exc
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from gateway.convert import from_json, stage_to_proto, to_json, video_to_proto
+from gateway.convert import (
+    artifact_to_proto,
+    from_json,
+    stage_to_proto,
+    to_json,
+    video_to_proto,
+)
 from gateway.db import models
 from gateway.journal import append_event, state_event
 from gateway.purges import request_job_purge
+from gateway.queue import CLAIM
 from reelmill.retry import Backoff, retry
 from reelmill.v1 import job_pb2, media_pb2, pipeline_pb2
 from runtime.errors import Unavailable
@@ -117,6 +124,19 @@ class StageRow:
     depends_on: tuple[str, ...]
     attempts: int
     outputs: dict[str, Any] | None
+    #: What determined the outputs of a finished stage (``gateway.reuse``), if recorded.
+    fingerprint: str | None = None
+
+
+@dataclass(frozen=True)
+class Reusable:
+    """A stage that succeeded in an earlier job, whose outputs another job may copy."""
+
+    job_id: uuid.UUID
+    outputs: dict[str, Any]
+    artifacts: tuple[media_pb2.Artifact, ...]
+    #: The job columns the stage set (media_info, transcript, metadata), by name.
+    fields: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -127,7 +147,8 @@ class ClaimedJob:
     spec: pipeline_pb2.PipelineSpec
     video: media_pb2.Video | None
     source_url: str | None
-    #: Job-level results so far (JSON): media_info, transcript, metadata.
+    #: Job-level results so far (JSON): media_info, transcript, metadata, scenes,
+    #: on_screen_text.
     fields: dict[str, Any]
     stages: tuple[StageRow, ...]
     #: When the job fails with DEADLINE_EXCEEDED if still running.
@@ -136,25 +157,6 @@ class ClaimedJob:
     trace_context: dict[str, Any] | None = None
     #: How many times the job has been claimed (this run included).
     runs: int = 1
-
-
-_CLAIM = text(
-    """
-    UPDATE jobs
-       SET lease_owner = :worker,
-           lease_expires_at = now() + make_interval(secs => :lease),
-           attempts = attempts + 1,
-           update_time = now()
-     WHERE id IN (
-           SELECT id FROM jobs
-            WHERE state IN ('QUEUED', 'RUNNING')
-              AND (lease_expires_at IS NULL OR lease_expires_at < now())
-            ORDER BY create_time
-            LIMIT :limit
-            FOR UPDATE SKIP LOCKED)
-    RETURNING id
-    """
-)
 
 
 class Runs:
@@ -170,18 +172,19 @@ class Runs:
         #: How long after a job fails its leftovers are purged.
         self.purge_delay = purge_delay
 
-    async def claim(self, limit: int, lease: timedelta) -> list[ClaimedJob]:
+    async def claim(
+        self, limit: int, lease: timedelta, busy: Collection[uuid.UUID] = ()
+    ) -> list[ClaimedJob]:
+        """Claims up to ``limit`` jobs in the queue's order (``gateway.queue``), leaving out
+        ``busy`` ones (this worker's runs that are still ending)."""
+        params = {
+            "worker": self.worker,
+            "lease": lease.total_seconds(),
+            "limit": limit,
+            "busy": list(busy),
+        }
         async with self.sessions.begin() as session:
-            ids = (
-                (
-                    await session.execute(
-                        _CLAIM,
-                        {"worker": self.worker, "lease": lease.total_seconds(), "limit": limit},
-                    )
-                )
-                .scalars()
-                .all()
-            )
+            ids = (await session.execute(CLAIM, params)).scalars().all()
         return [await self.load(job_id) for job_id in ids]
 
     async def load(self, job_id: uuid.UUID) -> ClaimedJob:
@@ -208,16 +211,79 @@ class Runs:
                     ("media_info", job.media_info),
                     ("transcript", job.transcript),
                     ("metadata", job.metadata_),
+                    ("scenes", job.scenes),
+                    ("on_screen_text", job.on_screen_text),
                 )
                 if value
             },
             stages=tuple(
-                StageRow(s.name, s.state, tuple(s.depends_on or ()), s.attempts, s.outputs)
+                StageRow(
+                    s.name,
+                    s.state,
+                    tuple(s.depends_on or ()),
+                    s.attempts,
+                    s.outputs,
+                    s.fingerprint,
+                )
                 for s in stages
             ),
             deadline=job.deadline,
             trace_context=job.trace_context,
             runs=job.attempts,
+        )
+
+    async def find_reusable(
+        self,
+        owner: str,
+        stage: str,
+        fingerprint: str,
+        *,
+        exclude: uuid.UUID,
+        fields: Sequence[str] = (),
+    ) -> Reusable | None:
+        """The latest success of ``stage`` with ``fingerprint`` in another job of ``owner``:
+        its outputs, artifacts and the job columns named by ``fields``."""
+        async with self.sessions() as session:
+            found = (
+                await session.execute(
+                    select(models.JobStage.job_id, models.JobStage.outputs)
+                    .join(models.Job, models.Job.id == models.JobStage.job_id)
+                    .where(
+                        models.JobStage.fingerprint == fingerprint,
+                        models.JobStage.state == "SUCCEEDED",
+                        models.JobStage.name == stage,
+                        models.Job.owner == owner,
+                        models.JobStage.job_id != exclude,
+                    )
+                    .order_by(models.JobStage.end_time.desc())
+                    .limit(1)
+                )
+            ).first()
+            if found is None:
+                return None
+            artifacts = (
+                await session.scalars(
+                    select(models.Artifact)
+                    .where(models.Artifact.job_id == found.job_id, models.Artifact.stage == stage)
+                    .order_by(models.Artifact.name)
+                )
+            ).all()
+            values: dict[str, Any] = {}
+            if fields:
+                columns = models.Job.__table__.c  # keyed by column name ("metadata")
+                row = (
+                    await session.execute(
+                        select(*(columns[name] for name in fields)).where(
+                            columns.id == found.job_id
+                        )
+                    )
+                ).one()
+                values = {name: value for name, value in zip(fields, row, strict=True) if value}
+        return Reusable(
+            job_id=found.job_id,
+            outputs=dict(found.outputs or {}),
+            artifacts=tuple(artifact_to_proto(a) for a in artifacts),
+            fields=values,
         )
 
     async def _fence(self, session: AsyncSession, job_id: uuid.UUID) -> models.Job:
@@ -295,9 +361,12 @@ class Runs:
         job_fields: dict[str, Any] | None = None,
         video: media_pb2.Video | None = None,
         started: bool = False,
+        fingerprint: str | None = None,
+        reused_from: uuid.UUID | None = None,
     ) -> int:
         """Records a stage's new state (and what it produced) with its event, atomically;
-        returns the event's sequence."""
+        returns the event's sequence. ``fingerprint`` records what determined the outputs;
+        ``reused_from`` says they were copied from that job's same stage (it never ran)."""
         async with self.sessions.begin() as session:
             job = await self._fence(session, job_id)
             if video is not None:
@@ -321,6 +390,12 @@ class Runs:
                 stage.error = to_json(error)
             if outputs is not None:
                 stage.outputs = outputs
+            if fingerprint is not None:
+                stage.fingerprint = fingerprint
+            if reused_from is not None:
+                stage.reused_from = reused_from
+                if stage.start_time is None:
+                    stage.start_time = func.now()
             for artifact in artifacts:
                 await self._put_artifact(session, job_id, name, artifact)
             if job_fields:

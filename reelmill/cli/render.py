@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import collections
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 from google.protobuf import json_format, timestamp_pb2
 from rich.console import Console
@@ -60,6 +61,91 @@ async def follow(events: AsyncIterator[job_pb2.JobEvent]) -> job_pb2.Job | None:
     return final
 
 
+#: Stage states whose stage counts as done in a job's bar.
+_DONE_STAGES = frozenset({job_pb2.STAGE_STATE_SUCCEEDED, job_pb2.STAGE_STATE_SKIPPED})
+
+
+async def follow_batch(
+    events: AsyncIterator[job_pb2.JobEvent],
+    jobs: Mapping[str, job_pb2.Job],
+    names: Mapping[str, str],
+) -> dict[str, job_pb2.Job]:
+    """One live bar per job of a batch (``jobs`` as created, named by ``names``): the share
+    of its stages done, its state, what it is doing. Returns each job as its terminal event
+    left it."""
+    finals: dict[str, job_pb2.Job] = {}
+    width = max((len(name) for name in names.values()), default=4)
+    width = min(max(width, 4), 32)
+    with Progress(
+        TextColumn(f"{{task.description:<{width}}}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TextColumn("{task.fields[status]:<10}"),
+        TextColumn("{task.fields[message]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        bars = {
+            job_id: progress.add_task(
+                names.get(job_id, job_id)[:width], total=1.0, status="QUEUED", message=""
+            )
+            for job_id in jobs
+        }
+        done: dict[str, dict[str, float]] = {job_id: {} for job_id in jobs}
+        for job_id, job in jobs.items():
+            for stage in job.stages:
+                done[job_id][stage.name] = 1.0 if stage.state in _DONE_STAGES else 0.0
+        async for event in events:
+            job_id = event.job_id
+            if job_id not in bars:
+                continue
+            kind = event.WhichOneof("payload")
+            if kind == "job_state_changed":
+                progress.update(
+                    bars[job_id],
+                    status=state_name(event.job_state_changed.state),
+                    message=event.job_state_changed.error.message[:60],
+                )
+            elif kind == "stage_updated":
+                stage = event.stage_updated.stage
+                stages = done[job_id]
+                stages[stage.name] = 1.0 if stage.state in _DONE_STAGES else stage.progress
+                progress.update(
+                    bars[job_id],
+                    completed=sum(stages.values()) / max(len(stages), 1),
+                    message=f"{stage.name}: {(stage.error.message or event.stage_updated.message)}"[
+                        :60
+                    ],
+                )
+            if event.HasField("job"):
+                finals[job_id] = event.job
+                if event.job.state == job_pb2.JOB_STATE_SUCCEEDED:
+                    progress.update(bars[job_id], completed=1.0)
+    return finals
+
+
+def show_batch(jobs: Sequence[job_pb2.Job], names: Mapping[str, str]) -> None:
+    """A table of a batch's jobs (state, time taken, stages reused, error), then the count
+    per state."""
+    table = Table("job", "source", "state", "seconds", "reused", "error", box=None)
+    for job in jobs:
+        seconds = ""
+        if job.HasField("start_time") and job.HasField("end_time"):
+            seconds = f"{(job.end_time.ToNanoseconds() - job.start_time.ToNanoseconds()) / 1e9:.1f}"
+        reused = sum(1 for stage in job.stages if stage.reused_from_job_id)
+        table.add_row(
+            job.id,
+            names.get(job.id, job.video_id or job.source_url),
+            state_name(job.state),
+            seconds,
+            f"{reused}/{len(job.stages)}" if reused else "",
+            f"{job.error.reason}: {job.error.message}" if job.error.message else "",
+        )
+    console.print(table)
+    counts = collections.Counter(state_name(job.state) for job in jobs)
+    console.print(", ".join(f"{count} {state.lower()}" for state, count in sorted(counts.items())))
+
+
 def show_job(job: job_pb2.Job) -> None:
     console.print(
         f"[bold]job[/] {job.id}  state [bold]{state_name(job.state)}[/]"
@@ -74,11 +160,16 @@ def show_job(job: job_pb2.Job) -> None:
         console.print(line)
     if job.HasField("deadline"):
         console.print(f"deadline {_clock(job.deadline)}")
+    if job.priority or job.batch_id:
+        console.print(
+            f"priority {job.priority}" + (f"  batch {job.batch_id}" if job.batch_id else "")
+        )
     stages = Table("stage", "state", "progress", "attempts", "error", box=None)
     for stage in job.stages:
         stages.add_row(
             stage.name,
-            stage_state_name(stage.state),
+            stage_state_name(stage.state)
+            + (f" (reused from {stage.reused_from_job_id})" if stage.reused_from_job_id else ""),
             f"{stage.progress:.0%}",
             str(stage.attempts),
             stage.error.message,

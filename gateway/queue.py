@@ -1,0 +1,141 @@
+"""The order in which queued jobs run: priority within an owner, fairness between owners.
+
+A job's ``priority`` (-100..100, default 0) orders only its owner's own waiting jobs (higher
+first, then oldest first): priorities are chosen by callers, so they never let one owner
+overtake another. Between owners the queue is max-min fair, in turns:
+
+- Jobs whose worker vanished (their lease expired while claimed or running) come first: they
+  were already taken from the queue once.
+- Then every owner with waiting jobs takes turns. The owner's k-th waiting job (in its own
+  order) has turn ``held + k``, where ``held`` is how many of the owner's jobs workers hold
+  right now (running, or claimed and starting). Lower turns run first; on a tie the owner whose
+  jobs were claimed least recently (never first) goes first.
+
+So a free slot goes to the owner with the fewest jobs running, and an owner's 1,000-job batch
+waits behind another owner's single job instead of starving it. The claim evaluates this in
+one statement with ``FOR UPDATE SKIP LOCKED`` over indexes: the owners with waiting jobs come
+from a loose scan of ``ix_jobs_waiting`` (one index probe per owner, not per job), each
+owner's first ``limit`` waiting jobs from the same index, its held count from
+``ix_jobs_leased`` and its last claim from ``ix_jobs_owner_claim_time``; its cost grows with
+the number of owners waiting, not with the number of jobs queued.
+
+``QUEUE_POSITION`` computes the same order for one waiting job (GetJob's position and
+estimated start), assuming no new jobs arrive and none finishes meanwhile.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
+
+MIN_PRIORITY = -100
+MAX_PRIORITY = 100
+
+#: Claims up to ``:limit`` jobs for ``:worker`` with a ``:lease`` (seconds), skipping the ids in
+#: ``:busy`` (runs of this worker still ending); returns their ids.
+CLAIM = text(
+    """
+    WITH RECURSIVE waiting_owners(owner) AS (
+        (SELECT owner FROM jobs
+          WHERE state = 'QUEUED' AND lease_owner IS NULL
+          ORDER BY owner LIMIT 1)
+        UNION ALL
+        SELECT (SELECT j.owner FROM jobs j
+                 WHERE j.state = 'QUEUED' AND j.lease_owner IS NULL AND j.owner > w.owner
+                 ORDER BY j.owner LIMIT 1)
+          FROM waiting_owners w
+         WHERE w.owner IS NOT NULL
+    ),
+    candidates AS (
+        SELECT a.id, 0::bigint AS turn, NULL::timestamptz AS served, ''::text AS owner,
+               0::bigint AS rank
+          FROM jobs a
+         WHERE a.lease_owner IS NOT NULL AND a.state IN ('QUEUED', 'RUNNING')
+           AND a.lease_expires_at < now()
+        UNION ALL
+        SELECT q.id, h.held + q.rank, s.served, w.owner, q.rank
+          FROM waiting_owners w
+          CROSS JOIN LATERAL (
+                SELECT count(*) AS held FROM jobs l
+                 WHERE l.owner = w.owner AND l.lease_owner IS NOT NULL
+                   AND l.state IN ('QUEUED', 'RUNNING') AND l.lease_expires_at >= now()) h
+          CROSS JOIN LATERAL (
+                SELECT max(c.claim_time) AS served FROM jobs c WHERE c.owner = w.owner) s
+          CROSS JOIN LATERAL (
+                SELECT t.id,
+                       row_number() OVER (ORDER BY t.priority DESC, t.create_time, t.id) AS rank
+                  FROM jobs t
+                 WHERE t.owner = w.owner AND t.state = 'QUEUED' AND t.lease_owner IS NULL
+                 ORDER BY t.priority DESC, t.create_time, t.id
+                 LIMIT :limit) q
+         WHERE w.owner IS NOT NULL
+    )
+    UPDATE jobs
+       SET lease_owner = :worker,
+           lease_expires_at = now() + make_interval(secs => :lease),
+           attempts = attempts + 1,
+           claim_time = now(),
+           update_time = now()
+     WHERE id IN (
+           SELECT j.id FROM jobs j JOIN candidates c ON c.id = j.id
+            WHERE j.state IN ('QUEUED', 'RUNNING')
+              AND (j.lease_expires_at IS NULL OR j.lease_expires_at < now())
+              AND j.id <> ALL(:busy)
+            ORDER BY c.turn, c.served NULLS FIRST, c.owner, c.rank
+            LIMIT :limit
+            FOR UPDATE OF j SKIP LOCKED)
+    RETURNING id
+    """
+).bindparams(bindparam("busy", type_=ARRAY(UUID(as_uuid=True))))
+
+#: The 1-based position of waiting job ``:id`` in the claim order; no row when it is not
+#: waiting. The turn of each owner's waiting jobs is as in ``CLAIM``; ``-infinity`` stands for
+#: "never claimed", which wins ties as ``NULLS FIRST`` does there.
+QUEUE_POSITION = text(
+    """
+    WITH me AS (
+        SELECT owner, priority, create_time, id FROM jobs
+         WHERE id = :id AND state = 'QUEUED' AND lease_owner IS NULL
+    ),
+    held AS (
+        SELECT owner,
+               count(*) FILTER (WHERE lease_expires_at >= now()) AS live,
+               count(*) FILTER (WHERE lease_expires_at < now()) AS lost
+          FROM jobs
+         WHERE lease_owner IS NOT NULL AND state IN ('QUEUED', 'RUNNING')
+         GROUP BY owner
+    ),
+    owners AS (
+        SELECT w.owner, count(*) AS waiting
+          FROM jobs w
+         WHERE w.state = 'QUEUED' AND w.lease_owner IS NULL
+         GROUP BY w.owner
+    ),
+    turns AS (
+        SELECT o.owner, o.waiting, COALESCE(h.live, 0) AS live,
+               COALESCE((SELECT max(c.claim_time) FROM jobs c WHERE c.owner = o.owner),
+                        '-infinity') AS served
+          FROM owners o LEFT JOIN held h ON h.owner = o.owner
+    ),
+    mine AS (
+        SELECT t.owner, t.served,
+               t.live + (SELECT count(*) FROM jobs m
+                          WHERE m.owner = me.owner AND m.state = 'QUEUED'
+                            AND m.lease_owner IS NULL
+                            AND (m.priority > me.priority
+                                 OR (m.priority = me.priority
+                                     AND (m.create_time, m.id) <= (me.create_time, me.id))))
+               AS turn
+          FROM turns t JOIN me ON me.owner = t.owner
+    )
+    SELECT (SELECT COALESCE(sum(lost), 0) FROM held)
+         + (mine.turn - (SELECT live FROM turns WHERE owner = mine.owner))
+         + COALESCE((
+               SELECT sum(LEAST(GREATEST(mine.turn - 1 - o.live, 0), o.waiting)
+                          + CASE WHEN o.live < mine.turn AND mine.turn <= o.live + o.waiting
+                                      AND (o.served, o.owner) < (mine.served, mine.owner)
+                                 THEN 1 ELSE 0 END)
+                 FROM turns o WHERE o.owner <> mine.owner), 0) AS position
+      FROM mine
+    """
+)
