@@ -49,6 +49,7 @@ from reelmill.v1 import (
     metadata_service_pb2,
     transcode_service_pb2,
     transcribe_service_pb2,
+    vision_service_pb2,
 )
 from tests.media import make_clip
 from tests.servers import PostgresServer, S3Server, free_port, stop_process
@@ -61,7 +62,7 @@ OVERLAYS = ("dev", "prod")
 KUBERNETES_VERSION = "1.30.0"
 
 GATEWAY = "gateway"
-INTERNAL = ("ingest", "transcode", "transcribe", "metadata")
+INTERNAL = ("ingest", "transcode", "transcribe", "metadata", "vision")
 PROCESSES = (GATEWAY, *INTERNAL)
 MODULES = {
     "gateway": "gateway",
@@ -69,6 +70,7 @@ MODULES = {
     "transcode": "services.transcode",
     "transcribe": "services.transcribe",
     "metadata": "services.metadata",
+    "vision": "services.vision",
 }
 SERVICE_NAMES = {
     "gateway": job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
@@ -76,6 +78,7 @@ SERVICE_NAMES = {
     "transcode": transcode_service_pb2.DESCRIPTOR.services_by_name["TranscodeService"].full_name,
     "transcribe": transcribe_service_pb2.DESCRIPTOR.services_by_name["TranscribeService"].full_name,
     "metadata": metadata_service_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name,
+    "vision": vision_service_pb2.DESCRIPTOR.services_by_name["VisionService"].full_name,
 }
 #: Secrets overlays/prod references but does not create; deploy/k8s/README.md documents them.
 EXTERNAL_SECRETS = {
@@ -206,6 +209,7 @@ def settings_class(process: str) -> type[BaseSettings]:
     from services.metadata.settings import MetadataSettings
     from services.transcode.settings import TranscodeSettings
     from services.transcribe.settings import TranscribeSettings
+    from services.vision.settings import VisionSettings
 
     return {
         "gateway": GatewaySettings,
@@ -214,6 +218,7 @@ def settings_class(process: str) -> type[BaseSettings]:
         "transcode": TranscodeSettings,
         "transcribe": TranscribeSettings,
         "metadata": MetadataSettings,
+        "vision": VisionSettings,
     }[process]
 
 
