@@ -5,6 +5,8 @@
     ├── NotFound                  NOT_FOUND
     ├── AlreadyExists             ALREADY_EXISTS
     ├── FailedPrecondition        FAILED_PRECONDITION
+    ├── OutOfRange                OUT_OF_RANGE
+    ├── Aborted                   ABORTED
     ├── PermissionDenied          PERMISSION_DENIED
     ├── Unauthenticated           UNAUTHENTICATED
     ├── ResourceExhausted         RESOURCE_EXHAUSTED
@@ -90,6 +92,20 @@ class FailedPrecondition(ReelmillError):
     default_reason = "FAILED_PRECONDITION"
 
 
+class OutOfRange(ReelmillError):
+    """Past the valid range (bytes beyond an upload's declared size)."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+    default_reason = "OUT_OF_RANGE"
+
+
+class Aborted(ReelmillError):
+    """Lost to a concurrent operation on the same resource (another write took it over)."""
+
+    code = grpc.StatusCode.ABORTED
+    default_reason = "ABORTED"
+
+
 class PermissionDenied(ReelmillError):
     code = grpc.StatusCode.PERMISSION_DENIED
     default_reason = "PERMISSION_DENIED"
@@ -140,6 +156,8 @@ _BY_CODE: dict[grpc.StatusCode, type[ReelmillError]] = {
         NotFound,
         AlreadyExists,
         FailedPrecondition,
+        OutOfRange,
+        Aborted,
         PermissionDenied,
         Unauthenticated,
         ResourceExhausted,

@@ -4,9 +4,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from reelmill.v1 import media_pb2 as _media_pb2
 import builtins as _builtins
 import sys
@@ -209,3 +211,244 @@ class ImportUrlResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_update) -> _WhichOneofReturnType_update | None: ...
 
 Global___ImportUrlResponse: _TypeAlias = ImportUrlResponse  # noqa: Y015
+
+@_typing.final
+class StartResumableWriteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> Global___IngestHeader:
+        """The destination, size, SHA-256 and content type, checked as an upload's."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___IngestHeader | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartResumableWriteRequest: _TypeAlias = StartResumableWriteRequest  # noqa: Y015
+
+@_typing.final
+class StartResumableWriteResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WRITE_TOKEN_FIELD_NUMBER: _builtins.int
+    PART_SIZE_FIELD_NUMBER: _builtins.int
+    write_token: _builtins.str
+    """Names the write in the object store (an S3 multipart upload id)."""
+    part_size: _builtins.int
+    """Every part but the last has this size."""
+    def __init__(
+        self,
+        *,
+        write_token: _builtins.str = ...,
+        part_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["part_size", b"part_size", "write_token", b"write_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartResumableWriteResponse: _TypeAlias = StartResumableWriteResponse  # noqa: Y015
+
+@_typing.final
+class PartsTarget(_message.Message):
+    """Where a resumable write goes and how it is cut."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DESTINATION_FIELD_NUMBER: _builtins.int
+    WRITE_TOKEN_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    PART_SIZE_FIELD_NUMBER: _builtins.int
+    write_token: _builtins.str
+    size_bytes: _builtins.int
+    """The whole file's size."""
+    part_size: _builtins.int
+    @_builtins.property
+    def destination(self) -> _media_pb2.ObjectRef: ...
+    def __init__(
+        self,
+        *,
+        destination: _media_pb2.ObjectRef | None = ...,
+        write_token: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        part_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination", "part_size", b"part_size", "size_bytes", b"size_bytes", "write_token", b"write_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PartsTarget: _TypeAlias = PartsTarget  # noqa: Y015
+
+@_typing.final
+class PartsHeader(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    WRITE_OFFSET_FIELD_NUMBER: _builtins.int
+    HASH_STATE_FIELD_NUMBER: _builtins.int
+    write_offset: _builtins.int
+    """The committed size: a part boundary. The chunks that follow start here."""
+    hash_state: _builtins.bytes
+    """The SHA-256 state after the committed bytes (empty at offset 0)."""
+    @_builtins.property
+    def target(self) -> Global___PartsTarget: ...
+    def __init__(
+        self,
+        *,
+        target: Global___PartsTarget | None = ...,
+        write_offset: _builtins.int = ...,
+        hash_state: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hash_state", b"hash_state", "target", b"target", "write_offset", b"write_offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PartsHeader: _TypeAlias = PartsHeader  # noqa: Y015
+
+@_typing.final
+class WritePartsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    @_builtins.property
+    def header(self) -> Global___PartsHeader: ...
+    def __init__(
+        self,
+        *,
+        header: Global___PartsHeader | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___WritePartsRequest: _TypeAlias = WritePartsRequest  # noqa: Y015
+
+@_typing.final
+class CommittedPart(_message.Message):
+    """A part that is durable."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PART_NUMBER_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    COMMITTED_SIZE_FIELD_NUMBER: _builtins.int
+    HASH_STATE_FIELD_NUMBER: _builtins.int
+    part_number: _builtins.int
+    """1-based; covers [(part_number - 1) * part_size, committed_size)."""
+    etag: _builtins.str
+    committed_size: _builtins.int
+    hash_state: _builtins.bytes
+    """The SHA-256 state after committed_size bytes."""
+    def __init__(
+        self,
+        *,
+        part_number: _builtins.int = ...,
+        etag: _builtins.str = ...,
+        committed_size: _builtins.int = ...,
+        hash_state: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed_size", b"committed_size", "etag", b"etag", "hash_state", b"hash_state", "part_number", b"part_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommittedPart: _TypeAlias = CommittedPart  # noqa: Y015
+
+@_typing.final
+class WritePartsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PART_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def part(self) -> Global___CommittedPart: ...
+    def __init__(
+        self,
+        *,
+        part: Global___CommittedPart | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WritePartsResponse: _TypeAlias = WritePartsResponse  # noqa: Y015
+
+@_typing.final
+class CompleteResumableWriteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
+    HASH_STATE_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    hash_state: _builtins.bytes
+    """The SHA-256 state after the whole file."""
+    sha256: _builtins.str
+    """The declared SHA-256 (lower-case hex), or empty."""
+    content_type: _builtins.str
+    """The content type to record; empty lets the probe decide."""
+    @_builtins.property
+    def target(self) -> Global___PartsTarget: ...
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___CommittedPart]:
+        """Every part, in order (part_number and etag)."""
+
+    def __init__(
+        self,
+        *,
+        target: Global___PartsTarget | None = ...,
+        parts: _abc.Iterable[Global___CommittedPart] | None = ...,
+        hash_state: _builtins.bytes = ...,
+        sha256: _builtins.str = ...,
+        content_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "hash_state", b"hash_state", "parts", b"parts", "sha256", b"sha256", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteResumableWriteRequest: _TypeAlias = CompleteResumableWriteRequest  # noqa: Y015
+
+@_typing.final
+class CompleteResumableWriteResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIDEO_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def video(self) -> Global___IngestVideoResponse: ...
+    def __init__(
+        self,
+        *,
+        video: Global___IngestVideoResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["video", b"video"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["video", b"video"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteResumableWriteResponse: _TypeAlias = CompleteResumableWriteResponse  # noqa: Y015

@@ -41,6 +41,21 @@ class IngestServiceStub:
                 request_serializer=reelmill_dot_v1_dot_ingest__service__pb2.IngestVideoRequest.SerializeToString,
                 response_deserializer=reelmill_dot_v1_dot_ingest__service__pb2.IngestVideoResponse.FromString,
                 _registered_method=True)
+        self.StartResumableWrite = channel.unary_unary(
+                '/reelmill.v1.IngestService/StartResumableWrite',
+                request_serializer=reelmill_dot_v1_dot_ingest__service__pb2.StartResumableWriteRequest.SerializeToString,
+                response_deserializer=reelmill_dot_v1_dot_ingest__service__pb2.StartResumableWriteResponse.FromString,
+                _registered_method=True)
+        self.WriteParts = channel.stream_stream(
+                '/reelmill.v1.IngestService/WriteParts',
+                request_serializer=reelmill_dot_v1_dot_ingest__service__pb2.WritePartsRequest.SerializeToString,
+                response_deserializer=reelmill_dot_v1_dot_ingest__service__pb2.WritePartsResponse.FromString,
+                _registered_method=True)
+        self.CompleteResumableWrite = channel.unary_unary(
+                '/reelmill.v1.IngestService/CompleteResumableWrite',
+                request_serializer=reelmill_dot_v1_dot_ingest__service__pb2.CompleteResumableWriteRequest.SerializeToString,
+                response_deserializer=reelmill_dot_v1_dot_ingest__service__pb2.CompleteResumableWriteResponse.FromString,
+                _registered_method=True)
         self.ProbeVideo = channel.unary_unary(
                 '/reelmill.v1.IngestService/ProbeVideo',
                 request_serializer=reelmill_dot_v1_dot_ingest__service__pb2.ProbeVideoRequest.SerializeToString,
@@ -61,6 +76,30 @@ class IngestServiceServicer:
         """Stores an upload stream (a header, then chunks) at the header's key,
         verifying size and SHA-256, and probes it. Not-a-video, empty and
         truncated input fail with INVALID_ARGUMENT and leave no object behind.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartResumableWrite(self, request, context):
+        """Resumable uploads. The gateway keeps the record (token, part size, committed parts
+        and the SHA-256 state after them); ingest moves the bytes. Begins a resumable write.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WriteParts(self, request_iterator, context):
+        """Stores the bytes after the committed size as durable parts, reporting each one, in
+        order, once it is durable. A partial part at the end of the stream is dropped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteResumableWrite(self, request, context):
+        """Verifies the whole (size, SHA-256 from the saved state), completes the write and probes
+        it as IngestVideo does; refused media is deleted again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -88,6 +127,21 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.IngestVideo,
                     request_deserializer=reelmill_dot_v1_dot_ingest__service__pb2.IngestVideoRequest.FromString,
                     response_serializer=reelmill_dot_v1_dot_ingest__service__pb2.IngestVideoResponse.SerializeToString,
+            ),
+            'StartResumableWrite': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartResumableWrite,
+                    request_deserializer=reelmill_dot_v1_dot_ingest__service__pb2.StartResumableWriteRequest.FromString,
+                    response_serializer=reelmill_dot_v1_dot_ingest__service__pb2.StartResumableWriteResponse.SerializeToString,
+            ),
+            'WriteParts': grpc.stream_stream_rpc_method_handler(
+                    servicer.WriteParts,
+                    request_deserializer=reelmill_dot_v1_dot_ingest__service__pb2.WritePartsRequest.FromString,
+                    response_serializer=reelmill_dot_v1_dot_ingest__service__pb2.WritePartsResponse.SerializeToString,
+            ),
+            'CompleteResumableWrite': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteResumableWrite,
+                    request_deserializer=reelmill_dot_v1_dot_ingest__service__pb2.CompleteResumableWriteRequest.FromString,
+                    response_serializer=reelmill_dot_v1_dot_ingest__service__pb2.CompleteResumableWriteResponse.SerializeToString,
             ),
             'ProbeVideo': grpc.unary_unary_rpc_method_handler(
                     servicer.ProbeVideo,
@@ -128,6 +182,87 @@ class IngestService:
             '/reelmill.v1.IngestService/IngestVideo',
             reelmill_dot_v1_dot_ingest__service__pb2.IngestVideoRequest.SerializeToString,
             reelmill_dot_v1_dot_ingest__service__pb2.IngestVideoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartResumableWrite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/reelmill.v1.IngestService/StartResumableWrite',
+            reelmill_dot_v1_dot_ingest__service__pb2.StartResumableWriteRequest.SerializeToString,
+            reelmill_dot_v1_dot_ingest__service__pb2.StartResumableWriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteParts(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/reelmill.v1.IngestService/WriteParts',
+            reelmill_dot_v1_dot_ingest__service__pb2.WritePartsRequest.SerializeToString,
+            reelmill_dot_v1_dot_ingest__service__pb2.WritePartsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteResumableWrite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/reelmill.v1.IngestService/CompleteResumableWrite',
+            reelmill_dot_v1_dot_ingest__service__pb2.CompleteResumableWriteRequest.SerializeToString,
+            reelmill_dot_v1_dot_ingest__service__pb2.CompleteResumableWriteResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,26 @@ class JobServiceStub:
                 request_serializer=reelmill_dot_v1_dot_job__service__pb2.UploadVideoRequest.SerializeToString,
                 response_deserializer=reelmill_dot_v1_dot_job__service__pb2.UploadVideoResponse.FromString,
                 _registered_method=True)
+        self.StartUpload = channel.unary_unary(
+                '/reelmill.v1.JobService/StartUpload',
+                request_serializer=reelmill_dot_v1_dot_job__service__pb2.StartUploadRequest.SerializeToString,
+                response_deserializer=reelmill_dot_v1_dot_job__service__pb2.StartUploadResponse.FromString,
+                _registered_method=True)
+        self.WriteUpload = channel.stream_unary(
+                '/reelmill.v1.JobService/WriteUpload',
+                request_serializer=reelmill_dot_v1_dot_job__service__pb2.WriteUploadRequest.SerializeToString,
+                response_deserializer=reelmill_dot_v1_dot_job__service__pb2.WriteUploadResponse.FromString,
+                _registered_method=True)
+        self.GetUpload = channel.unary_unary(
+                '/reelmill.v1.JobService/GetUpload',
+                request_serializer=reelmill_dot_v1_dot_job__service__pb2.GetUploadRequest.SerializeToString,
+                response_deserializer=reelmill_dot_v1_dot_job__service__pb2.GetUploadResponse.FromString,
+                _registered_method=True)
+        self.FinishUpload = channel.unary_unary(
+                '/reelmill.v1.JobService/FinishUpload',
+                request_serializer=reelmill_dot_v1_dot_job__service__pb2.FinishUploadRequest.SerializeToString,
+                response_deserializer=reelmill_dot_v1_dot_job__service__pb2.FinishUploadResponse.FromString,
+                _registered_method=True)
         self.GetVideo = channel.unary_unary(
                 '/reelmill.v1.JobService/GetVideo',
                 request_serializer=reelmill_dot_v1_dot_job__service__pb2.GetVideoRequest.SerializeToString,
@@ -119,6 +139,40 @@ class JobServiceServicer:
     def UploadVideo(self, request_iterator, context):
         """Uploads a video: one header message, then byte chunks. Memory stays
         constant whatever the size. Returns the stored video with its media info.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartUpload(self, request, context):
+        """Starts a resumable upload (google.bytestream style) from a header like UploadVideo's;
+        returns the upload with its id. Limits and checks are UploadVideo's, at the header.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WriteUpload(self, request_iterator, context):
+        """Writes bytes of a resumable upload from write_offset, which must be the committed size
+        (FAILED_PRECONDITION WRITE_OFFSET_MISMATCH otherwise, with the committed size in the
+        ErrorInfo metadata); bytes past the declared size: OUT_OF_RANGE WRITE_PAST_END. Returns
+        the committed size once the stream ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUpload(self, request, context):
+        """Gets a resumable upload: its committed size, state, and video once finished.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FinishUpload(self, request, context):
+        """Finishes a resumable upload whose bytes are all committed: verifies size and SHA-256,
+        probes, and returns the stored video as UploadVideo does. Again after it finished: the
+        same video.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -232,6 +286,26 @@ def add_JobServiceServicer_to_server(servicer, server):
                     request_deserializer=reelmill_dot_v1_dot_job__service__pb2.UploadVideoRequest.FromString,
                     response_serializer=reelmill_dot_v1_dot_job__service__pb2.UploadVideoResponse.SerializeToString,
             ),
+            'StartUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartUpload,
+                    request_deserializer=reelmill_dot_v1_dot_job__service__pb2.StartUploadRequest.FromString,
+                    response_serializer=reelmill_dot_v1_dot_job__service__pb2.StartUploadResponse.SerializeToString,
+            ),
+            'WriteUpload': grpc.stream_unary_rpc_method_handler(
+                    servicer.WriteUpload,
+                    request_deserializer=reelmill_dot_v1_dot_job__service__pb2.WriteUploadRequest.FromString,
+                    response_serializer=reelmill_dot_v1_dot_job__service__pb2.WriteUploadResponse.SerializeToString,
+            ),
+            'GetUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUpload,
+                    request_deserializer=reelmill_dot_v1_dot_job__service__pb2.GetUploadRequest.FromString,
+                    response_serializer=reelmill_dot_v1_dot_job__service__pb2.GetUploadResponse.SerializeToString,
+            ),
+            'FinishUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishUpload,
+                    request_deserializer=reelmill_dot_v1_dot_job__service__pb2.FinishUploadRequest.FromString,
+                    response_serializer=reelmill_dot_v1_dot_job__service__pb2.FinishUploadResponse.SerializeToString,
+            ),
             'GetVideo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetVideo,
                     request_deserializer=reelmill_dot_v1_dot_job__service__pb2.GetVideoRequest.FromString,
@@ -328,6 +402,114 @@ class JobService:
             '/reelmill.v1.JobService/UploadVideo',
             reelmill_dot_v1_dot_job__service__pb2.UploadVideoRequest.SerializeToString,
             reelmill_dot_v1_dot_job__service__pb2.UploadVideoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/reelmill.v1.JobService/StartUpload',
+            reelmill_dot_v1_dot_job__service__pb2.StartUploadRequest.SerializeToString,
+            reelmill_dot_v1_dot_job__service__pb2.StartUploadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteUpload(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/reelmill.v1.JobService/WriteUpload',
+            reelmill_dot_v1_dot_job__service__pb2.WriteUploadRequest.SerializeToString,
+            reelmill_dot_v1_dot_job__service__pb2.WriteUploadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/reelmill.v1.JobService/GetUpload',
+            reelmill_dot_v1_dot_job__service__pb2.GetUploadRequest.SerializeToString,
+            reelmill_dot_v1_dot_job__service__pb2.GetUploadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FinishUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/reelmill.v1.JobService/FinishUpload',
+            reelmill_dot_v1_dot_job__service__pb2.FinishUploadRequest.SerializeToString,
+            reelmill_dot_v1_dot_job__service__pb2.FinishUploadResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -255,6 +255,20 @@ class Ingestor:
         source: Path | str = url if url.startswith(("http://", "https://")) else Path(url)
         return await probe(source, size=info.size, timeout=self._probe_timeout, limits=self._limits)
 
+    async def probe_stored(self, key: str, size: int) -> MediaInfo:
+        """Probes a stored upload with every check ``store`` makes on its scratch copy: the
+        container's framing (truncation, external data references) is read in ranges from the
+        store's URL when the object is not a local file."""
+        url = await self._store.media_url(key)
+        source: Path | str = url if url.startswith(("http://", "https://")) else Path(url)
+        return await probe(
+            source,
+            size=size,
+            timeout=self._probe_timeout,
+            limits=self._limits,
+            check_structure=True,
+        )
+
     # -- housekeeping ------------------------------------------------------------------------
 
     def _sweep_scratch(self, older_than: timedelta) -> int:

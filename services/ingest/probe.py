@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import av.error
@@ -34,6 +35,7 @@ from av.stream import Disposition, Stream
 
 from runtime import demux
 from runtime.errors import Internal, InvalidArgument, Unavailable
+from services.ingest.ranged import open_ranged
 from services.ingest.structure import find_external_reference, find_truncation
 
 log = logging.getLogger(__name__)
@@ -119,9 +121,16 @@ class _Timeout(Exception):
 
 
 async def probe(
-    source: Path | str, *, size: int, timeout: float, limits: MediaLimits = DEFAULT_LIMITS
+    source: Path | str,
+    *,
+    size: int,
+    timeout: float,
+    limits: MediaLimits = DEFAULT_LIMITS,
+    check_structure: bool = False,
 ) -> MediaInfo:
-    """Probes a local file (``Path``) or an http(s) URL (``str``) of ``size`` bytes.
+    """Probes a local file (``Path``) or an http(s) URL (``str``) of ``size`` bytes. A local
+    file's framing is always checked (truncation, external data references); a URL's only
+    with ``check_structure`` (read in HTTP ranges).
 
     Raises ``InvalidArgument`` (NOT_A_VIDEO, TRUNCATED_MEDIA, PROBE_TIMEOUT,
     DIMENSIONS_TOO_LARGE, DURATION_TOO_LONG) for bad media and ``Unavailable`` when a URL
@@ -130,7 +139,13 @@ async def probe(
     stop = threading.Event()
     deadline = time.monotonic() + timeout
     worker = asyncio.to_thread(
-        probe_sync, source, size=size, deadline=deadline, stop=stop, limits=limits
+        probe_sync,
+        source,
+        size=size,
+        deadline=deadline,
+        stop=stop,
+        limits=limits,
+        check_structure=check_structure,
     )
     try:
         # The thread stops itself at the deadline; the margin only covers a stuck FFmpeg call.
@@ -154,16 +169,22 @@ def probe_sync(
     deadline: float,
     stop: threading.Event | None = None,
     limits: MediaLimits = DEFAULT_LIMITS,
+    check_structure: bool = False,
 ) -> MediaInfo:
     """The blocking probe; see ``probe``."""
     stop = stop or threading.Event()
     local = isinstance(source, Path)
     if isinstance(source, Path):
-        if find_external_reference(source, size):
-            raise not_a_video("it refers to media data in other files or at URLs")
-        problem = find_truncation(source, size)
-        if problem is not None:
-            raise truncated(problem)
+        _check_structure(source, size)
+    elif check_structure:
+        try:
+            with open_ranged(source, size, timeout=max(deadline - time.monotonic(), 0.1)) as handle:
+                _check_structure(handle, size)
+        except OSError as exc:
+            log.info("probe could not read the object's framing: %s", exc)
+            raise Unavailable(
+                "the object could not be read from storage", reason="STORAGE_UNAVAILABLE"
+            ) from None
     remaining = max(deadline - time.monotonic(), 0.1)
     try:
         container = av.open(
@@ -187,6 +208,14 @@ def probe_sync(
         raise _timed_out(remaining) from None
     except av.error.ExitError:
         raise _timed_out(remaining) from None
+
+
+def _check_structure(source: Path | BinaryIO, size: int) -> None:
+    if find_external_reference(source, size):
+        raise not_a_video("it refers to media data in other files or at URLs")
+    problem = find_truncation(source, size)
+    if problem is not None:
+        raise truncated(problem)
 
 
 def _open_error(exc: av.error.FFmpegError, *, local: bool, timeout: float) -> Exception:

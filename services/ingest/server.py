@@ -17,6 +17,7 @@ from runtime.storage import ObjectStore
 from services.ingest.ingest import Ingestor
 from services.ingest.platforms import PlatformExtractor
 from services.ingest.probe import MediaLimits
+from services.ingest.resumable import ResumableWrites
 from services.ingest.servicer import IngestServicer
 from services.ingest.settings import IngestSettings
 from services.ingest.url_import import ImportConfig, UrlImporter
@@ -66,7 +67,7 @@ def build_spec(
         inner_backend=inner_backend,
         verify=verify,
     )
-    servicer = IngestServicer(ingestor, importer)
+    servicer = IngestServicer(ingestor, importer, ResumableWrites(store, ingestor))
 
     def register(server: grpc.aio.Server) -> None:
         ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server)

@@ -18,7 +18,9 @@ default, but such a file is not the whole media: ``find_external_reference`` fin
 
 from __future__ import annotations
 
+import contextlib
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -33,10 +35,21 @@ _DREF_PATH = (b"moov", b"trak", b"mdia", b"minf", b"dinf", b"dref")
 _SELF_CONTAINED = 0x000001
 
 
-def find_truncation(path: Path, size: int) -> str | None:
-    """How the file at ``path`` (``size`` bytes) is cut short; ``None`` if it looks whole or
-    its container is not one this module knows."""
-    with path.open("rb") as handle:
+@contextlib.contextmanager
+def _opened(source: Path | BinaryIO) -> Iterator[BinaryIO]:
+    """A file to read from its start: ``source`` opened, or (a seekable handle) rewound."""
+    if isinstance(source, Path):
+        with source.open("rb") as handle:
+            yield handle
+    else:
+        source.seek(0)
+        yield source
+
+
+def find_truncation(path: Path | BinaryIO, size: int) -> str | None:
+    """How the file at ``path`` (``size`` bytes; or an open seekable handle on it) is cut
+    short; ``None`` if it looks whole or its container is not one this module knows."""
+    with _opened(path) as handle:
         head = handle.read(16)
         if len(head) >= 8 and head[4:8] in _BMFF_FIRST:
             return _bmff(handle, size)
@@ -152,9 +165,9 @@ def _children(handle: BinaryIO, start: int, end: int) -> list[tuple[bytes, int, 
     return boxes
 
 
-def find_external_reference(path: Path, size: int) -> bool:
+def find_external_reference(path: Path | BinaryIO, size: int) -> bool:
     """Whether an ISO BMFF file's tracks refer to data outside the file (URLs, other files)."""
-    with path.open("rb") as handle:
+    with _opened(path) as handle:
         if handle.read(8)[4:8] not in _BMFF_FIRST:
             return False
         level = [(b"", 0, size)]
