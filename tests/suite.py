@@ -28,10 +28,11 @@ INTERNAL_TOKEN = "internal-test-token-" + "y" * 40
 PROBE_ONLY = pipeline_pb2.PipelineSpec(
     transcode=pipeline_pb2.TranscodeSpec(disabled=True),
     audio=pipeline_pb2.AudioSpec(disabled=True),
+    scenes=pipeline_pb2.ScenesSpec(disabled=True),
 )
 ROOT = Path(__file__).resolve().parent.parent
 #: The internal services, in start order (each a ``services.<name>`` module).
-SERVICES = ("ingest", "transcode", "transcribe", "metadata")
+SERVICES = ("ingest", "transcode", "transcribe", "metadata", "vision")
 
 
 def token(

@@ -46,6 +46,7 @@ SERVICES: tuple[tuple[str, str], ...] = (
     ("transcode", "services.transcode"),
     ("transcribe", "services.transcribe"),
     ("metadata", "services.metadata"),
+    ("vision", "services.vision"),
 )
 GATEWAY = ("gateway", "gateway")
 START_TIMEOUT = 120.0
