@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARKS = ("upload", "watch", "transcode", "transcribe", "pipeline", "throughput")
+BENCHMARKS = ("upload", "watch", "transcode", "transcribe", "pipeline", "throughput", "vision")
 
 
 def main() -> None:
