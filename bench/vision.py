@@ -78,12 +78,10 @@ def f1(found: Sequence[int], truth: Sequence[int], spans: Sequence[tuple[int, in
 
 
 def our_boundaries(scenes: Scenes) -> list[int]:
-    """Where our shots change: cuts, and the middle of each gradual transition."""
-    return [s.start_frame for s in scenes.shots[1:]] + [
-        (t.start_frame + t.end_frame) // 2
+    """Where our shots change: each cut, and the middle of each gradual transition."""
+    return [
+        t.start_frame if t.kind is TransitionKind.CUT else (t.start_frame + t.end_frame) // 2
         for t in scenes.transitions
-        if t.kind is not TransitionKind.CUT
-        and (t.start_frame + t.end_frame) // 2 not in [s.start_frame for s in scenes.shots]
     ]
 
 

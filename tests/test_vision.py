@@ -17,7 +17,7 @@ from runtime.durations import duration_message
 from runtime.errors import InvalidArgument
 from runtime.storage.local import LocalObjectStore
 from services.vision import messages
-from services.vision.frames import decode_frames, fit, small_bgr
+from services.vision.frames import shrunk_frames
 from services.vision.model import (
     Detector,
     OcrOptions,
@@ -54,13 +54,12 @@ CAPTIONS = (
 
 
 def analyse(path: Path, options: ShotOptions | None = None, fps: float = 0.0) -> Scenes:
+    """The scenes stage's own analysis of ``path`` (frames as the service shrinks them)."""
     finder: ShotFinder | None = None
-    size = (0, 0)
-    for decoded in decode_frames(str(path), stop=threading.Event()):
+    for small in shrunk_frames(str(path), width=256, stop=threading.Event()):
         if finder is None:
-            finder = ShotFinder(options or ShotOptions(), fps or decoded.fps)
-            size = fit(decoded.frame.width, decoded.frame.height, width_to=256)
-        finder.push(decoded.index, decoded.time, small_bgr(decoded.frame, size))
+            finder = ShotFinder(options or ShotOptions(), fps or small.fps)
+        finder.push(small.index, small.time, small.image)
     assert finder is not None
     return finder.finish()
 

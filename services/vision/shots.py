@@ -155,9 +155,11 @@ class GradualDetector:
         tiny = cv2.resize(image, TINY_SIZE, interpolation=cv2.INTER_AREA).astype(np.float32)
         step = float(np.abs(tiny - self.window[-1].pixels).mean()) if self.window else 0.0
         self.window.append(_Tiny(index, time, tiny, step, blank))
+        frames = list(self.window)
+        steps = np.fromiter((f.step for f in frames), np.float64, len(frames))
         for half in self.halves:
-            if len(self.window) > 2 * half:
-                found = self._check(half)
+            if len(frames) > 2 * half:
+                found = self._check(frames[-(2 * half + 1) :], steps[-(2 * half + 1) :], half)
                 if found is not None:
                     self._offer(found)
         return self._settled(index)
@@ -167,8 +169,11 @@ class GradualDetector:
         self.pending, self.done = None, []
         return done
 
-    def _check(self, half: int) -> _Candidate | None:
-        frames = list(self.window)[-(2 * half + 1) :]
+    def _check(
+        self, frames: list[_Tiny], steps: npt.NDArray[np.float64], half: int
+    ) -> _Candidate | None:
+        """Whether ``frames`` (``2 * half + 1`` of them, ``steps`` their changes) hold a
+        transition centred on the middle one."""
         first, middle, last = frames[0], frames[half], frames[-1]
         if first.blank and last.blank:
             return None  # a change of light between two blank frames is no shot change
@@ -176,27 +181,29 @@ class GradualDetector:
         size = float(np.abs(change).mean())
         if size < MIN_CHANGE:
             return None
-        if max(f.step for f in frames[1:]) > MAX_STEP_SHARE * size:
+        if float(steps[1:].max()) > MAX_STEP_SHARE * size:
             return None  # one step carries the change: a cut, not a blend
         blend = (first.pixels + last.pixels) / 2
         residual = float(np.abs(middle.pixels - blend).mean()) / size
         if residual > MAX_BLEND_RESIDUAL:
             return None
-        norm = float((change * change).sum())
-        alphas = [float(((f.pixels - first.pixels) * change).sum()) / norm for f in frames]
-        inside = [i for i, a in enumerate(alphas) if SPAN_LOW < a < SPAN_HIGH]
+        stack = np.stack([f.pixels for f in frames]).reshape(len(frames), -1)
+        alphas = (
+            (stack - first.pixels.reshape(-1)) @ change.reshape(-1) / float((change * change).sum())
+        )
+        inside = np.flatnonzero((alphas > SPAN_LOW) & (alphas < SPAN_HIGH))
         if len(inside) < 2 or not inside[0] <= half <= inside[-1]:
             return None
+        low, high = int(inside[0]), int(inside[-1])
         # The change happens inside the span, not all along (a slow pan, animated light): its
         # frames change several times faster than those around it.
-        outside = [f.step for i, f in enumerate(frames[1:], 1) if not inside[0] <= i <= inside[-1]]
-        within = [frames[i].step for i in range(inside[0], inside[-1] + 1)]
-        if outside and np.mean(within) < CONCENTRATION * np.mean(outside):
+        outside = np.concatenate([steps[1:low], steps[high + 1 :]])
+        if len(outside) and steps[low : high + 1].mean() < CONCENTRATION * outside.mean():
             return None
-        start, end = frames[inside[0]], frames[inside[-1]]
+        start, end = frames[low], frames[high]
         # A window that is all transition (its ends mid-blend) sees only part of it.
         edge = max(1, len(frames) // 10)
-        touches = inside[0] <= edge or inside[-1] >= len(frames) - 1 - edge
+        touches = low <= edge or high >= len(frames) - 1 - edge
         if last.blank:
             kind = TransitionKind.FADE_OUT
         elif first.blank:

@@ -31,7 +31,7 @@ from runtime.storage.keys import normalize_prefix
 from runtime.tasks import shielded
 from runtime.threads import Put, produce_in_thread
 from services.vision import formats
-from services.vision.frames import decode_frames, fit, rotate, small_bgr
+from services.vision.frames import decode_frames, fit, rotate, shrunk_frames, small_bgr
 from services.vision.model import (
     Artifact,
     ArtifactKind,
@@ -155,15 +155,15 @@ class Vision:
         def produce(put: Put[object], stop: threading.Event) -> None:
             report = _Reporter(put, facts.duration, "finding shots")
             finder: ShotFinder | None = None
-            size = (0, 0)
-            for decoded in decode_frames(
-                url, stop=stop, expected_duration=facts.duration, threads=threads
-            ):
-                if finder is None:
-                    finder = ShotFinder(options, facts.fps or decoded.fps)
-                    size = fit(decoded.frame.width, decoded.frame.height, width_to=width)
-                finder.push(decoded.index, decoded.time, small_bgr(decoded.frame, size))
-                report(decoded.time)
+            frames = shrunk_frames(
+                url, width=width, stop=stop, expected_duration=facts.duration, threads=threads
+            )
+            with contextlib.closing(frames):
+                for small in frames:
+                    if finder is None:
+                        finder = ShotFinder(options, facts.fps or small.fps)
+                    finder.push(small.index, small.time, small.image)
+                    report(small.time)
             assert finder is not None  # decode_frames raises on a stream without frames
             put(finder.finish())
 
