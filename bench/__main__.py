@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARKS = ("upload", "watch", "transcode", "transcribe", "pipeline", "throughput", "vision")
+BENCHMARKS = (
+    "upload",
+    "watch",
+    "transcode",
+    "transcribe",
+    "pipeline",
+    "throughput",
+    "vision",
+    "webhooks",
+)
 
 
 def main() -> None:

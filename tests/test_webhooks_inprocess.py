@@ -7,6 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -18,10 +24,13 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import func, select
 
+from gateway.convert import to_json
 from gateway.db import models
 from gateway.journal import append_event, state_event
+from gateway.runs import Runs
 from gateway.server import Gateway, assemble
 from gateway.settings import GatewaySettings
+from gateway.store import StagePlan
 from gateway.webhooks.delivery import Deliverer
 from gateway.webhooks.endpoints import Webhooks
 from reelmill.client import ReelmillClient, error_reason
@@ -29,7 +38,8 @@ from reelmill.v1 import media_pb2, pipeline_pb2
 from reelmill.v1 import webhook_service_pb2 as pb
 from runtime.netguard import NetGuard
 from runtime.server import build_server
-from tests.suite import INTERNAL_TOKEN, JWT_SECRET, token
+from tests.servers import free_port, stop_process
+from tests.suite import INTERNAL_TOKEN, JWT_SECRET, ROOT, token
 from tests.test_url_import import FakeResolver, LoopbackOnly
 from tests.webhook_receiver import Behaviour, Receiver, receiver_verifies, running_receiver
 
@@ -42,12 +52,19 @@ class Env:
     address: str
     receiver: Receiver
     settings: GatewaySettings
+    #: The gateway's own delivery worker.
+    delivering: asyncio.Task[None]
+
+    async def stop_delivering(self) -> None:
+        """Stops the gateway's worker: the test claims and sends by itself."""
+        self.delivering.cancel()
+        await asyncio.gather(self.delivering, return_exceptions=True)
 
     def client(self, owner: str) -> ReelmillClient:
         return ReelmillClient(self.address, token=token(owner))
 
-    async def job(self, owner: str) -> str:
-        """A queued job of ``owner`` (with no stages: nothing runs it here)."""
+    async def job(self, owner: str, stages: list[StagePlan] | None = None) -> str:
+        """A queued job of ``owner`` (no stages by default; no orchestrator runs here)."""
         video_id = str(uuid.uuid4())
         await self.parts.store.add_video(
             owner,
@@ -67,7 +84,7 @@ class Env:
             spec=pipeline_pb2.PipelineSpec(),
             request_id="",
             labels={"case": "webhooks"},
-            stages=[],
+            stages=stages or [],
         )
         return job.id
 
@@ -77,8 +94,16 @@ def receiver() -> Iterator[Receiver]:
     yield from running_receiver()
 
 
+@pytest.fixture
+def readme_port() -> int:
+    """A port for the README's receiver example (allowed like the test receiver's)."""
+    return free_port()
+
+
 @pytest_asyncio.fixture
-async def env(database_url: str, tmp_path: Path, receiver: Receiver) -> AsyncIterator[Env]:
+async def env(
+    database_url: str, tmp_path: Path, receiver: Receiver, readme_port: int
+) -> AsyncIterator[Env]:
     settings = GatewaySettings(
         database_url=database_url,
         jwt_secret=JWT_SECRET,
@@ -87,7 +112,7 @@ async def env(database_url: str, tmp_path: Path, receiver: Receiver) -> AsyncIte
         ingest_target="127.0.0.1:9",  # nothing listens: no job here needs a service
         webhook_secret_key=SECRET_KEY,
         webhook_allow_hosts="127.0.0.1",  # type: ignore[arg-type]
-        webhook_allowed_ports=f"80,443,{receiver.port}",  # type: ignore[arg-type]
+        webhook_allowed_ports=f"80,443,{receiver.port},{readme_port}",  # type: ignore[arg-type]
         webhook_retry_schedule="0.1,0.1",  # type: ignore[arg-type]
         webhook_poll_seconds=0.2,
     )
@@ -96,10 +121,11 @@ async def env(database_url: str, tmp_path: Path, receiver: Receiver) -> AsyncIte
     parts.spec.register(server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    background = [asyncio.create_task(parts.hub.run()), asyncio.create_task(parts.deliverer.run())]
+    delivering = asyncio.create_task(parts.deliverer.run())
+    background = [asyncio.create_task(parts.hub.run()), delivering]
     await asyncio.wait_for(parts.hub.connected.wait(), 10)
     try:
-        yield Env(parts, f"127.0.0.1:{port}", receiver, settings)
+        yield Env(parts, f"127.0.0.1:{port}", receiver, settings, delivering)
     finally:
         await server.stop(0)
         for task in background:
@@ -261,7 +287,7 @@ async def test_a_name_that_later_resolves_to_loopback_is_refused_at_delivery(env
         env.parts.deliverer.config,
         inner=backend,
     )
-    await env.parts.deliverer.close()
+    await env.stop_delivering()
     try:
         await env.job(owner)
         (claimed,) = await deliverer.claim(10)
@@ -296,3 +322,113 @@ async def test_another_owner_sees_nothing(env: Env) -> None:
                 await call
             assert caught.value.code() == grpc.StatusCode.NOT_FOUND
             assert error_reason(caught.value) == "WEBHOOK_ENDPOINT_NOT_FOUND"
+
+
+def readme_receiver() -> str:
+    """The receiver example of the README, as it stands there."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```python\n# receiver.py")
+    return text[start + len("```python\n") : text.index("```", start + 10)]
+
+
+async def test_the_readme_receiver_writes_the_schema_shaped_result_once(
+    env: Env, readme_port: int, tmp_path: Path
+) -> None:
+    """Seed 003: the README's receiver (its code block, run as it is) verifies a real
+    delivery and writes the job's schema-shaped document into its own database, once."""
+    owner = f"owner-{uuid.uuid4().hex[:6]}"
+    async with env.client(owner) as client:
+        endpoint, secret = await client.create_webhook_endpoint(
+            f"http://127.0.0.1:{readme_port}/reelmill"
+        )
+    results = tmp_path / "results.db"
+    receiver = await asyncio.to_thread(
+        subprocess.Popen,
+        [sys.executable, "-c", readme_receiver()],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "REELMILL_WEBHOOK_SECRET": secret,
+            "RESULTS_DB": str(results),
+            "PORT": str(readme_port),
+        },
+    )
+    try:
+        for _ in range(200):  # until it listens
+            try:
+                socket.create_connection(("127.0.0.1", readme_port), timeout=1).close()
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        document = json.dumps({"speaker": "Ada Lovelace", "topics": ["engines", "notes"]})
+        job_id = uuid.UUID(await env.job(owner, stages=[StagePlan("metadata", (), "PENDING")]))
+        runs = Runs(env.parts.store.sessions, "test-writer")
+        assert [c.id for c in await runs.claim(1, timedelta(minutes=5))] == [job_id]
+        await runs.start(job_id)
+        metadata = media_pb2.VideoMetadata(title="Notes on the engine", custom_json=document)
+        await runs.update_stage(
+            job_id, "metadata", state="SUCCEEDED", job_fields={"metadata": to_json(metadata)}
+        )
+        await runs.finish(job_id, "SUCCEEDED")
+
+        def stored() -> list[tuple[str, ...]]:
+            if not results.exists():
+                return []
+            with sqlite3.connect(results) as db:
+                try:
+                    return db.execute(
+                        "SELECT job_id, webhook_id, title, document FROM talks"
+                    ).fetchall()
+                except sqlite3.OperationalError:
+                    return []
+
+        async with env.client(owner) as client:
+            for _ in range(200):
+                (delivery,), _ = await client.list_webhook_deliveries(endpoint_id=endpoint.id)
+                if delivery.state == pb.WEBHOOK_DELIVERY_STATE_SUCCEEDED:
+                    break
+                await asyncio.sleep(0.05)
+            assert delivery.state == pb.WEBHOOK_DELIVERY_STATE_SUCCEEDED, delivery
+            assert stored() == [(str(job_id), delivery.id, "Notes on the engine", document)]
+            # The same delivery again: the receiver's database does not change.
+            await client.redeliver_webhook(delivery.id)
+            for _ in range(200):
+                (again,), _ = await client.list_webhook_deliveries(endpoint_id=endpoint.id)
+                if len(again.attempts) == 2 and again.state == pb.WEBHOOK_DELIVERY_STATE_SUCCEEDED:
+                    break
+                await asyncio.sleep(0.05)
+            assert [a.status_code for a in again.attempts] == [204, 204]
+        assert stored() == [(str(job_id), delivery.id, "Notes on the engine", document)]
+    finally:
+        stop_process(receiver)
+
+
+async def test_one_endpoint_never_takes_more_than_its_share_of_slots(env: Env) -> None:
+    owner = f"owner-{uuid.uuid4().hex[:6]}"
+    queued = [pb.WEBHOOK_EVENT_TYPE_JOB_QUEUED]
+    async with env.client(owner) as client:
+        first, _ = await client.create_webhook_endpoint(env.receiver.url("/1"), event_types=queued)
+        second, _ = await client.create_webhook_endpoint(env.receiver.url("/2"), event_types=queued)
+    await env.stop_delivering()
+    for _ in range(6):
+        await env.job(owner)
+    deliverer = Deliverer(
+        env.parts.store.sessions,
+        env.parts.webhooks.guard,
+        env.parts.webhooks.box,
+        env.parts.purger.objects,
+        env.parts.deliverer.config,
+    )
+    per_endpoint = deliverer.config.per_endpoint
+    claimed = await deliverer.claim(16)
+    counts = {e: sum(c.endpoint_id == uuid.UUID(e) for c in claimed) for e in (first.id, second.id)}
+    assert counts == {first.id: per_endpoint, second.id: per_endpoint}
+    assert await deliverer.claim(16) == []  # both at their limit while those are in flight
+    # One attempt recorded: a slot of its endpoint frees, and only that.
+    done = next(c for c in claimed if c.endpoint_id == uuid.UUID(first.id))
+    outcome = await deliverer.send(done)
+    assert outcome.succeeded
+    await deliverer.record(done, outcome, done.event_time, 0.0)
+    (next_one,) = await deliverer.claim(16)
+    assert next_one.endpoint_id == uuid.UUID(first.id)
+    await deliverer.close()

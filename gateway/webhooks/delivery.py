@@ -102,36 +102,46 @@ class Outcome:
     retry_after: float | None = None
 
 
+#: Claims up to :limit due deliveries, at most :per_endpoint in flight per endpoint: endpoints
+#: already at the limit are left out first (their in-flight rows come from a small partial
+#: index), then the earliest :scan due rows by the due index are ranked per endpoint.
 _CLAIM = text(
     """
+    WITH busy AS (
+           SELECT endpoint_id, count(*) AS in_flight
+             FROM webhook_deliveries
+            WHERE lease_until IS NOT NULL AND lease_until > now()
+            GROUP BY endpoint_id),
+         due AS (
+           SELECT c.id, c.endpoint_id, c.next_attempt_time
+             FROM webhook_deliveries c
+             JOIN webhook_endpoints ce ON ce.id = c.endpoint_id AND ce.state = 'ACTIVE'
+             LEFT JOIN busy b ON b.endpoint_id = c.endpoint_id
+            WHERE c.state = 'PENDING' AND c.next_attempt_time <= now()
+              AND (c.lease_until IS NULL OR c.lease_until < now())
+              AND COALESCE(b.in_flight, 0) < :per_endpoint
+            ORDER BY c.next_attempt_time
+            LIMIT :scan),
+         ranked AS (
+           SELECT due.id, due.next_attempt_time,
+                  row_number() OVER (PARTITION BY due.endpoint_id
+                                     ORDER BY due.next_attempt_time, due.id)
+                  + COALESCE(b.in_flight, 0) AS slot
+             FROM due LEFT JOIN busy b ON b.endpoint_id = due.endpoint_id),
+         chosen AS (
+           SELECT id FROM webhook_deliveries
+            WHERE id IN (SELECT id FROM ranked WHERE slot <= :per_endpoint
+                          ORDER BY next_attempt_time LIMIT :limit)
+              AND state = 'PENDING'
+              AND (lease_until IS NULL OR lease_until < now())
+            FOR UPDATE SKIP LOCKED)
     UPDATE webhook_deliveries d
        SET lease_until = now() + make_interval(secs => :lease),
            lease_token = :token,
            attempts = d.attempts + 1,
            update_time = now()
       FROM webhook_endpoints e
-     WHERE e.id = d.endpoint_id
-       AND d.id IN (
-           SELECT id FROM webhook_deliveries
-            WHERE id IN (
-                  SELECT id FROM (
-                         SELECT c.id, c.next_attempt_time,
-                                row_number() OVER (PARTITION BY c.endpoint_id
-                                                   ORDER BY c.next_attempt_time, c.id)
-                                + (SELECT count(*) FROM webhook_deliveries f
-                                    WHERE f.endpoint_id = c.endpoint_id
-                                      AND f.lease_until > now()) AS slot
-                           FROM webhook_deliveries c
-                           JOIN webhook_endpoints ce ON ce.id = c.endpoint_id
-                          WHERE c.state = 'PENDING' AND c.next_attempt_time <= now()
-                            AND (c.lease_until IS NULL OR c.lease_until < now())
-                            AND ce.state = 'ACTIVE') due
-                   WHERE slot <= :per_endpoint
-                   ORDER BY next_attempt_time
-                   LIMIT :limit)
-              AND state = 'PENDING'
-              AND (lease_until IS NULL OR lease_until < now())
-            FOR UPDATE SKIP LOCKED)
+     WHERE e.id = d.endpoint_id AND d.id IN (SELECT id FROM chosen)
     RETURNING d.id, d.endpoint_id, d.event_type, d.event_time, d.payload, d.attempts,
               e.url, e.secret, e.previous_secret, e.previous_secret_expire_time
     """
@@ -258,6 +268,7 @@ class Deliverer:
                         "lease": self.config.timeout + LEASE_MARGIN_SECONDS,
                         "token": token,
                         "limit": limit,
+                        "scan": min(limit * self.config.per_endpoint * 4, 2000),
                         "per_endpoint": self.config.per_endpoint,
                     },
                 )
@@ -350,11 +361,11 @@ class Deliverer:
     async def _attempt(self, item: Claimed) -> None:
         started = datetime.now(UTC)
         clock = time.monotonic()
-        outcome = await self.send(item)
         try:
+            outcome = await self.send(item)
             await self.record(item, outcome, started, time.monotonic() - clock)
         except Exception as exc:  # the lease runs out and the delivery is sent again
-            log.warning("recording webhook delivery %s failed: %s", message_id(item.id), exc)
+            log.warning("webhook delivery %s: %s: %s", message_id(item.id), type(exc).__name__, exc)
 
     # recording --------------------------------------------------------------------------------
 

@@ -1,0 +1,281 @@
+"""Webhook delivery latency with 1,000 jobs finishing, beside WatchJob in the same run.
+
+One gateway process (its own delivery worker, default settings), a real receiver on
+127.0.0.1 that checks every signature, and one WatchJob stream per job. The jobs are probe-only
+jobs whose events this benchmark writes exactly as the orchestrator does (``Runs``, under a
+lease it holds, so the gateway's orchestrator leaves them alone). Each job then finishes
+(``Runs.finish``: the terminal event and its outbox row in one transaction), paced at a fixed
+rate (open loop), and the benchmark measures, from the wall clock taken right after that
+COMMIT returns:
+
+- webhook: until the receiver has the signed POST of ``job.succeeded``;
+- WatchJob: until the job's watcher has the same terminal event (a stream held open: the
+  fastest way to learn of the end, and what a webhook spares the caller from holding).
+
+Two rounds: paced (``--rate``, 100 jobs/s) and a burst (every job finished as fast as the
+writers can).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import tempfile
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+
+from bench.common import percentile, table
+from gateway.db.engine import make_engine, make_sessionmaker, migrate
+from gateway.runs import Runs
+from gateway.store import StagePlan, Store
+from reelmill.client import ReelmillClient
+from reelmill.v1 import job_service_pb2, job_service_pb2_grpc, media_pb2, pipeline_pb2
+from reelmill.v1 import webhook_service_pb2 as pb
+from tests.servers import run_postgres
+from tests.suite import INTERNAL_TOKEN, JWT_SECRET, Suite, token
+from tests.webhook_receiver import Behaviour, Receiver
+
+
+async def _jobs(store: Store, runs: Runs, owner: str, count: int) -> list[uuid.UUID]:
+    """``count`` probe-only jobs, leased to this benchmark, their probe done."""
+    video_id = str(uuid.uuid4())
+    await store.add_video(
+        owner,
+        media_pb2.Video(
+            id=video_id,
+            filename="bench.mp4",
+            content_type="video/mp4",
+            size_bytes=1,
+            sha256="0" * 64,
+            object=media_pb2.ObjectRef(key=f"videos/{video_id}/source"),
+        ),
+    )
+    ids: list[uuid.UUID] = []
+
+    async def one() -> None:
+        job, _ = await store.create_job(
+            owner,
+            video_id=video_id,
+            source_url=None,
+            spec=pipeline_pb2.PipelineSpec(),
+            request_id="",
+            labels={},
+            stages=[StagePlan("probe", (), "PENDING")],
+        )
+        ids.append(uuid.UUID(job.id))
+
+    for start in range(0, count, 50):
+        await asyncio.gather(*(one() for _ in range(min(50, count - start))))
+    claimed = 0
+    while claimed < count:
+        got = len(await runs.claim(200, timedelta(hours=1)))
+        if not got:
+            raise RuntimeError("jobs claimed by someone else")
+        claimed += got
+
+    async def ready(job_id: uuid.UUID) -> None:
+        await runs.start(job_id)
+        await runs.update_stage(job_id, "probe", state="RUNNING", started=True)
+        await runs.update_stage(job_id, "probe", state="SUCCEEDED")
+
+    for start in range(0, count, 50):
+        await asyncio.gather(*(ready(j) for j in ids[start : start + 50]))
+    return ids
+
+
+async def _round(
+    address: str,
+    receiver: Receiver,
+    path: str,
+    runs: Runs,
+    owner: str,
+    ids: list[uuid.UUID],
+    rate: float | None,
+) -> dict[str, float]:
+    metadata = (("authorization", f"Bearer {token(owner)}"),)
+    channel = grpc.aio.insecure_channel(address)
+    stub = job_service_pb2_grpc.JobServiceStub(channel)
+    committed: dict[str, float] = {}
+    watched: dict[str, float] = {}
+    subscribed = asyncio.Event()
+    open_streams = 0
+
+    async def watch(job_id: uuid.UUID) -> None:
+        nonlocal open_streams
+        last = (
+            await stub.GetJob(job_service_pb2.GetJobRequest(job_id=str(job_id)), metadata=metadata)
+        ).job.last_event_sequence
+        call = stub.WatchJob(
+            job_service_pb2.WatchJobRequest(job_id=str(job_id), after_sequence=last),
+            metadata=metadata,
+        )
+        open_streams += 1
+        if open_streams == len(ids):
+            subscribed.set()
+        async for response in call:
+            if response.event.HasField("job"):
+                watched[str(job_id)] = time.time()
+                return
+
+    watchers = [asyncio.create_task(watch(j)) for j in ids]
+    await asyncio.wait_for(subscribed.wait(), 300)
+    await asyncio.sleep(1.0)  # every stream in its live phase
+
+    async def finish(job_id: uuid.UUID) -> None:
+        await runs.finish(job_id, "SUCCEEDED")
+        committed[str(job_id)] = time.time()
+
+    began = time.perf_counter()
+    if rate is None:
+        writers = 16
+        for start in range(0, len(ids), writers):
+            await asyncio.gather(*(finish(j) for j in ids[start : start + writers]))
+    else:
+        pending = []
+        for n, job_id in enumerate(ids):
+            delay = began + n / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            pending.append(asyncio.create_task(finish(job_id)))
+        await asyncio.gather(*pending)
+    finish_seconds = time.perf_counter() - began
+    await asyncio.wait_for(asyncio.gather(*watchers), 300)
+    wanted = set(committed)
+
+    def arrived() -> bool:
+        return {r.payload["data"]["job_id"] for r in receiver.at(path)} >= wanted
+
+    await asyncio.to_thread(receiver.wait_for, arrived, 300.0)
+    drained = time.perf_counter() - began
+    await channel.close()
+    first: dict[str, float] = {}
+    for request in receiver.at(path):
+        job_id = request.payload["data"]["job_id"]
+        first.setdefault(job_id, request.at)
+    hooks = [first[j] - committed[j] for j in wanted]
+    streams = [watched[j] - committed[j] for j in wanted]
+    return {
+        "jobs": len(wanted),
+        "verified": sum(r.verified for r in receiver.at(path)),
+        "requests": len(receiver.at(path)),
+        "finish_seconds": finish_seconds,
+        "drain_seconds": drained,
+        "hook_p50": percentile(hooks, 50),
+        "hook_p99": percentile(hooks, 99),
+        "hook_max": max(hooks),
+        "watch_p50": percentile(streams, 50),
+        "watch_p99": percentile(streams, 99),
+        "watch_max": max(streams),
+    }
+
+
+async def _run(suite: Suite, url: str, receiver: Receiver, jobs: int, rate: float) -> list[dict]:
+    engine = make_engine(url, pool_size=20)
+    await migrate(engine)
+    sessions = make_sessionmaker(engine)
+    store, runs = Store(sessions), Runs(sessions, "bench-writer")
+    owner = f"bench-{uuid.uuid4().hex[:6]}"
+    rounds = (("paced", rate), ("burst", None))
+    results = []
+    try:
+        # Leased before the gateway starts: its orchestrator leaves them alone.
+        batches = [await _jobs(store, runs, owner, jobs) for _ in rounds]
+        address = (await asyncio.to_thread(suite.add, "gateway", "gateway")).address
+        for (name, pace), ids in zip(rounds, batches, strict=True):
+            path = f"/{name}"
+            async with ReelmillClient(address, token=token(owner)) as client:
+                endpoint, secret = await client.create_webhook_endpoint(
+                    receiver.url(path), event_types=[pb.WEBHOOK_EVENT_TYPE_JOB_SUCCEEDED]
+                )
+            receiver.behave(path, Behaviour(), secrets=[secret])
+            result = await _round(address, receiver, path, runs, owner, ids, pace)
+            async with ReelmillClient(address, token=token(owner)) as client:
+                await client.delete_webhook_endpoint(endpoint.id)  # the next round's alone
+            results.append({"round": name, **result})
+    finally:
+        await engine.dispose()
+    return results
+
+
+def _spread(result: dict[str, float], name: str) -> str:
+    ms = 1000.0
+    p50, p99, top = (result[f"{name}_{q}"] * ms for q in ("p50", "p99", "max"))
+    return f"{p50:.1f} / {p99:.1f} / {top:.0f}"
+
+
+def main(quick: bool = False, jobs: int | None = None, rate: float | None = None) -> None:
+    count = jobs or (100 if quick else 1000)
+    pace = rate or (50.0 if quick else 100.0)
+    receiver = Receiver()
+    with run_postgres() as pg, tempfile.TemporaryDirectory(prefix="bench-webhooks-") as tmp:
+        import asyncpg
+
+        async def create_db() -> None:
+            conn = await asyncpg.connect(pg.dsn())
+            await conn.execute("CREATE DATABASE bench")
+            await conn.close()
+
+        asyncio.run(create_db())
+        url = pg.url("bench")
+        (Path(tmp) / "logs").mkdir()
+        suite = Suite(
+            env={
+                "REELMILL_JWT_SECRET": JWT_SECRET,
+                "REELMILL_INTERNAL_TOKEN": INTERNAL_TOKEN,
+                "REELMILL_OWNER_REQUESTS_PER_SECOND": "0",  # one owner drives the whole load
+                "REELMILL_DATABASE_URL": url,
+                "REELMILL_STORAGE_DIR": str(Path(tmp) / "objects"),
+                "REELMILL_LOG_LEVEL": "WARNING",
+                "REELMILL_WEBHOOK_SECRET_KEY": base64.b64encode(b"b" * 32).decode(),
+                "REELMILL_WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
+                "REELMILL_WEBHOOK_ALLOWED_PORTS": f"80,443,{receiver.port}",
+            },
+            logs=Path(tmp) / "logs",
+        )
+        try:
+            results = asyncio.run(_run(suite, url, receiver, count, pace))
+        finally:
+            suite.stop()
+            receiver.close()
+    rows = []
+    for r in results:
+        how = f"{pace:g} jobs/s" if r["round"] == "paced" else "as fast as 16 writers go"
+        rows.append(
+            [
+                f"{r['round']} ({how})",
+                f"{r['jobs']}",
+                _spread(r, "hook"),
+                _spread(r, "watch"),
+                f"{r['verified']}/{r['requests']}",
+                f"{r['finish_seconds']:.1f} s / {r['drain_seconds']:.1f} s",
+            ]
+        )
+    print(
+        table(
+            "Webhook delivery vs WatchJob: terminal event COMMIT -> caller, one gateway "
+            "(ms, p50 / p99 / max)",
+            [
+                "round",
+                "jobs",
+                "webhook (POST received)",
+                "WatchJob (event received)",
+                "signatures ok",
+                "finished in / all delivered in",
+            ],
+            rows,
+        )
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m bench.webhooks")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--jobs", type=int)
+    parser.add_argument("--rate", type=float, help="jobs finished per second in the paced round")
+    args = parser.parse_args()
+    main(quick=args.quick, jobs=args.jobs, rate=args.rate)
