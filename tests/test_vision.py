@@ -390,3 +390,28 @@ async def test_cancel_stops_the_worker_thread(
     assert seen >= 2
     assert not [t.name for t in threading.enumerate() if t.name.startswith("vision-")]
     assert not await vision_store.exists("jobs/c/vision/ocr.json")
+
+
+# -- stills from shots (services/transcode/plan.py) ----------------------------------------------
+
+
+def test_stills_come_from_the_shots_keyframes() -> None:
+    from services.transcode.model import ShotStill
+    from services.transcode.plan import shot_stills
+
+    shots = [
+        ShotStill(0.0, 4.0, 2.0),  # opening title: long, but an opening shot
+        ShotStill(4.0, 6.0, 5.0),
+        ShotStill(6.0, 9.5, 8.0),  # the longest inner shot
+        ShotStill(9.5, 12.0, 11.0, brightness=5.0),  # dark: never a still
+        ShotStill(12.0, 20.0, 15.0),  # closing credits: the longest of all
+    ]
+    poster, thumbs = shot_stills(shots, 2, 20.0)
+    assert poster == 8.0
+    assert thumbs == (5.0, 15.0)  # two of the four lit shots, spread over them
+    poster, thumbs = shot_stills(shots, 4, 20.0)
+    assert thumbs == (2.0, 5.0, 8.0, 15.0)  # one per lit shot
+    # Fewer shots than thumbnails: every keyframe, the rest by time.
+    poster, thumbs = shot_stills(shots[:2], 4, 6.0)
+    assert poster == 2.0
+    assert thumbs == (1.5, 2.0, 4.5, 5.0)
