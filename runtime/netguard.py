@@ -32,12 +32,15 @@ media from 127.0.0.1; production leaves it empty.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import ipaddress
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any
 
 import httpcore2
@@ -355,6 +358,23 @@ class NetGuard:
         return httpx2.Client(
             transport=transport, timeout=timeout, follow_redirects=False, trust_env=False
         )
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date; a date in the
+    past is 0), or None when there is none or it cannot be read."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
 
 
 def redirect_target(response: httpx2.Response) -> httpx2.URL | None:

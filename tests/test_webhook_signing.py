@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from gateway.webhooks.delivery import next_wait, retry_after_seconds
+from gateway.webhooks.delivery import next_wait
 from gateway.webhooks.events import event_type
 from gateway.webhooks.secrets import SecretBox, SecretUnreadable, parse_key
 from reelmill.v1 import job_pb2
@@ -23,6 +23,7 @@ from reelmill.webhooks import (
     sign,
     verify,
 )
+from runtime.netguard import retry_after_seconds
 from tests.webhook_receiver import receiver_verifies
 
 # The vectors of the standard-webhooks reference libraries (Python, JavaScript, Go …).

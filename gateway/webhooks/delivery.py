@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import json
 import logging
 import random
@@ -52,7 +51,7 @@ from gateway.webhooks.endpoints import message_id
 from gateway.webhooks.secrets import SecretBox, SecretUnreadable
 from reelmill.webhooks import headers as signed_headers
 from runtime.errors import ReelmillError
-from runtime.netguard import NetGuard
+from runtime.netguard import NetGuard, retry_after_seconds
 from runtime.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -146,22 +145,6 @@ _CLAIM = text(
               e.url, e.secret, e.previous_secret, e.previous_secret_expire_time
     """
 )
-
-
-def retry_after_seconds(value: str | None, now: float) -> float | None:
-    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(when.timestamp() - now, 0.0)
 
 
 def next_wait(

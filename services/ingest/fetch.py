@@ -22,18 +22,16 @@ inflated), so the limit counts the bytes that arrive and a compression bomb stay
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import ssl
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import httpx2
 
 from runtime.errors import FailedPrecondition, NotFound, ResourceExhausted
-from runtime.netguard import REDIRECT_STATUSES, NetGuard, redirect_target
+from runtime.netguard import REDIRECT_STATUSES, NetGuard, redirect_target, retry_after_seconds
 from runtime.storage.base import CHUNK_SIZE
 
 log = logging.getLogger(__name__)
@@ -71,20 +69,6 @@ def too_large(limit: int, detail: str) -> ResourceExhausted:
     )
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    if value.strip().isdigit():
-        return float(value.strip())
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
-
-
 def check_status(response: httpx2.Response) -> None:
     """Raises for any response that is not a body to store (see the module's table)."""
     status = response.status_code
@@ -107,7 +91,7 @@ def check_status(response: httpx2.Response) -> None:
         raise Transient(
             f"the server answered HTTP {status}",
             status=status,
-            retry_after=_retry_after(response.headers.get("retry-after")),
+            retry_after=retry_after_seconds(response.headers.get("retry-after")),
         )
     raise FailedPrecondition(
         f"the server answered HTTP {status}", reason="URL_REJECTED", metadata=metadata
