@@ -213,15 +213,7 @@ def main(quick: bool = False, jobs: int | None = None, rate: float | None = None
     pace = rate or (50.0 if quick else 100.0)
     receiver = Receiver()
     with run_postgres() as pg, tempfile.TemporaryDirectory(prefix="bench-webhooks-") as tmp:
-        import asyncpg
-
-        async def create_db() -> None:
-            conn = await asyncpg.connect(pg.dsn())
-            await conn.execute("CREATE DATABASE bench")
-            await conn.close()
-
-        asyncio.run(create_db())
-        url = pg.url("bench")
+        url = pg.url(pg.create_database("bench"))
         (Path(tmp) / "logs").mkdir()
         suite = Suite(
             env={
