@@ -15,7 +15,9 @@ well before its probed duration is ``TRUNCATED_SOURCE``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
 import threading
 from collections.abc import Generator, Iterator
@@ -195,6 +197,17 @@ def rotate(image: Image, rotation: int) -> Image:
     return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
 
 
+def lower_priority(nice: int) -> None:
+    """Makes the calling thread (and the threads it starts: FFmpeg's decoder threads,
+    onnxruntime's) ``nice`` steps nicer, where the platform allows it: the vision work then
+    takes the cores an encoder leaves idle rather than slowing it."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    with contextlib.suppress(OSError):
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + nice)
+
+
 @dataclass(frozen=True)
 class Small:
     index: int
@@ -214,6 +227,7 @@ def shrunk_frames(
     expected_duration: float = 0.0,
     threads: int = 0,
     depth: int = 4,
+    nice: int = 0,
 ) -> Generator[Small, None, None]:
     """``decode_frames`` shrunk to ``width`` (bilinear), decoded and shrunk in a thread of its
     own a few frames ahead of the caller (as PySceneDetect decodes beside its detectors), so
@@ -232,6 +246,7 @@ def shrunk_frames(
         return False
 
     def decode() -> None:
+        lower_priority(nice)
         try:
             size = (0, 0)
             for decoded in decode_frames(

@@ -60,10 +60,12 @@ def bundled_models() -> OcrModels:
 @dataclass(frozen=True)
 class OcrConfig:
     models: OcrModels
-    #: onnxruntime intra-op threads per engine; 0 = onnxruntime's choice.
-    threads: int = 0
-    #: The detector's input: longest side at most this (frames are already downscaled).
-    max_side: int = 960
+    #: onnxruntime intra-op threads per engine; 0 = onnxruntime's choice. One thread runs the
+    #: models in the calling thread, with no spinning pool beside an encoder.
+    threads: int = 1
+    #: The text detector's input: longest side at most this. The frames themselves are
+    #: downscaled to ``OcrOptions.max_side`` (960): lines are recognised on crops of those.
+    detection_side: int = 736
 
 
 class OcrEngine:
@@ -98,7 +100,7 @@ class OcrEngine:
                 "Cls.model_path": str(models.classification),
                 "Rec.model_path": str(models.recognition),
                 "Det.limit_type": "max",
-                "Det.limit_side_len": self.config.max_side,
+                "Det.limit_side_len": self.config.detection_side,
             }
             if self.config.threads:
                 params["EngineConfig.onnxruntime.intra_op_num_threads"] = self.config.threads

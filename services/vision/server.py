@@ -40,6 +40,7 @@ def build_vision(settings: VisionSettings, store: ObjectStore) -> Vision:
             max_concurrent_shots=settings.max_concurrent_shot_detections,
             max_waiting=settings.max_queued_vision,
             decode_threads=settings.vision_decode_threads,
+            nice=settings.vision_nice,
         ),
     )
 

@@ -21,9 +21,12 @@ class VisionSettings(ServiceSettings):
     max_queued_vision: int = Field(default=16, ge=0, le=10_000)
     #: Decoder threads per request; 0 = FFmpeg's choice.
     vision_decode_threads: int = Field(default=0, ge=0, le=64)
-    #: onnxruntime threads per OCR request; 0 = the CPUs a cgroup CPU limit allows, else
-    #: onnxruntime's own choice.
-    ocr_threads: int = Field(default=0, ge=0, le=256)
+    #: onnxruntime threads per OCR request: 1 (the default) runs OCR on one core beside the
+    #: encoder; 0 = the CPUs a cgroup CPU limit allows, else onnxruntime's own choice.
+    ocr_threads: int = Field(default=1, ge=0, le=256)
+    #: Niceness added to the vision worker threads (decoding, detection, OCR), so that on a
+    #: shared machine they take the cores the encoder leaves idle (0: none).
+    vision_nice: int = Field(default=10, ge=0, le=19)
     #: Directory holding the three PP-OCR ONNX models (PP-OCRv6_det_small.onnx,
     #: ch_ppocr_mobile_v2.0_cls_mobile.onnx, PP-OCRv6_rec_small.onnx); unset uses the ones
     #: the rapidocr wheel ships.

@@ -31,7 +31,14 @@ from runtime.storage.keys import normalize_prefix
 from runtime.tasks import shielded
 from runtime.threads import Put, produce_in_thread
 from services.vision import formats
-from services.vision.frames import decode_frames, fit, rotate, shrunk_frames, small_bgr
+from services.vision.frames import (
+    decode_frames,
+    fit,
+    lower_priority,
+    rotate,
+    shrunk_frames,
+    small_bgr,
+)
 from services.vision.model import (
     Artifact,
     ArtifactKind,
@@ -90,6 +97,8 @@ class VisionConfig:
     analysis_width: int = 256
     #: Progress updates buffered between the worker thread and the call.
     queue_size: int = 16
+    #: Niceness added to the worker threads (``frames.lower_priority``).
+    nice: int = 10
 
 
 class _Reporter:
@@ -152,11 +161,19 @@ class Vision:
         width = self.config.analysis_width
         threads = self.config.decode_threads
 
+        nice = self.config.nice
+
         def produce(put: Put[object], stop: threading.Event) -> None:
+            lower_priority(nice)
             report = _Reporter(put, facts.duration, "finding shots")
             finder: ShotFinder | None = None
             frames = shrunk_frames(
-                url, width=width, stop=stop, expected_duration=facts.duration, threads=threads
+                url,
+                width=width,
+                stop=stop,
+                expected_duration=facts.duration,
+                threads=threads,
+                nice=nice,
             )
             with contextlib.closing(frames):
                 for small in frames:
@@ -246,6 +263,7 @@ class Vision:
         threads = self.config.decode_threads
 
         def produce(put: Put[object], stop: threading.Event) -> None:
+            lower_priority(self.config.nice)
             engine.load()
             tracker = TextTracker()
             report = _Reporter(put, facts.duration, "reading on-screen text")
