@@ -137,6 +137,12 @@ def test_client_commands_import_no_server_code(database_url: str, tmp_path: Path
         ["keys", "create", "--name", "probe"],
         ["keys", "ls"],
         ["keys", "revoke", missing],
+        ["webhooks", "ls"],
+        ["webhooks", "deliveries"],
+        ["webhooks", "rm", missing],
+        ["webhooks", "rotate", missing],
+        ["webhooks", "redeliver", missing],
+        ["webhooks", "deliveries", missing],
     ]
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("REELMILL_")},
