@@ -11,13 +11,22 @@ listed (``mov`` stands for ``mov,mp4,m4a,3gp,3g2,mj2``, ``matroska`` for ``matro
 Protocols: ``file`` for a local path, and for an http(s) URL (a presigned object URL) the
 protocols an HTTPS request is made of. Nothing inside a source can reach another protocol.
 
-``pyav_options`` gives the options for ``av.open``; ``ffmpeg_args`` the input options for the
-ffmpeg command line (they go before ``-i``).
+``pyav_options`` gives the options for ``av.open`` (``open_untrusted`` opens a source with them);
+``ffmpeg_args`` the input options for the ffmpeg command line (they go before ``-i``).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from pathlib import Path
+
+import av
+import av.error
+
+from runtime.errors import Unavailable
+
+log = logging.getLogger(__name__)
 
 #: Demuxers an untrusted source may use (libavformat names).
 FORMATS: tuple[str, ...] = (
@@ -77,3 +86,26 @@ def ffmpeg_args(*, remote: bool) -> list[str]:
         "-format_whitelist",
         options["format_whitelist"],
     ]
+
+
+def open_untrusted(
+    source: str, *, what: str, refused: Callable[[], Exception]
+) -> av.container.InputContainer:
+    """``source`` (a local path or an http(s) URL) opened with PyAV under the allowlists.
+    Raises ``Unavailable`` (STORAGE_UNAVAILABLE) when a URL cannot be read, ``refused()`` when
+    libavformat will not open it (not media, or a format or protocol not allowed)."""
+    remote = is_remote(source)
+    try:
+        return av.open(
+            source if remote else f"file:{source}",
+            mode="r",
+            options=pyav_options(remote=remote),
+            metadata_errors="ignore",
+            timeout=(30.0, 30.0),
+        )
+    except av.error.HTTPError as exc:
+        log.warning("cannot read the %s URL: %s", what, exc)
+        raise Unavailable(f"the {what} could not be read", reason="STORAGE_UNAVAILABLE") from None
+    except av.error.FFmpegError as exc:
+        log.info("cannot open the %s: %s", what, exc)
+        raise refused() from None

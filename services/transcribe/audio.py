@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from runtime import demux
-from runtime.errors import Cancelled, InvalidArgument, Unavailable
+from runtime.errors import Cancelled, InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -43,23 +43,7 @@ def decode_audio(
     """The first audio stream of ``source`` (a local path or an http(s) URL) as 16 kHz mono
     float32 samples in [-1, 1]. Raises ``InvalidArgument`` (NOT_AUDIO, AUDIO_TOO_LONG),
     ``Unavailable`` when a URL cannot be read, ``Cancelled`` once ``stop`` is set."""
-    remote = demux.is_remote(source)
-    try:
-        container = av.open(
-            source if remote else f"file:{source}",
-            mode="r",
-            options=demux.pyav_options(remote=remote),
-            metadata_errors="ignore",
-            timeout=(30.0, 30.0),
-        )
-    except av.error.HTTPError as exc:
-        log.warning("cannot read the audio URL: %s", exc)
-        raise Unavailable(
-            "the audio object could not be read", reason="STORAGE_UNAVAILABLE"
-        ) from None
-    except av.error.FFmpegError as exc:
-        log.info("cannot open the audio: %s", exc)
-        raise not_audio() from None
+    container = demux.open_untrusted(source, what="audio object", refused=not_audio)
     buffer = io.BytesIO()
     limit = None if max_seconds is None else int(max_seconds * SAMPLE_RATE)
     try:

@@ -59,21 +59,7 @@ def not_a_video(detail: str = "") -> InvalidArgument:
 
 
 def open_source(source: str) -> av.container.InputContainer:
-    remote = demux.is_remote(source)
-    try:
-        return av.open(
-            source if remote else f"file:{source}",
-            mode="r",
-            options=demux.pyav_options(remote=remote),
-            metadata_errors="ignore",
-            timeout=(30.0, 30.0),
-        )
-    except av.error.HTTPError as exc:
-        log.warning("cannot read the source URL: %s", exc)
-        raise Unavailable("the source could not be read", reason="STORAGE_UNAVAILABLE") from None
-    except av.error.FFmpegError as exc:
-        log.info("cannot open the source: %s", exc)
-        raise not_a_video() from None
+    return demux.open_untrusted(source, what="source", refused=not_a_video)
 
 
 def decode_frames(
