@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db import models
 from gateway.journal import QUEUE_CHANNEL, load_job
-from gateway.store import NewJob, check_active, insert_job, lock_owner, parse_id
+from gateway.store import NewJob, check_active, insert_jobs, lock_owner, parse_id
 from reelmill.v1 import job_pb2
 from runtime.errors import NotFound
 
@@ -98,13 +98,13 @@ class Batches:
             if max_active and todo:
                 await check_active(session, owner, max_active, adding=len(todo))
             batch_id = uuid.uuid4() if todo else None
-            for index, item in todo.items():
-                job_id = await insert_job(session, owner, item, batch_id=batch_id)
+            ids = await insert_jobs(session, owner, list(todo.values()), batch_id=batch_id)
+            for (index, item), job_id in zip(todo.items(), ids, strict=True):
                 if job_id is None:  # an earlier job with this request_id after all
-                    job_id = (await self._existing(session, owner, [item.request_id]))[
-                        item.request_id
-                    ]
-                    outcomes[index] = Outcome(job=await self._job(session, job_id))
+                    earlier = await self._existing(session, owner, [item.request_id])
+                    outcomes[index] = Outcome(
+                        job=await self._job(session, earlier[item.request_id])
+                    )
                 else:
                     outcomes[index] = Outcome(job=await self._job(session, job_id), created=True)
             if todo:

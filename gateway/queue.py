@@ -69,6 +69,14 @@ CLAIM = text(
                  ORDER BY t.priority DESC, t.create_time, t.id
                  LIMIT :limit) q
          WHERE w.owner IS NOT NULL
+    ),
+    -- The first few in the queue's order: as many as asked for, and some to spare for those
+    -- another replica is claiming at this very moment (skipped, locked).
+    ranked AS MATERIALIZED (
+        SELECT id, turn, served, owner, rank FROM candidates
+         WHERE id <> ALL(:busy)
+         ORDER BY turn, served NULLS FIRST, owner, rank
+         LIMIT :limit * 4 + 16
     )
     UPDATE jobs
        SET lease_owner = :worker,
@@ -77,10 +85,9 @@ CLAIM = text(
            claim_time = now(),
            update_time = now()
      WHERE id IN (
-           SELECT j.id FROM jobs j JOIN candidates c ON c.id = j.id
+           SELECT j.id FROM ranked c JOIN jobs j ON j.id = c.id
             WHERE j.state IN ('QUEUED', 'RUNNING')
               AND (j.lease_expires_at IS NULL OR j.lease_expires_at < now())
-              AND j.id <> ALL(:busy)
             ORDER BY c.turn, c.served NULLS FIRST, c.owner, c.rank
             LIMIT :limit
             FOR UPDATE OF j SKIP LOCKED)

@@ -47,6 +47,8 @@ T = TypeVar("T")
 #: lease may expire and another replica take the job; the fence then ends this run.
 DISCONNECT_RETRY_SECONDS = 300.0
 DISCONNECT_BACKOFF = Backoff(initial=0.2, maximum=5.0)
+#: Artifact rows per statement (10 parameters each, well under Postgres's 32,767).
+ARTIFACT_ROWS = 1000
 
 
 class LeaseLost(Exception):
@@ -396,8 +398,7 @@ class Runs:
                 stage.reused_from = reused_from
                 if stage.start_time is None:
                     stage.start_time = func.now()
-            for artifact in artifacts:
-                await self._put_artifact(session, job_id, name, artifact)
+            await self._put_artifacts(session, job_id, name, artifacts)
             if job_fields:
                 columns = models.Job.__table__.c  # keyed by column name ("metadata")
                 await session.execute(
@@ -434,25 +435,44 @@ class Runs:
             .on_conflict_do_update(index_elements=["id"], set_=values)
         )
 
-    async def _put_artifact(
-        self, session: AsyncSession, job_id: uuid.UUID, stage: str, artifact: media_pb2.Artifact
+    async def _put_artifacts(
+        self,
+        session: AsyncSession,
+        job_id: uuid.UUID,
+        stage: str,
+        artifacts: Sequence[media_pb2.Artifact],
     ) -> None:
-        values = {
-            "kind": media_pb2.ArtifactKind.Name(artifact.kind),
-            "stage": stage,
-            "bucket": artifact.object.bucket,
-            "object_key": artifact.object.key,
-            "content_type": artifact.content_type,
-            "size_bytes": artifact.size_bytes,
-            "sha256": artifact.sha256,
-            "attributes": dict(artifact.attributes),
-        }
-        # Deterministic names: a retried stage overwrites its artifacts instead of adding more.
-        await session.execute(
-            insert(models.Artifact)
-            .values(job_id=job_id, name=artifact.name, **values)
-            .on_conflict_do_update(index_elements=["job_id", "name"], set_=values)
-        )
+        """Records a stage's artifacts, a statement per ``ARTIFACT_ROWS`` of them (a name given
+        twice keeps the last)."""
+        unique = {artifact.name: artifact for artifact in artifacts}
+        rows = [
+            {
+                "job_id": job_id,
+                "name": artifact.name,
+                "kind": media_pb2.ArtifactKind.Name(artifact.kind),
+                "stage": stage,
+                "bucket": artifact.object.bucket,
+                "object_key": artifact.object.key,
+                "content_type": artifact.content_type,
+                "size_bytes": artifact.size_bytes,
+                "sha256": artifact.sha256,
+                "attributes": dict(artifact.attributes),
+            }
+            for artifact in unique.values()
+        ]
+        replaced = ("kind", "stage", "bucket", "object_key", "content_type", "size_bytes")
+        for start in range(0, len(rows), ARTIFACT_ROWS):
+            statement = insert(models.Artifact).values(rows[start : start + ARTIFACT_ROWS])
+            # Deterministic names: a retried stage overwrites its artifacts, adding none.
+            await session.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["job_id", "name"],
+                    set_={
+                        column: statement.excluded[column]
+                        for column in (*replaced, "sha256", "attributes")
+                    },
+                )
+            )
 
     @survives_disconnects
     async def finish(

@@ -8,14 +8,23 @@ import asyncio
 from datetime import timedelta
 from pathlib import Path
 
+from google.protobuf import json_format
+
 from reelmill.cli import render
 from reelmill.client import ReelmillClient, job_request
 from reelmill.v1 import job_pb2, job_service_pb2, pipeline_pb2
 
 
 def spec_of(args: argparse.Namespace) -> pipeline_pb2.PipelineSpec:
-    """The pipeline spec ``submit``'s flags ask for (defaults otherwise)."""
+    """The pipeline spec ``submit``'s flags ask for: ``--spec FILE`` (a ``PipelineSpec`` as
+    protobuf JSON; defaults otherwise), and ``--no-reuse``."""
     spec = pipeline_pb2.PipelineSpec()
+    if getattr(args, "spec", None):
+        path = Path(args.spec)
+        try:
+            json_format.Parse(path.read_text(), spec)
+        except (OSError, json_format.ParseError) as exc:
+            raise SystemExit(f"reelmill: --spec {path}: {exc}") from None
     if getattr(args, "no_reuse", False):
         spec.reuse = False
     return spec
@@ -37,7 +46,7 @@ async def _request(
     if not is_url(source):
         path = Path(source)
         render.console.print(f"uploading {path} …")
-        video = await client.upload_file(path)
+        video = await client.upload_file(path, on_resume=render.resuming)
         render.console.print(f"  video {video.id} ({video.size_bytes:,} bytes)")
         video_id, url = video.id, ""
     return job_request(
