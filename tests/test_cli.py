@@ -67,7 +67,8 @@ def test_demo_processes_a_sample_and_stops_cleanly(tmp_path: Path) -> None:
 def test_up_with_seaweedfs_serves_artifacts_over_presigned_http_urls(tmp_path: Path) -> None:
     """`reelmill up --storage seaweedfs`: an upload and a short job land in the embedded S3
     server, whose presigned URL for an artifact is an http URL a plain GET fetches (no
-    credentials but the signature); SIGTERM stops every process, SeaweedFS included."""
+    credentials but the signature); Ctrl-C (SIGINT to its process group, as a terminal sends
+    it) stops every process, SeaweedFS included."""
     listen = f"127.0.0.1:{free_port()}"
     home = tmp_path / "home"
     clean = {k: v for k, v in os.environ.items() if not k.startswith("REELMILL_")}
@@ -79,6 +80,7 @@ def test_up_with_seaweedfs_serves_artifacts_over_presigned_http_urls(tmp_path: P
             env={**clean, "REELMILL_HOME": str(home), "COLUMNS": "200"},
             stdout=output,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # a process group of its own, as in a terminal
         )
     try:
         credentials = home / "credentials.json"
@@ -103,7 +105,7 @@ def test_up_with_seaweedfs_serves_artifacts_over_presigned_http_urls(tmp_path: P
         assert refused.value.code == 403
         assert "S3 (SeaweedFS): http://127.0.0.1:" in log.read_text()
     finally:
-        up.send_signal(signal.SIGTERM)
+        os.killpg(up.pid, signal.SIGINT)
         code = up.wait(timeout=120)
     assert code == 0, log.read_text()
     assert [p.pid for p in psutil.process_iter() if _mentions(p, str(tmp_path))] == []

@@ -268,6 +268,9 @@ class SeaweedFS:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                # out of the terminal's process group: Ctrl-C on `reelmill up` reaches the
+                # services, and SeaweedFS is stopped only after they are
+                start_new_session=True,
             )
         try:
             self.wait_ready(timeout)
