@@ -55,15 +55,16 @@ async def read_upload(
                 upload_received("ingest", len(request.chunk))
                 yield request.chunk
 
-    return (
-        UploadHeader(
-            key=header.destination.key,
-            bucket=header.destination.bucket,
-            size=header.size_bytes,
-            sha256=header.sha256,
-            content_type=header.content_type,
-        ),
-        chunks(),
+    return upload_header(header), chunks()
+
+
+def upload_header(header: ingest_service_pb2.IngestHeader) -> UploadHeader:
+    return UploadHeader(
+        key=header.destination.key,
+        bucket=header.destination.bucket,
+        size=header.size_bytes,
+        sha256=header.sha256,
+        content_type=header.content_type,
     )
 
 
@@ -105,16 +106,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
     async def StartResumableWrite(
         self, request: ingest_service_pb2.StartResumableWriteRequest, context: Context
     ) -> ingest_service_pb2.StartResumableWriteResponse:
-        header = request.header
-        token, part_size = await self._resumable.start(
-            UploadHeader(
-                key=header.destination.key,
-                bucket=header.destination.bucket,
-                size=header.size_bytes,
-                sha256=header.sha256,
-                content_type=header.content_type,
-            )
-        )
+        token, part_size = await self._resumable.start(upload_header(request.header))
         return ingest_service_pb2.StartResumableWriteResponse(
             write_token=token, part_size=part_size
         )
