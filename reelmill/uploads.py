@@ -14,7 +14,8 @@ expired) is raised at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,11 @@ _TRANSIENT = frozenset(
     }
 )
 _RESYNC_REASONS = frozenset({"WRITE_OFFSET_MISMATCH", "UPLOAD_INCOMPLETE"})
+
+#: ``on_sent(offset, start)``: told after each chunk is handed to the connection (``offset``
+#: bytes of the file are then sent, this attempt began at ``start``); may return an awaitable,
+#: which the upload waits for before it sends more.
+OnSent = Callable[[int, int], Awaitable[None] | None]
 
 
 def resumable(error: grpc.aio.AioRpcError) -> bool:
@@ -89,7 +95,7 @@ class FileUpload:
         chunk_size: int = CHUNK_SIZE,
         backoff: Backoff = RESUME_BACKOFF,
         max_retries: int = MAX_RETRIES,
-        on_sent: Callable[[int, int], None] | None = None,
+        on_sent: OnSent | None = None,
         on_resume: Callable[[Resume], None] | None = None,
     ) -> None:
         self._stub = stub
@@ -136,8 +142,10 @@ class FileUpload:
                     upload_id=upload_id, write_offset=position, data=chunk
                 )
                 position += len(chunk)
-                if self._on_sent is not None:
-                    self._on_sent(position, offset)
+                if self._on_sent is not None and inspect.isawaitable(
+                    sent := self._on_sent(position, offset)
+                ):
+                    await sent  # the hook may hold the upload back (throttling, tests)
 
         response: job_service_pb2.WriteUploadResponse = await self._stub.WriteUpload(
             requests(), metadata=self._metadata, timeout=self._write_timeout
