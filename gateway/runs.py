@@ -245,10 +245,15 @@ class Runs:
     ) -> Reusable | None:
         """The latest success of ``stage`` with ``fingerprint`` in another job of ``owner``:
         its outputs, artifacts and the job columns named by ``fields``."""
+        columns = models.Job.__table__.c  # keyed by column name ("metadata")
         async with self.sessions() as session:
             found = (
                 await session.execute(
-                    select(models.JobStage.job_id, models.JobStage.outputs)
+                    select(
+                        models.JobStage.job_id,
+                        models.JobStage.outputs,
+                        *(columns[name] for name in fields),
+                    )
                     .join(models.Job, models.Job.id == models.JobStage.job_id)
                     .where(
                         models.JobStage.fingerprint == fingerprint,
@@ -270,17 +275,7 @@ class Runs:
                     .order_by(models.Artifact.name)
                 )
             ).all()
-            values: dict[str, Any] = {}
-            if fields:
-                columns = models.Job.__table__.c  # keyed by column name ("metadata")
-                row = (
-                    await session.execute(
-                        select(*(columns[name] for name in fields)).where(
-                            columns.id == found.job_id
-                        )
-                    )
-                ).one()
-                values = {name: value for name, value in zip(fields, row, strict=True) if value}
+        values = {name: value for name, value in zip(fields, found[2:], strict=True) if value}
         return Reusable(
             job_id=found.job_id,
             outputs=dict(found.outputs or {}),

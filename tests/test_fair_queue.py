@@ -20,38 +20,23 @@ from gateway.orchestrator import Orchestrator
 from gateway.queue import CLAIM
 from gateway.runs import Runs
 from gateway.store import StagePlan
-from reelmill.v1 import job_pb2, media_pb2, pipeline_pb2
-
-# harness: the orchestrator tests' fixture, which the tests below take by its name.
+from reelmill.v1 import job_pb2, pipeline_pb2
 from tests.test_orchestrator import (
     Harness,
     Scripted,
     harness,  # noqa: F401
 )
 
+# harness: the orchestrator tests' fixture, which the tests below take by its name.
+from tests.test_reuse import upload
+
 LEASE = timedelta(seconds=30)
-
-
-async def add_video(h: Harness, owner: str) -> str:
-    video_id = str(uuid.uuid4())
-    await h.store.add_video(
-        owner,
-        media_pb2.Video(
-            id=video_id,
-            filename="clip.mp4",
-            content_type="video/mp4",
-            size_bytes=1,
-            sha256="0" * 64,
-            object=media_pb2.ObjectRef(key=f"videos/{video_id}/source"),
-        ),
-    )
-    return video_id
 
 
 async def add_job(h: Harness, owner: str, priority: int = 0, stages: tuple[str, ...] = ()) -> str:
     job, _ = await h.store.create_job(
         owner,
-        video_id=await add_video(h, owner),
+        video_id=await upload(h, owner),
         source_url=None,
         spec=pipeline_pb2.PipelineSpec(),
         request_id="",
