@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from reelmill.uploads import Resume
 from reelmill.v1 import job_pb2, media_pb2
 
 console = Console(highlight=False)
@@ -23,18 +24,23 @@ def stage_state_name(state: int) -> str:
     return job_pb2.StageState.Name(state).removeprefix("STAGE_STATE_")  # type: ignore[arg-type]
 
 
-async def follow(events: AsyncIterator[job_pb2.JobEvent]) -> job_pb2.Job | None:
-    """Shows live progress until the terminal event; returns the final job."""
-    final: job_pb2.Job | None = None
-    with Progress(
-        TextColumn("{task.description:<12}"),
+def bars(width: int) -> Progress:
+    """Live bars: a name ``width`` wide, the bar, its percentage, a state and a message."""
+    return Progress(
+        TextColumn(f"{{task.description:<{width}}}"),
         BarColumn(),
         TextColumn("{task.percentage:>5.1f}%"),
         TextColumn("{task.fields[status]:<10}"),
         TextColumn("{task.fields[message]}"),
         TimeElapsedColumn(),
         console=console,
-    ) as progress:
+    )
+
+
+async def follow(events: AsyncIterator[job_pb2.JobEvent]) -> job_pb2.Job | None:
+    """Shows live progress until the terminal event; returns the final job."""
+    final: job_pb2.Job | None = None
+    with bars(12) as progress:
         tasks: dict[str, TaskID] = {}
         job_line = progress.add_task("job", total=None, status="…", message="")
         async for event in events:
@@ -74,18 +80,9 @@ async def follow_batch(
     of its stages done, its state, what it is doing. Returns each job as its terminal event
     left it."""
     finals: dict[str, job_pb2.Job] = {}
-    width = max((len(name) for name in names.values()), default=4)
-    width = min(max(width, 4), 32)
-    with Progress(
-        TextColumn(f"{{task.description:<{width}}}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>5.1f}%"),
-        TextColumn("{task.fields[status]:<10}"),
-        TextColumn("{task.fields[message]}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        bars = {
+    width = max(4, min(32, max((len(name) for name in names.values()), default=4)))
+    with bars(width) as progress:
+        lines = {
             job_id: progress.add_task(
                 names.get(job_id, job_id)[:width], total=1.0, status="QUEUED", message=""
             )
@@ -97,12 +94,12 @@ async def follow_batch(
                 done[job_id][stage.name] = 1.0 if stage.state in _DONE_STAGES else 0.0
         async for event in events:
             job_id = event.job_id
-            if job_id not in bars:
+            if job_id not in lines:
                 continue
             kind = event.WhichOneof("payload")
             if kind == "job_state_changed":
                 progress.update(
-                    bars[job_id],
+                    lines[job_id],
                     status=state_name(event.job_state_changed.state),
                     message=event.job_state_changed.error.message[:60],
                 )
@@ -110,17 +107,16 @@ async def follow_batch(
                 stage = event.stage_updated.stage
                 stages = done[job_id]
                 stages[stage.name] = 1.0 if stage.state in _DONE_STAGES else stage.progress
+                detail = stage.error.message or event.stage_updated.message
                 progress.update(
-                    bars[job_id],
+                    lines[job_id],
                     completed=sum(stages.values()) / max(len(stages), 1),
-                    message=f"{stage.name}: {(stage.error.message or event.stage_updated.message)}"[
-                        :60
-                    ],
+                    message=f"{stage.name}: {detail}"[:60],
                 )
             if event.HasField("job"):
                 finals[job_id] = event.job
                 if event.job.state == job_pb2.JOB_STATE_SUCCEEDED:
-                    progress.update(bars[job_id], completed=1.0)
+                    progress.update(lines[job_id], completed=1.0)
     return finals
 
 
@@ -191,6 +187,15 @@ def show_job(job: job_pb2.Job) -> None:
 
 def _clock(stamp: timestamp_pb2.Timestamp) -> str:
     return str(stamp.ToDatetime().replace(microsecond=0).isoformat()) + "Z"
+
+
+def resuming(resume: Resume) -> None:
+    """One line per resumption of an upload (``ReelmillClient.upload_file``'s ``on_resume``)."""
+    code = resume.error.code().name
+    console.print(
+        f"  connection lost ({code}); resuming at {resume.committed_size:,} of "
+        f"{resume.size:,} bytes (retry {resume.retry})"
+    )
 
 
 def show_media(info: media_pb2.MediaInfo) -> None:
