@@ -377,9 +377,11 @@ class Orchestrator:
             fingerprint = stage_fingerprint(
                 stage, ctx, fingerprints, self.settings.reuse_salt.get_secret_value()
             )
-            if fingerprint is not None and (reused := await self._reuse(stage, ctx, fingerprint)):
-                fingerprints[name] = fingerprint
-                return reused
+            if fingerprint is not None:
+                reused = await self._reuse(stage, ctx, fingerprint)
+                if reused is not None:
+                    fingerprints[name] = fingerprint
+                    return reused
             attempts = next(row.attempts for row in job.stages if row.name == name)
             while True:
                 attempts += 1
