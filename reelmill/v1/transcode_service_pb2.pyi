@@ -187,3 +187,86 @@ class ExtractAudioResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_update) -> _WhichOneofReturnType_update | None: ...
 
 Global___ExtractAudioResponse: _TypeAlias = ExtractAudioResponse  # noqa: Y015
+
+@_typing.final
+class ExtractStillsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    MEDIA_INFO_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    SCENES_FIELD_NUMBER: _builtins.int
+    OUTPUT_PREFIX_FIELD_NUMBER: _builtins.int
+    output_prefix: _builtins.str
+    @_builtins.property
+    def source(self) -> _media_pb2.ObjectRef: ...
+    @_builtins.property
+    def media_info(self) -> _media_pb2.MediaInfo: ...
+    @_builtins.property
+    def spec(self) -> _pipeline_pb2.ThumbnailSpec: ...
+    @_builtins.property
+    def scenes(self) -> _vision_pb2.Scenes:
+        """The shots to take the stills from; empty takes them by time."""
+
+    def __init__(
+        self,
+        *,
+        source: _media_pb2.ObjectRef | None = ...,
+        media_info: _media_pb2.MediaInfo | None = ...,
+        spec: _pipeline_pb2.ThumbnailSpec | None = ...,
+        scenes: _vision_pb2.Scenes | None = ...,
+        output_prefix: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["media_info", b"media_info", "scenes", b"scenes", "source", b"source", "spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["media_info", b"media_info", "output_prefix", b"output_prefix", "scenes", b"scenes", "source", b"source", "spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExtractStillsRequest: _TypeAlias = ExtractStillsRequest  # noqa: Y015
+
+@_typing.final
+class ExtractStillsResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARTIFACTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[_media_pb2.Artifact]: ...
+    def __init__(
+        self,
+        *,
+        artifacts: _abc.Iterable[_media_pb2.Artifact] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExtractStillsResult: _TypeAlias = ExtractStillsResult  # noqa: Y015
+
+@_typing.final
+class ExtractStillsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def progress(self) -> _media_pb2.Progress: ...
+    @_builtins.property
+    def result(self) -> Global___ExtractStillsResult: ...
+    def __init__(
+        self,
+        *,
+        progress: _media_pb2.Progress | None = ...,
+        result: Global___ExtractStillsResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress", "result", b"result", "update", b"update"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress", "result", b"result", "update", b"update"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_update: _TypeAlias = _typing.Literal["progress", "result"]  # noqa: Y015
+    _WhichOneofArgType_update: _TypeAlias = _typing.Literal["update", b"update"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_update) -> _WhichOneofReturnType_update | None: ...
+
+Global___ExtractStillsResponse: _TypeAlias = ExtractStillsResponse  # noqa: Y015

@@ -46,6 +46,11 @@ class TranscodeServiceStub:
                 request_serializer=reelmill_dot_v1_dot_transcode__service__pb2.ExtractAudioRequest.SerializeToString,
                 response_deserializer=reelmill_dot_v1_dot_transcode__service__pb2.ExtractAudioResponse.FromString,
                 _registered_method=True)
+        self.ExtractStills = channel.unary_stream(
+                '/reelmill.v1.TranscodeService/ExtractStills',
+                request_serializer=reelmill_dot_v1_dot_transcode__service__pb2.ExtractStillsRequest.SerializeToString,
+                response_deserializer=reelmill_dot_v1_dot_transcode__service__pb2.ExtractStillsResponse.FromString,
+                _registered_method=True)
 
 
 class TranscodeServiceServicer:
@@ -68,6 +73,16 @@ class TranscodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExtractStills(self, request, context):
+        """The poster and thumbnails alone: from the keyframes of the shots given
+        (see TranscodeRequest.scenes), or by time without them. The pipeline's
+        stills stage calls it once the scenes stage is done, while the ladder
+        encodes beside it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TranscodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -80,6 +95,11 @@ def add_TranscodeServiceServicer_to_server(servicer, server):
                     servicer.ExtractAudio,
                     request_deserializer=reelmill_dot_v1_dot_transcode__service__pb2.ExtractAudioRequest.FromString,
                     response_serializer=reelmill_dot_v1_dot_transcode__service__pb2.ExtractAudioResponse.SerializeToString,
+            ),
+            'ExtractStills': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExtractStills,
+                    request_deserializer=reelmill_dot_v1_dot_transcode__service__pb2.ExtractStillsRequest.FromString,
+                    response_serializer=reelmill_dot_v1_dot_transcode__service__pb2.ExtractStillsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +157,33 @@ class TranscodeService:
             '/reelmill.v1.TranscodeService/ExtractAudio',
             reelmill_dot_v1_dot_transcode__service__pb2.ExtractAudioRequest.SerializeToString,
             reelmill_dot_v1_dot_transcode__service__pb2.ExtractAudioResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExtractStills(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/reelmill.v1.TranscodeService/ExtractStills',
+            reelmill_dot_v1_dot_transcode__service__pb2.ExtractStillsRequest.SerializeToString,
+            reelmill_dot_v1_dot_transcode__service__pb2.ExtractStillsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,10 +55,25 @@ def source_info(media: media_pb2.MediaInfo) -> SourceInfo | None:
     return SourceInfo(media.container, seconds(media.duration), video, audio)
 
 
+def thumbnail_options(thumbs: pipeline_pb2.ThumbnailSpec) -> ThumbnailOptions:
+    return ThumbnailOptions(
+        enabled=thumbs.enabled if thumbs.HasField("enabled") else True,
+        count=thumbs.count or 5,
+        width=thumbs.width or 320,
+    )
+
+
+def shot_stills(scenes: vision_pb2.Scenes | None) -> tuple[ShotStill, ...]:
+    return tuple(
+        ShotStill(s.start_seconds, s.end_seconds, s.keyframe_seconds, s.keyframe_brightness)
+        for s in (scenes.shots if scenes is not None else ())
+        if s.end_seconds > s.start_seconds
+    )
+
+
 def transcode_options(
     spec: pipeline_pb2.TranscodeSpec, scenes: vision_pb2.Scenes | None = None
 ) -> TranscodeOptions:
-    thumbs = spec.thumbnails
     board = spec.storyboard
     return TranscodeOptions(
         ladder=tuple(
@@ -72,11 +87,7 @@ def transcode_options(
             else DEFAULT_SEGMENT_SECONDS
         ),
         webm=spec.webm if spec.HasField("webm") else False,
-        thumbnails=ThumbnailOptions(
-            enabled=thumbs.enabled if thumbs.HasField("enabled") else True,
-            count=thumbs.count or 5,
-            width=thumbs.width or 320,
-        ),
+        thumbnails=thumbnail_options(spec.thumbnails),
         storyboard=StoryboardOptions(
             enabled=board.enabled if board.HasField("enabled") else True,
             interval=seconds(board.interval) if board.HasField("interval") else None,
@@ -98,11 +109,7 @@ def transcode_options(
             for clip in spec.clips
         ),
         preset=spec.preset,
-        shots=tuple(
-            ShotStill(s.start_seconds, s.end_seconds, s.keyframe_seconds, s.keyframe_brightness)
-            for s in (scenes.shots if scenes is not None else ())
-            if s.end_seconds > s.start_seconds
-        ),
+        shots=shot_stills(scenes),
     )
 
 

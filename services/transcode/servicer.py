@@ -46,6 +46,24 @@ class TranscodeServicer(pb_grpc.TranscodeServiceServicer):
                     result=pb.TranscodeResult(artifacts=artifact_messages(update.artifacts))
                 )
 
+    async def ExtractStills(
+        self, request: pb.ExtractStillsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.ExtractStillsResponse]:
+        updates = self._transcoder.extract_stills(
+            SourceRef(request.source.key, request.source.bucket),
+            messages.source_info(request.media_info),
+            messages.thumbnail_options(request.spec),
+            messages.shot_stills(request.scenes),
+            request.output_prefix,
+        )
+        async for update in relay(updates, context, stage="stills"):
+            if isinstance(update, ProgressUpdate):
+                yield pb.ExtractStillsResponse(progress=progress_message(update))
+            else:
+                yield pb.ExtractStillsResponse(
+                    result=pb.ExtractStillsResult(artifacts=artifact_messages(update.artifacts))
+                )
+
     async def ExtractAudio(
         self, request: pb.ExtractAudioRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ExtractAudioResponse]:

@@ -39,10 +39,12 @@ from services.transcode.model import (
     Artifact,
     AudioOptions,
     Outcome,
+    ShotStill,
     SourceInfo,
+    ThumbnailOptions,
     TranscodeOptions,
 )
-from services.transcode.plan import TranscodePlan, plan_transcode
+from services.transcode.plan import TranscodePlan, plan_thumbnails, plan_transcode
 from services.transcode.probe import probe_source
 from services.transcode.progress import ProgressTracker
 from services.transcode.steps import Output, StepContext
@@ -133,6 +135,20 @@ class Transcoder:
             lambda tracker: self._transcode(source, info, options, output_prefix, tracker)
         )
 
+    def extract_stills(
+        self,
+        source: SourceRef,
+        info: SourceInfo | None,
+        options: ThumbnailOptions,
+        shots: Sequence[ShotStill],
+        output_prefix: str,
+    ) -> AsyncGenerator[Update, None]:
+        return _stream(
+            lambda tracker: self._extract_stills(
+                source, info, options, shots, output_prefix, tracker
+            )
+        )
+
     def extract_audio(
         self,
         source: SourceRef,
@@ -167,6 +183,36 @@ class Transcoder:
             artifacts = await self._upload(outputs, prefix, tracker, stage="transcode")
         tracker.finish()
         log.info("transcoded", extra={"artifacts": len(artifacts), "prefix": prefix})
+        return Outcome(artifacts)
+
+    async def _extract_stills(
+        self,
+        source: SourceRef,
+        info: SourceInfo | None,
+        options: ThumbnailOptions,
+        shots: Sequence[ShotStill],
+        output_prefix: str,
+        tracker: ProgressTracker,
+    ) -> Outcome:
+        """The poster and thumbnails alone (``plan.plan_thumbnails``): a few seeks, so they
+        share the cheap work's slots with audio extraction rather than wait behind ladders."""
+        prefix = normalize_prefix(output_prefix)
+        url, redact = await self._resolve(source)
+        info = info or await self._probe(url)
+        if info.video is None or not options.enabled:
+            tracker.finish("no stills to take")
+            return Outcome(())
+        plan = plan_thumbnails(options, info, shots)
+        tracker.set_weights({"thumbnails": 1.0, "upload": 0.1})
+        waiting = lambda: tracker.note("waiting for a free slot")  # noqa: E731
+        async with (
+            self._audio_slots.hold(waiting),
+            scratch_dir(self.config.scratch_dir, "stills") as scratch,
+        ):
+            ctx = self._context(url, redact, info, scratch, tracker)
+            outputs = await steps.extract_thumbnails(ctx, plan)
+            artifacts = await self._upload(outputs, prefix, tracker, stage="stills")
+        tracker.finish()
         return Outcome(artifacts)
 
     async def _extract_audio(
