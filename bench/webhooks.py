@@ -1,16 +1,18 @@
 """Webhook delivery latency with 1,000 jobs finishing, beside WatchJob in the same run.
 
 One gateway process (its own delivery worker, default settings), a real receiver on
-127.0.0.1 that checks every signature, and one WatchJob stream per job. The jobs are probe-only
-jobs whose events this benchmark writes exactly as the orchestrator does (``Runs``, under a
-lease it holds, so the gateway's orchestrator leaves them alone). Each job then finishes
-(``Runs.finish``: the terminal event and its outbox row in one transaction), paced at a fixed
-rate (open loop), and the benchmark measures, from the wall clock taken right after that
-COMMIT returns:
+127.0.0.1 in a process of its own (``python -m tests.webhook_receiver``; every signature is
+checked afterwards with the receiver's own code), and one WatchJob stream per job. The jobs are
+probe-only jobs whose events this benchmark writes exactly as the orchestrator does (``Runs``,
+under a lease it holds, so the gateway's orchestrator leaves them alone). Each job then
+finishes (``Runs.finish``: the terminal event and its outbox row in one transaction), paced at
+a fixed rate (open loop). Measured from the event's time — Postgres ``now()`` of the
+transaction that commits it, which both the webhook payload (``timestamp``) and the WatchJob
+event (``create_time``) carry, a few ms before the COMMIT returns — to:
 
-- webhook: until the receiver has the signed POST of ``job.succeeded``;
-- WatchJob: until the job's watcher has the same terminal event (a stream held open: the
-  fastest way to learn of the end, and what a webhook spares the caller from holding).
+- webhook: the receiver process having the signed POST of ``job.succeeded``;
+- WatchJob: the job's watcher having the same terminal event (a stream held open: the fastest
+  way to learn of the end, and what a webhook spares the caller from holding).
 
 Two rounds: paced (``--rate``, 100 jobs/s) and a burst (every job finished as fast as the
 writers can).
@@ -21,11 +23,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -36,9 +43,9 @@ from gateway.store import StagePlan, Store
 from reelmill.client import ReelmillClient
 from reelmill.v1 import job_service_pb2, job_service_pb2_grpc, media_pb2, pipeline_pb2
 from reelmill.v1 import webhook_service_pb2 as pb
-from tests.servers import run_postgres
-from tests.suite import INTERNAL_TOKEN, JWT_SECRET, Suite, token
-from tests.webhook_receiver import Behaviour, Receiver
+from tests.servers import run_postgres, stop_process
+from tests.suite import INTERNAL_TOKEN, JWT_SECRET, ROOT, Suite, token
+from tests.webhook_receiver import receiver_verifies
 
 
 async def _jobs(store: Store, runs: Runs, owner: str, count: int) -> list[uuid.UUID]:
@@ -88,10 +95,32 @@ async def _jobs(store: Store, runs: Runs, owner: str, count: int) -> list[uuid.U
     return ids
 
 
+@dataclass
+class ReceiverProcess:
+    """The receiver in its own process, and what it wrote down."""
+
+    proc: subprocess.Popen[str]
+    port: int
+    log: Path
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def at(self, path: str) -> list[dict[str, Any]]:
+        lines = self.log.read_text().splitlines() if self.log.exists() else []
+        found = [json.loads(line) for line in lines if line]
+        return [r for r in found if r["path"] == path]
+
+
+def _event_time(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
 async def _round(
     address: str,
-    receiver: Receiver,
+    receiver: ReceiverProcess,
     path: str,
+    secret: str,
     runs: Runs,
     owner: str,
     ids: list[uuid.UUID],
@@ -100,7 +129,6 @@ async def _round(
     metadata = (("authorization", f"Bearer {token(owner)}"),)
     channel = grpc.aio.insecure_channel(address)
     stub = job_service_pb2_grpc.JobServiceStub(channel)
-    committed: dict[str, float] = {}
     watched: dict[str, float] = {}
     subscribed = asyncio.Event()
     open_streams = 0
@@ -119,7 +147,9 @@ async def _round(
             subscribed.set()
         async for response in call:
             if response.event.HasField("job"):
-                watched[str(job_id)] = time.time()
+                arrived = time.time()
+                created = response.event.create_time.ToDatetime(tzinfo=UTC).timestamp()
+                watched[str(job_id)] = arrived - created
                 return
 
     watchers = [asyncio.create_task(watch(j)) for j in ids]
@@ -128,7 +158,6 @@ async def _round(
 
     async def finish(job_id: uuid.UUID) -> None:
         await runs.finish(job_id, "SUCCEEDED")
-        committed[str(job_id)] = time.time()
 
     began = time.perf_counter()
     if rate is None:
@@ -145,24 +174,27 @@ async def _round(
         await asyncio.gather(*pending)
     finish_seconds = time.perf_counter() - began
     await asyncio.wait_for(asyncio.gather(*watchers), 300)
-    wanted = set(committed)
-
-    def arrived() -> bool:
-        return {r.payload["data"]["job_id"] for r in receiver.at(path)} >= wanted
-
-    await asyncio.to_thread(receiver.wait_for, arrived, 300.0)
+    wanted = {str(j) for j in ids}
+    for _ in range(3000):
+        got = receiver.at(path)
+        if {json.loads(r["body"])["data"]["job_id"] for r in got} >= wanted:
+            break
+        await asyncio.sleep(0.1)
     drained = time.perf_counter() - began
     await channel.close()
     first: dict[str, float] = {}
-    for request in receiver.at(path):
-        job_id = request.payload["data"]["job_id"]
-        first.setdefault(job_id, request.at)
-    hooks = [first[j] - committed[j] for j in wanted]
-    streams = [watched[j] - committed[j] for j in wanted]
+    verified = 0
+    for request in got:
+        payload = json.loads(request["body"])
+        verified += receiver_verifies([secret], request["headers"], request["body"].encode())
+        job_id = payload["data"]["job_id"]
+        first.setdefault(job_id, request["at"] - _event_time(payload["timestamp"]))
+    hooks = [first[j] for j in wanted]
+    streams = [watched[j] for j in wanted]
     return {
         "jobs": len(wanted),
-        "verified": sum(r.verified for r in receiver.at(path)),
-        "requests": len(receiver.at(path)),
+        "verified": verified,
+        "requests": len(got),
         "finish_seconds": finish_seconds,
         "drain_seconds": drained,
         "hook_p50": percentile(hooks, 50),
@@ -174,7 +206,9 @@ async def _round(
     }
 
 
-async def _run(suite: Suite, url: str, receiver: Receiver, jobs: int, rate: float) -> list[dict]:
+async def _run(
+    suite: Suite, url: str, receiver: ReceiverProcess, jobs: int, rate: float
+) -> list[dict[str, Any]]:
     engine = make_engine(url, pool_size=20)
     await migrate(engine)
     sessions = make_sessionmaker(engine)
@@ -192,8 +226,7 @@ async def _run(suite: Suite, url: str, receiver: Receiver, jobs: int, rate: floa
                 endpoint, secret = await client.create_webhook_endpoint(
                     receiver.url(path), event_types=[pb.WEBHOOK_EVENT_TYPE_JOB_SUCCEEDED]
                 )
-            receiver.behave(path, Behaviour(), secrets=[secret])
-            result = await _round(address, receiver, path, runs, owner, ids, pace)
+            result = await _round(address, receiver, path, secret, runs, owner, ids, pace)
             async with ReelmillClient(address, token=token(owner)) as client:
                 await client.delete_webhook_endpoint(endpoint.id)  # the next round's alone
             results.append({"round": name, **result})
@@ -202,7 +235,7 @@ async def _run(suite: Suite, url: str, receiver: Receiver, jobs: int, rate: floa
     return results
 
 
-def _spread(result: dict[str, float], name: str) -> str:
+def _spread(result: dict[str, Any], name: str) -> str:
     ms = 1000.0
     p50, p99, top = (result[f"{name}_{q}"] * ms for q in ("p50", "p99", "max"))
     return f"{p50:.1f} / {p99:.1f} / {top:.0f}"
@@ -211,9 +244,17 @@ def _spread(result: dict[str, float], name: str) -> str:
 def main(quick: bool = False, jobs: int | None = None, rate: float | None = None) -> None:
     count = jobs or (100 if quick else 1000)
     pace = rate or (50.0 if quick else 100.0)
-    receiver = Receiver()
     with run_postgres() as pg, tempfile.TemporaryDirectory(prefix="bench-webhooks-") as tmp:
         url = pg.url(pg.create_database("bench"))
+        log = Path(tmp) / "received.jsonl"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.webhook_receiver", str(log)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        receiver = ReceiverProcess(proc, int(proc.stdout.readline()), log)
         (Path(tmp) / "logs").mkdir()
         suite = Suite(
             env={
@@ -233,7 +274,7 @@ def main(quick: bool = False, jobs: int | None = None, rate: float | None = None
             results = asyncio.run(_run(suite, url, receiver, count, pace))
         finally:
             suite.stop()
-            receiver.close()
+            stop_process(proc)
     rows = []
     for r in results:
         how = f"{pace:g} jobs/s" if r["round"] == "paced" else "as fast as 16 writers go"
@@ -249,8 +290,8 @@ def main(quick: bool = False, jobs: int | None = None, rate: float | None = None
         )
     print(
         table(
-            "Webhook delivery vs WatchJob: terminal event COMMIT -> caller, one gateway "
-            "(ms, p50 / p99 / max)",
+            "Webhook delivery vs WatchJob: terminal event (its transaction's time) -> caller, "
+            "one gateway (ms, p50 / p99 / max)",
             [
                 "round",
                 "jobs",

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TextIO
 
 
 def receiver_verifies(secrets: list[str], headers: dict[str, str], body: bytes) -> bool:
@@ -69,7 +69,10 @@ class Behaviour:
 
 
 class Receiver:
-    def __init__(self) -> None:
+    def __init__(self, log: TextIO | None = None) -> None:
+        #: When set, every request is also written to it as a JSON line (arrival, path,
+        #: headers, body): how another process reads what this one received.
+        self.log = log
         self.received: list[Received] = []
         self.secrets: dict[str, list[str]] = {}
         self.behaviours: dict[str, Behaviour] = {}
@@ -83,6 +86,9 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # The answer's head and body are two writes: with Nagle the body waits for the
+            # sender's delayed ACK (40 ms on Linux), which a real server would not add.
+            disable_nagle_algorithm = True
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))
@@ -119,7 +125,12 @@ class Receiver:
             turn = self._seen.get(key, 0)
             self._seen[key] = turn + 1
             status = behaviour.statuses[min(turn, len(behaviour.statuses) - 1)]
-            self.received.append(Received(path, headers, body, verified, time.time(), status))
+            got = Received(path, headers, body, verified, time.time(), status)
+            self.received.append(got)
+            if self.log is not None:
+                line = {"at": got.at, "path": path, "headers": headers, "body": body.decode()}
+                self.log.write(json.dumps(line) + "\n")
+                self.log.flush()
         if behaviour.hang is not None:
             with self._lock:
                 self.hanging += 1
@@ -165,3 +176,19 @@ def running_receiver() -> Iterator[Receiver]:
         yield receiver
     finally:
         receiver.close()
+
+
+def main() -> None:
+    """``python -m tests.webhook_receiver LOG``: a receiver in a process of its own (for
+    benchmarks: its timing is not the load generator's); prints its port, answers 200 to
+    everything, writes every request to LOG, runs until killed."""
+    import sys
+
+    with open(sys.argv[1], "a") as log:
+        receiver = Receiver(log)
+        print(receiver.port, flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
