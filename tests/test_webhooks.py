@@ -32,6 +32,7 @@ from reelmill.v1 import job_pb2, media_pb2, pipeline_pb2
 from reelmill.v1 import webhook_service_pb2 as pb
 from tests.conftest import SuiteEnv
 from tests.media import make_clip
+from tests.servers import free_port
 from tests.suite import PROBE_ONLY, Suite, run_suite, token
 from tests.webhook_receiver import Behaviour, Receiver, running_receiver
 
@@ -68,7 +69,12 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def suite(suite_env: SuiteEnv, receiver: Receiver) -> Iterator[Suite]:
+def metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def suite(suite_env: SuiteEnv, receiver: Receiver, metrics_port: int) -> Iterator[Suite]:
     env = {
         "REELMILL_LEASE_SECONDS": "3",
         "REELMILL_POLL_SECONDS": "0.5",
@@ -82,7 +88,12 @@ def suite(suite_env: SuiteEnv, receiver: Receiver) -> Iterator[Suite]:
         "REELMILL_WEBHOOK_POLL_SECONDS": "0.2",
         **suite_env("s3"),
     }
-    with run_suite(env, services=("ingest", "transcode")) as running:
+
+    def extra(name: str) -> dict[str, str]:
+        listen = f"127.0.0.1:{metrics_port}"
+        return {"REELMILL_METRICS_LISTEN": listen} if name == "gateway" else {}
+
+    with run_suite(env, services=("ingest", "transcode"), extra=extra) as running:
         yield running
 
 
@@ -333,3 +344,18 @@ async def test_the_cli_manages_endpoints(env: Env) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await client.rotate_webhook_secret(endpoint_id)
     assert error_reason(caught.value) == "WEBHOOK_ENDPOINT_NOT_FOUND"
+
+
+def test_attempts_are_counted_by_outcome(env: Env, metrics_port: int) -> None:
+    """Runs last: the gateway (restarted after the SIGKILL) counted the attempts the tests
+    above made it, by outcome, on its /metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
+    counted = {
+        line.split('outcome="', 1)[1].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("reelmill_webhook_deliveries_total{")
+    }
+    assert counted["gone"] == 1  # the one 410
+    assert counted["exhausted"] >= 1  # /down (and the hanging receiver's)
+    assert counted["retrying"] >= 3  # /flaky once, /down twice, …
+    assert counted["succeeded"] >= 5

@@ -194,6 +194,8 @@ class Deliverer:
         )
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Set by ``drain``: nothing new is claimed.
+        self.draining = False
 
     def wake(self, _payload: str = "") -> None:
         """New deliveries may be due (a NOTIFY, a finished attempt)."""
@@ -204,7 +206,7 @@ class Deliverer:
             while True:
                 self._wake.clear()
                 free = self.config.concurrency - len(self._tasks)
-                if free > 0:
+                if free > 0 and not self.draining:
                     try:
                         claimed = await self.claim(free)
                     except Exception as exc:  # database down: the next round retries
@@ -236,6 +238,7 @@ class Deliverer:
     async def drain(self, timeout: float) -> None:
         """Lets the attempts in flight finish (shutdown); the rest keep their lease and are
         sent again by another gateway once it runs out."""
+        self.draining = True
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout)
 

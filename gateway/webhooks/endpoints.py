@@ -25,7 +25,7 @@ from gateway.db import models
 from gateway.store import keyset_page, lock_owner, parse_id
 from gateway.webhooks.events import BY_NAME, DEFAULT_TYPES, NAMES, EventType
 from gateway.webhooks.outbox import DUE_CHANNEL
-from gateway.webhooks.secrets import SecretBox
+from gateway.webhooks.secrets import SecretBox, SecretUnreadable
 from reelmill.v1 import webhook_service_pb2 as pb
 from reelmill.webhooks import new_secret
 from runtime.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
@@ -39,6 +39,8 @@ MAX_DESCRIPTION = 256
 MAX_ATTEMPTS_SHOWN = 50
 #: The longest overlap a rotation may ask for.
 MAX_OVERLAP = timedelta(days=7)
+#: How long registration waits for the host's addresses.
+DNS_TIMEOUT = 10.0
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MESSAGE_ID = re.compile(r"^msg_([0-9a-f]{32})$")
 
@@ -135,8 +137,8 @@ async def vet_target(guard: NetGuard, url: str) -> str:
     parsed = guard.check_url(url)
     port = parsed.port or DEFAULT_SCHEME_PORTS[parsed.scheme.lower()]
     try:
-        await asyncio.to_thread(guard.addresses, parsed.host, port)
-    except httpcore2.ConnectError as exc:
+        await asyncio.wait_for(asyncio.to_thread(guard.addresses, parsed.host, port), DNS_TIMEOUT)
+    except (httpcore2.ConnectError, TimeoutError) as exc:
         raise Unavailable(
             f"could not resolve {parsed.host} now; try again", reason="DNS_UNAVAILABLE"
         ) from exc
@@ -255,8 +257,14 @@ class Webhooks:
         async with self.sessions.begin() as session:
             row = await self._endpoint(session, owner, endpoint_id, lock=True)
             context = str(row.id)
-            current = self.box.open(row.secret, context)
             keep = overlap > timedelta(0)
+            current = ""
+            if keep:
+                try:
+                    current = self.box.open(row.secret, context)
+                except SecretUnreadable as exc:  # the key changed: nothing to keep signing with
+                    log.warning("rotating %s: the old secret is unreadable: %s", endpoint_id, exc)
+                    keep = False
             await session.execute(
                 update(models.WebhookEndpoint)
                 .where(models.WebhookEndpoint.id == row.id)
