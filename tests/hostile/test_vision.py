@@ -1,8 +1,9 @@
-"""The hostile corpus of VisionService: broken, lying and dangerous sources and requests sent
-straight to a real vision process (as only the gateway may: with the internal token) over a
-real S3 bucket. Ingest refuses most of these before a job starts; the vision service must not
-rely on that. Each case gets its status and reason; nothing is stored under the output prefix,
-no scratch is left, no local file named by a playlist is read, and the process still serves."""
+"""The hostile corpus of VisionService (and of TranscodeService.ExtractStills, the stills from
+its shots): broken, lying and dangerous sources and requests sent straight to a real process
+(as only the gateway may: with the internal token) over a real S3 bucket. Ingest refuses most
+of these before a job starts; the services must not rely on that. Each case gets its status
+and reason; nothing is stored under the output prefix, no scratch is left, no local file named
+by a playlist is read, and the process still serves."""
 
 from __future__ import annotations
 
@@ -15,7 +16,14 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from reelmill.v1 import media_pb2, pipeline_pb2, vision_pb2, vision_service_pb2
+from reelmill.v1 import (
+    media_pb2,
+    pipeline_pb2,
+    transcode_service_pb2,
+    vision_pb2,
+    vision_service_pb2,
+)
+from reelmill.v1 import transcode_service_pb2_grpc as transcode_grpc
 from reelmill.v1 import vision_service_pb2_grpc as vision_grpc
 from runtime.durations import duration_message
 from runtime.errors import error_info
@@ -55,7 +63,7 @@ class Vision:
 
 @pytest.fixture(scope="module")
 def vision(suite_env: SuiteEnv, s3_server: S3Server) -> Iterator[Vision]:
-    with run_suite(suite_env("s3"), services=("vision",)) as suite:
+    with run_suite(suite_env("s3"), services=("vision", "transcode")) as suite:
         yield Vision(
             suite=suite,
             s3=s3_server,
@@ -214,6 +222,52 @@ def test_hostile_ocr_spec(vision: Vision, sources: dict[str, bytes], name: str) 
         "INVALID_ARGUMENT",
         "INVALID_OCR_SPEC",
     )
+
+
+#: ExtractStills: (source, spec, shots, prefix changes) -> expected code, reason.
+STILLS = {
+    # (transcode's own reason for a source its probe cannot read)
+    "text": ({"key": "sources/text.mp4"}, "INVALID_ARGUMENT", "CORRUPT_SOURCE"),
+    "hls-naming-a-local-file": (
+        {"key": "sources/hls-naming-a-local-file.mp4"},
+        "INVALID_ARGUMENT",
+        "CORRUPT_SOURCE",
+    ),
+    "missing-object": ({"key": "sources/nothing-here.mp4"}, "NOT_FOUND", ""),
+    "other-bucket": ({"bucket": "someone-else"}, "FAILED_PRECONDITION", "UNKNOWN_BUCKET"),
+    "no-prefix": ({"prefix": ""}, "INVALID_ARGUMENT", "INVALID_OUTPUT_PREFIX"),
+    "too-many": ({"count": 10_000}, "INVALID_ARGUMENT", "INVALID_THUMBNAILS"),
+    "too-narrow": ({"width": 2}, "INVALID_ARGUMENT", "INVALID_THUMBNAILS"),
+}
+
+
+@pytest.mark.parametrize("name", list(STILLS))
+def test_hostile_stills(vision: Vision, sources: dict[str, bytes], name: str) -> None:
+    change, code, reason = STILLS[name]
+    fields: dict[str, object] = {"key": "sources/corrupt-mid-file.mp4", **change}
+    address = vision.suite.processes["transcode"][0].address
+    request = transcode_service_pb2.ExtractStillsRequest(
+        source=media_pb2.ObjectRef(key=str(fields["key"]), bucket=str(fields.get("bucket", ""))),
+        spec=pipeline_pb2.ThumbnailSpec(
+            count=int(fields.get("count", 3)),  # type: ignore[call-overload]
+            width=int(fields.get("width", 160)),  # type: ignore[call-overload]
+        ),
+        scenes=vision_pb2.Scenes(
+            shots=[vision_pb2.Shot(start_seconds=0, end_seconds=2, keyframe_seconds=1)]
+        ),
+        output_prefix=str(fields.get("prefix", PREFIX)),
+    )
+    error = None
+    with grpc.insecure_channel(address) as channel:
+        try:
+            list(
+                transcode_grpc.TranscodeServiceStub(channel).ExtractStills(
+                    request, metadata=AUTH, timeout=60
+                )
+            )
+        except grpc.RpcError as exc:
+            error = exc
+    check(error, code, reason)
 
 
 def test_nothing_stored_no_scratch_no_secret_and_still_serving(
