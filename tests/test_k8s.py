@@ -87,7 +87,7 @@ EXTERNAL_SECRETS = {
     "reelmill-jwt": {"secret"},
     "reelmill-internal": {"token"},
 }
-OPTIONAL_SECRETS = {"reelmill-gemini": {"api-key"}}
+OPTIONAL_SECRETS = {"reelmill-gemini": {"api-key"}, "reelmill-webhooks": {"secret-key"}}
 #: Workloads the dev overlay adds; who may reach them, by port.
 DATASTORES = {"postgres": {5432: {"gateway", "migrate"}}, "minio": {9000: set(PROCESSES)}}
 
