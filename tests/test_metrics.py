@@ -416,7 +416,7 @@ async def test_every_process_serves_metrics_that_follow_a_job(
     clip = make_clip(tmp_path / "clip.mp4", seconds=1, width=160, height=120)
     size = clip.stat().st_size
     async with ReelmillClient(suite.gateway, token=token()) as client:
-        video = await client.upload_file(clip)
+        video = await client.upload_file(clip, resumable=False)
         assert video.size_bytes == size
         at_gateway = await asyncio.to_thread(gateway)
         assert value(at_gateway, "reelmill_upload_size_bytes_total", service="gateway") == size
@@ -434,6 +434,21 @@ async def test_every_process_serves_metrics_that_follow_a_job(
             value(at_ingest, "reelmill_rpc_server_duration_seconds_count", method=ingest, code="OK")
             == 1
         )
+        # The same bytes again through a resumable upload: counted once more, as they arrive.
+        again = await client.upload_file(clip)
+        assert again.sha256 == video.sha256
+        at_gateway = await asyncio.to_thread(gateway)
+        assert value(at_gateway, "reelmill_upload_size_bytes_total", service="gateway") == 2 * size
+        at_ingest = await asyncio.to_thread(scrape, addresses["ingest"])
+        assert value(at_ingest, "reelmill_upload_size_bytes_total", service="ingest") == 2 * size
+        for samples, method in (
+            (at_gateway, "reelmill.v1.JobService/WriteUpload"),
+            (at_ingest, "reelmill.v1.IngestService/WriteParts"),
+        ):
+            count = value(
+                samples, "reelmill_rpc_server_duration_seconds_count", method=method, code="OK"
+            )
+            assert count == 1, method
 
         # A job to its end; the counts follow within the gauge's interval.
         job = await client.create_job(video.id, spec=PROBE_ONLY)
@@ -484,7 +499,7 @@ async def test_every_process_serves_metrics_that_follow_a_job(
         assert value(final, probes, stage="import", outcome="succeeded") == 1
         assert not final.get("reelmill_stage_retries_total")  # nothing was retried
         # A URL import is no upload.
-        assert value(final, "reelmill_upload_size_bytes_total", service="gateway") == size
+        assert value(final, "reelmill_upload_size_bytes_total", service="gateway") == 2 * size
     # Each process's endpoint stops with it (the suite's SIGTERM).
     suite.stop()
     for name in PROCESS_NAMES:
