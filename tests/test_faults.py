@@ -59,8 +59,10 @@ TRANSIENT_CODES = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"}
 PATIENCE = 240.0
 
 #: The whole pipeline, kept small: one low rung, HLS, one thumbnail, a storyboard, the audio
-#: branch with transcription and metadata.
+#: branch with transcription and metadata. Never reused from an earlier job of the same clip:
+#: every job does its work, which the faults interrupt.
 SMALL = pipeline_pb2.PipelineSpec(
+    reuse=False,
     transcode=pipeline_pb2.TranscodeSpec(
         ladder=[pipeline_pb2.LadderRung(height=120)],
         thumbnails=pipeline_pb2.ThumbnailSpec(count=1, width=160),
@@ -619,9 +621,13 @@ async def test_fifty_concurrent_short_jobs(env: dict[str, str], short_clip: Path
             async with ReelmillClient(suite.gateway, token=token()) as client:
                 video = await client.upload_file(short_clip)
                 # the whole default pipeline (ladder capped at the source, HLS, thumbnails,
-                # storyboard, audio, transcript, metadata), with the result caches off
+                # storyboard, audio, transcript, metadata), with the result caches and reuse
+                # off
                 jobs = await asyncio.gather(
-                    *(client.create_job(video.id) for _ in range(CONCURRENT_JOBS))
+                    *(
+                        client.create_job(video.id, spec=pipeline_pb2.PipelineSpec(reuse=False))
+                        for _ in range(CONCURRENT_JOBS)
+                    )
                 )
                 seen: dict[str, list[int]] = {job.id: [] for job in jobs}
                 async with asyncio.timeout(PATIENCE * 2):
