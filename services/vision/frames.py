@@ -68,16 +68,21 @@ def decode_frames(
     stop: threading.Event,
     expected_duration: float = 0.0,
     threads: int = 0,
+    reference_only: bool = False,
 ) -> Iterator[Decoded]:
-    """Every frame of the first video stream of ``source``, in order. Raises
-    ``InvalidArgument`` (NOT_A_VIDEO, CORRUPT_VIDEO, TRUNCATED_SOURCE), ``Unavailable`` when a
-    URL cannot be read, ``Cancelled`` once ``stop`` is set."""
+    """Every frame of the first video stream of ``source``, in order; with
+    ``reference_only``, the frames other frames are predicted from (the decoder skips the
+    rest, often most of them: a sampler that wants one frame every few seconds takes the next
+    one it gets). Raises ``InvalidArgument`` (NOT_A_VIDEO, CORRUPT_VIDEO, TRUNCATED_SOURCE),
+    ``Unavailable`` when a URL cannot be read, ``Cancelled`` once ``stop`` is set."""
     with open_source(source) as container:
         if not container.streams.video:
             raise not_a_video("it has no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         stream.thread_count = threads
+        if reference_only:
+            stream.codec_context.skip_frame = "NONREF"
         base = stream.start_time if stream.start_time is not None else None
         time_base = float(stream.time_base) if stream.time_base is not None else 0.0
         rate = float(stream.average_rate) if stream.average_rate else 0.0

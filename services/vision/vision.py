@@ -270,7 +270,11 @@ class Vision:
             pending = list(times)
             size = (0, 0)
             for decoded in decode_frames(
-                url, stop=stop, expected_duration=facts.duration, threads=threads
+                url,
+                stop=stop,
+                expected_duration=facts.duration,
+                threads=threads,
+                reference_only=True,
             ):
                 if not pending:
                     break
