@@ -41,10 +41,9 @@ from typing import Any
 
 import httpcore2
 import httpx2
-from sqlalchemy import func, insert, text, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from gateway.db import models
 from gateway.metrics import webhook_attempted
 from gateway.runs import survives_disconnects
 from gateway.webhooks.endpoints import message_id
@@ -147,6 +146,44 @@ _CLAIM = text(
 )
 
 
+#: The attempt, its consequences for the delivery, and for the endpoint when it must be
+#: disabled, in one statement fenced by the claim's token (Postgres runs every data-modifying
+#: CTE once, whatever the main query reads); 1 when written, 0 when the delivery was
+#: redelivered, taken over or deleted meanwhile.
+_RECORD = text(
+    """
+    WITH d AS (
+           UPDATE webhook_deliveries
+              SET state = CAST(:state AS varchar),
+                  lease_until = NULL,
+                  lease_token = NULL,
+                  last_status_code = CAST(:status AS integer),
+                  last_error = CAST(:error AS text),
+                  update_time = now(),
+                  delivered_time = CASE WHEN CAST(:state AS varchar) = 'SUCCEEDED' THEN now()
+                                        ELSE delivered_time END,
+                  next_attempt_time = CASE
+                      WHEN CAST(:wait AS double precision) IS NULL THEN next_attempt_time
+                      ELSE now() + make_interval(secs => CAST(:wait AS double precision)) END
+            WHERE id = :id AND lease_token = :token
+        RETURNING id),
+         a AS (
+           INSERT INTO webhook_attempts
+                  (delivery_id, start_time, duration_seconds, outcome, status_code, error)
+           SELECT id, CAST(:started AS timestamptz), CAST(:seconds AS double precision),
+                  CAST(:outcome AS varchar), CAST(:status AS integer), CAST(:error AS text)
+             FROM d),
+         e AS (
+           UPDATE webhook_endpoints
+              SET state = 'DISABLED', disabled_reason = CAST(:disable AS varchar),
+                  disable_time = now()
+            WHERE CAST(:disable AS varchar) IS NOT NULL AND id = :endpoint
+              AND state = 'ACTIVE' AND EXISTS (SELECT 1 FROM d))
+    SELECT count(*) FROM d
+    """
+)
+
+
 def next_wait(
     schedule: tuple[float, ...],
     attempt: int,
@@ -181,6 +218,10 @@ class Deliverer:
         uniform: Callable[[float, float], float] = random.uniform,
     ) -> None:
         self.sessions = sessions
+        #: The claim and the outcome are single statements, run outside an explicit
+        #: transaction (each is atomic on its own): one round trip each.
+        engine = sessions.kw["bind"]
+        self.engine: AsyncEngine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.guard = guard
         self.box = box
         self.objects = objects
@@ -246,9 +287,9 @@ class Deliverer:
 
     async def claim(self, limit: int) -> list[Claimed]:
         token = uuid.uuid4()
-        async with self.sessions.begin() as session:
+        async with self.engine.connect() as connection:  # one statement, one round trip
             rows = (
-                await session.execute(
+                await connection.execute(
                     _CLAIM,
                     {
                         "lease": self.config.timeout + LEASE_MARGIN_SECONDS,
@@ -362,58 +403,35 @@ class Deliverer:
         """Writes the attempt and what follows from it, fenced by the claim's token (a
         delivery redelivered or taken over meanwhile is not overwritten); the outcome's
         metric name."""
-        delivery = models.WebhookDelivery
-        fence = (delivery.id == item.id, delivery.lease_token == item.token)
-        values: dict[str, Any] = {
-            "lease_until": None,
-            "lease_token": None,
-            "last_status_code": outcome.status_code,
-            "last_error": outcome.error,
-            "update_time": func.now(),
-        }
-        disable: str | None = None
+        state, wait, disable = "PENDING", None, None
         if outcome.succeeded:
-            label = "succeeded"
-            values.update(state="SUCCEEDED", delivered_time=func.now())
+            label, state = "succeeded", "SUCCEEDED"
         elif outcome.status_code == 410:
-            label, disable = "gone", "ENDPOINT_GONE"
-            values.update(state="FAILED")
+            label, state, disable = "gone", "FAILED", "ENDPOINT_GONE"
         else:
             wait = next_wait(self.config.schedule, item.attempt, outcome.retry_after, self.uniform)
             if wait is None:
-                label, disable = "exhausted", "RETRIES_EXHAUSTED"
-                values.update(state="FAILED")
+                label, state, disable = "exhausted", "FAILED", "RETRIES_EXHAUSTED"
             else:
                 label = "retrying"
-                values.update(next_attempt_time=func.now() + timedelta(seconds=wait))
-        async with self.sessions.begin() as session:
-            updated = (
-                await session.execute(
-                    update(delivery).where(*fence).values(values).returning(delivery.id)
-                )
-            ).scalar_one_or_none()
-            if updated is None:
-                log.info("webhook delivery %s changed meanwhile", message_id(item.id))
-                return label
-            await session.execute(
-                insert(models.WebhookAttempt).values(
-                    delivery_id=item.id,
-                    start_time=started,
-                    duration_seconds=seconds,
-                    outcome="SUCCEEDED" if outcome.succeeded else "FAILED",
-                    status_code=outcome.status_code,
-                    error=outcome.error,
-                )
-            )
-            if disable is not None:
-                await session.execute(
-                    update(models.WebhookEndpoint)
-                    .where(
-                        models.WebhookEndpoint.id == item.endpoint_id,
-                        models.WebhookEndpoint.state == "ACTIVE",
-                    )
-                    .values(state="DISABLED", disabled_reason=disable, disable_time=func.now())
-                )
+        params = {
+            "id": item.id,
+            "token": item.token,
+            "endpoint": item.endpoint_id,
+            "state": state,
+            "wait": wait,
+            "status": outcome.status_code,
+            "error": outcome.error,
+            "started": started,
+            "seconds": seconds,
+            "outcome": "SUCCEEDED" if outcome.succeeded else "FAILED",
+            "disable": disable,
+        }
+        async with self.engine.connect() as connection:  # one statement, one round trip
+            written = (await connection.execute(_RECORD, params)).scalar_one()
+        if not written:
+            log.info("webhook delivery %s changed meanwhile", message_id(item.id))
+            return label
         webhook_attempted(label)
         extra = {
             "webhook_id": message_id(item.id),
