@@ -415,3 +415,43 @@ def test_stills_come_from_the_shots_keyframes() -> None:
     poster, thumbs = shot_stills(shots[:2], 4, 6.0)
     assert poster == 2.0
     assert thumbs == (1.5, 2.0, 4.5, 5.0)
+
+
+async def test_a_still_picture_is_read_once_not_at_every_sample(
+    tmp_path: Path, vision_store: LocalObjectStore
+) -> None:
+    """A slide held for 8 s, then another: the samples that show the same picture as the last
+    frame read take its lines again (no OCR run), and a new caption is still read."""
+    from tests.vision_media import FONT, _run
+
+    draw = ",".join(
+        f"drawtext=fontfile={FONT}:text='{text}':fontsize=44:fontcolor=white:x=80:y=200"
+        f":enable='between(t,{start},{end})'"
+        for text, start, end in (("Agenda for today", 0, 7.9), ("Budget and hiring", 8, 16))
+    )
+    path = tmp_path / "slides.mp4"
+    _run(["-f", "lavfi", "-i", "color=c=0x203050:size=960x540:rate=25:duration=16",
+          "-vf", f"{draw},format=yuv420p", "-c:v", "libx264", "-preset", "ultrafast",
+          "-movflags", "+faststart", str(path)])  # fmt: skip
+    await vision_store.put_file("slides.mp4", path, content_type="video/mp4")
+    vision = build_vision(VisionSettings(), vision_store)
+    engine = vision.all_engines[0]
+    calls = []
+    original = engine.read
+
+    def counting(image: np.ndarray, *, min_confidence: float) -> list:  # type: ignore[type-arg]
+        calls.append(1)
+        return original(image, min_confidence=min_confidence)
+
+    engine.read = counting  # type: ignore[method-assign]
+    outcome = None
+    async for update in vision.read_text(
+        SourceRef("slides.mp4"), VideoFacts(duration=16.0, fps=25.0), None, OcrOptions(), "s/"
+    ):
+        if isinstance(update, TextOutcome):
+            outcome = update
+    assert outcome is not None
+    texts = [normalise(e.text) for e in outcome.text.entries]
+    assert texts == [normalise("Agenda for today"), normalise("Budget and hiring")]
+    assert outcome.text.frames_examined == 8
+    assert len(calls) == 2  # one read per slide

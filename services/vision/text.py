@@ -17,6 +17,10 @@ import difflib
 import unicodedata
 from dataclasses import dataclass, field
 
+import cv2
+import numpy as np
+import numpy.typing as npt
+
 from services.vision.model import Box, Line, Scenes, TextEntry
 
 #: Boxes must overlap at least this much (of the smaller one) to be the same line.
@@ -26,6 +30,12 @@ MIN_OVERLAP = 0.5
 MIN_SIMILARITY = 0.8
 #: Samples an entry may be missed by before it counts as gone.
 MISSES_ALLOWED = 1
+#: A sample whose every pixel of a 128x72 grey thumbnail is within this much (0-255) of the
+#: last frame read shows what that one showed: its lines are taken again, not read again
+#: (slides, talking heads, a caption over a still picture). A new line, however small,
+#: changes some pixel by far more.
+STILL_SIZE = (128, 72)
+STILL_MAX_DIFFERENCE = 12
 
 
 def sample_times(scenes: Scenes | None, duration: float, interval: float) -> list[float]:
@@ -48,6 +58,23 @@ def sample_times(scenes: Scenes | None, duration: float, interval: float) -> lis
             times.add(round(t, 3))
             t += interval
     return sorted(times)
+
+
+class StillPicture:
+    """Whether a sample shows the same picture as the last frame OCR read."""
+
+    def __init__(self) -> None:
+        self.last: npt.NDArray[np.int16] | None = None
+        self.reused = 0
+
+    def same(self, image: npt.NDArray[np.uint8]) -> bool:
+        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        thumb = cv2.resize(grey, STILL_SIZE, interpolation=cv2.INTER_AREA).astype(np.int16)
+        if self.last is not None and int(np.abs(thumb - self.last).max()) <= STILL_MAX_DIFFERENCE:
+            self.reused += 1
+            return True
+        self.last = thumb
+        return False
 
 
 def normalise(text: str) -> str:

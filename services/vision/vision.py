@@ -42,6 +42,7 @@ from services.vision.frames import (
 from services.vision.model import (
     Artifact,
     ArtifactKind,
+    Line,
     OcrOptions,
     OnScreenText,
     Scenes,
@@ -52,7 +53,7 @@ from services.vision.model import (
 from services.vision.ocr import NAME as OCR_ENGINE
 from services.vision.ocr import OcrEngine
 from services.vision.shots import ShotFinder
-from services.vision.text import TextTracker, sample_times
+from services.vision.text import StillPicture, TextTracker, sample_times
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +267,8 @@ class Vision:
             lower_priority(self.config.nice)
             engine.load()
             tracker = TextTracker()
+            still = StillPicture()
+            lines: list[Line] = []
             report = _Reporter(put, facts.duration, "reading on-screen text")
             pending = list(times)
             size = (0, 0)
@@ -288,10 +291,9 @@ class Vision:
                 image = rotate(small_bgr(decoded.frame, size), facts.rotation)
                 if stop.is_set():
                     raise Cancelled("the request was cancelled")
-                tracker.add(
-                    round(decoded.time, 3),
-                    engine.read(image, min_confidence=options.min_confidence),
-                )
+                if not still.same(image):
+                    lines = engine.read(image, min_confidence=options.min_confidence)
+                tracker.add(round(decoded.time, 3), lines)
                 report(decoded.time, force=True)
             put(
                 OnScreenText(
