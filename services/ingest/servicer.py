@@ -136,7 +136,8 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             hash_state=header.hash_state,
             chunks=chunks(),
         )
-        async for part in parts:
+        # In a task tied to the call: however the gateway goes away, the write stops.
+        async for part in relay(parts, context):
             yield ingest_service_pb2.WritePartsResponse(
                 part=ingest_service_pb2.CommittedPart(
                     part_number=part.number,
