@@ -9,6 +9,9 @@ sample (or the one before, so one missed reading does not split a caption) showe
 normalised text is the same or nearly so and their boxes overlap; it then extends that entry.
 An entry ends at the first sample that no longer shows it (or at the video's end). So a caption
 on screen for 20 s is one entry, seen by ten samples, not ten entries.
+
+``StillPicture``: a sample that shows the very picture OCR last read (a slide, a talking head)
+takes that frame's lines again instead of running the models.
 """
 
 from __future__ import annotations
