@@ -4,19 +4,19 @@ computed (issue 13; target: the resubmitted job ends within 1 s).
 Input: ``bench.pipeline``'s clip, a 1280x720 25 fps testsrc2 video whose audio is real speech
 (59.95 s; the first 10 s with ``--quick``). The suite runs as the end-to-end tests run it
 (ephemeral Postgres, every service and one gateway as subprocesses) on each object store named
-(``--backend``: the local directory, where a copy is a hard link, and SeaweedFS S3, where it is
-a server-side copy).
+(``--backend``: the local directory, and SeaweedFS S3).
 
 - computed: upload, then a job with the default spec, timed from ``CreateJob`` to the terminal
   event of ``WatchJob`` (every stage runs: probe, transcode, scenes, OCR, audio, transcribe,
   metadata);
 - reused: the same file uploaded again (a new video, timed apart), then a job with the same
-  spec, timed the same way: each stage finds the computed job's result by its fingerprint and
-  copies its artifacts to the new job's keys.
+  spec, timed the same way: each stage finds the computed job's result by its fingerprint,
+  checks that its objects are still stored, and records them as its own (referenced, not
+  copied).
 
-The table gives both times, their ratio, the stages reused and the artifacts (and bytes)
-copied. One run, no repeats: wall-clock figures on a shared machine also measure the
-neighbours.
+The table gives both times, their ratio, the stages reused and the artifacts (and bytes) the
+resubmission names without storing them again. One run, no repeats: wall-clock figures on a
+shared machine also measure the neighbours.
 
     python -m bench.reuse [--quick] [--backend local|s3|both]
 """
@@ -115,7 +115,7 @@ def rows(backend: str, computed: Run, reused: Run) -> list[tuple[str, ...]]:
             f"<= {TARGET_SECONDS:.1f} s: {'met' if reused.job <= TARGET_SECONDS else 'MISSED'}",
         ),
         (
-            f"{backend}: stages reused / artifacts copied",
+            f"{backend}: stages reused / artifacts referenced",
             f"{len(copied)} / {len(reused.final.artifacts)}",
             "",
             f"{size / 1e6:.1f} MB",

@@ -13,6 +13,13 @@ def job_prefix(job_id: uuid.UUID) -> str:
     return f"jobs/{job_id}/"
 
 
+def reused_prefix(key: str) -> str:
+    """The job prefix an object key lies under (``jobs/{job_id}/``), or "" for another key."""
+    kind, _, rest = key.partition("/")
+    job_id, slash, _ = rest.partition("/")
+    return f"{kind}/{job_id}/" if kind == "jobs" and job_id and slash else ""
+
+
 def video_prefix(video_id: uuid.UUID) -> str:
     return f"videos/{video_id}/"
 

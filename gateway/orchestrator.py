@@ -27,7 +27,7 @@ from opentelemetry.trace import Status, StatusCode
 from gateway import metrics
 from gateway.pipeline import Stage, StageContext, StageResult, finished
 from gateway.reuse import SKIPPED, Reuser, stage_fingerprint
-from gateway.runs import ClaimedJob, LeaseLost, Runs
+from gateway.runs import ClaimedJob, LeaseLost, Runs, SourceGone
 from gateway.settings import GatewaySettings
 from reelmill.retry import Backoff
 from reelmill.v1 import job_pb2
@@ -82,7 +82,7 @@ class Orchestrator:
         self.settings = settings
         self.runs = runs
         self.stages = {s.name: s for s in stages}
-        #: Copies earlier results of stages with the same fingerprint (with an object store).
+        #: Takes earlier results of stages with the same fingerprint (with an object store).
         self.reuser = Reuser(runs, objects) if objects is not None else None
         self.lease = timedelta(seconds=settings.lease_seconds)
         #: Between the attempts of a stage.
@@ -461,17 +461,21 @@ class Orchestrator:
         if reused is None:
             return None
         result = reused.result
-        await self.runs.update_stage(
-            ctx.job.id,
-            stage.name,
-            state="SUCCEEDED",
-            message=f"reused the outputs of job {reused.source}",
-            outputs=result.outputs,
-            artifacts=result.artifacts,
-            job_fields=result.job_fields,
-            fingerprint=fingerprint,
-            reused_from=reused.source,
-        )
+        try:
+            await self.runs.update_stage(
+                ctx.job.id,
+                stage.name,
+                state="SUCCEEDED",
+                message=f"reused the outputs of job {reused.source}",
+                outputs=result.outputs,
+                artifacts=result.artifacts,
+                job_fields=result.job_fields,
+                fingerprint=fingerprint,
+                reused_from=reused.source,
+            )
+        except SourceGone:
+            log.info("the job to reuse was deleted meanwhile; running the stage")
+            return None
         metrics.stage_finished(stage.name, "reused", 0.0)
         log.info("stage reused", extra={"source_job_id": str(reused.source)})
         return result

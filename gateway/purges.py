@@ -3,10 +3,12 @@
 A job that fails or is cancelled, and a video that is deleted, enqueue ``purges`` rows in the
 same transaction as the state change: an object-store prefix to empty once ``not_before`` has
 passed. The delay lets services that are still stopping a cancelled call finish their last
-write first, so nothing they commit afterwards survives. A purge tied to a job keeps the objects
-the job's artifact rows still name (a failed job keeps what its finished stages produced);
-everything else under the prefix goes — outputs of the failed stage, objects a crashed process
-committed but never recorded — together with unfinished multipart uploads under it.
+write first, so nothing they commit afterwards survives. A purge keeps every object that an
+artifact row still names: a failed job's own recorded artifacts (it keeps what its finished
+stages produced), and the objects of a deleted job that other jobs reuse (``gateway.reuse``:
+their rows name them; when the last of those jobs is deleted, its deletion purges that prefix
+again). Everything else under the prefix goes — outputs of the failed stage, objects a crashed
+process committed but never recorded — together with unfinished multipart uploads under it.
 
 ``Purger`` runs in every gateway replica; rows are taken with ``FOR UPDATE SKIP LOCKED``, so
 replicas share the work and a row is removed only after its objects are gone (a replica that
@@ -21,7 +23,16 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db import models
@@ -91,6 +102,14 @@ async def cancel_job_purges(session: AsyncSession, job: models.Job) -> int:
         .returning(models.Purge.id)
     )
     return len(result.all())
+
+
+def named_under(prefix: str) -> ColumnElement[bool]:
+    """Artifact rows naming an object under ``prefix``: a LIKE whose pattern is written into
+    the statement, so that the planner reads ``ix_artifacts_object_key`` for it."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    pattern: BindParameter[str] = bindparam("prefix_pattern", escaped + "%", literal_execute=True)
+    return models.Artifact.object_key.like(pattern, escape="\\")
 
 
 @dataclass(frozen=True)
@@ -165,17 +184,15 @@ class Purger:
         return len(rows), removed
 
     async def _purge(self, session: AsyncSession, row: models.Purge) -> int:
-        keep: set[str] = set()
-        if row.job_id is not None:
-            keep = set(
-                (
-                    await session.scalars(
-                        select(models.Artifact.object_key).where(
-                            models.Artifact.job_id == row.job_id
-                        )
-                    )
-                ).all()
-            )
+        # Every object an artifact row names is kept: the purged job's own recorded ones (a
+        # failed job keeps what its finished stages made), and those other jobs reuse.
+        keep = set(
+            (
+                await session.scalars(
+                    select(models.Artifact.object_key).where(named_under(row.prefix))
+                )
+            ).all()
+        )
         keys = [key for key in await self.objects.list_keys(row.prefix) if key not in keep]
         for key in keys:
             await self.objects.delete(key)

@@ -1,5 +1,5 @@
 """Reuse of finished work: a stage whose inputs equal those of the same stage in an earlier job
-copies that stage's outputs instead of running.
+takes that stage's outputs instead of running.
 
 A stage's *fingerprint* is the SHA-256 of everything its outputs depend on:
 
@@ -15,12 +15,16 @@ A stage's *fingerprint* is the SHA-256 of everything its outputs depend on:
   stage that is never reused) makes this stage never reused too.
 
 A match is looked up among the owner's stages that SUCCEEDED with that fingerprint (the latest
-one), whatever became of their jobs. Its artifacts are copied to this job's own deterministic
-keys (a server-side copy on S3, a hard link in the local store), so they live and die with this
-job: deleting the earlier job, or purging it, takes nothing from this one. The copies, the
-outputs and the job columns the stage sets are recorded in one transaction, with the stage's
-``reused_from`` (the earlier job) and its SUCCEEDED event. If a copy fails (the earlier job was
-deleted meanwhile) the stage runs as usual and overwrites whatever was copied.
+one), whatever became of their jobs, and every object it names is checked to be still stored.
+Its artifacts are then *referenced*, not copied: the new job's artifact rows name the same
+objects (under the earlier job's prefix), so a resubmission costs no storage and no time
+whatever the size of its renditions. The objects of a finished stage never change (a stage that
+succeeded never runs again, in its job or a retry of it), and purges keep every object an
+artifact row still names (``gateway.purges``): deleting the earlier job (its video) leaves the
+referenced objects in place until the last job naming them goes too. The artifacts, outputs
+and job columns are recorded in one transaction, with the stage's ``reused_from`` (the earlier
+job, held with ``FOR KEY SHARE`` so it cannot be deleted meanwhile) and its SUCCEEDED event. If
+the earlier job is gone by then, or an object is missing, the stage runs as usual.
 """
 
 from __future__ import annotations
@@ -34,7 +38,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.keys import job_prefix
 from gateway.pipeline import Stage, StageContext, StageResult
 from gateway.runs import Reusable, Runs
 from reelmill.v1 import media_pb2
@@ -45,8 +48,8 @@ log = logging.getLogger(__name__)
 
 #: A dependency that was skipped, in a fingerprint's upstream part.
 SKIPPED = "skipped"
-#: Copies in flight per reused stage.
-COPY_CONCURRENCY = 16
+#: Object look-ups in flight per reused stage.
+CHECK_CONCURRENCY = 16
 
 
 def fingerprint(
@@ -106,27 +109,16 @@ class Reused:
     source: uuid.UUID
 
 
-def _moved(value: Any, old: str, new: str) -> Any:
-    """``value`` (JSON) with every string under the prefix ``old`` moved under ``new``."""
-    if isinstance(value, str):
-        return new + value.removeprefix(old) if value.startswith(old) else value
-    if isinstance(value, list):
-        return [_moved(item, old, new) for item in value]
-    if isinstance(value, dict):
-        return {key: _moved(item, old, new) for key, item in value.items()}
-    return value
-
-
 class Reuser:
-    """Finds a stage's earlier result and copies it into a job."""
+    """Finds a stage's earlier result and makes it a job's own."""
 
     def __init__(self, runs: Runs, objects: ObjectStore) -> None:
         self.runs = runs
         self.objects = objects
 
     async def reuse(self, stage: Stage, ctx: StageContext, fingerprint: str) -> Reused | None:
-        """The earlier result of ``stage`` with ``fingerprint``, copied into ``ctx``'s job; None
-        when there is none, or when it could not be copied (the stage then runs)."""
+        """The earlier result of ``stage`` with ``fingerprint`` for ``ctx``'s job; None when
+        there is none, or when one of its objects is no longer stored (the stage then runs)."""
         found = await self.runs.find_reusable(
             ctx.job.owner,
             stage.name,
@@ -136,44 +128,35 @@ class Reuser:
         )
         if found is None or any(name not in found.fields for name in stage.job_fields):
             return None
-        try:
-            artifacts = await self._copy(found, ctx.job.id)
-        except ExceptionGroup as failed:  # the copies' TaskGroup
+        if not await self._stored(found):
             log.warning(
-                "could not copy an earlier result; running the stage",
-                extra={"source_job_id": str(found.job_id), "error": str(failed.exceptions[0])},
+                "an earlier result's objects are gone; running the stage",
+                extra={"source_job_id": str(found.job_id)},
             )
             return None
-        if artifacts is None:
-            return None
-        old, new = job_prefix(found.job_id), job_prefix(ctx.job.id)
+        artifacts = []
+        for artifact in found.artifacts:
+            referenced = media_pb2.Artifact()
+            referenced.CopyFrom(artifact)
+            referenced.ClearField("create_time")
+            artifacts.append(referenced)
         return Reused(
             result=StageResult(
-                outputs=_moved(found.outputs, old, new),
-                artifacts=artifacts,
-                job_fields=dict(found.fields),
+                outputs=dict(found.outputs), artifacts=artifacts, job_fields=dict(found.fields)
             ),
             source=found.job_id,
         )
 
-    async def _copy(self, found: Reusable, job_id: uuid.UUID) -> list[media_pb2.Artifact] | None:
-        old, new = job_prefix(found.job_id), job_prefix(job_id)
-        if any(not a.object.key.startswith(old) for a in found.artifacts):
-            return None  # an artifact outside its job's prefix: not this job's to copy
-        slots = asyncio.Semaphore(COPY_CONCURRENCY)
-        copies: list[media_pb2.Artifact] = []
+    async def _stored(self, found: Reusable) -> bool:
+        """Whether every artifact of ``found`` is still stored, with its recorded size."""
+        slots = asyncio.Semaphore(CHECK_CONCURRENCY)
 
-        async def copy(artifact: media_pb2.Artifact) -> None:
-            target = new + artifact.object.key.removeprefix(old)
+        async def stored(artifact: media_pb2.Artifact) -> bool:
             async with slots:
-                await self.objects.copy(artifact.object.key, target)
-            copied = media_pb2.Artifact()
-            copied.CopyFrom(artifact)
-            copied.object.key = target
-            copied.ClearField("create_time")
-            copies.append(copied)
+                try:
+                    info = await self.objects.stat(artifact.object.key)
+                except ReelmillError:
+                    return False
+            return info.size == artifact.size_bytes
 
-        async with asyncio.TaskGroup() as group:
-            for artifact in found.artifacts:
-                group.create_task(copy(artifact))
-        return sorted(copies, key=lambda a: a.name)
+        return all(await asyncio.gather(*(stored(a) for a in found.artifacts)))

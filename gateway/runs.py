@@ -55,6 +55,10 @@ class LeaseLost(Exception):
     """The job is no longer this worker's to run (lease taken over, or job cancelled)."""
 
 
+class SourceGone(Exception):
+    """The job a stage would reuse was deleted before the reuse was recorded."""
+
+
 #: asyncpg errors that mean the server went away or is not accepting sessions yet (restart,
 #: failover): class 08 (connection exceptions), 57P01 admin shutdown, 57P02 crash shutdown,
 #: 57P03 cannot connect now ("the database system is starting up / shutting down").
@@ -363,7 +367,8 @@ class Runs:
     ) -> int:
         """Records a stage's new state (and what it produced) with its event, atomically;
         returns the event's sequence. ``fingerprint`` records what determined the outputs;
-        ``reused_from`` says they were copied from that job's same stage (it never ran)."""
+        ``reused_from`` says they are that job's same stage's (it never ran); ``SourceGone``
+        when that job no longer exists."""
         async with self.sessions.begin() as session:
             job = await self._fence(session, job_id)
             if video is not None:
@@ -390,6 +395,15 @@ class Runs:
             if fingerprint is not None:
                 stage.fingerprint = fingerprint
             if reused_from is not None:
+                # The earlier job stays until this commits: its deletion waits, and then finds
+                # this job's rows naming its objects (the purge keeps them).
+                source = await session.scalar(
+                    select(models.Job.id)
+                    .where(models.Job.id == reused_from)
+                    .with_for_update(read=True, key_share=True)
+                )
+                if source is None:
+                    raise SourceGone(str(reused_from))
                 stage.reused_from = reused_from
                 if stage.start_time is None:
                     stage.start_time = func.now()

@@ -1,8 +1,9 @@
-"""Reuse of finished work against a real Postgres and object stores, with scripted stages: the
-same source and spec copy every stage's outputs (identical bytes, this job's own keys, nothing
-run), a different spec recomputes what it changes, another owner's identical file is never
-reused, reuse can be switched off, a stage after one that is never reused is never reused
-either, and a copy that fails runs the stage. ``ObjectStore.copy`` on the local store and S3."""
+"""Reuse of finished work against a real Postgres and object store, with scripted stages: the
+same source and spec reuse every stage's outputs (the same objects, nothing run), which outlive
+the earlier job's deletion until the last job naming them goes; a different spec recomputes
+what it changes; another owner's identical file is never reused; reuse can be switched off; a
+stage after one that is never reused is never reused either; a missing object, or the earlier
+job deleted while it is being reused, runs the stage."""
 
 # ruff: noqa: F811 (the tests take the imported ``harness`` fixture by its name)
 
@@ -10,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, ClassVar
 
-import pytest
 from sqlalchemy import select
 
 from gateway.convert import to_json
@@ -27,11 +26,7 @@ from gateway.purges import Purger
 from gateway.runs import Runs
 from gateway.store import StagePlan
 from reelmill.v1 import job_pb2, media_pb2, pipeline_pb2
-from runtime.errors import NotFound
 from runtime.storage import ObjectStore
-from runtime.storage.local import LocalObjectStore
-from runtime.storage.s3 import S3ObjectStore
-from tests.servers import S3Server
 
 # harness: the orchestrator tests' fixture, which the tests below take by its name.
 from tests.test_orchestrator import (
@@ -176,29 +171,35 @@ async def test_a_resubmission_reuses_every_stage(harness: Harness) -> None:
     assert second.media_info == first.media_info
     assert [a.name for a in second.artifacts] == [a.name for a in first.artifacts]
     for old, new in zip(first.artifacts, second.artifacts, strict=True):
-        assert new.object.key == old.object.key.replace(first.id, second.id)
-        assert (new.sha256, new.size_bytes, new.attributes) == (
+        # The same object: no copy, no storage.
+        assert (new.object, new.sha256, new.size_bytes, new.attributes, new.stage) == (
+            old.object,
             old.sha256,
             old.size_bytes,
             old.attributes,
+            old.stage,
         )
-        assert await read(h.objects, new.object.key) == await read(h.objects, old.object.key)
-        assert (await h.objects.stat(new.object.key)).content_type == "x/made"
-    assert (await outputs_of(h, second.id))["transcode"]["file"]["key"].startswith(
-        f"jobs/{second.id}/"
-    )
+        assert (await h.objects.stat(new.object.key)).sha256 == new.sha256
+    assert await outputs_of(h, second.id) == await outputs_of(h, first.id)
     events = await h.events(second.id)
     updates = [e.stage_updated for e in events if e.WhichOneof("payload") == "stage_updated"]
     assert [u.stage.state for u in updates] == [job_pb2.STAGE_STATE_SUCCEEDED] * 2
     assert all(u.message == f"reused the outputs of job {first.id}" for u in updates)
     assert all(u.artifacts for u in updates)
 
-    # Copies, not references: the first job's video and objects going takes nothing away.
+    # The first job goes: what the second one names stays (and only that) ...
+    stray = f"jobs/{first.id}/transcode/unrecorded.bin"
+    await h.objects.put_bytes(stray, b"x", content_type="x/y")
     await h.store.delete_video(OWNER, first.video_id)
     await Purger(h.sessions, h.objects, interval=1).sweep()
+    assert await h.objects.list_keys(f"jobs/{first.id}/") == sorted(
+        a.object.key for a in second.artifacts
+    )
+    assert (await h.store.get_job(OWNER, second.id)).artifacts == second.artifacts
+    # ... until the last job naming it goes too.
+    await h.store.delete_video(OWNER, second.video_id)
+    await Purger(h.sessions, h.objects, interval=1).sweep()
     assert await h.objects.list_keys(f"jobs/{first.id}/") == []
-    for artifact in second.artifacts:
-        assert await h.objects.exists(artifact.object.key)
 
 
 async def test_a_different_spec_recomputes_what_it_changes(harness: Harness) -> None:
@@ -256,7 +257,7 @@ async def test_a_stage_after_one_never_reused_is_never_reused(harness: Harness) 
     assert (opaque.calls, transcode.calls) == (2, 2)
 
 
-async def test_a_copy_that_fails_runs_the_stage(harness: Harness) -> None:
+async def test_a_missing_object_runs_the_stage(harness: Harness) -> None:
     h = harness
     probe, transcode = pipeline(h)
     first = await run_job(h, (probe, transcode))
@@ -271,40 +272,41 @@ async def test_a_copy_that_fails_runs_the_stage(harness: Harness) -> None:
     assert (await h.objects.stat(ours.object.key)).sha256 == ours.sha256
 
 
-# -- ObjectStore.copy ------------------------------------------------------------------------
+class Vanishing(Runs):
+    """Runs whose reuse look-up finds the earlier job, which is then deleted before the reuse
+    is recorded (its DeleteVideo commits in between)."""
+
+    def __init__(self, h: Harness, video_id: str) -> None:
+        super().__init__(h.sessions, "w", purge_delay=timedelta(0))
+        self.store = h.store
+        self.video_id = video_id
+
+    async def find_reusable(self, *args: Any, **kwargs: Any) -> Any:
+        found = await super().find_reusable(*args, **kwargs)
+        if found is not None:
+            await self.store.delete_video(OWNER, self.video_id)
+        return found
 
 
-@pytest.fixture(params=["local", "s3"])
-async def objects(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ObjectStore]:
-    store: ObjectStore
-    if request.param == "local":
-        store = LocalObjectStore(tmp_path / "objects")
-    else:
-        server: S3Server = request.getfixturevalue("s3_server")
-        store = S3ObjectStore(
-            endpoint=server.endpoint,
-            access_key=server.access_key,
-            secret_key=server.secret_key,
-            bucket=request.getfixturevalue("s3_bucket"),
-            part_size=5 * 1024 * 1024,
-            threads=4,
-        )
-    yield store
-    await store.close()
-
-
-@pytest.mark.parametrize("size", [1000, 6 * 1024 * 1024], ids=["one_part", "multipart"])
-async def test_copy_keeps_bytes_type_and_digest(objects: ObjectStore, size: int) -> None:
-    data = bytes(range(256)) * (size // 256)
-    stored = await objects.put_bytes("jobs/a/out.bin", data, content_type="video/mp4")
-    await objects.copy("jobs/a/out.bin", "jobs/b/out.bin")
-    info = await objects.stat("jobs/b/out.bin")
-    assert (info.size, info.content_type, info.sha256) == (len(data), "video/mp4", stored.sha256)
-    assert await read(objects, "jobs/b/out.bin") == data
-    # Independent afterwards: the source's deletion or replacement leaves the copy alone.
-    await objects.put_bytes("jobs/a/out.bin", b"replaced", content_type="x/y")
-    await objects.delete("jobs/a/out.bin")
-    assert await read(objects, "jobs/b/out.bin") == data
-    with pytest.raises(NotFound):
-        await objects.copy("jobs/a/out.bin", "jobs/c/out.bin")
-    assert not await objects.exists("jobs/c/out.bin")
+async def test_an_earlier_job_deleted_while_it_is_reused_runs_the_stage(harness: Harness) -> None:
+    h = harness
+    probe, transcode = pipeline(h)
+    first = await run_job(h, (probe, transcode))
+    job, _ = await h.store.create_job(
+        OWNER,
+        video_id=await upload(h),
+        source_url=None,
+        spec=pipeline_pb2.PipelineSpec(),
+        request_id="",
+        labels={},
+        stages=[StagePlan(s.name, s.depends_on, "PENDING") for s in (probe, transcode)],
+    )
+    runs = Vanishing(h, first.video_id)
+    second = await finish(
+        h, Orchestrator(h.settings, runs, (probe, transcode), h.objects), OWNER, job.id
+    )
+    assert second.state == job_pb2.JOB_STATE_SUCCEEDED, second.error
+    assert (probe.calls, transcode.calls) == (2, 2)
+    assert not any(s.reused_from_job_id for s in second.stages)
+    for artifact in second.artifacts:
+        assert artifact.object.key.startswith(f"jobs/{second.id}/")

@@ -59,9 +59,16 @@ def upgrade() -> None:
         ["fingerprint"],
         postgresql_where=sa.text("fingerprint IS NOT NULL AND state = 'SUCCEEDED'"),
     )
+    # A purge keeps the objects any artifact row names under its prefix (reused ones included).
+    op.create_index(
+        "ix_artifacts_object_key",
+        "artifacts",
+        [sa.text("object_key text_pattern_ops")],
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_artifacts_object_key", table_name="artifacts")
     op.drop_index("ix_job_stages_fingerprint", table_name="job_stages")
     op.drop_column("job_stages", "reused_from")
     op.drop_column("job_stages", "fingerprint")
