@@ -4,6 +4,13 @@ Writes are two-phase: ``open_writer`` returns an ``ObjectWriter`` that streams b
 (hashing them with SHA-256 on the way), and the object becomes visible only on ``commit()``.
 Leaving the ``async with`` block without a commit (an error, a cancel, a failed check) aborts
 the write and leaves nothing behind. Memory stays bounded by the backend's part size.
+
+Resumable writes (``start_resumable``, ``write_part``, ``complete_resumable``,
+``abort_resumable``) outlive the process that began them: a token names the write, each part
+is durable once ``write_part`` returns (an S3 multipart part; a fsynced range of a staged local
+file), and whoever holds the token and the parts' etags completes it later, from any process.
+Parts have one size (``resumable_part_size``) except the last, so part ``n`` always covers the
+same bytes and writing it again replaces it.
 """
 
 from __future__ import annotations
@@ -31,6 +38,16 @@ class StoredObject:
     size: int
     sha256: str
     content_type: str
+
+
+@dataclass(frozen=True)
+class Part:
+    """A durable part of a resumable write."""
+
+    #: 1-based; part ``n`` covers bytes ``[(n - 1) * part_size, n * part_size)``.
+    number: int
+    #: What the backend answered for it (S3's ETag); completing checks it.
+    etag: str
 
 
 @dataclass(frozen=True)
@@ -110,6 +127,36 @@ class ObjectStore(abc.ABC):
         async with self.open_writer(key, content_type=content_type) as writer:
             await writer.write(data)
             return await writer.commit()
+
+    # -- resumable writes ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def resumable_part_size(self, size: int) -> int:
+        """The part size of a resumable write of ``size`` bytes."""
+
+    @abc.abstractmethod
+    async def start_resumable(self, key: str, *, content_type: str) -> str:
+        """Begins a resumable write to ``key``; returns the token that names it."""
+
+    @abc.abstractmethod
+    async def write_part(
+        self, key: str, token: str, number: int, *, offset: int, data: bytes
+    ) -> str:
+        """Stores part ``number`` (the bytes at ``offset``) durably; returns its etag. Writing
+        a part again replaces it. ``NotFound`` (UPLOAD_NOT_FOUND) when the write is gone."""
+
+    @abc.abstractmethod
+    async def complete_resumable(
+        self, key: str, token: str, parts: list[Part], *, size: int, sha256: str, content_type: str
+    ) -> StoredObject:
+        """Makes the object of ``parts`` (every part, in order) visible, with ``sha256`` (the
+        caller's digest of those bytes) recorded. Completing again a write that already
+        completed (a crash after completing) returns the object when it has ``size`` bytes.
+        FAILED_PRECONDITION (UPLOAD_CONFLICT) when the stored bytes are not the parts'."""
+
+    @abc.abstractmethod
+    async def abort_resumable(self, key: str, token: str) -> None:
+        """Discards a resumable write; no error when it is already gone."""
 
     @abc.abstractmethod
     def read(self, key: str, *, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:

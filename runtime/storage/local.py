@@ -5,11 +5,19 @@ Layout under ``root``::
     {bucket}/{key}            the objects, nothing else (so listing is a directory walk)
     .meta/{bucket}/{key}      JSON sidecar per object: size, sha256, content_type
     .incomplete/{uuid}        writes in progress; renamed into place on commit
+    .resumable/{token}        a resumable write: parts written in place (pwrite) and fsynced
+    .resumable/{token}.key    the bucket and key it is for (so a prefix purge finds it)
 
 A write streams into ``.incomplete/`` and is fsynced and ``os.replace``d into place on commit, so
 an object appears whole or not at all. All file IO runs in worker threads. Because a directory
 cannot also be a file, a key may not be a "directory" of another key here (``a`` and ``a/b``);
 such a write fails with FAILED_PRECONDITION (``KEY_CONFLICT``).
+
+A resumable write is one staged file: each part is written at its offset and fsynced, so it
+is durable when ``write_part`` returns. ``complete_resumable`` hashes the staged file once
+more before renaming it into place: two writers of the same part (a superseded one finishing
+late) could otherwise leave bytes that are not the ones the caller's digest describes
+(UPLOAD_CONFLICT); S3 rules this out with part etags.
 """
 
 from __future__ import annotations
@@ -17,9 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -29,13 +39,17 @@ from pathlib import Path
 from typing import IO, Any
 
 from runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from runtime.storage.base import CHUNK_SIZE, ObjectInfo, ObjectStore, StoredObject
+from runtime.storage.base import CHUNK_SIZE, ObjectInfo, ObjectStore, Part, StoredObject
 from runtime.storage.keys import validate_key, validate_prefix
 from runtime.storage.staged import StagedWriter
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+#: Parts of resumable writes (no backend minimum here; one size keeps the callers' arithmetic
+#: the same for both stores).
+RESUMABLE_PART_SIZE = 16 * 1024 * 1024
+_TOKEN = re.compile(r"[0-9a-f]{32}")
 
 
 def _not_found(key: str) -> NotFound:
@@ -131,13 +145,14 @@ class LocalObjectStore(ObjectStore):
         self._objects = self.root / bucket
         self._meta = self.root / ".meta" / bucket
         self._incomplete = self.root / ".incomplete"
+        self._resumable = self.root / ".resumable"
         self._dirs_ready = False
 
     # -- paths -------------------------------------------------------------------------------
 
     def _ensure_dirs(self) -> None:
         if not self._dirs_ready:
-            for path in (self._objects, self._meta, self._incomplete):
+            for path in (self._objects, self._meta, self._incomplete, self._resumable):
                 path.mkdir(parents=True, exist_ok=True)
             self._dirs_ready = True
 
@@ -173,6 +188,118 @@ class LocalObjectStore(ObjectStore):
 
     def open_writer(self, key: str, *, content_type: str) -> _LocalWriter:
         return _LocalWriter(self, validate_key(key), content_type or DEFAULT_CONTENT_TYPE)
+
+    # -- resumable writes --------------------------------------------------------------------
+
+    def resumable_part_size(self, size: int) -> int:
+        return RESUMABLE_PART_SIZE
+
+    def _staged(self, token: str) -> Path:
+        if not _TOKEN.fullmatch(token):
+            raise InvalidArgument("not a resumable write token", reason="BAD_WRITE_TOKEN")
+        return self._resumable / token
+
+    def _start_sync(self, key: str) -> str:
+        self._ensure_dirs()
+        token = uuid.uuid4().hex
+        staged = self._staged(token)
+        staged.with_suffix(".key").write_text(json.dumps({"bucket": self.bucket, "key": key}))
+        staged.touch(exist_ok=False)
+        return token
+
+    async def start_resumable(self, key: str, *, content_type: str) -> str:
+        validate_key(key)
+        return await asyncio.to_thread(self._start_sync, key)
+
+    def _gone(self, key: str) -> NotFound:
+        return NotFound(f"the resumable write of {key!r} is gone", reason="UPLOAD_NOT_FOUND")
+
+    def _write_part_sync(self, key: str, token: str, offset: int, data: bytes) -> None:
+        try:
+            fd = os.open(self._staged(token), os.O_WRONLY)
+        except FileNotFoundError:
+            raise self._gone(key) from None
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.pwrite(fd, view, offset)
+                view, offset = view[written:], offset + written
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    async def write_part(
+        self, key: str, token: str, number: int, *, offset: int, data: bytes
+    ) -> str:
+        validate_key(key)
+        try:
+            await asyncio.to_thread(self._write_part_sync, key, token, offset, data)
+        except OSError as exc:
+            raise _io_error(exc) from exc
+        return ""
+
+    def _complete_sync(self, key: str, token: str, size: int, stored: StoredObject) -> None:
+        staged = self._staged(token)
+        try:
+            handle = staged.open("rb+")
+        except FileNotFoundError:
+            # Completed before (a crash before the caller heard of it), or aborted.
+            if os.path.isfile(self._object_path(key)) and self._stat_sync(key).size == size:
+                return
+            raise self._gone(key) from None
+        with handle:
+            if os.fstat(handle.fileno()).st_size < size:
+                raise FailedPrecondition(
+                    f"the resumable write of {key!r} has fewer than {size} bytes",
+                    reason="UPLOAD_CONFLICT",
+                )
+            handle.truncate(size)
+            digest = hashlib.sha256()
+            while chunk := handle.read(CHUNK_SIZE):
+                digest.update(chunk)
+            if digest.hexdigest() != stored.sha256:
+                raise FailedPrecondition(
+                    f"the stored bytes of {key!r} are not the ones the parts described",
+                    reason="UPLOAD_CONFLICT",
+                )
+            os.fsync(handle.fileno())
+        meta_temp = staged.with_suffix(".meta")
+        meta_temp.write_text(
+            json.dumps(
+                {"size": stored.size, "sha256": stored.sha256, "content_type": stored.content_type}
+            )
+        )
+        try:
+            self._place(staged, self._object_path(key), key)
+            self._place(meta_temp, self._meta_path(key), key)
+        finally:
+            meta_temp.unlink(missing_ok=True)
+        staged.with_suffix(".key").unlink(missing_ok=True)
+
+    async def complete_resumable(
+        self, key: str, token: str, parts: list[Part], *, size: int, sha256: str, content_type: str
+    ) -> StoredObject:
+        validate_key(key)
+        stored = StoredObject(
+            key=key,
+            bucket=self.bucket,
+            size=size,
+            sha256=sha256,
+            content_type=content_type or DEFAULT_CONTENT_TYPE,
+        )
+        try:
+            await asyncio.to_thread(self._complete_sync, key, token, size, stored)
+        except OSError as exc:
+            raise _io_error(exc) from exc
+        return stored
+
+    def _abort_resumable_sync(self, token: str) -> None:
+        staged = self._staged(token)
+        for path in (staged, staged.with_suffix(".key")):
+            path.unlink(missing_ok=True)
+
+    async def abort_resumable(self, key: str, token: str) -> None:
+        await asyncio.to_thread(self._abort_resumable_sync, token)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -294,7 +421,7 @@ class LocalObjectStore(ObjectStore):
         try:
             entries = list(os.scandir(self._incomplete))
         except FileNotFoundError:
-            return 0
+            entries = []
         for entry in entries:
             try:
                 if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime <= cutoff:
@@ -302,14 +429,56 @@ class LocalObjectStore(ObjectStore):
                     removed += 1
             except FileNotFoundError:
                 continue
+        try:
+            names = os.listdir(self._resumable)
+        except FileNotFoundError:
+            names = []
+        for token in {name.partition(".")[0] for name in names}:
+            if not _TOKEN.fullmatch(token):
+                continue
+            staged = self._staged(token)
+            # The staged file's mtime is its last part's: an idle resumable write (or what a
+            # crash left of one, either file).
+            touched = [
+                p.stat().st_mtime for p in (staged, staged.with_suffix(".key")) if p.exists()
+            ]
+            if touched and max(touched) <= cutoff:
+                self._abort_resumable_sync(token)
+                removed += 1
+        return removed
+
+    def _resumable_writes(self) -> list[tuple[str, str]]:
+        """(token, key) of every resumable write of this bucket."""
+        found = []
+        try:
+            entries = list(os.scandir(self._resumable))
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            token, _, suffix = entry.name.partition(".")
+            if suffix != "key" or not _TOKEN.fullmatch(token):
+                continue
+            with contextlib.suppress(FileNotFoundError, ValueError, KeyError, TypeError):
+                target = json.loads(Path(entry.path).read_text())
+                if target["bucket"] == self.bucket:
+                    found.append((token, str(target["key"])))
+        return found
+
+    def _abort_resumable_under(self, prefix: str) -> int:
+        removed = 0
+        for token, key in self._resumable_writes():
+            if key.startswith(prefix):
+                self._abort_resumable_sync(token)
+                removed += 1
         return removed
 
     async def abort_incomplete_writes(self, older_than: timedelta, *, prefix: str = "") -> int:
         if prefix:
-            # Unfinished local writes are anonymous temporary files: which key one was for is
-            # unknown, so a prefix selects none (writers remove their own on abort; the age
-            # sweep takes what a crash left).
-            return 0
+            # One-shot writes are anonymous temporary files: which key one was for is unknown,
+            # so a prefix selects only resumable writes, which name their key (one-shot
+            # writers remove their own on abort; the age sweep takes what a crash left).
+            validate_prefix(prefix)
+            return await asyncio.to_thread(self._abort_resumable_under, prefix)
         removed = await asyncio.to_thread(self._abort_incomplete_sync, older_than)
         if removed:
             log.info("removed incomplete writes", extra={"count": removed})

@@ -20,6 +20,13 @@ size.
   commit fails.
 - ``abort()`` aborts the multipart upload after the parts in flight have finished.
 
+A resumable write is a multipart upload whose id is the token: each ``write_part`` is one
+UploadPart (durable when S3 answers), and ``complete_resumable`` completes it with the recorded
+etags, so the object is exactly the parts whose etags the caller recorded (S3 refuses a stale
+etag, InvalidPart: UPLOAD_CONFLICT; SeaweedFS keeps every upload of a part and takes the one
+named). Its parts are ``resumable_part_size`` bytes: the store's part size, or more when the
+object would need more than 10,000 parts.
+
 This uses minio's multipart primitives (``_create_multipart_upload``, ``_upload_part``,
 ``_complete_multipart_upload``, ``_abort_multipart_upload``, ``_list_multipart_uploads``):
 ``put_object`` only takes metadata before the first byte, surfaces part failures only once the
@@ -48,8 +55,16 @@ from minio.datatypes import Part
 from minio.deleteobjects import DeleteObject
 from minio.error import MinioException, S3Error, ServerError
 
-from runtime.errors import Internal, InvalidArgument, NotFound, ReelmillError, Unavailable
+from runtime.errors import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ReelmillError,
+    Unavailable,
+)
 from runtime.storage.base import CHUNK_SIZE, ObjectInfo, ObjectStore, StoredObject
+from runtime.storage.base import Part as StoredPart
 from runtime.storage.keys import validate_key, validate_prefix
 from runtime.storage.staged import StagedWriter
 
@@ -365,6 +380,97 @@ class S3ObjectStore(ObjectStore):
 
     def open_writer(self, key: str, *, content_type: str) -> _S3Writer:
         return _S3Writer(self, validate_key(key), content_type or DEFAULT_CONTENT_TYPE)
+
+    # -- resumable writes --------------------------------------------------------------------
+
+    def resumable_part_size(self, size: int) -> int:
+        needed = -(-size // MAX_PARTS)
+        return max(self.part_size, -(-needed // (1024 * 1024)) * 1024 * 1024)
+
+    async def start_resumable(self, key: str, *, content_type: str) -> str:
+        validate_key(key)
+        await self._ensure_bucket()
+        headers = {"Content-Type": content_type or DEFAULT_CONTENT_TYPE}
+        upload_id: str = await self._call(
+            self._client._create_multipart_upload, self.bucket, key, headers, key=key
+        )
+        return upload_id
+
+    def _gone(self, key: str) -> NotFound:
+        return NotFound(f"the resumable write of {key!r} is gone", reason="UPLOAD_NOT_FOUND")
+
+    def _write_part_sync(self, key: str, token: str, number: int, data: bytes) -> str:
+        try:
+            return str(self._client._upload_part(self.bucket, key, data, None, token, number))
+        except S3Error as exc:
+            if exc.code == "NoSuchUpload":
+                raise self._gone(key) from None
+            raise
+
+    async def write_part(
+        self, key: str, token: str, number: int, *, offset: int, data: bytes
+    ) -> str:
+        validate_key(key)
+        if not 1 <= number <= MAX_PARTS:
+            raise InvalidArgument(f"part number {number} is out of range", reason="BAD_PART")
+        return await self._call(self._write_part_sync, key, token, number, data, key=key)
+
+    def _complete_sync(self, key: str, token: str, parts: list[StoredPart]) -> bool:
+        """Completes the upload; False when it no longer exists (completed or aborted)."""
+        try:
+            self._client._complete_multipart_upload(
+                self.bucket, key, token, [Part(p.number, p.etag) for p in parts]
+            )
+        except S3Error as exc:
+            if exc.code == "NoSuchUpload":
+                return False
+            if exc.code in ("InvalidPart", "InvalidPartOrder", "EntityTooSmall"):
+                raise FailedPrecondition(
+                    f"the stored parts of {key!r} are not the ones recorded ({exc.code})",
+                    reason="UPLOAD_CONFLICT",
+                ) from None
+            raise
+        return True
+
+    async def complete_resumable(
+        self,
+        key: str,
+        token: str,
+        parts: list[StoredPart],
+        *,
+        size: int,
+        sha256: str,
+        content_type: str,
+    ) -> StoredObject:
+        validate_key(key)
+        if not await self._call(self._complete_sync, key, token, parts, key=key):
+            try:
+                info = await self.stat(key)
+            except NotFound:
+                raise self._gone(key) from None
+            if info.size != size:
+                raise self._gone(key)
+        tags = Tags.new_object_tags()
+        tags[SHA256_TAG] = sha256
+        await self._call(self._client.set_object_tags, self.bucket, key, tags, key=key)
+        return StoredObject(
+            key=key,
+            bucket=self.bucket,
+            size=size,
+            sha256=sha256,
+            content_type=content_type or DEFAULT_CONTENT_TYPE,
+        )
+
+    def _abort_sync(self, key: str, token: str) -> None:
+        try:
+            self._client._abort_multipart_upload(self.bucket, key, token)
+        except S3Error as exc:
+            if exc.code != "NoSuchUpload":
+                raise
+
+    async def abort_resumable(self, key: str, token: str) -> None:
+        validate_key(key)
+        await self._call(self._abort_sync, key, token, key=key)
 
     # -- reads -------------------------------------------------------------------------------
 
