@@ -1,9 +1,10 @@
 """Webhooks end to end: real gateway, ingest and transcode processes, real Postgres and S3
 (SeaweedFS), and a real receiver on 127.0.0.1 that checks every signature with its own code
 (``tests.webhook_receiver``). Every terminal event reaches every endpoint across a SIGKILLed
-gateway (a duplicate only ever with the same webhook-id); a 500 is retried; 410 and an
-exhausted schedule disable the endpoint; a hanging receiver delays no job; a finished job's
-payload carries its artifacts with URLs that serve exactly their bytes; the CLI drives it all.
+gateway, whose deliveries another gateway takes over (a duplicate only ever with the same
+webhook-id); a 500 is retried; 410 and an exhausted schedule disable the endpoint; a hanging
+receiver delays no job; a finished job's payload carries its artifacts with URLs that serve
+exactly their bytes; the CLI drives it all; the gateways count the attempts by outcome.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Env:
     receiver: Receiver
     video: media_pb2.Video
     owner: str
+    metrics_ports: tuple[int, int]
 
     def client(self, address: str | None = None) -> ReelmillClient:
         return ReelmillClient(address or self.suite.gateway, token=token(self.owner))
@@ -69,12 +71,16 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def metrics_port() -> int:
-    return free_port()
+def metrics_ports() -> tuple[int, int]:
+    """Where the two gateways (the first one, and the one started beside it when the first is
+    killed) serve their metrics."""
+    return free_port(), free_port()
 
 
 @pytest.fixture(scope="module")
-def suite(suite_env: SuiteEnv, receiver: Receiver, metrics_port: int) -> Iterator[Suite]:
+def suite(
+    suite_env: SuiteEnv, receiver: Receiver, metrics_ports: tuple[int, int]
+) -> Iterator[Suite]:
     env = {
         "REELMILL_LEASE_SECONDS": "3",
         "REELMILL_POLL_SECONDS": "0.5",
@@ -90,7 +96,7 @@ def suite(suite_env: SuiteEnv, receiver: Receiver, metrics_port: int) -> Iterato
     }
 
     def extra(name: str) -> dict[str, str]:
-        listen = f"127.0.0.1:{metrics_port}"
+        listen = f"127.0.0.1:{metrics_ports[0]}"
         return {"REELMILL_METRICS_LISTEN": listen} if name == "gateway" else {}
 
     with run_suite(env, services=("ingest", "transcode"), extra=extra) as running:
@@ -99,13 +105,16 @@ def suite(suite_env: SuiteEnv, receiver: Receiver, metrics_port: int) -> Iterato
 
 @pytest_asyncio.fixture(scope="module")
 async def env(
-    suite: Suite, receiver: Receiver, tmp_path_factory: pytest.TempPathFactory
+    suite: Suite,
+    receiver: Receiver,
+    metrics_ports: tuple[int, int],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Env]:
     owner = f"hooks-{uuid.uuid4().hex[:6]}"
     clip = make_clip(tmp_path_factory.mktemp("media") / "clip.mp4", seconds=1)
     async with ReelmillClient(suite.gateway, token=token(owner)) as client:
         video = await client.upload_file(clip)
-    yield Env(suite, receiver, video, owner)
+    yield Env(suite, receiver, video, owner, metrics_ports)
 
 
 async def endpoint(
@@ -162,12 +171,15 @@ async def test_every_terminal_event_reaches_every_endpoint_across_a_sigkilled_ga
         # Ingest refuses loopback URLs: a job that fails.
         failing = await client.create_job(url=env.receiver.url("/media.mp4"))
         jobs.append(failing.id)
-    # Deliveries to /a hang in the gateway; kill it mid-delivery (and mid-jobs).
+    # Deliveries to /a hang in the only gateway; kill it mid-delivery (and mid-jobs). Another
+    # gateway takes over what it left, then the first comes back: two share the outbox.
     await asyncio.to_thread(env.receiver.wait_for, lambda: env.receiver.hanging >= 1)
     victim = env.suite.processes["gateway"][0]
     env.suite.kill(victim)
     release.set()
-    env.suite.restart(victim)
+    listen = {"REELMILL_METRICS_LISTEN": f"127.0.0.1:{env.metrics_ports[1]}"}
+    await asyncio.to_thread(env.suite.add, "gateway", "gateway", listen)
+    await asyncio.to_thread(env.suite.restart, victim)
     ends = {job_id: (await finished(env, job_id)).state for job_id in jobs}
     assert ends[failing.id] == job_pb2.JOB_STATE_FAILED
     for target in (first, second):
@@ -346,15 +358,16 @@ async def test_the_cli_manages_endpoints(env: Env) -> None:
     assert error_reason(caught.value) == "WEBHOOK_ENDPOINT_NOT_FOUND"
 
 
-def test_attempts_are_counted_by_outcome(env: Env, metrics_port: int) -> None:
-    """Runs last: the gateway (restarted after the SIGKILL) counted the attempts the tests
-    above made it, by outcome, on its /metrics."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
-    counted = {
-        line.split('outcome="', 1)[1].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("reelmill_webhook_deliveries_total{")
-    }
+def test_attempts_are_counted_by_outcome(env: Env) -> None:
+    """Runs last: the two gateways (since the SIGKILL) counted the attempts the tests above
+    made them, by outcome, on their /metrics."""
+    counted: dict[str, float] = defaultdict(float)
+    for port in env.metrics_ports:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        for line in text.splitlines():
+            if line.startswith("reelmill_webhook_deliveries_total{"):
+                outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+                counted[outcome] += float(line.rsplit(" ", 1)[1])
     assert counted["gone"] == 1  # the one 410
     assert counted["exhausted"] >= 1  # /down (and the hanging receiver's)
     assert counted["retrying"] >= 3  # /flaky once, /down twice, …
