@@ -58,6 +58,7 @@ def stage_to_proto(row: models.JobStage) -> job_pb2.Stage:
         start_time=timestamp(row.start_time),
         end_time=timestamp(row.end_time),
         depends_on=list(row.depends_on or []),
+        reused_from_job_id=str(row.reused_from) if row.reused_from else "",
     )
 
 
@@ -102,6 +103,8 @@ def job_to_proto(
         queue_position=queue_position,
         last_event_sequence=row.last_event_sequence,
         deadline=timestamp(row.deadline),
+        priority=row.priority,
+        batch_id=str(row.batch_id) if row.batch_id else "",
     )
 
 

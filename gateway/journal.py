@@ -8,12 +8,14 @@ transactional: watchers on every replica hear of an event only once it is commit
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.convert import job_from_record, to_json
 from gateway.db import models
+from gateway.queue import QUEUE_POSITION
 from reelmill.v1 import job_pb2
 
 EVENTS_CHANNEL = "reelmill_job_events"
@@ -25,6 +27,7 @@ _LOAD_JOB = text(
     """
     SELECT j.id, j.owner, j.video_id, j.source_url, j.spec, j.state, j.labels, j.request_id,
            j.error, j.media_info, j.metadata, j.attempts, j.last_event_sequence,
+           j.priority, j.batch_id,
            j.create_time, j.start_time, j.end_time, j.update_time, j.deadline, now() AS now,
            CASE WHEN :full THEN j.transcript ELSE j.transcript - 'segments' END AS transcript,
            COALESCE((SELECT json_agg(s ORDER BY s.position)
@@ -33,16 +36,19 @@ _LOAD_JOB = text(
                 COALESCE((SELECT json_agg(a ORDER BY a.name)
                             FROM artifacts a WHERE a.job_id = j.id), '[]')
                 ELSE '[]' END AS artifacts_json,
-           CASE WHEN j.state = 'QUEUED' THEN
-                (SELECT count(*) FROM jobs q
-                  WHERE q.state = 'QUEUED' AND (q.create_time, q.id) < (j.create_time, j.id)) + 1
+           CASE WHEN :position AND j.state = 'QUEUED' AND j.lease_owner IS NULL THEN
+                COALESCE(("""
+    + QUEUE_POSITION.text
+    + """), 0)
                 ELSE 0 END AS queue_position,
            CASE WHEN j.state = 'QUEUED' AND :estimate THEN
-                (SELECT count(*) FROM jobs r WHERE r.state = 'RUNNING')
+                (SELECT count(*) FROM jobs r
+                  WHERE r.lease_owner IS NOT NULL AND r.state = 'RUNNING')
                 ELSE 0 END AS running_jobs,
            CASE WHEN j.state = 'QUEUED' AND :estimate THEN
                 (SELECT count(DISTINCT w.lease_owner) FROM jobs w
-                  WHERE w.state = 'RUNNING' AND w.lease_expires_at > now())
+                  WHERE w.lease_owner IS NOT NULL AND w.state = 'RUNNING'
+                    AND w.lease_expires_at > now())
                 ELSE 0 END AS live_workers,
            CASE WHEN j.state = 'QUEUED' AND :estimate THEN
                 (SELECT avg(extract(epoch FROM d.end_time - d.start_time))
@@ -63,12 +69,19 @@ async def load_job(
     owner: str | None = None,
     full: bool = True,
     slots_per_worker: int | None = None,
+    position: bool = True,
 ) -> job_pb2.Job:
     """The job (stages, artifacts, queue position, estimated start) in one round trip;
     ``full=False`` leaves out the transcript's segments and the artifacts. Raises
     ``LookupError`` when there is no such job (of ``owner``, when given)."""
     # The estimate's three aggregates run only for a caller that shows it (GetJob).
-    params = {"id": job_id, "owner": owner, "full": full, "estimate": bool(slots_per_worker)}
+    params = {
+        "id": job_id,
+        "owner": owner,
+        "full": full,
+        "estimate": bool(slots_per_worker),
+        "position": position,
+    }
     row = (await session.execute(_LOAD_JOB, params)).mappings().first()
     if row is None:
         raise LookupError(str(job_id))
@@ -97,6 +110,47 @@ async def append_event(
     )
     await notify_event(session, job_id, sequence)
     return int(sequence)
+
+
+async def append_events(
+    session: AsyncSession, job_ids: Sequence[uuid.UUID], event: job_pb2.JobEvent
+) -> None:
+    """``append_event`` of the same ``event`` (without the job) to many jobs (a batch's first
+    events) in one statement per step rather than per job."""
+    if not job_ids:
+        return
+    sequences = dict(
+        (
+            await session.execute(
+                update(models.Job)
+                .where(models.Job.id.in_(job_ids))
+                .values(
+                    last_event_sequence=models.Job.last_event_sequence + 1, update_time=func.now()
+                )
+                .returning(models.Job.id, models.Job.last_event_sequence)
+                .execution_options(synchronize_session=False)
+            )
+        ).all()
+    )
+    payload = event.WhichOneof("payload") or "none"
+    document = to_json(event)
+    await session.execute(
+        insert(models.JobEvent),
+        [
+            {"job_id": job_id, "sequence": sequences[job_id], "type": payload, "payload": document}
+            for job_id in job_ids
+        ],
+    )
+    await session.execute(
+        _NOTIFY_EVENTS,
+        {
+            "channel": EVENTS_CHANNEL,
+            "notices": [f"{job_id}:{sequences[job_id]}" for job_id in job_ids],
+        },
+    )
+
+
+_NOTIFY_EVENTS = text("SELECT pg_notify(:channel, n) FROM unnest(CAST(:notices AS text[])) AS n")
 
 
 async def notify_event(session: AsyncSession, job_id: uuid.UUID, sequence: int) -> None:

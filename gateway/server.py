@@ -129,7 +129,7 @@ async def assemble(settings: GatewaySettings) -> Gateway:
     }
     ingest = ingest_service_pb2_grpc.IngestServiceStub(channels["ingest"])
     stages = build_stages(Wiring(channels, objects.bucket))
-    orchestrator = Orchestrator(settings, runs, stages)
+    orchestrator = Orchestrator(settings, runs, stages, objects)
     hub.on(QUEUE_CHANNEL, orchestrator.on_queued)
     hub.on(CANCEL_CHANNEL, orchestrator.on_cancelled)
     hub.on(REVOKED_CHANNEL, api_keys.on_revoked)

@@ -15,12 +15,15 @@ from typing import Any
 import grpc
 
 from gateway.auth import current_owner
+from gateway.batches import Batches
+from gateway.db.models import TERMINAL_JOB_STATES
 from gateway.events import EventHub
 from gateway.keys import source_key
 from gateway.metrics import watching
 from gateway.pipeline import Stage, plan_stages
+from gateway.queue import MAX_PRIORITY, MIN_PRIORITY
 from gateway.settings import GatewaySettings
-from gateway.store import Store, page_size
+from gateway.store import NewJob, Store, page_size, parse_id
 from reelmill.v1 import (
     ingest_service_pb2,
     ingest_service_pb2_grpc,
@@ -84,6 +87,39 @@ def validate_url(url: str) -> str:
     return url
 
 
+def validate_priority(priority: int) -> int:
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise InvalidArgument(
+            f"priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}, got {priority}",
+            reason="BAD_PRIORITY",
+            metadata={"min": str(MIN_PRIORITY), "max": str(MAX_PRIORITY)},
+        )
+    return priority
+
+
+#: Bad requests of a batch named in its refusal's message.
+MAX_PROBLEMS_SHOWN = 10
+
+
+def invalid_batch(problems: Sequence[tuple[int, InvalidArgument]], size: int) -> InvalidArgument:
+    """The refusal of a batch with invalid requests: every one's index and reason in the
+    ErrorInfo metadata, the first few in the message."""
+    shown = "; ".join(
+        f"requests[{index}]: {problem.message} [{problem.reason}]"
+        for index, problem in problems[:MAX_PROBLEMS_SHOWN]
+    )
+    more = len(problems) - MAX_PROBLEMS_SHOWN
+    return InvalidArgument(
+        f"{len(problems)} of {size} requests are invalid, so none was created: {shown}"
+        + (f"; and {more} more" if more > 0 else ""),
+        reason="BAD_BATCH_REQUEST",
+        metadata={
+            "indexes": ",".join(str(index) for index, _ in problems),
+            "reasons": ",".join(problem.reason for _, problem in problems),
+        },
+    )
+
+
 def validate_labels(labels: dict[str, str]) -> dict[str, str]:
     if len(labels) > MAX_LABELS:
         raise InvalidArgument(f"at most {MAX_LABELS} labels", reason="BAD_LABELS")
@@ -115,6 +151,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self.objects = objects
         self.ingest = ingest
         self.stages = tuple(stages)
+        self.batches = Batches(store.sessions)
 
     # videos -----------------------------------------------------------------------------------
 
@@ -245,10 +282,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
 
     # jobs -------------------------------------------------------------------------------------
 
-    async def CreateJob(
-        self, request: job_service_pb2.CreateJobRequest, context: Context
-    ) -> job_service_pb2.CreateJobResponse:
-        owner = current_owner()
+    def _new_job(self, request: job_service_pb2.CreateJobRequest) -> NewJob:
+        """The job a request asks for, once every field is checked (INVALID_ARGUMENT)."""
         source = request.WhichOneof("source")
         if source is None:
             raise InvalidArgument("a job needs a source: video_id or url", reason="MISSING_SOURCE")
@@ -258,27 +293,120 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             )
         url = validate_url(request.url) if source == "url" else None
         timeout = self._job_timeout(request)
-        if url is not None:
+        return NewJob(
+            video_id=str(parse_id(request.video_id, "video_id")) if url is None else None,
+            source_url=url,
+            spec=request.spec,
+            request_id=request.request_id,
+            labels=validate_labels(dict(request.labels)),
+            stages=tuple(plan_stages(self.stages, request.spec, from_url=url is not None)),
+            timeout=timeout,
+            trace_context=current_context(),
+            priority=validate_priority(request.priority),
+        )
+
+    async def CreateJob(
+        self, request: job_service_pb2.CreateJobRequest, context: Context
+    ) -> job_service_pb2.CreateJobResponse:
+        owner = current_owner()
+        new = self._new_job(request)
+        if new.source_url is not None:
             # An import's size is unknown until it is downloaded: refuse only an owner
             # already at the storage limit.
             await self.store.check_storage(owner, 1, self.settings.owner_max_stored_bytes)
         job, created = await self.store.create_job(
             owner,
-            video_id=request.video_id if url is None else None,
-            source_url=url,
-            spec=request.spec,
-            request_id=request.request_id,
-            labels=validate_labels(dict(request.labels)),
-            stages=plan_stages(self.stages, request.spec, from_url=url is not None),
-            timeout=timeout,
+            video_id=new.video_id,
+            source_url=new.source_url,
+            spec=new.spec,
+            request_id=new.request_id,
+            labels=new.labels,
+            stages=new.stages,
+            timeout=new.timeout,
             max_active=self.settings.owner_max_active_jobs,
-            trace_context=current_context(),
+            trace_context=new.trace_context,
+            priority=new.priority,
         )
         log.info(
             "job created" if created else "job returned for repeated request_id",
             extra={"job_id": job.id},
         )
         return job_service_pb2.CreateJobResponse(job=job)
+
+    async def BatchCreateJobs(
+        self, request: job_service_pb2.BatchCreateJobsRequest, context: Context
+    ) -> job_service_pb2.BatchCreateJobsResponse:
+        owner = current_owner()
+        items = await self._batch_items(owner, request.requests)
+        created = await self.batches.create(
+            owner, items, max_active=self.settings.owner_max_active_jobs
+        )
+        results = [
+            job_service_pb2.BatchCreateJobResult(
+                job=outcome.job, error=outcome.error, created=outcome.created
+            )
+            for outcome in created.outcomes
+        ]
+        log.info(
+            "batch created",
+            extra={
+                "batch_id": str(created.batch_id or ""),
+                "requests": len(results),
+                "jobs_created": sum(o.created for o in created.outcomes),
+                "refused": sum(o.error is not None for o in created.outcomes),
+            },
+        )
+        return job_service_pb2.BatchCreateJobsResponse(
+            batch_id=str(created.batch_id or ""), results=results
+        )
+
+    async def _batch_items(
+        self, owner: str, requests: Sequence[job_service_pb2.CreateJobRequest]
+    ) -> list[NewJob | job_pb2.JobError]:
+        """Every request of a batch checked before anything is written: one that is not valid
+        refuses the whole batch, naming every bad request."""
+        if not requests:
+            raise InvalidArgument("a batch needs at least one request", reason="EMPTY_BATCH")
+        limit = self.settings.max_batch_size
+        if len(requests) > limit:
+            raise InvalidArgument(
+                f"a batch holds at most {limit} requests, this one has {len(requests)}",
+                reason="BATCH_TOO_LARGE",
+                metadata={"max_requests": str(limit)},
+            )
+        items: list[NewJob | job_pb2.JobError] = []
+        problems: list[tuple[int, InvalidArgument]] = []
+        seen: dict[str, int] = {}
+        for index, item in enumerate(requests):
+            try:
+                new = self._new_job(item)
+                if new.request_id in seen:
+                    raise InvalidArgument(
+                        f"request_id {new.request_id[:64]!r} is also the one of "
+                        f"requests[{seen[new.request_id]}]",
+                        reason="DUPLICATE_REQUEST_ID",
+                    )
+            except InvalidArgument as problem:
+                problems.append((index, problem))
+                continue
+            if new.request_id:
+                seen[new.request_id] = index
+            items.append(new)
+        if problems:
+            raise invalid_batch(problems, len(requests))
+        if any(isinstance(i, NewJob) and i.source_url is not None for i in items):
+            try:
+                await self.store.check_storage(owner, 1, self.settings.owner_max_stored_bytes)
+            except ResourceExhausted as full:
+                # The owner's storage is full: the imports alone are refused.
+                error = job_pb2.JobError(
+                    code=full.code.name, reason=full.reason, message=full.message
+                )
+                items = [
+                    error if isinstance(i, NewJob) and i.source_url is not None else i
+                    for i in items
+                ]
+        return items
 
     def _job_timeout(self, request: job_service_pb2.CreateJobRequest) -> timedelta:
         if not request.HasField("timeout"):
@@ -325,6 +453,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             labels=dict(request.labels),
             video_id=request.video_id,
             full=request.view == job_service_pb2.JOB_VIEW_FULL,
+            batch_id=request.batch_id,
         )
         return job_service_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
 
@@ -334,6 +463,15 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         job = await self.store.cancel_job(current_owner(), request.job_id)
         log.info("job cancelled", extra={"job_id": job.id})
         return job_service_pb2.CancelJobResponse(job=job)
+
+    async def RetryJob(
+        self, request: job_service_pb2.RetryJobRequest, context: Context
+    ) -> job_service_pb2.RetryJobResponse:
+        job = await self.store.retry_job(
+            current_owner(), request.job_id, max_active=self.settings.owner_max_active_jobs
+        )
+        log.info("job retried", extra={"job_id": job.id})
+        return job_service_pb2.RetryJobResponse(job=job)
 
     async def WatchJob(
         self, request: job_service_pb2.WatchJobRequest, context: Context
@@ -351,6 +489,30 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 return
             async for response in self.hub.watch(uuid.UUID(job.id), request.after_sequence):
                 yield response
+
+    async def WatchBatch(
+        self, request: job_service_pb2.WatchBatchRequest, context: Context
+    ) -> AsyncIterator[job_service_pb2.WatchBatchResponse]:
+        if any(after < 0 for after in request.after_sequences.values()):
+            raise InvalidArgument("after_sequences must not be negative", reason="BAD_SEQUENCE")
+        with watching():
+            members = await self.batches.members(current_owner(), request.batch_id)
+            known = {str(member.id) for member in members}
+            strangers = sorted(set(request.after_sequences) - known)
+            if strangers:
+                raise InvalidArgument(
+                    f"after_sequences names {len(strangers)} job(s) not in batch "
+                    f"{request.batch_id}, e.g. {strangers[0][:64]!r}",
+                    reason="BAD_SEQUENCE",
+                )
+            cursors = {}
+            for member in members:
+                after = request.after_sequences.get(str(member.id), 0)
+                if member.state in TERMINAL_JOB_STATES and after >= member.last_event_sequence:
+                    continue  # already seen to its end
+                cursors[member.id] = after
+            async for response in self.hub.watch_many(cursors):
+                yield job_service_pb2.WatchBatchResponse(event=response.event)
 
     # artifacts --------------------------------------------------------------------------------
 

@@ -74,6 +74,11 @@ class GatewaySettings(ServiceSettings):
     job_timeout_seconds: float = Field(default=6 * 3600.0, gt=0)
     #: The longest timeout CreateJob may ask for.
     max_job_timeout_seconds: float = Field(default=48 * 3600.0, gt=0)
+    #: The most jobs one BatchCreateJobs call may create.
+    max_batch_size: int = Field(default=1000, ge=1, le=10000)
+    #: Mixed into every stage fingerprint (``gateway.reuse``): change it after changing a
+    #: service's defaults (preset, model, default engine) so earlier results are not reused.
+    reuse_salt: SecretStr = SecretStr("")
     #: A failed or cancelled job's leftovers, and a deleted video's objects, are purged this
     #: long after the fact (services still stopping a cancelled call may write late).
     purge_delay_seconds: float = Field(default=30.0, ge=0)

@@ -27,12 +27,13 @@ from gateway.journal import (
     CANCEL_CHANNEL,
     QUEUE_CHANNEL,
     append_event,
+    append_events,
     load_job,
     notify_event,
     state_event,
 )
-from gateway.keys import job_prefix, video_prefix
-from gateway.purges import request_job_purge, request_purge
+from gateway.keys import job_prefix, reused_prefix, video_prefix
+from gateway.purges import cancel_job_purges, request_job_purge, request_purge
 from reelmill.v1 import job_pb2, media_pb2, pipeline_pb2
 from runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 
@@ -146,6 +147,116 @@ def _storage_full(used: int, incoming: int, limit: int) -> ResourceExhausted:
     )
 
 
+@dataclass(frozen=True)
+class NewJob:
+    """A job to create: what CreateJob (or one item of BatchCreateJobs) asked for."""
+
+    video_id: str | None
+    source_url: str | None
+    spec: pipeline_pb2.PipelineSpec
+    request_id: str
+    labels: dict[str, str]
+    stages: tuple[StagePlan, ...]
+    timeout: timedelta | None = None
+    trace_context: dict[str, str] | None = None
+    priority: int = 0
+
+
+async def active_jobs(session: AsyncSession, owner: str) -> int:
+    return int(
+        await session.scalar(
+            select(func.count())
+            .select_from(models.Job)
+            .where(models.Job.owner == owner, models.Job.state.in_(ACTIVE_JOB_STATES))
+        )
+        or 0
+    )
+
+
+async def check_active(session: AsyncSession, owner: str, max_active: int, adding: int = 1) -> None:
+    """RESOURCE_EXHAUSTED unless ``adding`` more active jobs fit the owner's ``max_active``
+    (hold ``lock_owner(session, "jobs", owner)``)."""
+    active = await active_jobs(session, owner)
+    if active + adding > max_active:
+        more = "" if adding == 1 else f", and this call adds {adding}"
+        raise ResourceExhausted(
+            f"too many active jobs: {active} queued or running{more}, the limit is "
+            f"{max_active}; retry when some have finished",
+            reason="TOO_MANY_ACTIVE_JOBS",
+            metadata={"limit": str(max_active), "active": str(active)},
+            retry_after=ACTIVE_JOBS_RETRY_AFTER,
+        )
+
+
+async def insert_jobs(
+    session: AsyncSession,
+    owner: str,
+    jobs: Sequence[NewJob],
+    *,
+    batch_id: uuid.UUID | None = None,
+) -> list[uuid.UUID | None]:
+    """Inserts queued jobs (one statement for the jobs, one for their stages) and each one's
+    first event; returns their ids, None for a job whose request_id the owner already used
+    (nothing inserted for it). The caller announces them on QUEUE_CHANNEL."""
+    if not jobs:
+        return []
+    ids = [uuid.uuid4() for _ in jobs]
+    rows = [
+        {
+            "id": job_id,
+            "owner": owner,
+            "video_id": uuid.UUID(new.video_id) if new.video_id else None,
+            "source_url": new.source_url,
+            "spec": to_json(new.spec),
+            "state": "QUEUED",
+            "labels": new.labels,
+            "request_id": new.request_id or None,
+            "deadline": func.now() + new.timeout if new.timeout is not None else None,
+            "trace_context": new.trace_context or None,
+            "priority": new.priority,
+            "batch_id": batch_id,
+        }
+        for job_id, new in zip(ids, jobs, strict=True)
+    ]
+    inserted = set(
+        (
+            await session.execute(
+                insert(models.Job)
+                .values(rows)
+                .on_conflict_do_nothing(
+                    index_elements=["owner", "request_id"],
+                    index_where=models.Job.request_id.is_not(None),
+                )
+                .returning(models.Job.id)
+            )
+        ).scalars()
+    )
+    stages = [
+        {
+            "job_id": job_id,
+            "name": plan.name,
+            "position": position,
+            "depends_on": list(plan.depends_on),
+            "state": plan.state,
+        }
+        for job_id, new in zip(ids, jobs, strict=True)
+        if job_id in inserted
+        for position, plan in enumerate(new.stages)
+    ]
+    if stages:
+        await session.execute(insert(models.JobStage), stages)
+    created = [job_id for job_id in ids if job_id in inserted]
+    await append_events(session, created, state_event("QUEUED"))
+    return [job_id if job_id in inserted else None for job_id in ids]
+
+
+async def insert_job(
+    session: AsyncSession, owner: str, new: NewJob, *, batch_id: uuid.UUID | None = None
+) -> uuid.UUID | None:
+    """``insert_jobs`` of one job."""
+    return (await insert_jobs(session, owner, [new], batch_id=batch_id))[0]
+
+
 class Store:
     def __init__(
         self,
@@ -250,13 +361,19 @@ class Store:
             artifacts = 0
             if jobs:
                 ids = [job.id for job in jobs]
-                artifacts = (
-                    await session.execute(
-                        select(func.count())
-                        .select_from(models.Artifact)
-                        .where(models.Artifact.job_id.in_(ids))
+                named = (
+                    await session.scalars(
+                        select(models.Artifact.object_key).where(models.Artifact.job_id.in_(ids))
                     )
-                ).scalar_one()
+                ).all()
+                artifacts = len(named)
+                # Objects these jobs reused from other jobs (under those jobs' prefixes): purged
+                # too, unless some other artifact row still names them.
+                own = {job_prefix(job_id) for job_id in ids}
+                for prefix in sorted({reused_prefix(key) for key in named} - own - {""}):
+                    await request_purge(
+                        session, prefix, reason="video_deleted", delay=self.purge_delay
+                    )
                 # Stages, events and artifact rows go with their jobs (ON DELETE CASCADE).
                 await session.execute(delete(models.Job).where(models.Job.id.in_(ids)))
             await request_purge(
@@ -284,12 +401,23 @@ class Store:
         timeout: timedelta | None = None,
         max_active: int = 0,
         trace_context: dict[str, str] | None = None,
+        priority: int = 0,
     ) -> tuple[job_pb2.Job, bool]:
         """Creates a queued job, or returns the caller's earlier job with the same request_id.
         The boolean says whether it was created now. With ``max_active``, a new job beyond
         that many queued or running jobs of the owner is refused (a repeated request_id still
         returns its job)."""
-        job_id = uuid.uuid4()
+        new = NewJob(
+            video_id=video_id,
+            source_url=source_url,
+            spec=spec,
+            request_id=request_id,
+            labels=labels,
+            stages=tuple(stages),
+            timeout=timeout,
+            trace_context=trace_context,
+            priority=priority,
+        )
         async with self.sessions.begin() as session:
             if video_id is not None:
                 await self._video_row(session, owner, video_id)
@@ -303,42 +431,9 @@ class Store:
                     )
                     if existing_id is not None:
                         return await self._load(session, existing_id), False
-                active = await session.scalar(
-                    select(func.count())
-                    .select_from(models.Job)
-                    .where(models.Job.owner == owner, models.Job.state.in_(ACTIVE_JOB_STATES))
-                )
-                if (active or 0) >= max_active:
-                    raise ResourceExhausted(
-                        f"too many active jobs: {active} queued or running, the limit is "
-                        f"{max_active}; retry when some have finished",
-                        reason="TOO_MANY_ACTIVE_JOBS",
-                        metadata={"limit": str(max_active), "active": str(active)},
-                        retry_after=ACTIVE_JOBS_RETRY_AFTER,
-                    )
-            inserted = (
-                await session.execute(
-                    insert(models.Job)
-                    .values(
-                        id=job_id,
-                        owner=owner,
-                        video_id=uuid.UUID(video_id) if video_id else None,
-                        source_url=source_url,
-                        spec=to_json(spec),
-                        state="QUEUED",
-                        labels=labels,
-                        request_id=request_id or None,
-                        deadline=func.now() + timeout if timeout is not None else None,
-                        trace_context=trace_context or None,
-                    )
-                    .on_conflict_do_nothing(
-                        index_elements=["owner", "request_id"],
-                        index_where=models.Job.request_id.is_not(None),
-                    )
-                    .returning(models.Job.id)
-                )
-            ).scalar_one_or_none()
-            if inserted is None:
+                await check_active(session, owner, max_active)
+            job_id = await insert_job(session, owner, new)
+            if job_id is None:
                 existing = (
                     await session.scalars(
                         select(models.Job.id).where(
@@ -347,17 +442,6 @@ class Store:
                     )
                 ).one()
                 return await self._load(session, existing), False
-            for position, plan in enumerate(stages):
-                session.add(
-                    models.JobStage(
-                        job_id=job_id,
-                        name=plan.name,
-                        position=position,
-                        depends_on=list(plan.depends_on),
-                        state=plan.state,
-                    )
-                )
-            await append_event(session, job_id, state_event("QUEUED"))
             await session.execute(select(func.pg_notify(QUEUE_CHANNEL, str(job_id))))
             return await self._load(session, job_id), True
 
@@ -401,6 +485,7 @@ class Store:
         labels: dict[str, str],
         video_id: str,
         full: bool = False,
+        batch_id: str = "",
     ) -> tuple[list[job_pb2.Job], str]:
         filters: dict[str, Any] = {
             "kind": "jobs",
@@ -408,6 +493,8 @@ class Store:
             "labels": labels,
             "video": video_id,
         }
+        if batch_id:
+            filters["batch"] = batch_id
         query = select(models.Job).where(models.Job.owner == owner)
         if states:
             query = query.where(models.Job.state.in_(states))
@@ -415,6 +502,8 @@ class Store:
             query = query.where(models.Job.labels.contains(labels))
         if video_id:
             query = query.where(models.Job.video_id == parse_id(video_id, "video_id"))
+        if batch_id:
+            query = query.where(models.Job.batch_id == parse_id(batch_id, "batch_id"))
         async with self.sessions() as session:
             rows, next_token = await keyset_page(session, query, models.Job, size, token, filters)
             jobs = [await self._load(session, r.id, full=full) for r in rows]
@@ -445,6 +534,60 @@ class Store:
             await request_job_purge(session, row, reason="job_cancelled", delay=self.purge_delay)
             await append_event(session, row.id, state_event("CANCELLED"), with_job=True)
             await session.execute(select(func.pg_notify(CANCEL_CHANNEL, str(row.id))))
+        return await self.get_job(owner, job_id)
+
+    async def retry_job(self, owner: str, job_id: str, *, max_active: int = 0) -> job_pb2.Job:
+        """Queues a failed or cancelled job again: its succeeded (and skipped) stages stay as
+        they are, with their artifacts; the others start over with no attempts. The job gets
+        a fresh deadline (its timeout again, from now) and its pending purges are cancelled in
+        the same transaction, so nothing it writes from now on is purged. FAILED_PRECONDITION
+        for a job that has not ended, or that succeeded."""
+        async with self.sessions.begin() as session:
+            if max_active:
+                await lock_owner(session, "jobs", owner)
+            row = await self._job_row(session, owner, job_id, lock=True)
+            if row.state not in ("FAILED", "CANCELLED"):
+                raise FailedPrecondition(
+                    f"job {job_id} is {row.state}: only a failed or cancelled job can be retried",
+                    reason="JOB_NOT_RETRYABLE",
+                    metadata={"state": row.state},
+                )
+            if max_active:
+                await check_active(session, owner, max_active)
+            await session.execute(
+                update(models.JobStage)
+                .where(
+                    models.JobStage.job_id == row.id,
+                    models.JobStage.state.not_in(("SUCCEEDED", "SKIPPED")),
+                )
+                .values(
+                    state="PENDING",
+                    progress=0.0,
+                    attempts=0,
+                    error=None,
+                    outputs=None,
+                    start_time=None,
+                    end_time=None,
+                    fingerprint=None,
+                    reused_from=None,
+                )
+            )
+            await cancel_job_purges(session, row)
+            timeout = (row.deadline - row.create_time) if row.deadline is not None else None
+            await session.execute(
+                update(models.Job)
+                .where(models.Job.id == row.id)
+                .values(
+                    state="QUEUED",
+                    error=None,
+                    end_time=None,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    deadline=func.now() + timeout if timeout is not None else None,
+                )
+            )
+            await append_event(session, row.id, state_event("QUEUED"))
+            await session.execute(select(func.pg_notify(QUEUE_CHANNEL, str(row.id))))
         return await self.get_job(owner, job_id)
 
     async def events_after(

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import grpc
 
@@ -46,6 +47,32 @@ TERMINAL_STATES = frozenset(
 _RECONNECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL})
 #: Waits before ``watch_job``'s reconnects (reset by every event received).
 _RECONNECT_BACKOFF = Backoff(initial=0.4, maximum=5.0)
+
+
+def job_request(
+    video_id: str = "",
+    *,
+    url: str = "",
+    spec: pipeline_pb2.PipelineSpec | None = None,
+    request_id: str = "",
+    labels: Mapping[str, str] | None = None,
+    timeout: timedelta | None = None,
+    priority: int = 0,
+) -> job_service_pb2.CreateJobRequest:
+    """A CreateJob request (also an item of ``batch_create_jobs``): for an uploaded video
+    (``video_id``) or a URL to import (``url``)."""
+    if bool(video_id) == bool(url):
+        raise ValueError("give exactly one of video_id and url")
+    request = job_service_pb2.CreateJobRequest(
+        spec=spec, request_id=request_id, labels=dict(labels or {}), priority=priority
+    )
+    if video_id:
+        request.video_id = video_id
+    else:
+        request.url = url
+    if timeout is not None:
+        request.timeout.FromTimedelta(timeout)
+    return request
 
 
 def file_sha256(path: Path) -> str:
@@ -175,26 +202,40 @@ class ReelmillClient:
         request_id: str = "",
         labels: Mapping[str, str] | None = None,
         timeout: timedelta | None = None,
+        priority: int = 0,
     ) -> job_pb2.Job:
         """A job for an uploaded video (``video_id``) or for a URL to import (``url``);
-        ``timeout`` bounds the whole job, queueing included (default: the server's)."""
-        if bool(video_id) == bool(url):
-            raise ValueError("give exactly one of video_id and url")
-        request = job_service_pb2.CreateJobRequest(
-            spec=spec, request_id=request_id, labels=dict(labels or {})
+        ``timeout`` bounds the whole job, queueing included (default: the server's);
+        ``priority`` (-100..100) orders the caller's own queued jobs."""
+        request = job_request(
+            video_id,
+            url=url,
+            spec=spec,
+            request_id=request_id,
+            labels=labels,
+            timeout=timeout,
+            priority=priority,
         )
-        if video_id:
-            request.video_id = video_id
-        else:
-            request.url = url
-        if timeout is not None:
-            request.timeout.FromTimedelta(timeout)
         response: job_service_pb2.CreateJobResponse = await self.stub.CreateJob(
             request,
             metadata=self._metadata,
             timeout=self._timeout,
         )
         return response.job
+
+    async def batch_create_jobs(
+        self, requests: Sequence[job_service_pb2.CreateJobRequest]
+    ) -> job_service_pb2.BatchCreateJobsResponse:
+        """Many jobs in one call (build each with ``job_request``): the batch id and, per
+        request in order, its job (``created`` false for an earlier job with its request_id)
+        or its own error. An invalid request refuses the whole batch (INVALID_ARGUMENT,
+        ``BAD_BATCH_REQUEST``, nothing created)."""
+        response: job_service_pb2.BatchCreateJobsResponse = await self.stub.BatchCreateJobs(
+            job_service_pb2.BatchCreateJobsRequest(requests=list(requests)),
+            metadata=self._metadata,
+            timeout=self._timeout,
+        )
+        return response
 
     async def get_job(
         self,
@@ -217,6 +258,7 @@ class ReelmillClient:
         page_size: int = 0,
         page_token: str = "",
         view: job_service_pb2.JobView.ValueType = job_service_pb2.JOB_VIEW_BASIC,
+        batch_id: str = "",
     ) -> tuple[list[job_pb2.Job], str]:
         response: job_service_pb2.ListJobsResponse = await self.stub.ListJobs(
             job_service_pb2.ListJobsRequest(
@@ -225,6 +267,7 @@ class ReelmillClient:
                 labels=dict(labels or {}),
                 page_size=page_size,
                 page_token=page_token,
+                batch_id=batch_id,
             ),
             metadata=self._metadata,
             timeout=self._timeout,
@@ -239,25 +282,73 @@ class ReelmillClient:
         )
         return response.job
 
-    async def watch_job(
+    async def retry_job(self, job_id: str) -> job_pb2.Job:
+        """Queues a FAILED or CANCELLED job again: its succeeded stages are kept, the others
+        run with a fresh attempt budget and the job with a fresh deadline."""
+        response: job_service_pb2.RetryJobResponse = await self.stub.RetryJob(
+            job_service_pb2.RetryJobRequest(job_id=job_id),
+            metadata=self._metadata,
+            timeout=self._timeout,
+        )
+        return response.job
+
+    def watch_job(
         self, job_id: str, *, after_sequence: int = 0, max_reconnects: int = 20
     ) -> AsyncIterator[job_pb2.JobEvent]:
         """Every event after ``after_sequence`` until the terminal one, reconnecting (and
         resuming) after transient failures."""
-        last = after_sequence
+        cursors = {job_id: after_sequence}
+
+        def call() -> grpc.aio.UnaryStreamCall[Any, Any]:
+            # One job, though the events may spell its id differently (canonical form).
+            last = max(cursors.values())
+            request = job_service_pb2.WatchJobRequest(job_id=job_id, after_sequence=last)
+            stream: grpc.aio.UnaryStreamCall[Any, Any] = self.stub.WatchJob(
+                request, metadata=self._metadata
+            )
+            return stream
+
+        return self._follow(call, cursors, max_reconnects)
+
+    def watch_batch(
+        self,
+        batch_id: str,
+        *,
+        after_sequences: Mapping[str, int] | None = None,
+        max_reconnects: int = 20,
+    ) -> AsyncIterator[job_pb2.JobEvent]:
+        """Every event of every job of a batch (each job's in order) until all of them ended,
+        reconnecting and resuming each job where it was after transient failures."""
+        cursors = dict(after_sequences or {})
+
+        def call() -> grpc.aio.UnaryStreamCall[Any, Any]:
+            request = job_service_pb2.WatchBatchRequest(batch_id=batch_id, after_sequences=cursors)
+            stream: grpc.aio.UnaryStreamCall[Any, Any] = self.stub.WatchBatch(
+                request, metadata=self._metadata
+            )
+            return stream
+
+        return self._follow(call, cursors, max_reconnects)
+
+    async def _follow(
+        self,
+        call: Callable[[], grpc.aio.UnaryStreamCall[Any, Any]],
+        cursors: dict[str, int],
+        max_reconnects: int,
+    ) -> AsyncIterator[job_pb2.JobEvent]:
+        """The events of a watch stream, each once: ``cursors`` (job id -> last sequence seen)
+        moves as events arrive, and ``call()`` reopens the stream from it after a transient
+        failure."""
         failures = 0
         while True:
-            call = self.stub.WatchJob(
-                job_service_pb2.WatchJobRequest(job_id=job_id, after_sequence=last),
-                metadata=self._metadata,
-            )
+            stream = call()
             try:
-                async for response in call:
+                async for response in stream:
                     failures = 0
                     event = response.event
-                    if event.sequence <= last:
+                    if event.sequence <= cursors.get(event.job_id, 0):
                         continue
-                    last = event.sequence
+                    cursors[event.job_id] = event.sequence
                     yield event
                 return
             except grpc.aio.AioRpcError as exc:
@@ -268,7 +359,7 @@ class ReelmillClient:
                     _RECONNECT_BACKOFF.delay(failures, retry_after=retry_after(exc))
                 )
             finally:
-                call.cancel()
+                stream.cancel()
 
     # artifacts --------------------------------------------------------------------------------
 

@@ -90,6 +90,12 @@ class Job(Base):
     #: The W3C trace context of the CreateJob call (``traceparent``, ``tracestate``): every
     #: run of the job, on any gateway, continues that trace.
     trace_context: Mapped[dict[str, Any] | None]
+    #: Orders the owner's own waiting jobs (-100..100, higher first; gateway.queue).
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    #: The BatchCreateJobs call that created the job.
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    #: When a worker last claimed the job (fairness: the owner served least recently first).
+    claim_time: Mapped[datetime | None]
     create_time: Mapped[datetime] = mapped_column(server_default=func.now())
     start_time: Mapped[datetime | None]
     end_time: Mapped[datetime | None]
@@ -112,6 +118,11 @@ class JobStage(Base):
     outputs: Mapped[dict[str, Any] | None]
     start_time: Mapped[datetime | None]
     end_time: Mapped[datetime | None]
+    #: What determines the stage's outputs (gateway.reuse): a later stage with the same one
+    #: copies them instead of computing them.
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    #: The job whose outputs this stage copied.
+    reused_from: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
 
 
 class JobEvent(Base):
@@ -171,7 +182,8 @@ class Purge(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     prefix: Mapped[str] = mapped_column(Text)
-    #: When set, objects that this job's artifact rows name are kept.
+    #: The failed or cancelled job whose end queued the purge (a retry of it cancels it). Every
+    #: object an artifact row names is kept, whatever job the row is of.
     job_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     reason: Mapped[str] = mapped_column(String(32))
     not_before: Mapped[datetime]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from gateway.pipeline.base import (
@@ -11,6 +12,7 @@ from gateway.pipeline.base import (
     artifact_names,
     follow_stream,
     has_audio,
+    spec_inputs,
 )
 from reelmill.v1 import media_pb2, pipeline_pb2, transcode_service_pb2, transcode_service_pb2_grpc
 
@@ -23,6 +25,9 @@ class AudioStage(Stage):
 
     def enabled(self, spec: pipeline_pb2.PipelineSpec) -> bool:
         return not spec.audio.disabled
+
+    def fingerprint_inputs(self, ctx: StageContext) -> Mapping[str, Any] | None:
+        return {"source": ctx.video.sha256, "spec": spec_inputs(ctx.job.spec.audio)}
 
     def skip_reason(self, ctx: StageContext) -> str | None:
         return None if has_audio(ctx.media_info) else "the source has no audio stream"

@@ -6,13 +6,16 @@ orchestrator's)."""
 from __future__ import annotations
 
 import abc
+import hashlib
+import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 import grpc
+from google.protobuf.message import Message
 
-from gateway.convert import from_json
+from gateway.convert import from_json, to_json
 from gateway.keys import job_prefix
 from gateway.runs import ClaimedJob, StageRow
 from reelmill.v1 import media_pb2, pipeline_pb2
@@ -90,6 +93,14 @@ class Stage(abc.ABC):
     #: The internal service the stage calls (a key of ``Wiring.channels``), and its stub.
     service: ClassVar[str]
     stub_class: ClassVar[type[Any]]
+    #: Part of the stage's fingerprint (``gateway.reuse``): bump it when the same inputs give
+    #: other outputs (new code, new defaults), so that earlier results are no longer reused.
+    version: ClassVar[int] = 1
+    #: The job columns the stage sets (``StageResult.job_fields``): taken along when reused.
+    job_fields: ClassVar[tuple[str, ...]] = ()
+    #: The dependencies whose fingerprints enter this stage's own (default: ``depends_on``);
+    #: a stage whose declared inputs already capture what a dependency produced leaves it out.
+    reuse_depends_on: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.stub = self.stub_class(channel)
@@ -109,6 +120,13 @@ class Stage(abc.ABC):
 
     def skip_reason(self, ctx: StageContext) -> str | None:
         """Why the stage has nothing to do for this job (e.g. no audio track), if so."""
+        return None
+
+    def fingerprint_inputs(self, ctx: StageContext) -> Mapping[str, Any] | None:
+        """Everything the stage's outputs depend on besides the owner, the stage's name and
+        version and its dependencies' fingerprints (JSON values): e.g. the source's sha256 and
+        the stage's part of the spec. None (the default) means the stage is never reused, and
+        neither is any stage that depends on it."""
         return None
 
     @abc.abstractmethod
@@ -154,6 +172,18 @@ def has_video(info: media_pb2.MediaInfo) -> bool:
 
 def has_audio(info: media_pb2.MediaInfo) -> bool:
     return len(info.audio_streams) > 0
+
+
+def spec_inputs(message: Message) -> dict[str, Any]:
+    """A part of the job's spec as fingerprint input (protobuf JSON, defaults left out)."""
+    return to_json(message)
+
+
+def digest(value: Any) -> str:
+    """The SHA-256 of a JSON value (keys sorted): a large input (a transcript) as a
+    fingerprint input."""
+    encoded = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(encoded.encode()).hexdigest()
 
 
 def finished(row: StageRow) -> bool:

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from gateway.convert import to_json
-from gateway.pipeline.base import Stage, StageContext, StageResult, artifact_names, follow_stream
+from gateway.pipeline.base import (
+    Stage,
+    StageContext,
+    StageResult,
+    artifact_names,
+    follow_stream,
+    spec_inputs,
+)
 from reelmill.v1 import (
     media_pb2,
     pipeline_pb2,
@@ -18,8 +28,17 @@ class TranscribeStage(Stage):
     service = "transcribe"
     stub_class = transcribe_service_pb2_grpc.TranscribeServiceStub
 
+    job_fields = ("transcript",)
+
     def enabled(self, spec: pipeline_pb2.PipelineSpec) -> bool:
         return not spec.transcribe.disabled
+
+    def fingerprint_inputs(self, ctx: StageContext) -> Mapping[str, Any] | None:
+        return {
+            "audio": ctx.outputs["audio"]["wav"]["sha256"],
+            "duration": to_json(ctx.media_info.duration),
+            "spec": spec_inputs(ctx.job.spec.transcribe),
+        }
 
     def skip_reason(self, ctx: StageContext) -> str | None:
         return None if "wav" in ctx.outputs.get("audio", {}) else "there is no audio track"

@@ -429,6 +429,7 @@ def demo(args: argparse.Namespace) -> int:
                 label=["source=demo"],
                 timeout=None,
                 priority=0,
+                spec=None,
                 no_reuse=False,
             )
 
@@ -491,6 +492,11 @@ def parser() -> argparse.ArgumentParser:
         default=0,
         metavar="N",
         help="-100..100: orders your own queued jobs, higher first (default 0)",
+    )
+    p.add_argument(
+        "--spec",
+        metavar="FILE",
+        help='what to produce: a PipelineSpec as JSON, e.g. {"transcode": {"disabled": true}}',
     )
     p.add_argument(
         "--no-reuse",
