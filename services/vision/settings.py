@@ -19,8 +19,10 @@ class VisionSettings(ServiceSettings):
     max_concurrent_ocr: int = Field(default=1, ge=1, le=16)
     #: Requests of either kind waiting for a slot before new ones get RESOURCE_EXHAUSTED.
     max_queued_vision: int = Field(default=16, ge=0, le=10_000)
-    #: Decoder threads per request; 0 = FFmpeg's choice.
-    vision_decode_threads: int = Field(default=0, ge=0, le=64)
+    #: Decoder threads per request: 1 (the default) decodes in the request's decode thread,
+    #: beside its analysis thread, with the least CPU per frame (frame threading costs a
+    #: third more CPU here, which an encoder on the same cores would miss); 0 = FFmpeg's choice.
+    vision_decode_threads: int = Field(default=1, ge=0, le=64)
     #: onnxruntime threads per OCR request: 1 (the default) runs OCR on one core beside the
     #: encoder; 0 = the CPUs a cgroup CPU limit allows, else onnxruntime's own choice.
     ocr_threads: int = Field(default=1, ge=0, le=256)

@@ -93,7 +93,7 @@ class VisionConfig:
     max_concurrent_shots: int = 2
     max_waiting: int = 16
     #: Decoder threads per request; 0 = FFmpeg's choice.
-    decode_threads: int = 0
+    decode_threads: int = 1
     #: Width of the frames the shot detectors see (PySceneDetect's default downscale).
     analysis_width: int = 256
     #: Progress updates buffered between the worker thread and the call.
