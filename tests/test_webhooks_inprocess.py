@@ -25,7 +25,7 @@ import pytest_asyncio
 from sqlalchemy import func, select
 
 from gateway.convert import to_json
-from gateway.db import models
+from gateway.db import webhooks as tables
 from gateway.journal import append_event, state_event
 from gateway.runs import Runs
 from gateway.server import Gateway, assemble
@@ -177,8 +177,8 @@ async def test_a_cancelled_job_is_delivered_signed_with_its_event_and_basic_job(
     # The secret is sealed at rest: the table never holds it.
     async with env.parts.store.sessions() as session:
         stored = await session.scalar(
-            select(models.WebhookEndpoint.secret).where(
-                models.WebhookEndpoint.id == uuid.UUID(endpoint.id)
+            select(tables.WebhookEndpoint.secret).where(
+                tables.WebhookEndpoint.id == uuid.UUID(endpoint.id)
             )
         )
     assert stored is not None and stored.startswith("aesgcm:") and secret[6:] not in stored
@@ -206,8 +206,8 @@ async def test_an_event_rolled_back_leaves_no_delivery(env: Env) -> None:
     async with sessions() as session:
         rows = (
             await session.execute(
-                select(models.WebhookDelivery.sequence).where(
-                    models.WebhookDelivery.job_id == job_id
+                select(tables.WebhookDelivery.sequence).where(
+                    tables.WebhookDelivery.job_id == job_id
                 )
             )
         ).all()
@@ -261,7 +261,7 @@ async def test_registration_refuses_names_that_resolve_inside(env: Env) -> None:
             await webhooks.create("someone", url, [], "")
         assert getattr(caught.value, "reason", "") == "URL_NOT_ALLOWED"
     async with env.parts.store.sessions() as session:
-        assert await session.scalar(select(func.count()).select_from(models.WebhookEndpoint)) == 0
+        assert await session.scalar(select(func.count()).select_from(tables.WebhookEndpoint)) == 0
 
 
 async def test_a_name_that_later_resolves_to_loopback_is_refused_at_delivery(env: Env) -> None:

@@ -14,14 +14,14 @@ import re
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import httpcore2
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import Select, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.convert import timestamp
-from gateway.db import models
+from gateway.db import webhooks as tables
 from gateway.store import keyset_page, lock_owner, parse_id
 from gateway.webhooks.events import BY_NAME, DEFAULT_TYPES, NAMES, EventType
 from gateway.webhooks.outbox import DUE_CHANNEL
@@ -45,6 +45,19 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MESSAGE_ID = re.compile(r"^msg_([0-9a-f]{32})$")
 
 
+async def page(
+    session: AsyncSession,
+    query: Select[Any],
+    model: type[Any],
+    size: int,
+    token: str,
+    filters: dict[str, Any],
+) -> tuple[list[Any], str]:
+    """``gateway.store.keyset_page`` (newest first, opaque tokens) over a webhook table; its
+    type variable lists the core tables only."""
+    return await keyset_page(session, cast(Any, query), cast(Any, model), size, token, filters)
+
+
 def message_id(delivery_id: uuid.UUID) -> str:
     """The delivery's public id, also its ``webhook-id`` header."""
     return f"msg_{delivery_id.hex}"
@@ -59,7 +72,7 @@ def parse_message_id(value: str) -> uuid.UUID:
     return uuid.UUID(match.group(1))
 
 
-def endpoint_to_proto(row: models.WebhookEndpoint) -> pb.WebhookEndpoint:
+def endpoint_to_proto(row: tables.WebhookEndpoint) -> pb.WebhookEndpoint:
     return pb.WebhookEndpoint(
         id=str(row.id),
         url=row.url,
@@ -165,9 +178,9 @@ class Webhooks:
 
     async def _endpoint(
         self, session: AsyncSession, owner: str, endpoint_id: str, *, lock: bool = False
-    ) -> models.WebhookEndpoint:
+    ) -> tables.WebhookEndpoint:
         row = await session.get(
-            models.WebhookEndpoint,
+            tables.WebhookEndpoint,
             parse_id(endpoint_id, "endpoint_id"),
             with_for_update=lock or None,
         )
@@ -191,8 +204,8 @@ class Webhooks:
                 await lock_owner(session, "webhooks", owner)
                 count = await session.scalar(
                     select(func.count())
-                    .select_from(models.WebhookEndpoint)
-                    .where(models.WebhookEndpoint.owner == owner)
+                    .select_from(tables.WebhookEndpoint)
+                    .where(tables.WebhookEndpoint.owner == owner)
                 )
                 if (count or 0) >= self.max_endpoints:
                     raise ResourceExhausted(
@@ -201,7 +214,7 @@ class Webhooks:
                         reason="TOO_MANY_WEBHOOK_ENDPOINTS",
                         metadata={"limit": str(self.max_endpoints)},
                     )
-            row = models.WebhookEndpoint(
+            row = tables.WebhookEndpoint(
                 id=endpoint_id,
                 owner=owner,
                 url=target,
@@ -218,10 +231,10 @@ class Webhooks:
     async def list_endpoints(
         self, owner: str, size: int, token: str
     ) -> tuple[list[pb.WebhookEndpoint], str]:
-        query = select(models.WebhookEndpoint).where(models.WebhookEndpoint.owner == owner)
+        query = select(tables.WebhookEndpoint).where(tables.WebhookEndpoint.owner == owner)
         async with self.sessions() as session:
-            rows, next_token = await keyset_page(
-                session, query, models.WebhookEndpoint, size, token, {"kind": "webhooks"}
+            rows, next_token = await page(
+                session, query, tables.WebhookEndpoint, size, token, {"kind": "webhooks"}
             )
         return [endpoint_to_proto(r) for r in rows], next_token
 
@@ -231,15 +244,15 @@ class Webhooks:
             row = await self._endpoint(session, owner, endpoint_id, lock=True)
             pending = await session.scalar(
                 select(func.count())
-                .select_from(models.WebhookDelivery)
+                .select_from(tables.WebhookDelivery)
                 .where(
-                    models.WebhookDelivery.endpoint_id == row.id,
-                    models.WebhookDelivery.state == "PENDING",
+                    tables.WebhookDelivery.endpoint_id == row.id,
+                    tables.WebhookDelivery.state == "PENDING",
                 )
             )
             # Deliveries and their attempts go with it (ON DELETE CASCADE).
             await session.execute(
-                delete(models.WebhookEndpoint).where(models.WebhookEndpoint.id == row.id)
+                delete(tables.WebhookEndpoint).where(tables.WebhookEndpoint.id == row.id)
             )
         log.info("webhook endpoint deleted", extra={"endpoint_id": endpoint_id})
         return int(pending or 0)
@@ -266,8 +279,8 @@ class Webhooks:
                     log.warning("rotating %s: the old secret is unreadable: %s", endpoint_id, exc)
                     keep = False
             await session.execute(
-                update(models.WebhookEndpoint)
-                .where(models.WebhookEndpoint.id == row.id)
+                update(tables.WebhookEndpoint)
+                .where(tables.WebhookEndpoint.id == row.id)
                 .values(
                     secret=self.box.seal(secret, context),
                     previous_secret=self.box.seal(current, context) if keep else None,
@@ -322,20 +335,20 @@ class Webhooks:
             "job": job_id,
         }
         query = (
-            select(models.WebhookDelivery)
-            .join(models.WebhookEndpoint)
-            .where(models.WebhookEndpoint.owner == owner)
+            select(tables.WebhookDelivery)
+            .join(tables.WebhookEndpoint)
+            .where(tables.WebhookEndpoint.owner == owner)
         )
         if states:
-            query = query.where(models.WebhookDelivery.state.in_(states))
+            query = query.where(tables.WebhookDelivery.state.in_(states))
         if job_id:
-            query = query.where(models.WebhookDelivery.job_id == parse_id(job_id, "job_id"))
+            query = query.where(tables.WebhookDelivery.job_id == parse_id(job_id, "job_id"))
         async with self.sessions() as session:
             if endpoint_id:
                 endpoint = await self._endpoint(session, owner, endpoint_id)
-                query = query.where(models.WebhookDelivery.endpoint_id == endpoint.id)
-            rows, next_token = await keyset_page(
-                session, query, models.WebhookDelivery, size, token, filters
+                query = query.where(tables.WebhookDelivery.endpoint_id == endpoint.id)
+            rows, next_token = await page(
+                session, query, tables.WebhookDelivery, size, token, filters
             )
             attempts = await self._attempts(session, [r.id for r in rows])
         return [delivery_to_proto(r, attempts[r.id]) for r in rows], next_token
@@ -345,9 +358,9 @@ class Webhooks:
         a disabled endpoint is enabled again (the owner says the receiver is back)."""
         identifier = parse_message_id(delivery_id)
         async with self.sessions.begin() as session:
-            row = await session.get(models.WebhookDelivery, identifier, with_for_update=True)
+            row = await session.get(tables.WebhookDelivery, identifier, with_for_update=True)
             endpoint = (
-                await session.get(models.WebhookEndpoint, row.endpoint_id, with_for_update=True)
+                await session.get(tables.WebhookEndpoint, row.endpoint_id, with_for_update=True)
                 if row is not None
                 else None
             )
@@ -357,8 +370,8 @@ class Webhooks:
                     reason="WEBHOOK_DELIVERY_NOT_FOUND",
                 )
             await session.execute(
-                update(models.WebhookDelivery)
-                .where(models.WebhookDelivery.id == identifier)
+                update(tables.WebhookDelivery)
+                .where(tables.WebhookDelivery.id == identifier)
                 .values(
                     state="PENDING",
                     attempts=0,
@@ -370,8 +383,8 @@ class Webhooks:
             )
             if endpoint.state != "ACTIVE":
                 await session.execute(
-                    update(models.WebhookEndpoint)
-                    .where(models.WebhookEndpoint.id == endpoint.id)
+                    update(tables.WebhookEndpoint)
+                    .where(tables.WebhookEndpoint.id == endpoint.id)
                     .values(state="ACTIVE", disabled_reason=None, disable_time=None)
                 )
                 log.info("webhook endpoint enabled again", extra={"endpoint_id": str(endpoint.id)})

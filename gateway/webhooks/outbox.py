@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.convert import to_json
 from gateway.db import models
+from gateway.db import webhooks as tables
 from gateway.webhooks.events import TERMINAL_TYPES, event_type
 from reelmill.v1 import job_pb2
 
@@ -76,10 +77,10 @@ async def enqueue(
     owner = select(models.Job.owner).where(models.Job.id == job_id).scalar_subquery()
     endpoints = (
         await session.scalars(
-            select(models.WebhookEndpoint.id).where(
-                models.WebhookEndpoint.owner == owner,
-                models.WebhookEndpoint.state == "ACTIVE",
-                models.WebhookEndpoint.event_types.contains([kind]),
+            select(tables.WebhookEndpoint.id).where(
+                tables.WebhookEndpoint.owner == owner,
+                tables.WebhookEndpoint.state == "ACTIVE",
+                tables.WebhookEndpoint.event_types.contains([kind]),
             )
         )
     ).all()
@@ -92,7 +93,7 @@ async def enqueue(
         job = await load_job(session, job_id, full=False)
     data = payload_data(job_id, sequence, event, job, kind)
     await session.execute(
-        insert(models.WebhookDelivery)
+        insert(tables.WebhookDelivery)
         .values(
             [
                 {
