@@ -29,6 +29,7 @@ from gateway.runs import Runs, database_unavailable
 from gateway.servicer import JobServicer
 from gateway.settings import GatewaySettings
 from gateway.store import Store
+from gateway.uploads import ResumableUploads
 from reelmill.v1 import (
     api_key_service_pb2_grpc,
     ingest_service_pb2_grpc,
@@ -133,7 +134,8 @@ async def assemble(settings: GatewaySettings) -> Gateway:
     hub.on(QUEUE_CHANNEL, orchestrator.on_queued)
     hub.on(CANCEL_CHANNEL, orchestrator.on_cancelled)
     hub.on(REVOKED_CHANNEL, api_keys.on_revoked)
-    servicer = JobServicer(settings, store, hub, objects, ingest, stages)
+    uploads = ResumableUploads(settings, sessions, objects, ingest)
+    servicer = JobServicer(settings, store, hub, objects, ingest, stages, uploads)
 
     def register(server: grpc.aio.Server) -> None:
         job_service_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
@@ -172,7 +174,7 @@ async def assemble(settings: GatewaySettings) -> Gateway:
             "events": hub.check,
             "storage": objects.check,
         },
-        background=[hub.run, orchestrator.run, purger.run, *counting],
+        background=[hub.run, orchestrator.run, purger.run, uploads.run_expiry, *counting],
         on_drain=drain,
         on_close=close,
         interceptors=[AuthInterceptor(verifier, api_keys, limiter)],

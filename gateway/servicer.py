@@ -24,6 +24,7 @@ from gateway.pipeline import Stage, plan_stages
 from gateway.queue import MAX_PRIORITY, MIN_PRIORITY
 from gateway.settings import GatewaySettings
 from gateway.store import NewJob, Store, page_size, parse_id
+from gateway.uploads import ResumableUploads
 from reelmill.v1 import (
     ingest_service_pb2,
     ingest_service_pb2_grpc,
@@ -144,6 +145,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         objects: ObjectStore,
         ingest: ingest_service_pb2_grpc.IngestServiceStub,
         stages: Sequence[Stage],
+        uploads: ResumableUploads,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -151,6 +153,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self.objects = objects
         self.ingest = ingest
         self.stages = tuple(stages)
+        self.uploads = uploads
         self.batches = Batches(store.sessions)
 
     # videos -----------------------------------------------------------------------------------
@@ -248,6 +251,47 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from None
         return response
+
+    # resumable uploads ------------------------------------------------------------------------
+
+    async def StartUpload(
+        self, request: job_service_pb2.StartUploadRequest, context: Context
+    ) -> job_service_pb2.StartUploadResponse:
+        header = request.header
+        if header.sha256 and not _SHA256.match(header.sha256):
+            raise InvalidArgument("sha256 must be 64 lower-case hex digits", reason="BAD_SHA256")
+        upload = await self.uploads.start(
+            current_owner(),
+            header,
+            filename=sanitize_filename(header.filename),
+            content_type=header.content_type or guess_content_type(header.filename),
+        )
+        return job_service_pb2.StartUploadResponse(upload=upload)
+
+    async def WriteUpload(
+        self, request_iterator: AsyncIterator[job_service_pb2.WriteUploadRequest], context: Context
+    ) -> job_service_pb2.WriteUploadResponse:
+        source = aiter(request_iterator)
+        try:
+            committed = await self.uploads.write(current_owner(), source)
+        except Exception:
+            # The client learns why only if it is not still writing (runtime.streams).
+            await drain(source)
+            raise
+        return job_service_pb2.WriteUploadResponse(committed_size=committed)
+
+    async def GetUpload(
+        self, request: job_service_pb2.GetUploadRequest, context: Context
+    ) -> job_service_pb2.GetUploadResponse:
+        return job_service_pb2.GetUploadResponse(
+            upload=await self.uploads.get(current_owner(), request.upload_id)
+        )
+
+    async def FinishUpload(
+        self, request: job_service_pb2.FinishUploadRequest, context: Context
+    ) -> job_service_pb2.FinishUploadResponse:
+        video = await self.uploads.finish(current_owner(), request.upload_id)
+        return job_service_pb2.FinishUploadResponse(video=video)
 
     async def GetVideo(
         self, request: job_service_pb2.GetVideoRequest, context: Context

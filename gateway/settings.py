@@ -91,3 +91,7 @@ class GatewaySettings(ServiceSettings):
     max_upload_bytes: int = Field(default=20 * 1024**3, ge=1)
     #: Deadline for a whole upload.
     upload_timeout_seconds: float = Field(default=3600.0, gt=0)
+    #: A resumable upload's lifetime from StartUpload: writes and finishes are refused after it,
+    #: and the upload and its stored parts are removed. Keep it below ingest's
+    #: REELMILL_STALE_AFTER_SECONDS, whose sweep aborts older unfinished writes.
+    upload_expiry_seconds: float = Field(default=86400.0, gt=0)

@@ -128,16 +128,25 @@ async def lock_owner(session: AsyncSession, what: str, owner: str) -> None:
     await session.execute(select(func.pg_advisory_xact_lock(key)))
 
 
-async def _stored_bytes(session: AsyncSession, owner: str) -> int:
-    total = await session.scalar(
+async def stored_bytes(
+    session: AsyncSession, owner: str, *, excluding_upload: uuid.UUID | None = None
+) -> int:
+    """The owner's videos' bytes, plus the declared sizes of their unfinished resumable
+    uploads (space they reserved at StartUpload), except ``excluding_upload``'s."""
+    videos = await session.scalar(
         select(func.coalesce(func.sum(models.Video.size_bytes), 0)).where(
             models.Video.owner == owner
         )
     )
-    return int(total or 0)
+    reserved = select(func.coalesce(func.sum(models.Upload.size_bytes), 0)).where(
+        models.Upload.owner == owner, models.Upload.state != "FINISHED"
+    )
+    if excluding_upload is not None:
+        reserved = reserved.where(models.Upload.id != excluding_upload)
+    return int(videos or 0) + int(await session.scalar(reserved) or 0)
 
 
-def _storage_full(used: int, incoming: int, limit: int) -> ResourceExhausted:
+def storage_full(used: int, incoming: int, limit: int) -> ResourceExhausted:
     return ResourceExhausted(
         f"storage limit reached: {used} of {limit} bytes stored, this upload needs {incoming} "
         "more; delete videos (DeleteVideo) to free space",
@@ -257,6 +266,40 @@ async def insert_job(
     return (await insert_jobs(session, owner, [new], batch_id=batch_id))[0]
 
 
+async def insert_video(
+    session: AsyncSession,
+    owner: str,
+    video: media_pb2.Video,
+    *,
+    max_stored_bytes: int = 0,
+    excluding_upload: uuid.UUID | None = None,
+) -> media_pb2.Video:
+    """Inserts a stored video in the caller's transaction; with ``max_stored_bytes``, refuses
+    one that would take the owner beyond it (serialised per owner). ``excluding_upload``: the
+    resumable upload becoming this video, whose reservation no longer counts."""
+    if max_stored_bytes:
+        await lock_owner(session, "videos", owner)
+        used = await stored_bytes(session, owner, excluding_upload=excluding_upload)
+        if used + video.size_bytes > max_stored_bytes:
+            raise storage_full(used, video.size_bytes, max_stored_bytes)
+    row = models.Video(
+        id=uuid.UUID(video.id),
+        owner=owner,
+        filename=video.filename,
+        content_type=video.content_type,
+        size_bytes=video.size_bytes,
+        sha256=video.sha256,
+        bucket=video.object.bucket,
+        object_key=video.object.key,
+        media_info=to_json(video.media_info),
+        source_url=video.source_url or None,
+    )
+    session.add(row)
+    await session.flush()
+    await session.refresh(row)
+    return video_to_proto(row)
+
+
 class Store:
     def __init__(
         self,
@@ -279,9 +322,9 @@ class Store:
         if not limit:
             return
         async with self.sessions() as session:
-            used = await _stored_bytes(session, owner)
+            used = await stored_bytes(session, owner)
         if used + incoming > limit:
-            raise _storage_full(used, incoming, limit)
+            raise storage_full(used, incoming, limit)
 
     async def add_video(
         self, owner: str, video: media_pb2.Video, *, max_stored_bytes: int = 0
@@ -289,27 +332,7 @@ class Store:
         """Records a stored video; with ``max_stored_bytes``, refuses one that would take the
         owner beyond it (checked again here: uploads run concurrently)."""
         async with self.sessions.begin() as session:
-            if max_stored_bytes:
-                await lock_owner(session, "videos", owner)
-                used = await _stored_bytes(session, owner)
-                if used + video.size_bytes > max_stored_bytes:
-                    raise _storage_full(used, video.size_bytes, max_stored_bytes)
-            row = models.Video(
-                id=uuid.UUID(video.id),
-                owner=owner,
-                filename=video.filename,
-                content_type=video.content_type,
-                size_bytes=video.size_bytes,
-                sha256=video.sha256,
-                bucket=video.object.bucket,
-                object_key=video.object.key,
-                media_info=to_json(video.media_info),
-                source_url=video.source_url or None,
-            )
-            session.add(row)
-            await session.flush()
-            await session.refresh(row)
-            return video_to_proto(row)
+            return await insert_video(session, owner, video, max_stored_bytes=max_stored_bytes)
 
     async def _video_row(
         self, session: AsyncSession, owner: str, video_id: str, *, lock: bool = False

@@ -9,10 +9,11 @@
 ``token`` is a bearer JWT or an API key (``rk_…``, from ``create_api_key``); both are sent as
 ``authorization: Bearer …``.
 
-It imports only grpc and the generated stubs: no server code. ``watch_job`` reconnects by
-itself after transient failures and resumes from the last sequence it saw, so the caller gets
-every event exactly once, in order. A call refused by a limit (RESOURCE_EXHAUSTED) says when
-to retry: ``retry_after(error)``.
+It imports only grpc and the generated stubs: no server code. ``upload_file`` uses a resumable
+upload (``reelmill.uploads``) that goes on by itself after a dropped connection. ``watch_job``
+reconnects by itself after transient failures and resumes from the last sequence it saw, so
+the caller gets every event exactly once, in order. A call refused by a limit
+(RESOURCE_EXHAUSTED) says when to retry: ``retry_after(error)``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import grpc
 from reelmill.retry import Backoff
 from reelmill.status import error_reason as error_reason  # part of the client's API
 from reelmill.status import retry_after as retry_after
+from reelmill.uploads import FileUpload, OnSent, Resume
 from reelmill.v1 import (
     api_key_service_pb2,
     api_key_service_pb2_grpc,
@@ -38,6 +40,7 @@ from reelmill.v1 import (
     job_service_pb2_grpc,
     media_pb2,
     pipeline_pb2,
+    upload_pb2,
 )
 
 CHUNK_SIZE = 1024 * 1024
@@ -147,9 +150,26 @@ class ReelmillClient:
         return response.video
 
     async def upload_file(
-        self, path: Path, *, verify_sha256: bool = True, timeout: float | None = None
+        self,
+        path: Path,
+        *,
+        verify_sha256: bool = True,
+        timeout: float | None = None,
+        resumable: bool = True,
+        on_sent: OnSent | None = None,
+        on_resume: Callable[[Resume], None] | None = None,
     ) -> media_pb2.Video:
-        """Uploads a local file (streamed; hashed first when ``verify_sha256``)."""
+        """Uploads a local file (streamed; hashed first when ``verify_sha256``, so the server
+        checks it). With ``resumable`` (the default) through a resumable upload that goes on by
+        itself after a dropped connection (``reelmill.uploads``): ``timeout`` bounds each write
+        call, ``on_sent(offset, start)`` hears of every chunk handed to the connection,
+        ``on_resume`` of every resumption. Otherwise one UploadVideo call (``timeout`` its
+        deadline)."""
+        if resumable:
+            started = await self.start_upload(path, verify_sha256=verify_sha256)
+            return await self.resume_upload(
+                path, started.id, timeout=timeout, on_sent=on_sent, on_resume=on_resume
+            )
         sha256 = await asyncio.to_thread(file_sha256, path) if verify_sha256 else ""
         size = (await asyncio.to_thread(path.stat)).st_size
 
@@ -161,6 +181,54 @@ class ReelmillClient:
         return await self.upload(
             chunks(), filename=path.name, size=size, sha256=sha256, timeout=timeout
         )
+
+    def _file_upload(
+        self,
+        path: Path,
+        timeout: float | None,
+        on_sent: OnSent | None,
+        on_resume: Callable[[Resume], None] | None,
+    ) -> FileUpload:
+        return FileUpload(
+            self.stub,
+            self._metadata,
+            path,
+            call_timeout=self._timeout,
+            write_timeout=timeout,
+            on_sent=on_sent,
+            on_resume=on_resume,
+        )
+
+    async def start_upload(self, path: Path, *, verify_sha256: bool = True) -> upload_pb2.Upload:
+        """Starts a resumable upload of ``path`` (hashed first when ``verify_sha256``); write
+        and finish it with ``resume_upload``."""
+        sha256 = await asyncio.to_thread(file_sha256, path) if verify_sha256 else ""
+        size = (await asyncio.to_thread(path.stat)).st_size
+        upload = self._file_upload(path, None, None, None)
+        return await upload.start(size=size, sha256=sha256)
+
+    async def resume_upload(
+        self,
+        path: Path,
+        upload_id: str,
+        *,
+        timeout: float | None = None,
+        on_sent: OnSent | None = None,
+        on_resume: Callable[[Resume], None] | None = None,
+    ) -> media_pb2.Video:
+        """Goes on with a resumable upload of ``path`` started earlier (by this process or
+        another): writes what is not committed yet, then finishes it."""
+        upload = self._file_upload(path, timeout, on_sent, on_resume)
+        return await upload.run(await upload.get(upload_id))
+
+    async def get_upload(self, upload_id: str) -> upload_pb2.Upload:
+        """A resumable upload: its committed size and state (and video once finished)."""
+        response: job_service_pb2.GetUploadResponse = await self.stub.GetUpload(
+            job_service_pb2.GetUploadRequest(upload_id=upload_id),
+            metadata=self._metadata,
+            timeout=self._timeout,
+        )
+        return response.upload
 
     async def list_videos(
         self, *, page_size: int = 0, page_token: str = ""

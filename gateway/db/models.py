@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Identity,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -189,3 +190,43 @@ class Purge(Base):
     not_before: Mapped[datetime]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     create_time: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class Upload(Base):
+    """A resumable upload (``gateway.uploads``); its video gets ``video_id`` once finished."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(256))
+    video_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    bucket: Mapped[str] = mapped_column(String(256))
+    object_key: Mapped[str] = mapped_column(Text)
+    filename: Mapped[str] = mapped_column(Text)
+    content_type: Mapped[str] = mapped_column(String(256))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    write_token: Mapped[str | None] = mapped_column(Text)
+    part_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    committed_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: The SHA-256 state after ``committed_size`` bytes (``runtime.hashstate``).
+    hash_state: Mapped[bytes | None] = mapped_column(LargeBinary)
+    #: The write or finish holding the upload; what it records is fenced by it.
+    writer: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    create_time: Mapped[datetime] = mapped_column(server_default=func.now())
+    update_time: Mapped[datetime] = mapped_column(server_default=func.now())
+    expire_time: Mapped[datetime]
+
+
+class UploadPart(Base):
+    """A committed part of an upload (durable in the object store)."""
+
+    __tablename__ = "upload_parts"
+
+    upload_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("uploads.id", ondelete="CASCADE"), primary_key=True
+    )
+    part_number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    etag: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)

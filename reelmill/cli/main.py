@@ -77,7 +77,7 @@ async def submit(args: argparse.Namespace, client: ReelmillClient) -> int:
     if size < 0:
         raise SystemExit(f"reelmill: {path} is not a file")
     render.console.print(f"uploading {path} ({size:,} bytes) …")
-    video = await client.upload_file(path)
+    video = await client.upload_file(path, on_resume=render.resuming)
     render.console.print(f"video {video.id}")
     render.show_media(video.media_info)
     job = await client.create_job(
