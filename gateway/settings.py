@@ -92,6 +92,6 @@ class GatewaySettings(ServiceSettings):
     #: Deadline for a whole upload.
     upload_timeout_seconds: float = Field(default=3600.0, gt=0)
     #: A resumable upload's lifetime from StartUpload: writes and finishes are refused after it,
-    #: and the upload and its stored parts are removed. Keep it below ingest's
-    #: REELMILL_STALE_AFTER_SECONDS, whose sweep aborts older unfinished writes.
+    #: and the upload and its stored parts are removed. Keep it at most ingest's
+    #: REELMILL_STALE_AFTER_SECONDS, whose sweep aborts unfinished writes older than that.
     upload_expiry_seconds: float = Field(default=86400.0, gt=0)
