@@ -57,6 +57,14 @@ def _timeout(seconds: float | None) -> timedelta | None:
     return timedelta(seconds=seconds) if seconds is not None else None
 
 
+def _show_page(table: Table, token: str) -> int:
+    """Prints one page of a listing, and how to ask for the next one."""
+    render.console.print(table)
+    if token:
+        render.console.print(f"next page: --page-token {token}")
+    return 0
+
+
 async def submit(args: argparse.Namespace, client: ReelmillClient) -> int:
     if len(args.files) > 1:
         return await batch.submit_batch(args, client, _labels(args.label))
@@ -118,10 +126,7 @@ async def jobs_ls(args: argparse.Namespace, client: ReelmillClient) -> int:
             job.video_id,
             ",".join(f"{k}={v}" for k, v in job.labels.items()),
         )
-    render.console.print(table)
-    if token:
-        render.console.print(f"next page: --page-token {token}")
-    return 0
+    return _show_page(table, token)
 
 
 async def jobs_get(args: argparse.Namespace, client: ReelmillClient) -> int:
@@ -218,10 +223,7 @@ async def keys_ls(args: argparse.Namespace, client: ReelmillClient) -> int:
             if key.HasField("revoke_time")
             else "",
         )
-    render.console.print(table)
-    if token:
-        render.console.print(f"next page: --page-token {token}")
-    return 0
+    return _show_page(table, token)
 
 
 async def keys_revoke(args: argparse.Namespace, client: ReelmillClient) -> int:
@@ -280,10 +282,7 @@ async def webhooks_ls(args: argparse.Namespace, client: ReelmillClient) -> int:
             _event_names(endpoint.event_types),
             _endpoint_state(endpoint),
         )
-    render.console.print(table)
-    if token:
-        render.console.print(f"next page: --page-token {token}")
-    return 0
+    return _show_page(table, token)
 
 
 async def webhooks_rm(args: argparse.Namespace, client: ReelmillClient) -> int:
@@ -338,10 +337,7 @@ async def webhooks_deliveries(args: argparse.Namespace, client: ReelmillClient) 
             str(len(delivery.attempts)),
             "" if last is None else (last.error or f"HTTP {last.status_code}"),
         )
-    render.console.print(table)
-    if token:
-        render.console.print(f"next page: --page-token {token}")
-    return 0
+    return _show_page(table, token)
 
 
 async def webhooks_redeliver(args: argparse.Namespace, client: ReelmillClient) -> int:
