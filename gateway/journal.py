@@ -1,4 +1,5 @@
-"""Appending job events: in the caller's transaction, numbered per job, announced with NOTIFY.
+"""Appending job events: in the caller's transaction, numbered per job, announced with NOTIFY,
+and (``gateway.webhooks.outbox``) queued for the owner's webhook endpoints that want it.
 
 The sequence comes from ``jobs.last_event_sequence``, bumped with an UPDATE that row-locks the
 job until commit, so events of one job commit in sequence order with no gaps. ``pg_notify`` is
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.convert import job_from_record, to_json
 from gateway.db import models
 from gateway.queue import QUEUE_POSITION
+from gateway.webhooks import outbox as webhook_outbox
 from reelmill.v1 import job_pb2
 
 EVENTS_CHANNEL = "reelmill_job_events"
@@ -108,6 +110,8 @@ async def append_event(
     session.add(
         models.JobEvent(job_id=job_id, sequence=sequence, type=payload, payload=to_json(event))
     )
+    # The webhook deliveries of this event commit (or roll back) with it.
+    await webhook_outbox.enqueue(session, job_id, int(sequence), event, load_job)
     await notify_event(session, job_id, sequence)
     return int(sequence)
 
@@ -141,6 +145,8 @@ async def append_events(
             for job_id in job_ids
         ],
     )
+    for job_id in job_ids:
+        await webhook_outbox.enqueue(session, job_id, int(sequences[job_id]), event, load_job)
     await session.execute(
         _NOTIFY_EVENTS,
         {

@@ -1,10 +1,13 @@
 """Builds the gateway process: database, event hub, orchestrator, JobService, ApiKeyService,
-and (when metrics are on) the job counter behind its job metrics.
+WebhookService with its delivery worker, and (when metrics are on) the job counter behind its
+job metrics.
 Importing this module starts nothing; ``build`` wires the parts and
 ``runtime.server.run_service`` runs them."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import socket
 import uuid
@@ -12,8 +15,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import grpc
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from gateway import api_key_servicer
+from gateway import api_key_servicer, webhook_servicer
 from gateway.api_key_servicer import ApiKeyServicer
 from gateway.api_keys import REVOKED_CHANNEL, ApiKeys
 from gateway.auth import AuthInterceptor, TokenVerifier, load_jwks, load_public_key
@@ -30,20 +34,29 @@ from gateway.servicer import JobServicer
 from gateway.settings import GatewaySettings
 from gateway.store import Store
 from gateway.uploads import ResumableUploads
+from gateway.webhook_servicer import WebhookServicer
+from gateway.webhooks.delivery import Deliverer, DeliveryConfig
+from gateway.webhooks.endpoints import Webhooks
+from gateway.webhooks.outbox import DUE_CHANNEL
+from gateway.webhooks.secrets import SecretBox, parse_key
 from reelmill.v1 import (
     api_key_service_pb2_grpc,
     ingest_service_pb2_grpc,
     job_service_pb2,
     job_service_pb2_grpc,
+    webhook_service_pb2_grpc,
 )
 from runtime.channels import internal_channel
 from runtime.errors import InvalidArgument, register_translation
 from runtime.internal_auth import InternalAuth
 from runtime.metrics import metrics_enabled
+from runtime.netguard import NetGuard
 from runtime.server import ServiceSpec
-from runtime.storage import open_store
+from runtime.storage import ObjectStore, open_store
 
 SERVICE_NAME = job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
+
+log = logging.getLogger(__name__)
 
 
 def worker_id() -> str:
@@ -59,6 +72,8 @@ class Gateway:
     hub: EventHub
     orchestrator: Orchestrator
     purger: Purger
+    webhooks: Webhooks
+    deliverer: Deliverer
     spec: ServiceSpec
 
 
@@ -91,6 +106,41 @@ def token_verifier(settings: GatewaySettings) -> TokenVerifier:
         ),
         jwks=load_jwks(settings.jwt_jwks_file) if settings.jwt_jwks_file is not None else None,
     )
+
+
+def webhook_parts(
+    settings: GatewaySettings,
+    sessions: async_sessionmaker[AsyncSession],
+    objects: ObjectStore,
+    guard: NetGuard | None = None,
+) -> tuple[Webhooks, Deliverer]:
+    """Endpoint management and the delivery worker, sharing one SSRF guard and secret box."""
+    guard = guard or NetGuard(settings.webhook_policy())
+    box = SecretBox(parse_key(settings.webhook_secret_key.get_secret_value()))
+    if not box.sealing:
+        log.warning("REELMILL_WEBHOOK_SECRET_KEY is not set: webhook secrets are stored unsealed")
+    webhooks = Webhooks(
+        sessions,
+        guard,
+        box,
+        max_endpoints=settings.webhook_max_endpoints_per_owner,
+        default_overlap=timedelta(seconds=settings.webhook_secret_overlap_seconds),
+    )
+    deliverer = Deliverer(
+        sessions,
+        guard,
+        box,
+        objects,
+        DeliveryConfig(
+            timeout=settings.webhook_timeout_seconds,
+            schedule=settings.webhook_retry_schedule,
+            concurrency=settings.webhook_max_concurrent_deliveries,
+            per_endpoint=settings.webhook_max_in_flight_per_endpoint,
+            poll_seconds=settings.webhook_poll_seconds,
+            artifact_url_ttl=timedelta(seconds=settings.webhook_artifact_url_seconds),
+        ),
+    )
+    return webhooks, deliverer
 
 
 async def assemble(settings: GatewaySettings) -> Gateway:
@@ -134,6 +184,8 @@ async def assemble(settings: GatewaySettings) -> Gateway:
     hub.on(QUEUE_CHANNEL, orchestrator.on_queued)
     hub.on(CANCEL_CHANNEL, orchestrator.on_cancelled)
     hub.on(REVOKED_CHANNEL, api_keys.on_revoked)
+    webhooks, deliverer = webhook_parts(settings, sessions, objects)
+    hub.on(DUE_CHANNEL, deliverer.wake)
     uploads = ResumableUploads(settings, sessions, objects, ingest)
     servicer = JobServicer(settings, store, hub, objects, ingest, stages, uploads)
 
@@ -141,6 +193,9 @@ async def assemble(settings: GatewaySettings) -> Gateway:
         job_service_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
         api_key_service_pb2_grpc.add_ApiKeyServiceServicer_to_server(
             ApiKeyServicer(api_keys), server
+        )
+        webhook_service_pb2_grpc.add_WebhookServiceServicer_to_server(
+            WebhookServicer(webhooks), server
         )
 
     schema = head_revision()
@@ -151,11 +206,13 @@ async def assemble(settings: GatewaySettings) -> Gateway:
 
     async def drain() -> None:
         hub.close()
-        await orchestrator.drain(max(settings.grace_seconds / 2, 1.0))
+        grace = max(settings.grace_seconds / 2, 1.0)
+        await asyncio.gather(orchestrator.drain(grace), deliverer.drain(grace))
 
     async def close() -> None:
         for channel in channels.values():
             await channel.close()
+        await deliverer.close()
         await objects.close()
         await engine.dispose()
 
@@ -167,14 +224,21 @@ async def assemble(settings: GatewaySettings) -> Gateway:
     )
     spec = ServiceSpec(
         name="gateway",
-        service_names=[SERVICE_NAME, api_key_servicer.SERVICE_NAME],
+        service_names=[SERVICE_NAME, api_key_servicer.SERVICE_NAME, webhook_servicer.SERVICE_NAME],
         register=register,
         health_checks={
             "postgres": check_database,
             "events": hub.check,
             "storage": objects.check,
         },
-        background=[hub.run, orchestrator.run, purger.run, uploads.run_expiry, *counting],
+        background=[
+            hub.run,
+            orchestrator.run,
+            purger.run,
+            deliverer.run,
+            uploads.run_expiry,
+            *counting,
+        ],
         on_drain=drain,
         on_close=close,
         interceptors=[AuthInterceptor(verifier, api_keys, limiter)],
@@ -186,5 +250,7 @@ async def assemble(settings: GatewaySettings) -> Gateway:
         hub=hub,
         orchestrator=orchestrator,
         purger=purger,
+        webhooks=webhooks,
+        deliverer=deliverer,
         spec=spec,
     )

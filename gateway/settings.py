@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
 
-from runtime.settings import ServiceSettings
+from gateway.webhooks.secrets import parse_key
+from runtime.netguard import NetPolicy
+from runtime.settings import ServiceSettings, comma_separated
+
+#: The Standard Webhooks example schedule: waits before retries 1..9 (after the first attempt),
+#: about three days in all.
+WEBHOOK_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0)
 
 
 class GatewaySettings(ServiceSettings):
@@ -95,3 +103,67 @@ class GatewaySettings(ServiceSettings):
     #: and the upload and its stored parts are removed. Keep it at most ingest's
     #: REELMILL_STALE_AFTER_SECONDS, whose sweep aborts unfinished writes older than that.
     upload_expiry_seconds: float = Field(default=86400.0, gt=0)
+
+    #: Webhooks (``gateway.webhooks``). Key sealing the stored signing secrets (AES-256-GCM):
+    #: base64 of 32 bytes. Unset stores them unsealed (the gateway logs a warning).
+    webhook_secret_key: SecretStr = SecretStr("")
+    #: Timeout of one delivery attempt (connect, send, response headers).
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    #: Waits before each retry of a failed delivery, in seconds (comma-separated), each
+    #: jittered by up to ±20%; when they run out the delivery fails and its endpoint is
+    #: disabled.
+    webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = WEBHOOK_RETRY_SCHEDULE
+    #: Deliveries one gateway sends at once, and of those at most this many to one endpoint.
+    webhook_max_concurrent_deliveries: int = Field(default=16, ge=1, le=1000)
+    webhook_max_in_flight_per_endpoint: int = Field(default=4, ge=1, le=1000)
+    #: How often each gateway looks for deliveries that are due (new ones also wake it through
+    #: NOTIFY).
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    #: How long a rotated-out secret keeps signing beside the new one, unless the rotation
+    #: asks for another overlap.
+    webhook_secret_overlap_seconds: float = Field(default=86400.0, ge=0, le=7 * 86400.0)
+    #: Lifetime of the artifact URLs in a finished job's payload.
+    webhook_artifact_url_seconds: float = Field(default=86400.0, ge=60, le=7 * 86400.0)
+    #: Endpoints one owner may register (0: unlimited).
+    webhook_max_endpoints_per_owner: int = Field(default=20, ge=0)
+    #: Ports endpoint URLs may use (comma-separated).
+    webhook_allowed_ports: Annotated[tuple[int, ...], NoDecode] = (80, 443, 8080, 8443)
+    #: Host names, addresses or CIDRs (comma-separated) exempt from the SSRF address check.
+    #: For tests whose receiver listens on 127.0.0.1; leave empty in production.
+    webhook_allow_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+
+    @field_validator(
+        "webhook_retry_schedule", "webhook_allowed_ports", "webhook_allow_hosts", mode="before"
+    )
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return comma_separated(value)
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _valid_schedule(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(wait < 0 for wait in value) or len(value) > 50:
+            raise ValueError("at most 50 waits, none negative")
+        return value
+
+    @field_validator("webhook_allowed_ports", "webhook_allow_hosts")
+    @classmethod
+    def _valid_policy(cls, value: tuple[Any, ...], info: Any) -> tuple[Any, ...]:
+        if info.field_name == "webhook_allowed_ports":
+            NetPolicy.build(allowed_ports=value)
+        else:
+            NetPolicy.build(allowed_ports=(80,), allow=value)  # raises ValueError when bad
+        return value
+
+    @field_validator("webhook_secret_key")
+    @classmethod
+    def _valid_key(cls, value: SecretStr) -> SecretStr:
+        parse_key(value.get_secret_value())  # raises ValueError when bad
+        return value
+
+    def webhook_policy(self) -> NetPolicy:
+        """What webhook targets may reach: URL import's guard, with the webhook ports and
+        exemptions."""
+        return NetPolicy.build(
+            allowed_ports=self.webhook_allowed_ports, allow=self.webhook_allow_hosts
+        )

@@ -41,6 +41,8 @@ from reelmill.v1 import (
     media_pb2,
     pipeline_pb2,
     upload_pb2,
+    webhook_service_pb2,
+    webhook_service_pb2_grpc,
 )
 
 CHUNK_SIZE = 1024 * 1024
@@ -106,6 +108,7 @@ class ReelmillClient:
         self._timeout = timeout
         self.stub = job_service_pb2_grpc.JobServiceStub(self._channel)
         self.api_key_stub = api_key_service_pb2_grpc.ApiKeyServiceStub(self._channel)
+        self.webhook_stub = webhook_service_pb2_grpc.WebhookServiceStub(self._channel)
 
     async def __aenter__(self) -> ReelmillClient:
         return self
@@ -491,3 +494,101 @@ class ReelmillClient:
             timeout=self._timeout,
         )
         return response.api_key
+
+    # webhooks ---------------------------------------------------------------------------------
+
+    async def create_webhook_endpoint(
+        self,
+        url: str,
+        *,
+        event_types: list[webhook_service_pb2.WebhookEventType.ValueType] | None = None,
+        description: str = "",
+    ) -> tuple[webhook_service_pb2.WebhookEndpoint, str]:
+        """A new endpoint receiving ``event_types`` (default: the jobs that end) and its
+        signing secret (``whsec_…``), shown only now."""
+        response: webhook_service_pb2.CreateWebhookEndpointResponse = (
+            await self.webhook_stub.CreateWebhookEndpoint(
+                webhook_service_pb2.CreateWebhookEndpointRequest(
+                    url=url, event_types=event_types or [], description=description
+                ),
+                metadata=self._metadata,
+                timeout=self._timeout,
+            )
+        )
+        return response.endpoint, response.secret
+
+    async def list_webhook_endpoints(
+        self, *, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[webhook_service_pb2.WebhookEndpoint], str]:
+        response: webhook_service_pb2.ListWebhookEndpointsResponse = (
+            await self.webhook_stub.ListWebhookEndpoints(
+                webhook_service_pb2.ListWebhookEndpointsRequest(
+                    page_size=page_size, page_token=page_token
+                ),
+                metadata=self._metadata,
+                timeout=self._timeout,
+            )
+        )
+        return list(response.endpoints), response.next_page_token
+
+    async def delete_webhook_endpoint(self, endpoint_id: str) -> int:
+        """Deletes an endpoint; how many of its deliveries were still pending."""
+        response: webhook_service_pb2.DeleteWebhookEndpointResponse = (
+            await self.webhook_stub.DeleteWebhookEndpoint(
+                webhook_service_pb2.DeleteWebhookEndpointRequest(endpoint_id=endpoint_id),
+                metadata=self._metadata,
+                timeout=self._timeout,
+            )
+        )
+        return response.dropped_deliveries
+
+    async def rotate_webhook_secret(
+        self, endpoint_id: str, *, overlap: timedelta | None = None
+    ) -> tuple[webhook_service_pb2.WebhookEndpoint, str]:
+        """A new signing secret; the old one keeps signing for ``overlap`` (default: the
+        server's)."""
+        request = webhook_service_pb2.RotateWebhookSecretRequest(endpoint_id=endpoint_id)
+        if overlap is not None:
+            request.overlap.FromTimedelta(overlap)
+        response: webhook_service_pb2.RotateWebhookSecretResponse = (
+            await self.webhook_stub.RotateWebhookSecret(
+                request, metadata=self._metadata, timeout=self._timeout
+            )
+        )
+        return response.endpoint, response.secret
+
+    async def list_webhook_deliveries(
+        self,
+        *,
+        endpoint_id: str = "",
+        job_id: str = "",
+        states: list[webhook_service_pb2.WebhookDeliveryState.ValueType] | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> tuple[list[webhook_service_pb2.WebhookDelivery], str]:
+        """Deliveries with their attempts, newest first."""
+        response: webhook_service_pb2.ListWebhookDeliveriesResponse = (
+            await self.webhook_stub.ListWebhookDeliveries(
+                webhook_service_pb2.ListWebhookDeliveriesRequest(
+                    endpoint_id=endpoint_id,
+                    job_id=job_id,
+                    states=states or [],
+                    page_size=page_size,
+                    page_token=page_token,
+                ),
+                metadata=self._metadata,
+                timeout=self._timeout,
+            )
+        )
+        return list(response.deliveries), response.next_page_token
+
+    async def redeliver_webhook(self, delivery_id: str) -> webhook_service_pb2.WebhookDelivery:
+        """Sends a delivery again (same webhook-id, a fresh retry schedule)."""
+        response: webhook_service_pb2.RedeliverWebhookResponse = (
+            await self.webhook_stub.RedeliverWebhook(
+                webhook_service_pb2.RedeliverWebhookRequest(delivery_id=delivery_id),
+                metadata=self._metadata,
+                timeout=self._timeout,
+            )
+        )
+        return response.delivery
