@@ -6,8 +6,9 @@ metadata as subprocesses; real Postgres; SeaweedFS), through ``ReelmillClient`` 
   repeated call creates nothing;
 - a 200-item batch watched to the end with WatchBatch, disconnecting half-way and resuming
   with per-job cursors: every event exactly once, in order;
-- RetryJob of a cancelled job keeps its finished stages and their artifacts, runs the rest, and
-  WatchJob from the start streams through the cancel to the new end;
+- RetryJob of a job that failed (its metadata service gone) keeps its finished stages and their
+  artifacts (no encoder or transcription runs again), runs the rest with a fresh budget, and
+  WatchJob from the start streams through the failure to the new end;
 - a resubmission of the same file reuses every stage (no call reaches transcode or transcribe:
   their metrics count none), its artifacts the very objects of the first job, downloadable
   byte for byte; another spec recomputes the stage it changes; another owner's identical file
@@ -267,25 +268,27 @@ async def test_retry_keeps_finished_stages_and_continues_the_sequence(
     spec = pipeline_pb2.PipelineSpec()
     spec.CopyFrom(SMALL)
     spec.reuse = False
-    transcribe = suite.processes["transcribe"][0]
-    suite.kill(transcribe)  # the transcription fails for good (its attempts run out)
+    metadata = suite.processes["metadata"][0]
+    suite.kill(metadata)  # the metadata stage fails for good (its attempts run out)
     try:
         job = await client.create_job(video.id, spec=spec)
         failed = await to_the_end(client, job.id)
     finally:
-        suite.restart(transcribe)
+        suite.restart(metadata)
     assert failed.state == job_pb2.JOB_STATE_FAILED
     stages = {s.name: s for s in failed.stages}
-    assert stages["transcribe"].state == job_pb2.STAGE_STATE_FAILED
-    assert stages["transcribe"].error.code == "UNAVAILABLE"
-    finished = {"probe", "transcode", "audio"}
+    assert stages["metadata"].state == job_pb2.STAGE_STATE_FAILED
+    assert stages["metadata"].error.code == "UNAVAILABLE"
+    finished = {"probe", "transcode", "audio", "transcribe"}
     assert all(stages[n].state == job_pb2.STAGE_STATE_SUCCEEDED for n in finished)
     kept = {a.name: a for a in failed.artifacts}
-    assert {a.stage for a in kept.values()} == {"transcode", "audio"}
-    encoders = [
-        await asyncio.to_thread(calls, suite, "transcode", m)
-        for m in ("TranscodeService/Transcode", "TranscodeService/ExtractAudio")
-    ]
+    assert {a.stage for a in kept.values()} == {"transcode", "audio", "transcribe"}
+    methods = (
+        ("transcode", "TranscodeService/Transcode"),
+        ("transcode", "TranscodeService/ExtractAudio"),
+        ("transcribe", "TranscribeService/Transcribe"),
+    )
+    work = [await asyncio.to_thread(calls, suite, s, m) for s, m in methods]
 
     retried = await client.retry_job(job.id)
     assert retried.state == job_pb2.JOB_STATE_QUEUED
@@ -311,14 +314,12 @@ async def test_retry_keeps_finished_stages_and_continues_the_sequence(
     ]
     after = {s.name: s for s in done.stages}
     assert all(after[n].attempts == stages[n].attempts for n in finished)  # not run again
-    assert after["transcribe"].state == job_pb2.STAGE_STATE_SUCCEEDED
-    assert after["transcribe"].attempts == 1  # a fresh budget
+    assert after["metadata"].state == job_pb2.STAGE_STATE_SUCCEEDED
+    assert after["metadata"].attempts == 1  # a fresh budget
+    assert done.metadata.title
     for name, artifact in kept.items():
         assert next(a for a in done.artifacts if a.name == name) == artifact  # kept as it was
-    assert [
-        await asyncio.to_thread(calls, suite, "transcode", m)
-        for m in ("TranscodeService/Transcode", "TranscodeService/ExtractAudio")
-    ] == encoders
+    assert [await asyncio.to_thread(calls, suite, s, m) for s, m in methods] == work
 
 
 # -- reuse -----------------------------------------------------------------------------------
