@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from gateway.pipeline.base import (
     Stage,
     StageContext,
@@ -9,6 +12,7 @@ from gateway.pipeline.base import (
     artifact_names,
     follow_stream,
     has_video,
+    spec_inputs,
 )
 from reelmill.v1 import pipeline_pb2, transcode_service_pb2, transcode_service_pb2_grpc
 
@@ -21,6 +25,9 @@ class TranscodeStage(Stage):
 
     def enabled(self, spec: pipeline_pb2.PipelineSpec) -> bool:
         return not spec.transcode.disabled
+
+    def fingerprint_inputs(self, ctx: StageContext) -> Mapping[str, Any] | None:
+        return {"source": ctx.video.sha256, "spec": spec_inputs(ctx.job.spec.transcode)}
 
     def skip_reason(self, ctx: StageContext) -> str | None:
         if not has_video(ctx.media_info) and not ctx.job.spec.transcode.clips:
