@@ -14,6 +14,8 @@ BENCHMARKS = (
     "throughput",
     "vision",
     "webhooks",
+    "reuse",
+    "queue",
 )
 
 
