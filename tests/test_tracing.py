@@ -103,8 +103,16 @@ async def test_one_trace_connects_a_job_across_a_retry_and_a_gateway_takeover(
                 assert last.job.state == job_pb2.JOB_STATE_SUCCEEDED, last.job.error
 
             def complete(spans: list[Span]) -> bool:
-                return bool(stage_spans(spans, job.id, "metadata")) and any(
-                    s.service == "metadata" and s.kind == SERVER for s in spans
+                # The run's span ends after its last stage, whichever that is (metadata and
+                # the stills finish in either order).
+                run_ended = any(
+                    s.name == "job.run" and s.attributes.get("reelmill.job_id") == job.id
+                    for s in spans
+                )
+                return (
+                    run_ended
+                    and bool(stage_spans(spans, job.id, "metadata"))
+                    and any(s.service == "metadata" and s.kind == SERVER for s in spans)
                 )
 
             spans = await asyncio.to_thread(collector.wait_for, complete)
