@@ -275,7 +275,7 @@ async def test_a_hanging_receiver_delays_no_job(env: Env) -> None:
         pb.WEBHOOK_EVENT_TYPE_STAGE_FINISHED,
         pb.WEBHOOK_EVENT_TYPE_JOB_SUCCEEDED,
     ]
-    await endpoint(env, "/hang", Behaviour(hang=release), *every)
+    target = await endpoint(env, "/hang", Behaviour(hang=release), *every)
     try:
         async with env.client() as client:
             jobs = [await client.create_job(env.video.id, spec=PROBE_ONLY) for _ in range(3)]
@@ -283,6 +283,14 @@ async def test_a_hanging_receiver_delays_no_job(env: Env) -> None:
         # Every job ended while no request to the receiver had been answered.
         assert states == [job_pb2.JOB_STATE_SUCCEEDED] * 3
         assert env.receiver.at("/hang")
+        assert env.receiver.answered.get("/hang", 0) == 0
+        # The attempts stuck there end at the timeout (2 s here) and are retried.
+        for _ in range(100):
+            errors = {a.error for d in await deliveries(env, target.id) for a in d.attempts}
+            if "timed out after 2 s" in errors:
+                break
+            await asyncio.sleep(0.1)
+        assert "timed out after 2 s" in errors
         assert env.receiver.answered.get("/hang", 0) == 0
     finally:
         release.set()

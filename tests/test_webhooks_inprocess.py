@@ -56,9 +56,10 @@ class Env:
     delivering: asyncio.Task[None]
 
     async def stop_delivering(self) -> None:
-        """Stops the gateway's worker: the test claims and sends by itself."""
-        self.delivering.cancel()
-        await asyncio.gather(self.delivering, return_exceptions=True)
+        """Stops the gateway's worker (its attempts in flight end first, so no database call
+        is cut short): the test claims and sends by itself."""
+        self.parts.deliverer.stop()
+        await asyncio.wait_for(self.delivering, 30)
 
     def client(self, owner: str) -> ReelmillClient:
         return ReelmillClient(self.address, token=token(owner))
@@ -128,6 +129,8 @@ async def env(
         yield Env(parts, f"127.0.0.1:{port}", receiver, settings, delivering)
     finally:
         await server.stop(0)
+        parts.deliverer.stop()
+        await asyncio.wait({delivering}, timeout=30)
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)

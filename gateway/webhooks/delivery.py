@@ -244,7 +244,7 @@ class Deliverer:
 
     async def run(self) -> None:
         try:
-            while True:
+            while not (self.draining and not self._tasks):
                 self._wake.clear()
                 free = self.config.concurrency - len(self._tasks)
                 if free > 0 and not self.draining:
@@ -276,10 +276,15 @@ class Deliverer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.client.aclose()
 
+    def stop(self) -> None:
+        """Claims nothing more; ``run`` returns once the attempts in flight have ended."""
+        self.draining = True
+        self._wake.set()
+
     async def drain(self, timeout: float) -> None:
         """Lets the attempts in flight finish (shutdown); the rest keep their lease and are
         sent again by another gateway once it runs out."""
-        self.draining = True
+        self.stop()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout)
 
