@@ -360,7 +360,7 @@ class StallingMedia:
         self._thread.join(timeout=5)
 
 
-PROCESS_NAMES = ("gateway", "ingest", "transcode", "transcribe", "metadata")
+PROCESS_NAMES = ("gateway", "ingest", "transcode", "transcribe", "metadata", "vision")
 
 
 @pytest.fixture
