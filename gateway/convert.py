@@ -10,7 +10,7 @@ from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 
 from gateway.db import models
-from reelmill.v1 import job_pb2, media_pb2, pipeline_pb2
+from reelmill.v1 import job_pb2, media_pb2, pipeline_pb2, vision_pb2
 
 M = TypeVar("M", bound=Message)
 
@@ -100,6 +100,10 @@ def job_to_proto(
         artifacts=[artifact_to_proto(a) for a in sorted(artifacts, key=lambda a: a.name)],
         transcript=from_json(row.transcript, media_pb2.Transcript) if row.transcript else None,
         metadata=from_json(row.metadata_, media_pb2.VideoMetadata) if row.metadata_ else None,
+        scenes=from_json(row.scenes, vision_pb2.Scenes) if row.scenes else None,
+        on_screen_text=(
+            from_json(row.on_screen_text, vision_pb2.OnScreenText) if row.on_screen_text else None
+        ),
         queue_position=queue_position,
         last_event_sequence=row.last_event_sequence,
         deadline=timestamp(row.deadline),

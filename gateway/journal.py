@@ -32,6 +32,9 @@ _LOAD_JOB = text(
            j.priority, j.batch_id,
            j.create_time, j.start_time, j.end_time, j.update_time, j.deadline, now() AS now,
            CASE WHEN :full THEN j.transcript ELSE j.transcript - 'segments' END AS transcript,
+           CASE WHEN :full THEN j.scenes ELSE j.scenes - 'shots' - 'transitions' END AS scenes,
+           CASE WHEN :full THEN j.on_screen_text ELSE j.on_screen_text - 'entries' END
+                AS on_screen_text,
            COALESCE((SELECT json_agg(s ORDER BY s.position)
                        FROM job_stages s WHERE s.job_id = j.id), '[]') AS stages_json,
            CASE WHEN :full THEN
@@ -74,7 +77,8 @@ async def load_job(
     position: bool = True,
 ) -> job_pb2.Job:
     """The job (stages, artifacts, queue position, estimated start) in one round trip;
-    ``full=False`` leaves out the transcript's segments and the artifacts. Raises
+    ``full=False`` leaves out the transcript's segments, the shots and transitions, the
+    on-screen text's entries and the artifacts. Raises
     ``LookupError`` when there is no such job (of ``owner``, when given)."""
     # The estimate's three aggregates run only for a caller that shows it (GetJob).
     params = {

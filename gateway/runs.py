@@ -217,6 +217,8 @@ class Runs:
                     ("media_info", job.media_info),
                     ("transcript", job.transcript),
                     ("metadata", job.metadata_),
+                    ("scenes", job.scenes),
+                    ("on_screen_text", job.on_screen_text),
                 )
                 if value
             },

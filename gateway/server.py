@@ -176,6 +176,7 @@ async def assemble(settings: GatewaySettings) -> Gateway:
             ("transcode", settings.transcode_target),
             ("transcribe", settings.transcribe_target),
             ("metadata", settings.metadata_target),
+            ("vision", settings.vision_target),
         )
     }
     ingest = ingest_service_pb2_grpc.IngestServiceStub(channels["ingest"])

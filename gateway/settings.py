@@ -32,6 +32,7 @@ class GatewaySettings(ServiceSettings):
     transcode_target: str = "127.0.0.1:50062"
     transcribe_target: str = "127.0.0.1:50063"
     metadata_target: str = "127.0.0.1:50064"
+    vision_target: str = "127.0.0.1:50065"
 
     #: How bearer JWTs are verified; at least one of these three is required (the gateway
     #: never runs open). HS256 secret (at least 32 characters).

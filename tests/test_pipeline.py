@@ -12,7 +12,7 @@ from gateway.pipeline.dag import check_order, plan_stages
 from gateway.store import StagePlan
 from reelmill.v1 import pipeline_pb2
 
-SERVICES = ("ingest", "transcode", "transcribe", "metadata")
+SERVICES = ("ingest", "transcode", "transcribe", "metadata", "vision")
 
 
 @pytest.fixture
@@ -28,7 +28,10 @@ def test_every_stage_calls_a_known_service_and_the_order_is_topological() -> Non
     assert [s.name for s in STAGES] == [
         "import",
         "probe",
+        "scenes",
+        "ocr",
         "transcode",
+        "stills",
         "audio",
         "transcribe",
         "metadata",
@@ -42,10 +45,13 @@ async def test_an_uploaded_video_has_no_import_and_its_probe_depends_on_nothing(
 ) -> None:
     assert plan_stages(stages, pipeline_pb2.PipelineSpec(), from_url=False) == [
         StagePlan("probe", (), "PENDING"),
+        StagePlan("scenes", ("probe",), "PENDING"),
+        StagePlan("ocr", ("scenes",), "PENDING"),
         StagePlan("transcode", ("probe",), "PENDING"),
+        StagePlan("stills", ("probe", "scenes"), "PENDING"),
         StagePlan("audio", ("probe",), "PENDING"),
         StagePlan("transcribe", ("audio",), "PENDING"),
-        StagePlan("metadata", ("transcribe",), "PENDING"),
+        StagePlan("metadata", ("transcribe", "ocr"), "PENDING"),
     ]
 
 
@@ -58,15 +64,35 @@ async def test_a_url_job_starts_with_the_import(stages: list[Stage]) -> None:
 
 
 async def test_a_disabled_stage_skips_what_depends_on_it(stages: list[Stage]) -> None:
-    spec = pipeline_pb2.PipelineSpec(audio=pipeline_pb2.AudioSpec(disabled=True))
+    spec = pipeline_pb2.PipelineSpec(scenes=pipeline_pb2.ScenesSpec(disabled=True))
     states = {p.name: p.state for p in plan_stages(stages, spec, from_url=False)}
     assert states == {
         "probe": "PENDING",
+        "scenes": "SKIPPED",
+        "ocr": "SKIPPED",
         "transcode": "PENDING",
-        "audio": "SKIPPED",
-        "transcribe": "SKIPPED",
-        "metadata": "SKIPPED",
+        "stills": "PENDING",
+        "audio": "PENDING",
+        "transcribe": "PENDING",
+        "metadata": "PENDING",
     }
+
+
+async def test_a_stage_waits_only_for_what_is_planned_to_run(stages: list[Stage]) -> None:
+    """The stills come from the shots when the scenes stage runs, and by time when it does
+    not (the ladder never waits for it); metadata reads the transcript and the on-screen text,
+    whichever exists."""
+    spec = pipeline_pb2.PipelineSpec(
+        scenes=pipeline_pb2.ScenesSpec(disabled=True), audio=pipeline_pb2.AudioSpec(disabled=True)
+    )
+    plans = {p.name: p for p in plan_stages(stages, spec, from_url=False)}
+    assert plans["stills"] == StagePlan("stills", ("probe",), "PENDING")
+    # Nothing to read: it starts and is skipped for want of input (see MetadataStage).
+    assert plans["metadata"] == StagePlan("metadata", (), "PENDING")
+    spec = pipeline_pb2.PipelineSpec(audio=pipeline_pb2.AudioSpec(disabled=True))
+    plans = {p.name: p for p in plan_stages(stages, spec, from_url=False)}
+    assert plans["metadata"] == StagePlan("metadata", ("ocr",), "PENDING")
+    assert plans["transcribe"].state == "SKIPPED"
 
 
 def stage(name: str, *depends_on: str) -> type[Stage]:
@@ -93,3 +119,16 @@ def stage(name: str, *depends_on: str) -> type[Stage]:
 def test_a_bad_dag_is_refused(declared: tuple[type[Stage], ...], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         check_order(declared)
+
+
+async def test_the_stills_go_with_the_transcode_and_its_thumbnails(stages: list[Stage]) -> None:
+    for spec in (
+        pipeline_pb2.PipelineSpec(transcode=pipeline_pb2.TranscodeSpec(disabled=True)),
+        pipeline_pb2.PipelineSpec(
+            transcode=pipeline_pb2.TranscodeSpec(
+                thumbnails=pipeline_pb2.ThumbnailSpec(enabled=False)
+            )
+        ),
+    ):
+        states = {p.name: p.state for p in plan_stages(stages, spec, from_url=False)}
+        assert states["stills"] == "SKIPPED"

@@ -82,6 +82,9 @@ class Job(Base):
     media_info: Mapped[dict[str, Any] | None]
     transcript: Mapped[dict[str, Any] | None]
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata")
+    #: What the scenes and OCR stages found (reelmill.v1.Scenes, reelmill.v1.OnScreenText).
+    scenes: Mapped[dict[str, Any] | None]
+    on_screen_text: Mapped[dict[str, Any] | None]
     lease_owner: Mapped[str | None] = mapped_column(String(256))
     lease_expires_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(Integer, default=0)

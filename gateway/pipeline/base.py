@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 from gateway.convert import from_json, to_json
 from gateway.keys import job_prefix
 from gateway.runs import ClaimedJob, StageRow
-from reelmill.v1 import media_pb2, pipeline_pb2
+from reelmill.v1 import media_pb2, pipeline_pb2, vision_pb2
 from runtime.errors import FailedPrecondition, Unavailable, from_rpc_error
 
 Report = Callable[[float, str], Awaitable[None]]
@@ -37,7 +37,8 @@ class StageContext:
     job: ClaimedJob
     #: Outputs of every finished stage, by stage name.
     outputs: Mapping[str, Mapping[str, Any]]
-    #: Job-level results so far (protobuf JSON): media_info, transcript, metadata.
+    #: Job-level results so far (protobuf JSON): media_info, transcript, metadata, scenes,
+    #: on_screen_text.
     fields: Mapping[str, Any]
     #: Reports progress (fraction 0..1, message); throttled before it is persisted.
     report: Report
@@ -59,6 +60,14 @@ class StageContext:
     @property
     def transcript(self) -> media_pb2.Transcript:
         return from_json(self.fields.get("transcript"), media_pb2.Transcript)
+
+    @property
+    def scenes(self) -> vision_pb2.Scenes:
+        return from_json(self.fields.get("scenes"), vision_pb2.Scenes)
+
+    @property
+    def on_screen_text(self) -> vision_pb2.OnScreenText:
+        return from_json(self.fields.get("on_screen_text"), vision_pb2.OnScreenText)
 
     @property
     def video(self) -> media_pb2.Video:
@@ -85,11 +94,15 @@ class StageResult:
 
 
 class Stage(abc.ABC):
-    """One node of the DAG. ``depends_on`` names stages that must finish first; a dependency
-    that a job does not plan (the import, for an uploaded video) is dropped for that job."""
+    """One node of the DAG. ``depends_on`` names stages that must finish first, and without
+    which this one has nothing to do (it is planned SKIPPED when one of them is); ``waits_for``
+    names stages whose results it uses when they exist (it runs after them, whether they ran
+    or were skipped). A dependency that a job does not plan (the import, for an uploaded video)
+    is dropped for that job."""
 
     name: ClassVar[str]
     depends_on: ClassVar[tuple[str, ...]] = ()
+    waits_for: ClassVar[tuple[str, ...]] = ()
     #: The internal service the stage calls (a key of ``Wiring.channels``), and its stub.
     service: ClassVar[str]
     stub_class: ClassVar[type[Any]]

@@ -1,4 +1,5 @@
-"""The metadata: title, description, tags, chapters and summary from the transcript."""
+"""The metadata: title, description, tags, chapters and summary from the transcript and the
+text shown on screen (either may be missing: a silent video still has its on-screen text)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from reelmill.v1 import metadata_service_pb2, metadata_service_pb2_grpc, pipelin
 
 class MetadataStage(Stage):
     name = "metadata"
-    depends_on = ("transcribe",)
+    #: Runs after both when they run, and on whichever of them produced something.
+    waits_for = ("transcribe", "ocr")
     service = "metadata"
     stub_class = metadata_service_pb2_grpc.MetadataServiceStub
 
@@ -33,13 +35,16 @@ class MetadataStage(Stage):
         # Everything the request below carries, as digests of what the upstream stages made.
         return {
             "transcript": digest(ctx.fields.get("transcript")),
+            "on_screen_text": digest(ctx.fields.get("on_screen_text")),
             "media_info": digest(ctx.fields.get("media_info")),
             "filename": ctx.video.filename,
             "spec": spec_inputs(ctx.job.spec.metadata),
         }
 
     def skip_reason(self, ctx: StageContext) -> str | None:
-        return None if "transcript" in ctx.fields else "there is no transcript"
+        if "transcript" in ctx.fields or ctx.on_screen_text.entries:
+            return None
+        return "there is no transcript and no on-screen text"
 
     async def run(self, ctx: StageContext) -> StageResult:
         await ctx.report(0.0, "generating")
@@ -51,6 +56,7 @@ class MetadataStage(Stage):
                     spec=ctx.job.spec.metadata,
                     output_prefix=ctx.output_prefix,
                     filename=ctx.video.filename,
+                    on_screen_text=ctx.on_screen_text,
                 ),
                 timeout=ctx.timeout,
             )

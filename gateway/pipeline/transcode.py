@@ -1,4 +1,5 @@
-"""The transcode: renditions (MP4 ladder, HLS, WebM), thumbnails, storyboard and clips."""
+"""The transcode: renditions (MP4 ladder, HLS, WebM), storyboard and clips. The poster and
+thumbnails are the stills stage's (``stills.py``): they wait for the shots, the ladder does not."""
 
 from __future__ import annotations
 
@@ -27,19 +28,27 @@ class TranscodeStage(Stage):
         return not spec.transcode.disabled
 
     def fingerprint_inputs(self, ctx: StageContext) -> Mapping[str, Any] | None:
-        return {"source": ctx.video.sha256, "spec": spec_inputs(ctx.job.spec.transcode)}
+        return {"source": ctx.video.sha256, "spec": spec_inputs(self._spec(ctx))}
 
     def skip_reason(self, ctx: StageContext) -> str | None:
         if not has_video(ctx.media_info) and not ctx.job.spec.transcode.clips:
             return "the source has no video stream"
         return None
 
+    @staticmethod
+    def _spec(ctx: StageContext) -> pipeline_pb2.TranscodeSpec:
+        """The job's transcode spec without the stills, which the stills stage takes."""
+        spec = pipeline_pb2.TranscodeSpec()
+        spec.CopyFrom(ctx.job.spec.transcode)
+        spec.thumbnails.enabled = False
+        return spec
+
     async def run(self, ctx: StageContext) -> StageResult:
         call = self.stub.Transcode(
             transcode_service_pb2.TranscodeRequest(
                 source=ctx.source,
                 media_info=ctx.media_info,
-                spec=ctx.job.spec.transcode,
+                spec=self._spec(ctx),
                 output_prefix=ctx.output_prefix,
             ),
             timeout=ctx.timeout,
