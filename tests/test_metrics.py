@@ -33,7 +33,7 @@ import gateway.metrics
 from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.metrics import GatewayMetrics, JobCounter
 from reelmill.client import ReelmillClient
-from reelmill.v1 import job_pb2, job_service_pb2
+from reelmill.v1 import job_pb2, job_service_pb2, pipeline_pb2
 from runtime.errors import ErrorMappingInterceptor, InvalidArgument, NotFound
 from runtime.metrics import MetricsEndpoint, RpcMetricsInterceptor, build_meter_provider
 from runtime.settings import ServiceSettings, load_settings
@@ -465,7 +465,11 @@ async def test_every_process_serves_metrics_that_follow_a_job(
         # A URL import held by the media server: the job stays RUNNING while it is watched.
         media = StallingMedia(clip.read_bytes(), media_port)
         try:
-            held = await client.create_job(url=media.url, spec=PROBE_ONLY)
+            # The same bytes as the first job: reuse off, so its probe really runs (and counts).
+            no_reuse = pipeline_pb2.PipelineSpec()
+            no_reuse.CopyFrom(PROBE_ONLY)
+            no_reuse.reuse = False
+            held = await client.create_job(url=media.url, spec=no_reuse)
             call = client.stub.WatchJob(
                 job_service_pb2.WatchJobRequest(job_id=held.id), metadata=client._metadata
             )
