@@ -315,7 +315,10 @@ async def test_retry_keeps_finished_stages_and_continues_the_sequence(
     after = {s.name: s for s in done.stages}
     assert all(after[n].attempts == stages[n].attempts for n in finished)  # not run again
     assert after["metadata"].state == job_pb2.STAGE_STATE_SUCCEEDED
-    assert after["metadata"].attempts == 1  # a fresh budget
+    # A fresh budget: the last run used both attempts (REELMILL_STAGE_MAX_ATTEMPTS=2), and the
+    # retried stage still gets up to two (the first may meet the restarted service's channel
+    # still reconnecting).
+    assert 1 <= after["metadata"].attempts <= 2
     assert done.metadata.title
     for name, artifact in kept.items():
         assert next(a for a in done.artifacts if a.name == name) == artifact  # kept as it was

@@ -414,6 +414,8 @@ async def test_delete_video_mid_job_cancels_and_purges_everything(
         transcode=pipeline_pb2.TranscodeSpec(disabled=True),
         transcribe=pipeline_pb2.TranscribeSpec(disabled=True),
         metadata=pipeline_pb2.MetadataSpec(disabled=True),
+        scenes=pipeline_pb2.ScenesSpec(disabled=True),
+        ocr=pipeline_pb2.OcrSpec(disabled=True),
     )
     done = await client.create_job(video.id, spec=audio_only)
     await asyncio.wait_for(run_to_end(client, done.id), 60)
