@@ -37,6 +37,12 @@ _SERVICE_CONFIG = json.dumps(
     }
 )
 
+#: Bounds of the channel's reconnect backoff while a service is unreachable (gRPC's defaults are
+#: 1 s growing to 120 s). Stage retries back off longer than RECONNECT_MAX_MS, so a stage's next
+#: attempt meets a channel that has tried again.
+RECONNECT_INITIAL_MS = 250
+RECONNECT_MAX_MS = 2_000
+
 
 def normalize_target(target: str) -> str:
     if "://" in target or target.startswith(("dns:", "ipv4:", "ipv6:", "unix:")):
@@ -56,6 +62,11 @@ def internal_channel(
     options = [
         ("grpc.service_config", _SERVICE_CONFIG),
         ("grpc.enable_retries", 1),
+        # A restarted service is reached within about two seconds: gRPC's default reconnect
+        # backoff grows to 120 s while a service is down, so after a long outage its channel
+        # could fail every call for minutes after the service came back.
+        ("grpc.initial_reconnect_backoff_ms", RECONNECT_INITIAL_MS),
+        ("grpc.max_reconnect_backoff_ms", RECONNECT_MAX_MS),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.max_send_message_length", limit),
