@@ -23,7 +23,8 @@ from reelmill.v1 import pipeline_pb2
 #:               │               thumbnails)          │
 #:               ├─> transcode (ladder, HLS, ...)     │
 #:               └─> audio ─> transcribe ─────────────┴─> metadata
-#: (stills and metadata wait for scenes and ocr when those run, and run without them)
+#: (stills and metadata wait for scenes and ocr when those run, and run without them; metadata
+#: reads the shots as a hint for its topic boundaries)
 STAGES: tuple[type[Stage], ...] = (
     ImportStage,
     ProbeStage,

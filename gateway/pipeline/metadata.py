@@ -1,5 +1,6 @@
-"""The metadata: title, description, tags, chapters and summary from the transcript and the
-text shown on screen (either may be missing: a silent video still has its on-screen text)."""
+"""The metadata: title, description, tags, chapters (topic segments) and summary from the
+transcript and the text shown on screen (either may be missing: a silent video still has its
+on-screen text); the shots, when the scenes stage ran, are a hint for the topic boundaries."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from reelmill.v1 import metadata_service_pb2, metadata_service_pb2_grpc, pipelin
 class MetadataStage(Stage):
     name = "metadata"
     #: Runs after both when they run, and on whichever of them produced something.
-    waits_for = ("transcribe", "ocr")
+    waits_for = ("transcribe", "scenes", "ocr")
     service = "metadata"
     stub_class = metadata_service_pb2_grpc.MetadataServiceStub
 
@@ -36,6 +37,7 @@ class MetadataStage(Stage):
         return {
             "transcript": digest(ctx.fields.get("transcript")),
             "on_screen_text": digest(ctx.fields.get("on_screen_text")),
+            "scenes": digest(ctx.fields.get("scenes")),
             "media_info": digest(ctx.fields.get("media_info")),
             "filename": ctx.video.filename,
             "spec": spec_inputs(ctx.job.spec.metadata),
@@ -57,6 +59,7 @@ class MetadataStage(Stage):
                     output_prefix=ctx.output_prefix,
                     filename=ctx.video.filename,
                     on_screen_text=ctx.on_screen_text,
+                    scenes=ctx.scenes,
                 ),
                 timeout=ctx.timeout,
             )

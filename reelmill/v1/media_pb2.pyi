@@ -524,23 +524,46 @@ Global___Transcript: _TypeAlias = Transcript  # noqa: Y015
 
 @_typing.final
 class Chapter(_message.Message):
-    """A chapter of a video."""
+    """A chapter of a video: one topic segment (knowledge point) of its speech.
+    Chapters are contiguous and in order: each ends where the next starts, the
+    first starts at 0 and the last ends at the end of the speech.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     START_SECONDS_FIELD_NUMBER: _builtins.int
     TITLE_FIELD_NUMBER: _builtins.int
+    END_SECONDS_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    KEYPHRASES_FIELD_NUMBER: _builtins.int
+    SEGMENT_IDS_FIELD_NUMBER: _builtins.int
     start_seconds: _builtins.float
     title: _builtins.str
+    end_seconds: _builtins.float
+    """Where the topic ends (the next chapter's start, or the end of the speech)."""
+    summary: _builtins.str
+    """One or two sentences of what is said in it."""
+    @_builtins.property
+    def keyphrases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The phrases that characterise it, best first."""
+
+    @_builtins.property
+    def segment_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The transcript segments it covers (Segment.id), in order."""
+
     def __init__(
         self,
         *,
         start_seconds: _builtins.float = ...,
         title: _builtins.str = ...,
+        end_seconds: _builtins.float = ...,
+        summary: _builtins.str = ...,
+        keyphrases: _abc.Iterable[_builtins.str] | None = ...,
+        segment_ids: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["start_seconds", b"start_seconds", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_seconds", b"end_seconds", "keyphrases", b"keyphrases", "segment_ids", b"segment_ids", "start_seconds", b"start_seconds", "summary", b"summary", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -562,6 +585,8 @@ class VideoMetadata(_message.Message):
     CUSTOM_JSON_FIELD_NUMBER: _builtins.int
     ENGINE_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    UNFILLED_FIELD_NUMBER: _builtins.int
+    CUSTOM_JSON_COMPLETE_FIELD_NUMBER: _builtins.int
     title: _builtins.str
     description: _builtins.str
     summary: _builtins.str
@@ -570,12 +595,23 @@ class VideoMetadata(_message.Message):
     """JSON document shaped by the caller's schema, when one was given."""
     engine: _builtins.str
     model: _builtins.str
+    custom_json_complete: _builtins.bool
+    """Whether custom_json validates against the caller's schema: false when a
+    required field is among the unfilled ones.
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def keywords(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def chapters(self) -> _containers.RepeatedCompositeFieldContainer[Global___Chapter]: ...
+    @_builtins.property
+    def unfilled(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The caller's schema fields (JSON Pointers, e.g. "/rating") the generator
+        could not fill from the content: they are absent from custom_json (or null
+        where the schema allows it), never invented.
+        """
+
     def __init__(
         self,
         *,
@@ -589,10 +625,12 @@ class VideoMetadata(_message.Message):
         custom_json: _builtins.str = ...,
         engine: _builtins.str = ...,
         model: _builtins.str = ...,
+        unfilled: _abc.Iterable[_builtins.str] | None = ...,
+        custom_json_complete: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chapters", b"chapters", "custom_json", b"custom_json", "description", b"description", "engine", b"engine", "keywords", b"keywords", "model", b"model", "show_notes", b"show_notes", "summary", b"summary", "tags", b"tags", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chapters", b"chapters", "custom_json", b"custom_json", "custom_json_complete", b"custom_json_complete", "description", b"description", "engine", b"engine", "keywords", b"keywords", "model", b"model", "show_notes", b"show_notes", "summary", b"summary", "tags", b"tags", "title", b"title", "unfilled", b"unfilled"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -28,7 +28,7 @@ from reelmill.v1 import pipeline_pb2 as reelmill_dot_v1_dot_pipeline__pb2
 from reelmill.v1 import vision_pb2 as reelmill_dot_v1_dot_vision__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"reelmill/v1/metadata_service.proto\x12\x0breelmill.v1\x1a\x17reelmill/v1/media.proto\x1a\x1areelmill/v1/pipeline.proto\x1a\x18reelmill/v1/vision.proto\"\xf7\x01\n\x17GenerateMetadataRequest\x12+\n\ntranscript\x18\x01 \x01(\x0b\x32\x17.reelmill.v1.Transcript\x12*\n\nmedia_info\x18\x02 \x01(\x0b\x32\x16.reelmill.v1.MediaInfo\x12\'\n\x04spec\x18\x03 \x01(\x0b\x32\x19.reelmill.v1.MetadataSpec\x12\x15\n\routput_prefix\x18\x04 \x01(\t\x12\x10\n\x08\x66ilename\x18\x05 \x01(\t\x12\x31\n\x0eon_screen_text\x18\x06 \x01(\x0b\x32\x19.reelmill.v1.OnScreenText\"\x82\x01\n\x18GenerateMetadataResponse\x12,\n\x08metadata\x18\x01 \x01(\x0b\x32\x1a.reelmill.v1.VideoMetadata\x12(\n\tartifacts\x18\x02 \x03(\x0b\x32\x15.reelmill.v1.Artifact\x12\x0e\n\x06\x63\x61\x63hed\x18\x03 \x01(\x08\x32r\n\x0fMetadataService\x12_\n\x10GenerateMetadata\x12$.reelmill.v1.GenerateMetadataRequest\x1a%.reelmill.v1.GenerateMetadataResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"reelmill/v1/metadata_service.proto\x12\x0breelmill.v1\x1a\x17reelmill/v1/media.proto\x1a\x1areelmill/v1/pipeline.proto\x1a\x18reelmill/v1/vision.proto\"\x9c\x02\n\x17GenerateMetadataRequest\x12+\n\ntranscript\x18\x01 \x01(\x0b\x32\x17.reelmill.v1.Transcript\x12*\n\nmedia_info\x18\x02 \x01(\x0b\x32\x16.reelmill.v1.MediaInfo\x12\'\n\x04spec\x18\x03 \x01(\x0b\x32\x19.reelmill.v1.MetadataSpec\x12\x15\n\routput_prefix\x18\x04 \x01(\t\x12\x10\n\x08\x66ilename\x18\x05 \x01(\t\x12\x31\n\x0eon_screen_text\x18\x06 \x01(\x0b\x32\x19.reelmill.v1.OnScreenText\x12#\n\x06scenes\x18\x07 \x01(\x0b\x32\x13.reelmill.v1.Scenes\"\x82\x01\n\x18GenerateMetadataResponse\x12,\n\x08metadata\x18\x01 \x01(\x0b\x32\x1a.reelmill.v1.VideoMetadata\x12(\n\tartifacts\x18\x02 \x03(\x0b\x32\x15.reelmill.v1.Artifact\x12\x0e\n\x06\x63\x61\x63hed\x18\x03 \x01(\x08\x32r\n\x0fMetadataService\x12_\n\x10GenerateMetadata\x12$.reelmill.v1.GenerateMetadataRequest\x1a%.reelmill.v1.GenerateMetadataResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,9 +36,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'reelmill.v1.metadata_servic
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATEMETADATAREQUEST']._serialized_start=131
-  _globals['_GENERATEMETADATAREQUEST']._serialized_end=378
-  _globals['_GENERATEMETADATARESPONSE']._serialized_start=381
-  _globals['_GENERATEMETADATARESPONSE']._serialized_end=511
-  _globals['_METADATASERVICE']._serialized_start=513
-  _globals['_METADATASERVICE']._serialized_end=627
+  _globals['_GENERATEMETADATAREQUEST']._serialized_end=415
+  _globals['_GENERATEMETADATARESPONSE']._serialized_start=418
+  _globals['_GENERATEMETADATARESPONSE']._serialized_end=548
+  _globals['_METADATASERVICE']._serialized_start=550
+  _globals['_METADATASERVICE']._serialized_end=664
 # @@protoc_insertion_point(module_scope)

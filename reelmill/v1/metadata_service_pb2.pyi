@@ -32,6 +32,7 @@ class GenerateMetadataRequest(_message.Message):
     OUTPUT_PREFIX_FIELD_NUMBER: _builtins.int
     FILENAME_FIELD_NUMBER: _builtins.int
     ON_SCREEN_TEXT_FIELD_NUMBER: _builtins.int
+    SCENES_FIELD_NUMBER: _builtins.int
     output_prefix: _builtins.str
     filename: _builtins.str
     """The source's file name, a hint for the title."""
@@ -47,6 +48,12 @@ class GenerateMetadataRequest(_message.Message):
         video with no speech still gets a title, tags and a summary from it.
         """
 
+    @_builtins.property
+    def scenes(self) -> _vision_pb2.Scenes:
+        """The shots (the scenes stage's), when it ran: a cut near a pause in the
+        speech makes a topic change there likelier.
+        """
+
     def __init__(
         self,
         *,
@@ -56,10 +63,11 @@ class GenerateMetadataRequest(_message.Message):
         output_prefix: _builtins.str = ...,
         filename: _builtins.str = ...,
         on_screen_text: _vision_pb2.OnScreenText | None = ...,
+        scenes: _vision_pb2.Scenes | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["media_info", b"media_info", "on_screen_text", b"on_screen_text", "spec", b"spec", "transcript", b"transcript"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["media_info", b"media_info", "on_screen_text", b"on_screen_text", "scenes", b"scenes", "spec", b"spec", "transcript", b"transcript"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filename", b"filename", "media_info", b"media_info", "on_screen_text", b"on_screen_text", "output_prefix", b"output_prefix", "spec", b"spec", "transcript", b"transcript"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filename", b"filename", "media_info", b"media_info", "on_screen_text", b"on_screen_text", "output_prefix", b"output_prefix", "scenes", b"scenes", "spec", b"spec", "transcript", b"transcript"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -461,6 +461,9 @@ class MetadataSpec(_message.Message):
     MAX_TAGS_FIELD_NUMBER: _builtins.int
     JSON_SCHEMA_FIELD_NUMBER: _builtins.int
     PROMPT_FIELD_NUMBER: _builtins.int
+    MIN_CHAPTER_DURATION_FIELD_NUMBER: _builtins.int
+    MAX_CHAPTER_DURATION_FIELD_NUMBER: _builtins.int
+    MIN_CHAPTERS_FIELD_NUMBER: _builtins.int
     disabled: _builtins.bool
     engine: Global___MetadataEngine.ValueType
     max_tags: _builtins.int
@@ -471,6 +474,21 @@ class MetadataSpec(_message.Message):
     """
     prompt: _builtins.str
     """Optional instructions that go with json_schema."""
+    min_chapters: _builtins.int
+    """Fewest chapters when the speech is long enough for that many of
+    min_chapter_duration; default 3 (YouTube shows chapters from three on).
+    Fewer topics than this are split at their next deepest shifts.
+    """
+    @_builtins.property
+    def min_chapter_duration(self) -> _duration_pb2.Duration:
+        """Shortest topic segment (chapter); default 10 s (YouTube's shortest chapter)."""
+
+    @_builtins.property
+    def max_chapter_duration(self) -> _duration_pb2.Duration:
+        """Longest topic segment: a longer one is split at its deepest topic shift;
+        default unbounded.
+        """
+
     def __init__(
         self,
         *,
@@ -479,12 +497,17 @@ class MetadataSpec(_message.Message):
         max_tags: _builtins.int = ...,
         json_schema: _builtins.str = ...,
         prompt: _builtins.str = ...,
+        min_chapter_duration: _duration_pb2.Duration | None = ...,
+        max_chapter_duration: _duration_pb2.Duration | None = ...,
+        min_chapters: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_chapters", b"_min_chapters", "max_chapter_duration", b"max_chapter_duration", "min_chapter_duration", b"min_chapter_duration", "min_chapters", b"min_chapters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["disabled", b"disabled", "engine", b"engine", "json_schema", b"json_schema", "max_tags", b"max_tags", "prompt", b"prompt"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_chapters", b"_min_chapters", "disabled", b"disabled", "engine", b"engine", "json_schema", b"json_schema", "max_chapter_duration", b"max_chapter_duration", "max_tags", b"max_tags", "min_chapter_duration", b"min_chapter_duration", "min_chapters", b"min_chapters", "prompt", b"prompt"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__min_chapters: _TypeAlias = _typing.Literal["min_chapters"]  # noqa: Y015
+    _WhichOneofArgType__min_chapters: _TypeAlias = _typing.Literal["_min_chapters", b"_min_chapters"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_chapters) -> _WhichOneofReturnType__min_chapters | None: ...
 
 Global___MetadataSpec: _TypeAlias = MetadataSpec  # noqa: Y015
 

@@ -8,6 +8,7 @@ from reelmill.v1 import media_pb2, metadata_service_pb2, pipeline_pb2, vision_pb
 from runtime.artifacts import artifact_messages
 from runtime.durations import seconds
 from services.metadata.model import (
+    Chapter,
     Engine,
     Metadata,
     MetadataOptions,
@@ -33,16 +34,25 @@ def on_screen_lines(text: vision_pb2.OnScreenText | None) -> tuple[TimedText, ..
     return tuple(lines.values())
 
 
+def shot_cuts(scenes: vision_pb2.Scenes | None) -> tuple[float, ...]:
+    """Where the picture cuts: every shot's start but the first (and never at 0)."""
+    starts = sorted(s.start_seconds for s in (scenes.shots if scenes is not None else ()))
+    return tuple(start for start in starts if start > 0)
+
+
 def source(
     transcript: media_pb2.Transcript,
     media: media_pb2.MediaInfo,
     filename: str,
     on_screen_text: vision_pb2.OnScreenText | None = None,
+    scenes: vision_pb2.Scenes | None = None,
 ) -> Source:
     segments = tuple(
         sorted(
             (
-                TimedText(max(s.start_seconds, 0.0), max(s.end_seconds, s.start_seconds), s.text)
+                TimedText(
+                    max(s.start_seconds, 0.0), max(s.end_seconds, s.start_seconds), s.text, s.id
+                )
                 for s in transcript.segments
                 if s.text.strip()
             ),
@@ -68,15 +78,35 @@ def source(
         height=height,
         has_video=bool(media.video_streams) if known_streams else True,
         on_screen=on_screen_lines(on_screen_text),
+        shot_cuts=shot_cuts(scenes),
     )
 
 
 def options(spec: pipeline_pb2.MetadataSpec) -> MetadataOptions:
+    defaults = MetadataOptions()
     return MetadataOptions(
         engine=_ENGINES.get(spec.engine),
         max_tags=spec.max_tags,
         json_schema=spec.json_schema,
         prompt=spec.prompt,
+        min_chapter_seconds=(
+            seconds(spec.min_chapter_duration)
+            if spec.HasField("min_chapter_duration")
+            else defaults.min_chapter_seconds
+        ),
+        max_chapter_seconds=seconds(spec.max_chapter_duration),
+        min_chapters=spec.min_chapters if spec.HasField("min_chapters") else defaults.min_chapters,
+    )
+
+
+def chapter_message(chapter: Chapter) -> media_pb2.Chapter:
+    return media_pb2.Chapter(
+        start_seconds=chapter.start,
+        title=chapter.title,
+        end_seconds=chapter.end,
+        summary=chapter.summary,
+        keyphrases=list(chapter.keyphrases),
+        segment_ids=list(chapter.segment_ids),
     )
 
 
@@ -86,14 +116,14 @@ def metadata_message(metadata: Metadata) -> media_pb2.VideoMetadata:
         description=metadata.description,
         tags=list(metadata.tags),
         keywords=list(metadata.keywords),
-        chapters=[
-            media_pb2.Chapter(start_seconds=c.start, title=c.title) for c in metadata.chapters
-        ],
+        chapters=[chapter_message(c) for c in metadata.chapters],
         summary=metadata.summary,
         show_notes=metadata.show_notes,
         custom_json=metadata.custom_json,
         engine=metadata.engine,
         model=metadata.model,
+        unfilled=list(metadata.unfilled),
+        custom_json_complete=metadata.custom_json_complete,
     )
 
 

@@ -20,11 +20,13 @@ class Engine(enum.Enum):
 
 @dataclass(frozen=True)
 class TimedText:
-    """One transcript segment."""
+    """One transcript segment (or one on-screen line)."""
 
     start: float
     end: float
     text: str
+    #: The transcript segment's id (Segment.id); -1 for on-screen lines.
+    id: int = -1
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class Source:
     #: The text shown on screen (the OCR stage's entries), each line once, in order of
     #: appearance.
     on_screen: tuple[TimedText, ...] = ()
+    #: Where the picture cuts (the scenes stage's shot starts after the first), in seconds.
+    shot_cuts: tuple[float, ...] = ()
 
     @property
     def text(self) -> str:
@@ -61,12 +65,25 @@ class MetadataOptions:
     #: The caller's JSON Schema as text, or "".
     json_schema: str = ""
     prompt: str = ""
+    #: Bounds of a topic segment (chapter), in seconds; max 0 is unbounded.
+    min_chapter_seconds: float = 10.0
+    max_chapter_seconds: float = 0.0
+    #: Fewest chapters when the speech is long enough for that many of the shortest.
+    min_chapters: int = 3
 
 
 @dataclass(frozen=True)
 class Chapter:
+    """One topic segment (knowledge point) of the speech."""
+
     start: float
     title: str
+    #: The next chapter's start, or the end of the speech.
+    end: float = 0.0
+    summary: str = ""
+    keyphrases: tuple[str, ...] = ()
+    #: The transcript segments it covers (their ids), in order.
+    segment_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -80,8 +97,12 @@ class Metadata:
     show_notes: str
     engine: str
     model: str
-    #: JSON text that validates against the caller's schema, or "".
+    #: JSON text shaped by the caller's schema, or "".
     custom_json: str = ""
+    #: JSON Pointers of the schema's fields that could not be filled from the content.
+    unfilled: tuple[str, ...] = ()
+    #: Whether custom_json validates against the schema (no required field unfilled).
+    custom_json_complete: bool = False
 
 
 class ArtifactKind(enum.Enum):

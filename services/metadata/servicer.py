@@ -32,6 +32,7 @@ class MetadataServicer(pb_grpc.MetadataServiceServicer):
                     request.media_info,
                     request.filename,
                     request.on_screen_text,
+                    request.scenes,
                 ),
                 convert.options(request.spec),
                 request.output_prefix,
