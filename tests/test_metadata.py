@@ -33,7 +33,7 @@ from services.metadata.gemini import GeneratedChapter
 from services.metadata.generator import MetadataGenerator
 from services.metadata.keywords import keyphrases
 from services.metadata.model import Engine, MetadataOptions, Source, TimedText
-from services.metadata.schema import fill_schema, parse_schema
+from services.metadata.schema import Filled, fill_schema, parse_schema
 from services.metadata.server import build_generator, build_spec
 from services.metadata.settings import MetadataSettings
 from services.metadata.text import sentences
@@ -125,6 +125,12 @@ SCHEMA = {
         }
     },
 }
+#: SCHEMA without the rating it requires: nothing in a video says what its rating is, so the
+#: extractive generator leaves it out (listed in ``unfilled``) and the rest must validate.
+SCHEMA_BUT_RATING = {
+    **SCHEMA,
+    "required": ["headline", "summary", "topics", "chapters", "duration_seconds"],
+}
 
 
 # --- extractive, pure --------------------------------------------------------------------------
@@ -190,21 +196,29 @@ def test_extractive_is_deterministic_and_sensible() -> None:
 # --- schemas -----------------------------------------------------------------------------------
 
 
-def test_schema_fill_validates() -> None:
+def test_schema_fill_writes_what_is_known_and_lists_the_rest() -> None:
     schema = parse_schema(json.dumps(SCHEMA))
     metadata = extractive.generate(lecture(), max_tags=10)
     from services.metadata.generator import known_values
 
     filled = fill_schema(schema, known_values(metadata, lecture()))
-    jsonschema.validate(filled, SCHEMA)
-    assert filled["headline"] == metadata.title[:60]
-    assert filled["summary"] == metadata.summary
-    assert filled["topics"] == list(metadata.keywords[:5])
-    assert filled["chapters"][0] == {"time": "00:00", "heading": metadata.chapters[0].title}
-    assert filled["duration_seconds"] == lecture().duration
-    assert filled["rating"] == 1 and filled["language"] == "en" and filled["explicit"] is False
-    assert filled["notes"] == metadata.show_notes
-    assert "audience" not in filled
+    document = filled.document
+    assert document["headline"] == metadata.title[:60]
+    assert document["summary"] == metadata.summary
+    assert document["topics"] == list(metadata.keywords[:5])
+    assert document["chapters"][0] == {"time": "00:00", "heading": metadata.chapters[0].title}
+    assert document["duration_seconds"] == lecture().duration
+    assert document["language"] == "en" and document["notes"] == metadata.show_notes
+    # Nothing says what the rating, the audience or explicitness is: not invented (no rating 1,
+    # no first enum value, no false), absent and listed; rating is required, so incomplete.
+    assert "rating" not in document and "explicit" not in document
+    assert "audience" not in document
+    chapters = [f"/chapters/{i}/at_seconds" for i in range(len(document["chapters"]))]
+    assert filled.unfilled == (*chapters, "/rating", "/audience", "/explicit")
+    assert filled.complete is False
+    jsonschema.validate(document, SCHEMA_BUT_RATING)
+    with pytest.raises(jsonschema.ValidationError, match="'rating' is a required property"):
+        jsonschema.validate(document, SCHEMA)
 
 
 @pytest.mark.parametrize(
@@ -224,15 +238,19 @@ def test_invalid_schemas(text: str) -> None:
     assert caught.value.reason == "INVALID_JSON_SCHEMA"
 
 
-def test_unfillable_schema() -> None:
+def test_unfillable_schema_gives_a_partial_document() -> None:
     schema = {
         "type": "object",
-        "required": ["code"],
-        "properties": {"code": {"type": "string", "pattern": "^[A-Z]{3}$"}},
+        "required": ["code", "title"],
+        "properties": {
+            "code": {"type": "string", "pattern": "^[A-Z]{3}$"},
+            "title": {"type": "string", "pattern": "^[A-Z]{3}$"},
+        },
     }
-    with pytest.raises(FailedPrecondition) as caught:
-        fill_schema(schema, {})
-    assert caught.value.reason == "SCHEMA_NOT_FILLABLE"
+    # Nothing matches "code"; the title does not fit the pattern: both left out, not an error.
+    assert fill_schema(schema, {}) == Filled({}, ("/code", "/title"), False)
+    assert fill_schema(schema, {"title": "How to Three"}) == Filled({}, ("/code", "/title"), False)
+    assert fill_schema(schema, {"title": "HOW"}) == Filled({"title": "HOW"}, ("/code",), False)
 
 
 # --- the core and gRPC -------------------------------------------------------------------------
@@ -255,7 +273,10 @@ async def test_core_artifacts_and_cache(
     options = MetadataOptions(json_schema=json.dumps(SCHEMA), prompt="for the catalogue")
     first = await generator.generate(lecture(), options, "jobs/m1")
     assert not first.cached and first.metadata.engine == "extractive"
-    jsonschema.validate(json.loads(first.metadata.custom_json), SCHEMA)
+    custom = json.loads(first.metadata.custom_json)
+    jsonschema.validate(custom, SCHEMA_BUT_RATING)
+    assert "rating" not in custom and "/rating" in first.metadata.unfilled
+    assert first.metadata.custom_json_complete is False
     names = {a.name: a for a in first.artifacts}
     assert set(names) == {"metadata/metadata.json", "metadata/custom.json"}
     stored = b"".join([c async for c in store.read("jobs/m1/metadata/metadata.json")])
@@ -334,7 +355,10 @@ async def test_grpc(stub: metadata_service_pb2_grpc.MetadataServiceStub) -> None
     assert metadata.title == "How to Three" and 0 < len(metadata.tags) <= 4
     starts = [c.start_seconds for c in metadata.chapters]
     assert starts == sorted(starts) and starts[0] == 0 and starts[-1] < source.duration
-    jsonschema.validate(json.loads(metadata.custom_json), SCHEMA)
+    custom = json.loads(metadata.custom_json)
+    jsonschema.validate(custom, SCHEMA_BUT_RATING)
+    assert "rating" not in custom and "/rating" in metadata.unfilled
+    assert "/explicit" in metadata.unfilled and not metadata.custom_json_complete
     kinds = {a.name: a.kind for a in response.artifacts}
     assert kinds == {
         "metadata/metadata.json": media_pb2.ARTIFACT_KIND_METADATA_JSON,
@@ -439,6 +463,7 @@ async def test_gemini_request_and_response(
     custom = json.loads(metadata.custom_json)
     assert custom["headline"] == "Three skills in five minutes"
     jsonschema.validate(custom, schema)
+    assert metadata.unfilled == () and metadata.custom_json_complete is True
     assert len(recorded.requests) == 3
 
     first = json.loads(recorded.requests[0].content)

@@ -30,7 +30,7 @@ from services.metadata.model import (
     Outcome,
     Source,
 )
-from services.metadata.schema import fill_schema, parse_schema
+from services.metadata.schema import Filled, fill_schema, parse_schema, validation_error
 
 log = logging.getLogger(__name__)
 
@@ -125,16 +125,24 @@ class MetadataGenerator:
             if gemini is not None:
                 metadata = await gemini.generate(source, max_tags)
                 custom = await gemini.custom(source, schema, options.prompt) if schema else None
+                filled = (
+                    Filled(custom, (), validation_error(custom, schema) is None)
+                    if schema is not None
+                    else None
+                )
             else:
                 metadata = await asyncio.to_thread(extractive.generate, source, max_tags)
-                custom = (
+                filled = (
                     await asyncio.to_thread(fill_schema, schema, known_values(metadata, source))
                     if schema is not None
                     else None
                 )
-            if schema is not None:
+            if filled is not None:
                 metadata = dataclasses.replace(
-                    metadata, custom_json=json.dumps(custom, ensure_ascii=False, indent=1)
+                    metadata,
+                    custom_json=json.dumps(filled.document, ensure_ascii=False, indent=1),
+                    unfilled=filled.unfilled,
+                    custom_json_complete=filled.complete,
                 )
             self.cache.put(key, metadata)
         artifacts = await self.write_artifacts(metadata, prefix)
