@@ -16,6 +16,7 @@ import jsonschema
 import pytest
 
 from reelmill.v1 import media_pb2, metadata_service_pb2, metadata_service_pb2_grpc, pipeline_pb2
+from runtime.durations import duration_message
 from runtime.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -28,7 +29,6 @@ from runtime.genai import GeminiClient, GeminiConfig, parse_as
 from runtime.server import build_server
 from runtime.storage.local import LocalObjectStore
 from services.metadata import extractive
-from services.metadata.chapters import find_chapters
 from services.metadata.gemini import GeneratedChapter
 from services.metadata.generator import MetadataGenerator
 from services.metadata.keywords import keyphrases
@@ -37,6 +37,7 @@ from services.metadata.schema import Filled, fill_schema, parse_schema
 from services.metadata.server import build_generator, build_spec
 from services.metadata.settings import MetadataSettings
 from services.metadata.text import sentences
+from services.metadata.topics import Bounds, find_topics
 
 RECORDINGS = Path(__file__).parent / "recordings" / "gemini"
 
@@ -80,7 +81,7 @@ def lecture() -> Source:
     time = 0.0
     for topic in TOPICS:
         for sentence in topic:
-            segments.append(TimedText(time, time + 11.0, sentence))
+            segments.append(TimedText(time, time + 11.0, sentence, len(segments)))
             time += 13.0
         time += 5.0
     return Source(tuple(segments), duration=time, language="en", filename="how_to_three.mp4")
@@ -154,35 +155,73 @@ def test_keyphrases() -> None:
     assert len(set(ranked)) == len(ranked)
 
 
-def test_chapters_follow_topic_shifts() -> None:
+def test_topics_follow_the_topic_shifts() -> None:
     source = lecture()
-    chapters = find_chapters(source.segments, source.duration)
-    starts = [c.start for c in chapters]
-    assert starts == sorted(starts) and starts[0] == 0.0
-    assert all(0 <= s < source.duration for s in starts)
-    # The two topic changes are found (at the first sentence of each new topic).
-    topic_starts = [source.segments[8].start, source.segments[16].start]
-    assert all(s in starts for s in topic_starts), starts
+    chapters = find_topics(source.segments, source.duration).chapters
+    # The two topic changes are found, at the first sentence of each new topic, and nothing else.
+    assert [c.start for c in chapters] == [0.0, source.segments[8].start, source.segments[16].start]
+    # Contiguous from 0 to the end; each covers its topic's transcript segments.
+    assert [c.end for c in chapters] == [c.start for c in chapters[1:]] + [source.duration]
+    assert [c.segment_ids for c in chapters] == [
+        tuple(range(0, 8)),
+        tuple(range(8, 16)),
+        tuple(range(16, 24)),
+    ]
     titles = [c.title.lower() for c in chapters]
-    assert len(set(titles)) == len(titles)
-    assert any("pasta" in t for t in titles[:1]) and any("telescope" in t for t in titles[-1:])
+    assert "pasta" in titles[0] and ("tube" in titles[1] or "tyre" in titles[1])
+    assert "telescope" in titles[2]
+    for chapter, topic in zip(chapters, TOPICS, strict=True):
+        said = " ".join(topic)
+        # One or two of its own sentences, said in it.
+        assert chapter.summary and all(
+            part.strip(" .") in said for part in chapter.summary.split(". ")
+        )
+        assert 0 < len(chapter.keyphrases) <= 5
+        assert all(k.lower() in said.lower() for k in chapter.keyphrases)
 
 
-def test_extractive_is_deterministic_and_sensible() -> None:
+def test_topic_bounds() -> None:
+    source = lecture()
+    # A floor on the length merges what is shorter: the 8 sentences of a topic last 109 s.
+    longer = find_topics(source.segments, source.duration, Bounds(min_seconds=120.0)).chapters
+    assert all(c.end - c.start >= 120.0 for c in longer) and len(longer) == 2
+    # A ceiling splits a topic at its next deepest shift.
+    shorter = find_topics(source.segments, source.duration, Bounds(max_seconds=60.0)).chapters
+    assert all(c.end - c.start <= 60.0 for c in shorter) and len(shorter) > 3
+    assert {0.0, source.segments[8].start, source.segments[16].start} <= {c.start for c in shorter}
+    # One subject, long enough for three chapters: three (YouTube's fewest), each ≥ 10 s.
+    pasta = Source(source.segments[:8], duration=104.0)
+    forced = find_topics(pasta.segments, pasta.duration)
+    assert len(forced.chapters) == 3 and forced.distinct == 1
+    assert all(c.end - c.start >= 10.0 for c in forced.chapters)
+    alone = find_topics(pasta.segments, pasta.duration, Bounds(min_segments=1))
+    assert len(alone.chapters) == 1 and alone.chapters[0].end == 104.0
+    # Too short for two chapters of the shortest length: one.
+    assert len(find_topics(JFK.segments, JFK.duration).chapters) == 1
+    assert find_topics((), 30.0).chapters == ()
+
+
+def test_extractive_is_deterministic_and_reads_like_a_person_wrote_it() -> None:
     source = lecture()
     first = extractive.generate(source, max_tags=5)
     assert first == extractive.generate(source, max_tags=5)
-    assert first.title == "How to Three"
+    # The title names the topics, whole phrases, none of them a sentence of the transcript.
+    assert first.title == "Pasta, Inner Tube and Telescope"
     assert 0 < len(first.tags) <= 5 and len(set(first.tags)) == len(first.tags)
-    assert first.summary and all(
-        s in " ".join(t for x in TOPICS for t in x) for s in [first.summary.split(". ")[0]]
+    said = " ".join(t for x in TOPICS for t in x)
+    assert all(t in said.lower() for t in first.tags)
+    # The abstract: one sentence of each topic, in order.
+    parts = [p.strip(" .") for p in first.summary.split(". ")]
+    assert len(parts) == 3 and all(
+        any(p in sentence for sentence in topic) for p, topic in zip(parts, TOPICS, strict=True)
     )
     assert first.description.startswith(first.summary)
-    assert "Chapters:" in first.show_notes and "00:00" in first.show_notes
+    assert "00:00 Pasta" in first.description and "01:49 Inner Tube" in first.description
+    assert "Chapters:" in first.show_notes and first.chapters[1].summary in first.show_notes
 
     jfk = extractive.generate(JFK, max_tags=10)
-    assert jfk.title.startswith("My fellow Americans")  # IMG_0042 says nothing
-    assert "country" in jfk.keywords and jfk.chapters[0].start == 0.0
+    assert jfk.title == "Country and Americans"  # IMG_0042 says nothing; nor does one sentence
+    assert "country" in jfk.keywords and len(jfk.chapters) == 1 and jfk.chapters[0].end == 11.0
 
     silent = Source((), duration=125.0, filename="VID_20240101.mp4", width=1280, height=720)
     empty = extractive.generate(silent, max_tags=10)
@@ -191,6 +230,20 @@ def test_extractive_is_deterministic_and_sensible() -> None:
     named = extractive.generate(Source((), 30.0, filename="Team offsite - day two.mkv"), 10)
     assert named.title == "Team Offsite \u2013 Day Two"
     assert named.tags == ("team", "offsite", "day", "two")
+    # With speech, a file name is never the title.
+    assert extractive.generate(lecture(), 5).title == first.title
+
+
+def test_titles_are_never_a_cut_sentence_or_a_camera_name() -> None:
+    long_sentence = (
+        "Permission is hereby granted, free of charge, to any person obtaining a copy of this "
+        "software and associated documentation files to deal in the software without restriction"
+    )
+    source = Source((TimedText(0.0, 20.0, long_sentence + ".", 0),), 20.0, filename="IMG_4411.MOV")
+    metadata = extractive.generate(source, 10)
+    assert not long_sentence.lower().startswith(metadata.title.lower().rstrip("…"))
+    assert "IMG" not in metadata.title and "…" not in metadata.title
+    assert metadata.title == "Software and Documentation"
 
 
 # --- schemas -----------------------------------------------------------------------------------
@@ -282,9 +335,14 @@ async def test_core_artifacts_and_cache(
     stored = b"".join([c async for c in store.read("jobs/m1/metadata/metadata.json")])
     document = json.loads(stored)
     assert document["title"] == first.metadata.title
+    chapter = first.metadata.chapters[0]
     assert document["chapters"][0] == {
         "start_seconds": 0.0,
-        "title": first.metadata.chapters[0].title,
+        "end_seconds": chapter.end,
+        "title": chapter.title,
+        "summary": chapter.summary,
+        "keyphrases": list(chapter.keyphrases),
+        "segment_ids": list(range(8)),
     }
     info = await store.stat("jobs/m1/metadata/custom.json")
     assert info.sha256 == names["metadata/custom.json"].sha256
@@ -352,9 +410,12 @@ async def test_grpc(stub: metadata_service_pb2_grpc.MetadataServiceStub) -> None
     response = await stub.GenerateMetadata(request, timeout=30)
     metadata = response.metadata
     assert not response.cached and metadata.engine == "extractive"
-    assert metadata.title == "How to Three" and 0 < len(metadata.tags) <= 4
+    assert metadata.title == "Pasta, Inner Tube and Telescope" and 0 < len(metadata.tags) <= 4
     starts = [c.start_seconds for c in metadata.chapters]
-    assert starts == sorted(starts) and starts[0] == 0 and starts[-1] < source.duration
+    assert starts == [0.0, source.segments[8].start, source.segments[16].start]
+    assert [c.end_seconds for c in metadata.chapters] == [*starts[1:], source.duration]
+    assert list(metadata.chapters[1].segment_ids) == list(range(8, 16))
+    assert all(c.summary and c.keyphrases for c in metadata.chapters)
     custom = json.loads(metadata.custom_json)
     jsonschema.validate(custom, SCHEMA_BUT_RATING)
     assert "rating" not in custom and "/rating" in metadata.unfilled
@@ -402,6 +463,27 @@ async def test_grpc(stub: metadata_service_pb2_grpc.MetadataServiceStub) -> None
         grpc.StatusCode.INVALID_ARGUMENT,
         "INVALID_OUTPUT_PREFIX",
     )
+    for bounds in (
+        {"min_chapter_duration": duration_message(0.0)},
+        {"min_chapter_duration": duration_message(-5.0)},
+        {"min_chapter_duration": duration_message(7200.0)},
+        {"max_chapter_duration": duration_message(5.0)},  # under the 10 s minimum
+        {"max_chapter_duration": duration_message(-1.0)},
+        {"min_chapters": 0},
+        {"min_chapters": 51},
+    ):
+        assert await status(spec=pipeline_pb2.MetadataSpec(**bounds)) == (  # type: ignore[arg-type]
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_CHAPTER_BOUNDS",
+        ), bounds
+    # Bounds that are fine are honoured over the wire.
+    bounded = metadata_service_pb2.GenerateMetadataRequest()
+    bounded.CopyFrom(request)
+    bounded.spec.CopyFrom(
+        pipeline_pb2.MetadataSpec(max_chapter_duration=duration_message(60.0), min_chapters=1)
+    )
+    split = (await stub.GenerateMetadata(bounded, timeout=30)).metadata.chapters
+    assert len(split) > 3 and all(c.end_seconds - c.start_seconds <= 60.0 for c in split)
 
 
 # --- Gemini through the SDK, recorded responses ------------------------------------------------

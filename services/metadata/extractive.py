@@ -1,18 +1,22 @@
-"""The offline metadata generator: no network, no model, deterministic.
+"""The offline metadata generator: no network, no language model, deterministic.
 
-- keywords: ``keywords.keyphrases`` over the transcript's sentences;
-- tags: the keywords, lower-case, de-duplicated, at most ``max_tags``;
-- summary: the top-ranked sentences (by the keyword weight they carry, a slight preference for
-  early ones, and a penalty for very short or very long ones), restored to their order;
-- title: the file name when it reads like one, else the best short sentence, else the top
-  keyphrases;
-- chapters: ``chapters.find_chapters`` (pauses and topic shifts);
-- description and show notes: assembled from the above.
+- chapters: ``topics.find_topics``: the speech's topic segments (knowledge points), found with
+  sentence embeddings that ship inside a wheel, each with its title, summary and keyphrases;
+- keywords: ``keywords.keyphrases`` over the transcript's sentences (and the on-screen lines);
+- tags: the keywords a person would search for, lower-case, without filler, at most
+  ``max_tags``;
+- title: what the video is about: its topics' titles joined ("Volcanoes, Bread and Honeybees"),
+  or for a one-topic video its two best keyphrases. Never a sentence cut mid-phrase; the file
+  name only when there is nothing to read and it says something (never "IMG_4411");
+- summary: an abstract, the most central sentence of each topic (of the one topic: its two);
+- description: the abstract and the chapter list with times; show notes: the abstract, each
+  chapter with its time, title and summary, and the topics.
 
 The text shown on screen (OCR) is read with the transcript: its lines join the sentences the
-keyphrases are ranked over, so titles, slides and captions weigh in the tags; a video with no
-speech takes its summary and title from them. An empty transcript and no on-screen text
-(silence, music over pictures) still yields metadata, from the file name and media info.
+keyphrases are ranked over, so titles, slides and captions weigh in the tags, and a new line on
+screen is a hint for a topic boundary; a video with no speech takes its summary and title from
+them. An empty transcript and no on-screen text (silence, music over pictures) still yields
+metadata, from the file name and media info.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import math
 import re
 from pathlib import PurePosixPath
 
-from services.metadata.chapters import find_chapters
 from services.metadata.keywords import Keyphrase, keyphrases
 from services.metadata.model import Chapter, Metadata, Source
 from services.metadata.text import (
@@ -29,14 +32,16 @@ from services.metadata.text import (
     clean,
     clock,
     is_content,
+    is_searchable,
     sentences,
     stem,
     title_case,
     words,
 )
+from services.metadata.topics import EMBEDDING_MODEL, Bounds, find_topics
 
 NAME = "extractive"
-MODEL = "extractive-v1"
+MODEL = f"extractive-v2 ({EMBEDDING_MODEL})"
 KEYWORDS = 15
 MAX_TAG_CHARS = 30
 SUMMARY_SENTENCES = 5
@@ -45,6 +50,9 @@ SUMMARY_CHARS = 700
 DIVERSITY = 0.8
 TITLE_MAX_WORDS = 12
 TITLE_MAX_CHARS = 100
+#: A title made of topic names stays within what a video page shows in full.
+TITLE_TOPICS_CHARS = 70
+TITLE_TOPICS = 5
 HEADLINE_WORDS = 9
 _LEADING_FILLERS = {"and", "so", "well", "okay", "ok", "um", "uh", "now", "but", "right", "yeah"}
 DESCRIPTION_CHARS = 1000
@@ -120,20 +128,46 @@ def summarize(found: list[Sentence], ranked: list[Keyphrase]) -> list[Sentence]:
     return [found[i] for i in sorted(chosen)]
 
 
-def _title(source: Source, summary: list[Sentence], ranked: list[Keyphrase]) -> str:
-    from_name = filename_title(source.filename)
-    if from_name:
-        return from_name
-    for sentence in summary:
-        size = len(words(sentence.text))
-        if 3 <= size <= TITLE_MAX_WORDS:
+def join_names(names: list[str]) -> str:
+    """ "A", "A and B", "A, B and C"."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def topic_title(chapters: list[Chapter], ranked: list[Keyphrase]) -> str:
+    """What the speech is about, from its topics' titles (or, for one topic, its keyphrases);
+    "" when it has none. Whole phrases only: a phrase that does not fit is left out, never cut."""
+    names = list(dict.fromkeys(c.title for c in chapters if c.title))
+    if len(names) < 2:
+        names = [title_case(k.phrase) for k in ranked if is_searchable(k.phrase)][:2] or names
+    if not names:
+        return ""
+    if len(names) > TITLE_TOPICS or len(join_names(names)) > TITLE_TOPICS_CHARS:
+        # The longest topics, in the order they come, then "More".
+        spans = {c.title: c.end - c.start for c in chapters}
+        longest = sorted(names, key=lambda n: (-spans.get(n, 0.0), names.index(n)))
+        kept: list[str] = []
+        for name in longest:
+            trial = sorted([*kept, name], key=names.index)
+            if len(kept) < TITLE_TOPICS - 1 and len(join_names([*trial, "More"])) <= (
+                TITLE_TOPICS_CHARS
+            ):
+                kept = trial
+        names = [*kept, "More"] if kept else names[:1]
+    return join_names(names)[:TITLE_MAX_CHARS]
+
+
+def _title(
+    source: Source, chapters: list[Chapter], shown: list[Sentence], ranked: list[Keyphrase]
+) -> str:
+    from_topics = topic_title(chapters, ranked)
+    if from_topics:
+        return from_topics
+    if ranked:  # on-screen text only
+        return topic_title([], ranked)
+    for sentence in shown:
+        if 2 <= len(words(sentence.text)) <= TITLE_MAX_WORDS:
             return headline(sentence.text)
-    if summary:
-        return headline(summary[0].text)
-    if ranked:
-        top = [title_case(k.phrase) for k in ranked[:2]]
-        return " and ".join(top)[:TITLE_MAX_CHARS]
-    return _media_title(source)
+    return filename_title(source.filename) or _media_title(source)
 
 
 def headline(sentence: str) -> str:
@@ -173,7 +207,7 @@ def tags_from(ranked: list[Keyphrase], max_tags: int) -> tuple[str, ...]:
     for keyphrase in ranked:
         tag = keyphrase.phrase.lower().strip()
         key = " ".join(stem(w) for w in tag.split())
-        if not tag or len(tag) > MAX_TAG_CHARS or key in seen:
+        if not tag or len(tag) > MAX_TAG_CHARS or key in seen or not is_searchable(tag):
             continue
         seen.add(key)
         tags.append(tag)
@@ -182,11 +216,19 @@ def tags_from(ranked: list[Keyphrase], max_tags: int) -> tuple[str, ...]:
     return tuple(tags)
 
 
-def show_notes(summary: str, chapters: list[Chapter], keywords: tuple[str, ...]) -> str:
-    lines = [summary] if summary else []
-    if chapters:
+def chapter_list(chapters: list[Chapter]) -> list[str]:
+    """ "00:00 Title" lines, as video pages read chapters (only when there are two or more)."""
+    return [f"{clock(c.start)} {c.title}" for c in chapters] if len(chapters) > 1 else []
+
+
+def show_notes(abstract: str, chapters: list[Chapter], keywords: tuple[str, ...]) -> str:
+    lines = [abstract] if abstract else []
+    if len(chapters) > 1:
         lines += ["", "Chapters:"] if lines else ["Chapters:"]
-        lines += [f"{clock(c.start)} {c.title}" for c in chapters]
+        for chapter in chapters:
+            lines.append(f"{clock(chapter.start)} {chapter.title}")
+            if chapter.summary:
+                lines.append(f"  {chapter.summary}")
     if keywords:
         lines += ["", "Topics: " + ", ".join(keywords)]
     return "\n".join(lines).strip()
@@ -200,25 +242,32 @@ def screen_sentences(source: Source) -> list[Sentence]:
     ]
 
 
-def generate(source: Source, max_tags: int) -> Metadata:
+def generate(source: Source, max_tags: int, bounds: Bounds | None = None) -> Metadata:
     """Metadata for ``source``; a pure function of it."""
     spoken = sentences(source.segments)
     shown = screen_sentences(source)
-    # With speech, the summary is the speech's; the screen's lines only add to the topics.
-    found = spoken or shown
     texts = [s.text for s in spoken] + [s.text for s in shown]
-    ranked = keyphrases(texts, limit=KEYWORDS) if texts else []
-    summary_sentences = summarize(found, ranked)
-    summary = " ".join(s.text for s in summary_sentences)
+    ranked = [k for k in keyphrases(texts, limit=2 * KEYWORDS) if is_searchable(k.phrase)]
+    ranked = ranked[:KEYWORDS]
     keywords = tuple(k.phrase for k in ranked)
     duration = source.duration or (source.segments[-1].end if source.segments else 0.0)
-    chapters = find_chapters(source.segments, duration)
-    title = _title(source, summary_sentences, ranked)
+    topics = find_topics(
+        source.segments,
+        duration,
+        bounds or Bounds(),
+        shot_cuts=source.shot_cuts,
+        screen_starts=[line.start for line in source.on_screen],
+    )
+    chapters = list(topics.chapters)
+    # Without speech, the on-screen lines are what there is to read.
+    summary = topics.abstract if chapters else " ".join(s.text for s in summarize(shown, ranked))
+    title = _title(source, chapters if topics.distinct > 1 else [], shown, ranked)
     if summary:
-        description = summary
-        if not spoken:
-            description = f"On screen: {summary}"
-        if keywords:
+        description = summary if spoken else f"On screen: {summary}"
+        listed = chapter_list(chapters)
+        if listed:
+            description += "\n\n" + "\n".join(listed)
+        elif keywords:
             description += "\n\nTopics: " + ", ".join(keywords[:8]) + "."
     else:
         description = _media_sentence(source)

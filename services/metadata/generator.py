@@ -31,11 +31,15 @@ from services.metadata.model import (
     Source,
 )
 from services.metadata.schema import Filled, fill_schema, parse_schema, validation_error
+from services.metadata.topics import Bounds
 
 log = logging.getLogger(__name__)
 
 ARTIFACT_DIR = "metadata/"
 MAX_TAGS = 100
+#: Bounds of the chapter bounds a spec may ask for.
+MAX_CHAPTER_SECONDS = 3600.0
+MAX_MIN_CHAPTERS = 50
 DEFAULT_MAX_TAGS = 10
 
 
@@ -45,12 +49,49 @@ def metadata_dict(metadata: Metadata) -> dict[str, Any]:
         "description": metadata.description,
         "tags": list(metadata.tags),
         "keywords": list(metadata.keywords),
-        "chapters": [{"start_seconds": c.start, "title": c.title} for c in metadata.chapters],
+        "chapters": [
+            {
+                "start_seconds": c.start,
+                "end_seconds": c.end,
+                "title": c.title,
+                "summary": c.summary,
+                "keyphrases": list(c.keyphrases),
+                "segment_ids": list(c.segment_ids),
+            }
+            for c in metadata.chapters
+        ],
         "summary": metadata.summary,
         "show_notes": metadata.show_notes,
         "engine": metadata.engine,
         "model": metadata.model,
     }
+
+
+def chapter_bounds(options: MetadataOptions) -> Bounds:
+    """The spec's chapter bounds, checked: INVALID_ARGUMENT ``INVALID_CHAPTER_BOUNDS``."""
+    low, high, fewest = (
+        options.min_chapter_seconds,
+        options.max_chapter_seconds,
+        options.min_chapters,
+    )
+    if not 0 < low <= MAX_CHAPTER_SECONDS:
+        raise InvalidArgument(
+            f"min_chapter_duration must be more than 0 s and at most {MAX_CHAPTER_SECONDS:g} s,"
+            f" got {low:g} s",
+            reason="INVALID_CHAPTER_BOUNDS",
+        )
+    if high < 0 or (high and high < low):
+        raise InvalidArgument(
+            f"max_chapter_duration must be unset or at least min_chapter_duration ({low:g} s),"
+            f" got {high:g} s",
+            reason="INVALID_CHAPTER_BOUNDS",
+        )
+    if not 1 <= fewest <= MAX_MIN_CHAPTERS:
+        raise InvalidArgument(
+            f"min_chapters must be between 1 and {MAX_MIN_CHAPTERS}, got {fewest}",
+            reason="INVALID_CHAPTER_BOUNDS",
+        )
+    return Bounds(min_seconds=low, max_seconds=high, min_segments=fewest)
 
 
 def known_values(metadata: Metadata, source: Source) -> dict[str, Any]:
@@ -106,6 +147,7 @@ class MetadataGenerator:
                 f"max_tags must be between 0 and {MAX_TAGS}", reason="INVALID_MAX_TAGS"
             )
         max_tags = options.max_tags or DEFAULT_MAX_TAGS
+        bounds = chapter_bounds(options)
         schema = parse_schema(options.json_schema) if options.json_schema.strip() else None
         engine = self._engine(options.engine)
         if not source.segments and not source.on_screen:
@@ -116,6 +158,7 @@ class MetadataGenerator:
             engine=engine.value,
             model=gemini.model_name if gemini else extractive.MODEL,
             max_tags=max_tags,
+            bounds=dataclasses.asdict(bounds),
             schema=schema,
             prompt=options.prompt,
         )
@@ -131,7 +174,7 @@ class MetadataGenerator:
                     else None
                 )
             else:
-                metadata = await asyncio.to_thread(extractive.generate, source, max_tags)
+                metadata = await asyncio.to_thread(extractive.generate, source, max_tags, bounds)
                 filled = (
                     await asyncio.to_thread(fill_schema, schema, known_values(metadata, source))
                     if schema is not None

@@ -43,6 +43,35 @@ STOPWORDS = frozenset(
 )
 
 
+#: Content words that say nothing on their own: numbers, and the adverbs and verbs a talk is full
+#: of. A tag or a one-word title is never one of them; inside a longer phrase they may stand.
+GENERIC = frozenset(
+    """
+    actually anyhow basically certainly clearly completely definitely especially exactly
+    finally generally honestly hopefully inside instead literally mainly mostly nearly normally
+    obviously outside particularly possibly probably quickly rarely recently seriously simply
+    slowly somehow suddenly totally truly typically usually
+    zero two three four five six seven eight nine ten eleven twelve twenty thirty forty fifty
+    hundred hundreds thousand thousands million millions billion second third
+    ask asks asked keep keeps kept come comes came put puts look looks looked find finds found
+    tell tells told
+    call calls called try tries tried start starts started happen happens happened mean means
+    meant talk talks talked show shows showed turn turns turned begin began help helps helped
+    become becomes became bring brings brought move moves moved allow allows allowed
+    people person time times year years day days part parts bit example point fact case
+    place week weeks minute minutes hour hours everybody matter
+    """.split()  # noqa: SIM905 (a word list reads better as text)
+)
+
+
+def is_searchable(phrase: str) -> bool:
+    """A phrase a person would search for: content words only, not made of generic ones."""
+    parts = words(phrase)
+    return (
+        bool(parts) and all(is_content(w) for w in parts) and not all(w in GENERIC for w in parts)
+    )
+
+
 def words(text: str) -> list[str]:
     """Lower-case word tokens (apostrophes kept inside words)."""
     return [w.replace("\u2019", "'") for w in _WORD.findall(text.lower())]
@@ -73,6 +102,8 @@ class Sentence:
     start: float
     end: float
     text: str
+    #: The transcript segments it has words from (their ids), in order.
+    segment_ids: tuple[int, ...] = ()
 
 
 def sentences(segments: tuple[TimedText, ...]) -> list[Sentence]:
@@ -80,11 +111,12 @@ def sentences(segments: tuple[TimedText, ...]) -> list[Sentence]:
     of the one it ends in. Unpunctuated transcripts fall back to one sentence per segment."""
     if not any(_SENTENCE_END.search(s.text.strip() + " ") for s in segments):
         return [
-            Sentence(i, s.start, s.end, clean(s.text))
+            Sentence(i, s.start, s.end, clean(s.text), (s.id,))
             for i, s in enumerate(x for x in segments if clean(x.text))
         ]
     found: list[Sentence] = []
     pending: list[str] = []
+    ids: list[int] = []
     pending_start = 0.0
     for segment in segments:
         pieces = _SENTENCE_END.split(clean(segment.text) + " ")
@@ -95,12 +127,16 @@ def sentences(segments: tuple[TimedText, ...]) -> list[Sentence]:
                 if not pending:
                     pending_start = segment.start
                 pending.append(piece)
+                if not ids or ids[-1] != segment.id:
+                    ids.append(segment.id)
             if closes and pending:
-                found.append(Sentence(len(found), pending_start, segment.end, " ".join(pending)))
-                pending = []
+                found.append(
+                    Sentence(len(found), pending_start, segment.end, " ".join(pending), tuple(ids))
+                )
+                pending, ids = [], []
     if pending:
         end = segments[-1].end if segments else pending_start
-        found.append(Sentence(len(found), pending_start, end, " ".join(pending)))
+        found.append(Sentence(len(found), pending_start, end, " ".join(pending), tuple(ids)))
     return found
 
 

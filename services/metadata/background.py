@@ -1,0 +1,48 @@
+"""A fixed sample of ordinary sentences on unrelated subjects, for the direction every e5 sentence
+vector shares (``topics`` takes it away, so that what is left sets one sentence apart from
+another). None is about a subject of the test talks; they were written for this list."""
+
+from __future__ import annotations
+
+SENTENCES: tuple[str, ...] = (
+    "The train to the coast leaves every hour from the main station.",
+    "She painted the kitchen walls a pale shade of green last weekend.",
+    "Our team meets on Monday mornings to plan the week ahead.",
+    "The museum opened a new wing for modern sculpture.",
+    "He forgot his umbrella and walked home in the rain.",
+    "The recipe calls for two cups of rice and a pinch of saffron.",
+    "Tickets for the concert sold out within ten minutes.",
+    "The river floods the lower fields almost every spring.",
+    "Please send the signed contract back by Friday afternoon.",
+    "The library extended its opening hours during the exam period.",
+    "A new bridge will connect the two halves of the old town.",
+    "The goalkeeper saved a penalty in the last minute of the match.",
+    "Most of the village still heats its houses with wood.",
+    "The software update fixes a bug in the printing dialog.",
+    "My grandmother grew tomatoes and beans behind her house.",
+    "The hotel offers a free breakfast to guests who book early.",
+    "Astronomers observed a comet passing close to the sun.",
+    "The committee postponed its decision until the next meeting.",
+    "A strong wind knocked over several trees in the park.",
+    "The violinist practised the same passage for an hour.",
+    "Interest rates rose for the third time this year.",
+    "The children built a sandcastle with towers and a moat.",
+    "The doctor recommended more sleep and less coffee.",
+    "Workers repaired the road surface overnight.",
+    "The film tells the story of a lighthouse keeper and his daughter.",
+    "Farmers harvested the grapes earlier than usual because of the heat.",
+    "The shop on the corner sells newspapers, sweets and stamps.",
+    "The lawyer asked the witness to describe what she had seen.",
+    "A flock of geese flew south over the lake.",
+    "The students presented their projects to the whole school.",
+    "The airline cancelled flights because of the storm.",
+    "He learned to knit from videos and made a scarf for his brother.",
+    "The city council approved a plan for more cycle lanes.",
+    "The old clock in the hall stopped at a quarter past three.",
+    "The mountain hut has beds for twenty walkers.",
+    "The price of coffee beans doubled after a poor harvest.",
+    "Volunteers cleaned the beach and collected bags of plastic.",
+    "The detective found a letter hidden inside a book.",
+    "The orchestra will tour five countries next summer.",
+    "A good night's sleep improves memory and concentration.",
+)
