@@ -227,6 +227,7 @@ class Job(_message.Message):
     ON_SCREEN_TEXT_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     BATCH_ID_FIELD_NUMBER: _builtins.int
+    CLIPS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. Server-assigned id."""
     video_id: _builtins.str
@@ -316,6 +317,12 @@ class Job(_message.Message):
         its entries.
         """
 
+    @_builtins.property
+    def clips(self) -> _containers.RepeatedCompositeFieldContainer[_media_pb2.Clip]:
+        """Output only. The clips the clips stage cut (their files are among the
+        artifacts).
+        """
+
     def __init__(
         self,
         *,
@@ -344,10 +351,11 @@ class Job(_message.Message):
         on_screen_text: _vision_pb2.OnScreenText | None = ...,
         priority: _builtins.int = ...,
         batch_id: _builtins.str = ...,
+        clips: _abc.Iterable[_media_pb2.Clip] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "estimated_start_time", b"estimated_start_time", "media_info", b"media_info", "metadata", b"metadata", "on_screen_text", b"on_screen_text", "scenes", b"scenes", "spec", b"spec", "start_time", b"start_time", "transcript", b"transcript", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "batch_id", b"batch_id", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "estimated_start_time", b"estimated_start_time", "id", b"id", "labels", b"labels", "last_event_sequence", b"last_event_sequence", "media_info", b"media_info", "metadata", b"metadata", "on_screen_text", b"on_screen_text", "priority", b"priority", "queue_position", b"queue_position", "request_id", b"request_id", "scenes", b"scenes", "source_url", b"source_url", "spec", b"spec", "stages", b"stages", "start_time", b"start_time", "state", b"state", "transcript", b"transcript", "update_time", b"update_time", "video_id", b"video_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "batch_id", b"batch_id", "clips", b"clips", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "estimated_start_time", b"estimated_start_time", "id", b"id", "labels", b"labels", "last_event_sequence", b"last_event_sequence", "media_info", b"media_info", "metadata", b"metadata", "on_screen_text", b"on_screen_text", "priority", b"priority", "queue_position", b"queue_position", "request_id", b"request_id", "scenes", b"scenes", "source_url", b"source_url", "spec", b"spec", "stages", b"stages", "start_time", b"start_time", "state", b"state", "transcript", b"transcript", "update_time", b"update_time", "video_id", b"video_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -50,6 +50,8 @@ class _ArtifactKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Artifact
     ARTIFACT_KIND_SCENES_JSON: _ArtifactKind.ValueType  # 19
     ARTIFACT_KIND_OCR_JSON: _ArtifactKind.ValueType  # 20
     ARTIFACT_KIND_OCR_VTT: _ArtifactKind.ValueType  # 21
+    ARTIFACT_KIND_CLIP_POSTER: _ArtifactKind.ValueType  # 22
+    ARTIFACT_KIND_CLIP_VTT: _ArtifactKind.ValueType  # 23
 
 class ArtifactKind(_ArtifactKind, metaclass=_ArtifactKindEnumTypeWrapper):
     """Kinds of artifacts a job produces."""
@@ -76,6 +78,8 @@ ARTIFACT_KIND_CUSTOM_METADATA_JSON: ArtifactKind.ValueType  # 18
 ARTIFACT_KIND_SCENES_JSON: ArtifactKind.ValueType  # 19
 ARTIFACT_KIND_OCR_JSON: ArtifactKind.ValueType  # 20
 ARTIFACT_KIND_OCR_VTT: ArtifactKind.ValueType  # 21
+ARTIFACT_KIND_CLIP_POSTER: ArtifactKind.ValueType  # 22
+ARTIFACT_KIND_CLIP_VTT: ArtifactKind.ValueType  # 23
 Global___ArtifactKind: _TypeAlias = ArtifactKind  # noqa: Y015
 
 @_typing.final
@@ -537,12 +541,17 @@ class Chapter(_message.Message):
     SUMMARY_FIELD_NUMBER: _builtins.int
     KEYPHRASES_FIELD_NUMBER: _builtins.int
     SEGMENT_IDS_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
     start_seconds: _builtins.float
     title: _builtins.str
     end_seconds: _builtins.float
     """Where the topic ends (the next chapter's start, or the end of the speech)."""
     summary: _builtins.str
     """One or two sentences of what is said in it."""
+    id: _builtins.str
+    """Its knowledge id: the caller's (MetadataSpec.knowledge_points), else
+    "chapter-N" (1-based).
+    """
     @_builtins.property
     def keyphrases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The phrases that characterise it, best first."""
@@ -560,14 +569,76 @@ class Chapter(_message.Message):
         summary: _builtins.str = ...,
         keyphrases: _abc.Iterable[_builtins.str] | None = ...,
         segment_ids: _abc.Iterable[_builtins.int] | None = ...,
+        id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_seconds", b"end_seconds", "keyphrases", b"keyphrases", "segment_ids", b"segment_ids", "start_seconds", b"start_seconds", "summary", b"summary", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_seconds", b"end_seconds", "id", b"id", "keyphrases", b"keyphrases", "segment_ids", b"segment_ids", "start_seconds", b"start_seconds", "summary", b"summary", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Chapter: _TypeAlias = Chapter  # noqa: Y015
+
+@_typing.final
+class Clip(_message.Message):
+    """A clip the clips stage cut."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    KNOWLEDGE_ID_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    START_SECONDS_FIELD_NUMBER: _builtins.int
+    END_SECONDS_FIELD_NUMBER: _builtins.int
+    CUT_START_SECONDS_FIELD_NUMBER: _builtins.int
+    CUT_END_SECONDS_FIELD_NUMBER: _builtins.int
+    VIDEO_FIELD_NUMBER: _builtins.int
+    POSTER_FIELD_NUMBER: _builtins.int
+    CAPTIONS_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """0-based, in the order they were asked for (chapters first, then ranges)."""
+    knowledge_id: _builtins.str
+    """The chapter's id, or the range's knowledge_id."""
+    title: _builtins.str
+    description: _builtins.str
+    start_seconds: _builtins.float
+    """The range asked for (after padding to sentences, when asked)."""
+    end_seconds: _builtins.float
+    cut_start_seconds: _builtins.float
+    """The range cut: a keyframe cut starts at the keyframe at or before
+    start_seconds.
+    """
+    cut_end_seconds: _builtins.float
+    video: _builtins.str
+    """Names of its artifacts (Job.artifacts): the video, a poster, and its
+    slice of the transcript as WebVTT with times from 0 (empty without a
+    transcript).
+    """
+    poster: _builtins.str
+    captions: _builtins.str
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        knowledge_id: _builtins.str = ...,
+        title: _builtins.str = ...,
+        description: _builtins.str = ...,
+        start_seconds: _builtins.float = ...,
+        end_seconds: _builtins.float = ...,
+        cut_start_seconds: _builtins.float = ...,
+        cut_end_seconds: _builtins.float = ...,
+        video: _builtins.str = ...,
+        poster: _builtins.str = ...,
+        captions: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["captions", b"captions", "cut_end_seconds", b"cut_end_seconds", "cut_start_seconds", b"cut_start_seconds", "description", b"description", "end_seconds", b"end_seconds", "index", b"index", "knowledge_id", b"knowledge_id", "poster", b"poster", "start_seconds", b"start_seconds", "title", b"title", "video", b"video"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Clip: _TypeAlias = Clip  # noqa: Y015
 
 @_typing.final
 class VideoMetadata(_message.Message):
@@ -597,7 +668,9 @@ class VideoMetadata(_message.Message):
     model: _builtins.str
     custom_json_complete: _builtins.bool
     """Whether custom_json validates against the caller's schema: false when a
-    required field is among the unfilled ones.
+    required field is among the unfilled ones. (A required field the content
+    does not give is written as the schema's default, or null where allowed,
+    and listed in unfilled too.)
     """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...

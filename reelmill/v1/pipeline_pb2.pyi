@@ -39,6 +39,42 @@ CLIP_CONTAINER_MP4: ClipContainer.ValueType  # 1
 CLIP_CONTAINER_WEBM: ClipContainer.ValueType  # 2
 Global___ClipContainer: _TypeAlias = ClipContainer  # noqa: Y015
 
+class _OverlapPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OverlapPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OverlapPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OVERLAP_POLICY_UNSPECIFIED: _OverlapPolicy.ValueType  # 0
+    """Refuse overlapping knowledge points (INVALID_ARGUMENT
+    KNOWLEDGE_POINTS_OVERLAP, naming both).
+    """
+    OVERLAP_POLICY_MERGE: _OverlapPolicy.ValueType  # 1
+    """Merge overlapping ones into one (ids and titles joined with " + ")."""
+    OVERLAP_POLICY_TRIM: _OverlapPolicy.ValueType  # 2
+    """Trim each to start where the one before it ends (one left empty is
+    refused).
+    """
+    OVERLAP_POLICY_ALLOW: _OverlapPolicy.ValueType  # 3
+    """Keep them as given: their chapters and clips overlap."""
+
+class OverlapPolicy(_OverlapPolicy, metaclass=_OverlapPolicyEnumTypeWrapper):
+    """How the caller's knowledge points may overlap."""
+
+OVERLAP_POLICY_UNSPECIFIED: OverlapPolicy.ValueType  # 0
+"""Refuse overlapping knowledge points (INVALID_ARGUMENT
+KNOWLEDGE_POINTS_OVERLAP, naming both).
+"""
+OVERLAP_POLICY_MERGE: OverlapPolicy.ValueType  # 1
+"""Merge overlapping ones into one (ids and titles joined with " + ")."""
+OVERLAP_POLICY_TRIM: OverlapPolicy.ValueType  # 2
+"""Trim each to start where the one before it ends (one left empty is
+refused).
+"""
+OVERLAP_POLICY_ALLOW: OverlapPolicy.ValueType  # 3
+"""Keep them as given: their chapters and clips overlap."""
+Global___OverlapPolicy: _TypeAlias = OverlapPolicy  # noqa: Y015
+
 class _TranscribeEngine:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -121,6 +157,7 @@ class PipelineSpec(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     SCENES_FIELD_NUMBER: _builtins.int
     OCR_FIELD_NUMBER: _builtins.int
+    CLIPS_FIELD_NUMBER: _builtins.int
     REUSE_FIELD_NUMBER: _builtins.int
     reuse: _builtins.bool
     """Reuse finished work, default true: a stage whose inputs (the source's
@@ -140,6 +177,8 @@ class PipelineSpec(_message.Message):
     def scenes(self) -> Global___ScenesSpec: ...
     @_builtins.property
     def ocr(self) -> Global___OcrSpec: ...
+    @_builtins.property
+    def clips(self) -> Global___ClipsSpec: ...
     def __init__(
         self,
         *,
@@ -149,11 +188,12 @@ class PipelineSpec(_message.Message):
         metadata: Global___MetadataSpec | None = ...,
         scenes: Global___ScenesSpec | None = ...,
         ocr: Global___OcrSpec | None = ...,
+        clips: Global___ClipsSpec | None = ...,
         reuse: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_reuse", b"_reuse", "audio", b"audio", "metadata", b"metadata", "ocr", b"ocr", "reuse", b"reuse", "scenes", b"scenes", "transcode", b"transcode", "transcribe", b"transcribe"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_reuse", b"_reuse", "audio", b"audio", "clips", b"clips", "metadata", b"metadata", "ocr", b"ocr", "reuse", b"reuse", "scenes", b"scenes", "transcode", b"transcode", "transcribe", b"transcribe"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_reuse", b"_reuse", "audio", b"audio", "metadata", b"metadata", "ocr", b"ocr", "reuse", b"reuse", "scenes", b"scenes", "transcode", b"transcode", "transcribe", b"transcribe"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_reuse", b"_reuse", "audio", b"audio", "clips", b"clips", "metadata", b"metadata", "ocr", b"ocr", "reuse", b"reuse", "scenes", b"scenes", "transcode", b"transcode", "transcribe", b"transcribe"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__reuse: _TypeAlias = _typing.Literal["reuse"]  # noqa: Y015
     _WhichOneofArgType__reuse: _TypeAlias = _typing.Literal["_reuse", b"_reuse"]  # noqa: Y015
@@ -206,12 +246,21 @@ class ClipSpec(_message.Message):
     END_FIELD_NUMBER: _builtins.int
     CONTAINER_FIELD_NUMBER: _builtins.int
     FRAME_ACCURATE_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    KNOWLEDGE_ID_FIELD_NUMBER: _builtins.int
     container: Global___ClipContainer.ValueType
     """Default MP4."""
     frame_accurate: _builtins.bool
     """Re-encode so the clip starts and ends on the exact frames asked for;
     otherwise the cut snaps to keyframes and copies the streams (fast).
     """
+    title: _builtins.str
+    """What the clip is, carried to its Clip (the clips stage): a title, a
+    description and the caller's knowledge id. Optional.
+    """
+    description: _builtins.str
+    knowledge_id: _builtins.str
     @_builtins.property
     def start(self) -> _duration_pb2.Duration: ...
     @_builtins.property
@@ -223,14 +272,173 @@ class ClipSpec(_message.Message):
         end: _duration_pb2.Duration | None = ...,
         container: Global___ClipContainer.ValueType = ...,
         frame_accurate: _builtins.bool = ...,
+        title: _builtins.str = ...,
+        description: _builtins.str = ...,
+        knowledge_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "end", b"end", "frame_accurate", b"frame_accurate", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "description", b"description", "end", b"end", "frame_accurate", b"frame_accurate", "knowledge_id", b"knowledge_id", "start", b"start", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ClipSpec: _TypeAlias = ClipSpec  # noqa: Y015
+
+@_typing.final
+class ClipsSpec(_message.Message):
+    """What the clips stage cuts. It runs after metadata, so it can cut the
+    chapters, and cuts from the source: it needs no ladder, and a job that only
+    wants clips (transcode disabled) encodes none. No clip is cut unless asked.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BY_CHAPTERS_FIELD_NUMBER: _builtins.int
+    RANGES_FIELD_NUMBER: _builtins.int
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    FRAME_ACCURATE_FIELD_NUMBER: _builtins.int
+    PAD_TO_SENTENCES_FIELD_NUMBER: _builtins.int
+    by_chapters: _builtins.bool
+    """One clip per chapter: the topic segments found in the speech, or the
+    caller's knowledge points (MetadataSpec.knowledge_points). Each clip takes
+    its chapter's title, summary (as description) and id.
+    """
+    container: Global___ClipContainer.ValueType
+    """Container and accuracy of the chapter clips; default MP4, cut at
+    keyframes with the streams copied.
+    """
+    frame_accurate: _builtins.bool
+    pad_to_sentences: _builtins.bool
+    """Widen each clip to the sentences around its ends: its start moves back to
+    the start of the sentence being spoken there, its end on to that
+    sentence's end (never past the source's ends).
+    """
+    @_builtins.property
+    def ranges(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClipSpec]:
+        """Clips by time range, each with its own container and accuracy.
+        TranscodeSpec.clips are cut here too (after these), for callers from
+        before this stage.
+        """
+
+    def __init__(
+        self,
+        *,
+        by_chapters: _builtins.bool = ...,
+        ranges: _abc.Iterable[Global___ClipSpec] | None = ...,
+        container: Global___ClipContainer.ValueType = ...,
+        frame_accurate: _builtins.bool = ...,
+        pad_to_sentences: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_chapters", b"by_chapters", "container", b"container", "frame_accurate", b"frame_accurate", "pad_to_sentences", b"pad_to_sentences", "ranges", b"ranges"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClipsSpec: _TypeAlias = ClipsSpec  # noqa: Y015
+
+@_typing.final
+class SegmentSpan(_message.Message):
+    """A span of a timed transcript, by segment ids (Segment.id), both inclusive."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIRST_SEGMENT_ID_FIELD_NUMBER: _builtins.int
+    LAST_SEGMENT_ID_FIELD_NUMBER: _builtins.int
+    first_segment_id: _builtins.int
+    last_segment_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        first_segment_id: _builtins.int = ...,
+        last_segment_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_segment_id", b"first_segment_id", "last_segment_id", b"last_segment_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SegmentSpan: _TypeAlias = SegmentSpan  # noqa: Y015
+
+@_typing.final
+class KnowledgePoint(_message.Message):
+    """A knowledge point the caller names (seed 002): the job's chapters, and the
+    clips cut by chapter, are these instead of the topics found in the speech.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    RANGE_FIELD_NUMBER: _builtins.int
+    SEGMENTS_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Required, unique in the request: 1 to 64 of A-Z a-z 0-9 . _ -."""
+    title: _builtins.str
+    """Empty: the chapter's title is found from what is said in it."""
+    query: _builtins.str
+    """Text matched against the transcript: the span of the sentences that
+    best match it (every word of the query, in order, wins; else the most
+    similar in meaning). A query that matches nothing is refused.
+    """
+    description: _builtins.str
+    """Optional; empty: the summary of what is said in it."""
+    @_builtins.property
+    def range(self) -> Global___TimeRange:
+        """A time range of the video; end after start, inside the duration."""
+
+    @_builtins.property
+    def segments(self) -> Global___SegmentSpan:
+        """Transcript segments."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        title: _builtins.str = ...,
+        range: Global___TimeRange | None = ...,
+        segments: Global___SegmentSpan | None = ...,
+        query: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["query", b"query", "range", b"range", "segments", b"segments", "span", b"span"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "id", b"id", "query", b"query", "range", b"range", "segments", b"segments", "span", b"span", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_span: _TypeAlias = _typing.Literal["range", "segments", "query"]  # noqa: Y015
+    _WhichOneofArgType_span: _TypeAlias = _typing.Literal["span", b"span"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_span) -> _WhichOneofReturnType_span | None: ...
+
+Global___KnowledgePoint: _TypeAlias = KnowledgePoint  # noqa: Y015
+
+@_typing.final
+class TimeRange(_message.Message):
+    """A range of a video's time line."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def start(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def end(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        start: _duration_pb2.Duration | None = ...,
+        end: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimeRange: _TypeAlias = TimeRange  # noqa: Y015
 
 @_typing.final
 class ThumbnailSpec(_message.Message):
@@ -464,6 +672,8 @@ class MetadataSpec(_message.Message):
     MIN_CHAPTER_DURATION_FIELD_NUMBER: _builtins.int
     MAX_CHAPTER_DURATION_FIELD_NUMBER: _builtins.int
     MIN_CHAPTERS_FIELD_NUMBER: _builtins.int
+    KNOWLEDGE_POINTS_FIELD_NUMBER: _builtins.int
+    OVERLAP_POLICY_FIELD_NUMBER: _builtins.int
     disabled: _builtins.bool
     engine: Global___MetadataEngine.ValueType
     max_tags: _builtins.int
@@ -479,6 +689,7 @@ class MetadataSpec(_message.Message):
     min_chapter_duration; default 3 (YouTube shows chapters from three on).
     Fewer topics than this are split at their next deepest shifts.
     """
+    overlap_policy: Global___OverlapPolicy.ValueType
     @_builtins.property
     def min_chapter_duration(self) -> _duration_pb2.Duration:
         """Shortest topic segment (chapter); default 10 s (YouTube's shortest chapter)."""
@@ -487,6 +698,13 @@ class MetadataSpec(_message.Message):
     def max_chapter_duration(self) -> _duration_pb2.Duration:
         """Longest topic segment: a longer one is split at its deepest topic shift;
         default unbounded.
+        """
+
+    @_builtins.property
+    def knowledge_points(self) -> _containers.RepeatedCompositeFieldContainer[Global___KnowledgePoint]:
+        """The caller's knowledge points: the chapters are these (mapped to time
+        ranges, validated, ordered), not the topics found. Bounds above do not
+        apply to them. At most 500.
         """
 
     def __init__(
@@ -500,10 +718,12 @@ class MetadataSpec(_message.Message):
         min_chapter_duration: _duration_pb2.Duration | None = ...,
         max_chapter_duration: _duration_pb2.Duration | None = ...,
         min_chapters: _builtins.int | None = ...,
+        knowledge_points: _abc.Iterable[Global___KnowledgePoint] | None = ...,
+        overlap_policy: Global___OverlapPolicy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_min_chapters", b"_min_chapters", "max_chapter_duration", b"max_chapter_duration", "min_chapter_duration", b"min_chapter_duration", "min_chapters", b"min_chapters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_chapters", b"_min_chapters", "disabled", b"disabled", "engine", b"engine", "json_schema", b"json_schema", "max_chapter_duration", b"max_chapter_duration", "max_tags", b"max_tags", "min_chapter_duration", b"min_chapter_duration", "min_chapters", b"min_chapters", "prompt", b"prompt"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_chapters", b"_min_chapters", "disabled", b"disabled", "engine", b"engine", "json_schema", b"json_schema", "knowledge_points", b"knowledge_points", "max_chapter_duration", b"max_chapter_duration", "max_tags", b"max_tags", "min_chapter_duration", b"min_chapter_duration", "min_chapters", b"min_chapters", "overlap_policy", b"overlap_policy", "prompt", b"prompt"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__min_chapters: _TypeAlias = _typing.Literal["min_chapters"]  # noqa: Y015
     _WhichOneofArgType__min_chapters: _TypeAlias = _typing.Literal["_min_chapters", b"_min_chapters"]  # noqa: Y015

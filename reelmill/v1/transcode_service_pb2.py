@@ -28,31 +28,39 @@ from reelmill.v1 import pipeline_pb2 as reelmill_dot_v1_dot_pipeline__pb2
 from reelmill.v1 import vision_pb2 as reelmill_dot_v1_dot_vision__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#reelmill/v1/transcode_service.proto\x12\x0breelmill.v1\x1a\x17reelmill/v1/media.proto\x1a\x1areelmill/v1/pipeline.proto\x1a\x18reelmill/v1/vision.proto\"\xcc\x01\n\x10TranscodeRequest\x12&\n\x06source\x18\x01 \x01(\x0b\x32\x16.reelmill.v1.ObjectRef\x12*\n\nmedia_info\x18\x02 \x01(\x0b\x32\x16.reelmill.v1.MediaInfo\x12(\n\x04spec\x18\x03 \x01(\x0b\x32\x1a.reelmill.v1.TranscodeSpec\x12\x15\n\routput_prefix\x18\x04 \x01(\t\x12#\n\x06scenes\x18\x05 \x01(\x0b\x32\x13.reelmill.v1.Scenes\";\n\x0fTranscodeResult\x12(\n\tartifacts\x18\x01 \x03(\x0b\x32\x15.reelmill.v1.Artifact\"x\n\x11TranscodeResponse\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.reelmill.v1.ProgressH\x00\x12.\n\x06result\x18\x02 \x01(\x0b\x32\x1c.reelmill.v1.TranscodeResultH\x00\x42\x08\n\x06update\"\xa6\x01\n\x13\x45xtractAudioRequest\x12&\n\x06source\x18\x01 \x01(\x0b\x32\x16.reelmill.v1.ObjectRef\x12*\n\nmedia_info\x18\x02 \x01(\x0b\x32\x16.reelmill.v1.MediaInfo\x12$\n\x04spec\x18\x03 \x01(\x0b\x32\x16.reelmill.v1.AudioSpec\x12\x15\n\routput_prefix\x18\x04 \x01(\t\">\n\x12\x45xtractAudioResult\x12(\n\tartifacts\x18\x01 \x03(\x0b\x32\x15.reelmill.v1.Artifact\"~\n\x14\x45xtractAudioResponse\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.reelmill.v1.ProgressH\x00\x12\x31\n\x06result\x18\x02 \x01(\x0b\x32\x1f.reelmill.v1.ExtractAudioResultH\x00\x42\x08\n\x06update\"\xd0\x01\n\x14\x45xtractStillsRequest\x12&\n\x06source\x18\x01 \x01(\x0b\x32\x16.reelmill.v1.ObjectRef\x12*\n\nmedia_info\x18\x02 \x01(\x0b\x32\x16.reelmill.v1.MediaInfo\x12(\n\x04spec\x18\x03 \x01(\x0b\x32\x1a.reelmill.v1.ThumbnailSpec\x12#\n\x06scenes\x18\x04 \x01(\x0b\x32\x13.reelmill.v1.Scenes\x12\x15\n\routput_prefix\x18\x05 \x01(\t\"?\n\x13\x45xtractStillsResult\x12(\n\tartifacts\x18\x01 \x03(\x0b\x32\x15.reelmill.v1.Artifact\"\x80\x01\n\x15\x45xtractStillsResponse\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.reelmill.v1.ProgressH\x00\x12\x32\n\x06result\x18\x02 \x01(\x0b\x32 .reelmill.v1.ExtractStillsResultH\x00\x42\x08\n\x06update2\x91\x02\n\x10TranscodeService\x12L\n\tTranscode\x12\x1d.reelmill.v1.TranscodeRequest\x1a\x1e.reelmill.v1.TranscodeResponse0\x01\x12U\n\x0c\x45xtractAudio\x12 .reelmill.v1.ExtractAudioRequest\x1a!.reelmill.v1.ExtractAudioResponse0\x01\x12X\n\rExtractStills\x12!.reelmill.v1.ExtractStillsRequest\x1a\".reelmill.v1.ExtractStillsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#reelmill/v1/transcode_service.proto\x12\x0breelmill.v1\x1a\x17reelmill/v1/media.proto\x1a\x1areelmill/v1/pipeline.proto\x1a\x18reelmill/v1/vision.proto\"@\n\x0b\x43lipRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.reelmill.v1.ClipSpec\x12\x0c\n\x04name\x18\x02 \x01(\t\"\xd2\x01\n\x0f\x43utClipsRequest\x12&\n\x06source\x18\x01 \x01(\x0b\x32\x16.reelmill.v1.ObjectRef\x12*\n\nmedia_info\x18\x02 \x01(\x0b\x32\x16.reelmill.v1.MediaInfo\x12\'\n\x05\x63lips\x18\x03 \x03(\x0b\x32\x18.reelmill.v1.ClipRequest\x12+\n\ntranscript\x18\x04 \x01(\x0b\x32\x17.reelmill.v1.Transcript\x12\x15\n\routput_prefix\x18\x05 \x01(\t\"\\\n\x0e\x43utClipsResult\x12 \n\x05\x63lips\x18\x01 \x03(\x0b\x32\x11.reelmill.v1.Clip\x12(\n\tartifacts\x18\x02 \x03(\x0b\x32\x15.reelmill.v1.Artifact\"v\n\x10\x43utClipsResponse\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.reelmill.v1.ProgressH\x00\x12-\n\x06result\x18\x02 \x01(\x0b\x32\x1b.reelmill.v1.CutClipsResultH\x00\x42\x08\n\x06update\"\xcc\x01\n\x10TranscodeRequest\x12&\n\x06source\x18\x01 \x01(\x0b\x32\x16.reelmill.v1.ObjectRef\x12*\n\nmedia_info\x18\x02 \x01(\x0b\x32\x16.reelmill.v1.MediaInfo\x12(\n\x04spec\x18\x03 \x01(\x0b\x32\x1a.reelmill.v1.TranscodeSpec\x12\x15\n\routput_prefix\x18\x04 \x01(\t\x12#\n\x06scenes\x18\x05 \x01(\x0b\x32\x13.reelmill.v1.Scenes\";\n\x0fTranscodeResult\x12(\n\tartifacts\x18\x01 \x03(\x0b\x32\x15.reelmill.v1.Artifact\"x\n\x11TranscodeResponse\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.reelmill.v1.ProgressH\x00\x12.\n\x06result\x18\x02 \x01(\x0b\x32\x1c.reelmill.v1.TranscodeResultH\x00\x42\x08\n\x06update\"\xa6\x01\n\x13\x45xtractAudioRequest\x12&\n\x06source\x18\x01 \x01(\x0b\x32\x16.reelmill.v1.ObjectRef\x12*\n\nmedia_info\x18\x02 \x01(\x0b\x32\x16.reelmill.v1.MediaInfo\x12$\n\x04spec\x18\x03 \x01(\x0b\x32\x16.reelmill.v1.AudioSpec\x12\x15\n\routput_prefix\x18\x04 \x01(\t\">\n\x12\x45xtractAudioResult\x12(\n\tartifacts\x18\x01 \x03(\x0b\x32\x15.reelmill.v1.Artifact\"~\n\x14\x45xtractAudioResponse\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.reelmill.v1.ProgressH\x00\x12\x31\n\x06result\x18\x02 \x01(\x0b\x32\x1f.reelmill.v1.ExtractAudioResultH\x00\x42\x08\n\x06update\"\xd0\x01\n\x14\x45xtractStillsRequest\x12&\n\x06source\x18\x01 \x01(\x0b\x32\x16.reelmill.v1.ObjectRef\x12*\n\nmedia_info\x18\x02 \x01(\x0b\x32\x16.reelmill.v1.MediaInfo\x12(\n\x04spec\x18\x03 \x01(\x0b\x32\x1a.reelmill.v1.ThumbnailSpec\x12#\n\x06scenes\x18\x04 \x01(\x0b\x32\x13.reelmill.v1.Scenes\x12\x15\n\routput_prefix\x18\x05 \x01(\t\"?\n\x13\x45xtractStillsResult\x12(\n\tartifacts\x18\x01 \x03(\x0b\x32\x15.reelmill.v1.Artifact\"\x80\x01\n\x15\x45xtractStillsResponse\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.reelmill.v1.ProgressH\x00\x12\x32\n\x06result\x18\x02 \x01(\x0b\x32 .reelmill.v1.ExtractStillsResultH\x00\x42\x08\n\x06update2\xdc\x02\n\x10TranscodeService\x12L\n\tTranscode\x12\x1d.reelmill.v1.TranscodeRequest\x1a\x1e.reelmill.v1.TranscodeResponse0\x01\x12U\n\x0c\x45xtractAudio\x12 .reelmill.v1.ExtractAudioRequest\x1a!.reelmill.v1.ExtractAudioResponse0\x01\x12X\n\rExtractStills\x12!.reelmill.v1.ExtractStillsRequest\x1a\".reelmill.v1.ExtractStillsResponse0\x01\x12I\n\x08\x43utClips\x12\x1c.reelmill.v1.CutClipsRequest\x1a\x1d.reelmill.v1.CutClipsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'reelmill.v1.transcode_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRANSCODEREQUEST']._serialized_start=132
-  _globals['_TRANSCODEREQUEST']._serialized_end=336
-  _globals['_TRANSCODERESULT']._serialized_start=338
-  _globals['_TRANSCODERESULT']._serialized_end=397
-  _globals['_TRANSCODERESPONSE']._serialized_start=399
-  _globals['_TRANSCODERESPONSE']._serialized_end=519
-  _globals['_EXTRACTAUDIOREQUEST']._serialized_start=522
-  _globals['_EXTRACTAUDIOREQUEST']._serialized_end=688
-  _globals['_EXTRACTAUDIORESULT']._serialized_start=690
-  _globals['_EXTRACTAUDIORESULT']._serialized_end=752
-  _globals['_EXTRACTAUDIORESPONSE']._serialized_start=754
-  _globals['_EXTRACTAUDIORESPONSE']._serialized_end=880
-  _globals['_EXTRACTSTILLSREQUEST']._serialized_start=883
-  _globals['_EXTRACTSTILLSREQUEST']._serialized_end=1091
-  _globals['_EXTRACTSTILLSRESULT']._serialized_start=1093
-  _globals['_EXTRACTSTILLSRESULT']._serialized_end=1156
-  _globals['_EXTRACTSTILLSRESPONSE']._serialized_start=1159
-  _globals['_EXTRACTSTILLSRESPONSE']._serialized_end=1287
-  _globals['_TRANSCODESERVICE']._serialized_start=1290
-  _globals['_TRANSCODESERVICE']._serialized_end=1563
+  _globals['_CLIPREQUEST']._serialized_start=131
+  _globals['_CLIPREQUEST']._serialized_end=195
+  _globals['_CUTCLIPSREQUEST']._serialized_start=198
+  _globals['_CUTCLIPSREQUEST']._serialized_end=408
+  _globals['_CUTCLIPSRESULT']._serialized_start=410
+  _globals['_CUTCLIPSRESULT']._serialized_end=502
+  _globals['_CUTCLIPSRESPONSE']._serialized_start=504
+  _globals['_CUTCLIPSRESPONSE']._serialized_end=622
+  _globals['_TRANSCODEREQUEST']._serialized_start=625
+  _globals['_TRANSCODEREQUEST']._serialized_end=829
+  _globals['_TRANSCODERESULT']._serialized_start=831
+  _globals['_TRANSCODERESULT']._serialized_end=890
+  _globals['_TRANSCODERESPONSE']._serialized_start=892
+  _globals['_TRANSCODERESPONSE']._serialized_end=1012
+  _globals['_EXTRACTAUDIOREQUEST']._serialized_start=1015
+  _globals['_EXTRACTAUDIOREQUEST']._serialized_end=1181
+  _globals['_EXTRACTAUDIORESULT']._serialized_start=1183
+  _globals['_EXTRACTAUDIORESULT']._serialized_end=1245
+  _globals['_EXTRACTAUDIORESPONSE']._serialized_start=1247
+  _globals['_EXTRACTAUDIORESPONSE']._serialized_end=1373
+  _globals['_EXTRACTSTILLSREQUEST']._serialized_start=1376
+  _globals['_EXTRACTSTILLSREQUEST']._serialized_end=1584
+  _globals['_EXTRACTSTILLSRESULT']._serialized_start=1586
+  _globals['_EXTRACTSTILLSRESULT']._serialized_end=1649
+  _globals['_EXTRACTSTILLSRESPONSE']._serialized_start=1652
+  _globals['_EXTRACTSTILLSRESPONSE']._serialized_end=1780
+  _globals['_TRANSCODESERVICE']._serialized_start=1783
+  _globals['_TRANSCODESERVICE']._serialized_end=2131
 # @@protoc_insertion_point(module_scope)

@@ -23,6 +23,121 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class ClipRequest(_message.Message):
+    """One clip to cut, its range final."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEC_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Where its outputs go, under output_prefix: "clips/{name}.mp4|.webm",
+    "clips/{name}.jpg", "clips/{name}.vtt"; 1 to 64 of a-z 0-9 _ -.
+    """
+    @_builtins.property
+    def spec(self) -> _pipeline_pb2.ClipSpec: ...
+    def __init__(
+        self,
+        *,
+        spec: _pipeline_pb2.ClipSpec | None = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClipRequest: _TypeAlias = ClipRequest  # noqa: Y015
+
+@_typing.final
+class CutClipsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    MEDIA_INFO_FIELD_NUMBER: _builtins.int
+    CLIPS_FIELD_NUMBER: _builtins.int
+    TRANSCRIPT_FIELD_NUMBER: _builtins.int
+    OUTPUT_PREFIX_FIELD_NUMBER: _builtins.int
+    output_prefix: _builtins.str
+    @_builtins.property
+    def source(self) -> _media_pb2.ObjectRef: ...
+    @_builtins.property
+    def media_info(self) -> _media_pb2.MediaInfo: ...
+    @_builtins.property
+    def clips(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClipRequest]: ...
+    @_builtins.property
+    def transcript(self) -> _media_pb2.Transcript:
+        """The transcript to slice into each clip's captions; empty cuts none."""
+
+    def __init__(
+        self,
+        *,
+        source: _media_pb2.ObjectRef | None = ...,
+        media_info: _media_pb2.MediaInfo | None = ...,
+        clips: _abc.Iterable[Global___ClipRequest] | None = ...,
+        transcript: _media_pb2.Transcript | None = ...,
+        output_prefix: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["media_info", b"media_info", "source", b"source", "transcript", b"transcript"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clips", b"clips", "media_info", b"media_info", "output_prefix", b"output_prefix", "source", b"source", "transcript", b"transcript"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CutClipsRequest: _TypeAlias = CutClipsRequest  # noqa: Y015
+
+@_typing.final
+class CutClipsResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIPS_FIELD_NUMBER: _builtins.int
+    ARTIFACTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def clips(self) -> _containers.RepeatedCompositeFieldContainer[_media_pb2.Clip]: ...
+    @_builtins.property
+    def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[_media_pb2.Artifact]: ...
+    def __init__(
+        self,
+        *,
+        clips: _abc.Iterable[_media_pb2.Clip] | None = ...,
+        artifacts: _abc.Iterable[_media_pb2.Artifact] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "clips", b"clips"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CutClipsResult: _TypeAlias = CutClipsResult  # noqa: Y015
+
+@_typing.final
+class CutClipsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def progress(self) -> _media_pb2.Progress: ...
+    @_builtins.property
+    def result(self) -> Global___CutClipsResult: ...
+    def __init__(
+        self,
+        *,
+        progress: _media_pb2.Progress | None = ...,
+        result: Global___CutClipsResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress", "result", b"result", "update", b"update"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress", "result", b"result", "update", b"update"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_update: _TypeAlias = _typing.Literal["progress", "result"]  # noqa: Y015
+    _WhichOneofArgType_update: _TypeAlias = _typing.Literal["update", b"update"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_update) -> _WhichOneofReturnType_update | None: ...
+
+Global___CutClipsResponse: _TypeAlias = CutClipsResponse  # noqa: Y015
+
+@_typing.final
 class TranscodeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -51,6 +51,11 @@ class TranscodeServiceStub:
                 request_serializer=reelmill_dot_v1_dot_transcode__service__pb2.ExtractStillsRequest.SerializeToString,
                 response_deserializer=reelmill_dot_v1_dot_transcode__service__pb2.ExtractStillsResponse.FromString,
                 _registered_method=True)
+        self.CutClips = channel.unary_stream(
+                '/reelmill.v1.TranscodeService/CutClips',
+                request_serializer=reelmill_dot_v1_dot_transcode__service__pb2.CutClipsRequest.SerializeToString,
+                response_deserializer=reelmill_dot_v1_dot_transcode__service__pb2.CutClipsResponse.FromString,
+                _registered_method=True)
 
 
 class TranscodeServiceServicer:
@@ -83,6 +88,15 @@ class TranscodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CutClips(self, request, context):
+        """Cuts clips from the source, each with a poster and its slice of the
+        transcript (WebVTT, times from 0). The pipeline's clips stage calls it
+        after metadata, with the ranges resolved (chapters, padding).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TranscodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -100,6 +114,11 @@ def add_TranscodeServiceServicer_to_server(servicer, server):
                     servicer.ExtractStills,
                     request_deserializer=reelmill_dot_v1_dot_transcode__service__pb2.ExtractStillsRequest.FromString,
                     response_serializer=reelmill_dot_v1_dot_transcode__service__pb2.ExtractStillsResponse.SerializeToString,
+            ),
+            'CutClips': grpc.unary_stream_rpc_method_handler(
+                    servicer.CutClips,
+                    request_deserializer=reelmill_dot_v1_dot_transcode__service__pb2.CutClipsRequest.FromString,
+                    response_serializer=reelmill_dot_v1_dot_transcode__service__pb2.CutClipsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -184,6 +203,33 @@ class TranscodeService:
             '/reelmill.v1.TranscodeService/ExtractStills',
             reelmill_dot_v1_dot_transcode__service__pb2.ExtractStillsRequest.SerializeToString,
             reelmill_dot_v1_dot_transcode__service__pb2.ExtractStillsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CutClips(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/reelmill.v1.TranscodeService/CutClips',
+            reelmill_dot_v1_dot_transcode__service__pb2.CutClipsRequest.SerializeToString,
+            reelmill_dot_v1_dot_transcode__service__pb2.CutClipsResponse.FromString,
             options,
             channel_credentials,
             insecure,
