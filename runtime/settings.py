@@ -43,6 +43,10 @@ class CommonSettings(BaseSettings):
     s3_public_url: str | None = None
     #: Part size of multipart uploads to S3, in MiB (5 to 5120).
     s3_part_size_mib: int = Field(default=16, ge=5, le=5120)
+    #: How long a call to an S3 server that cannot be reached (refused, or no connection made in
+    #: time: nothing was sent) is retried before it fails with STORAGE_UNAVAILABLE. A restarting
+    #: server costs a wait, not a stage attempt. 0 fails at once.
+    s3_unreachable_retry_seconds: float = Field(default=15.0, ge=0, le=300)
     #: Threads for blocking storage calls.
     storage_threads: int = Field(default=8, ge=1, le=256)
 

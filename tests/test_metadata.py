@@ -343,6 +343,7 @@ async def test_core_artifacts_and_cache(
         "summary": chapter.summary,
         "keyphrases": list(chapter.keyphrases),
         "segment_ids": list(range(8)),
+        "id": "chapter-1",
     }
     info = await store.stat("jobs/m1/metadata/custom.json")
     assert info.sha256 == names["metadata/custom.json"].sha256

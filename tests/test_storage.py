@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from runtime.errors import Internal, InvalidArgument, NotFound
+from runtime.errors import Internal, InvalidArgument, NotFound, Unavailable
 from runtime.storage import ObjectStore
 from runtime.storage.local import LocalObjectStore
 from runtime.storage.s3 import S3ObjectStore
-from tests.servers import S3Server
+from tests.servers import S3Server, run_seaweedfs
 
 MIB = 1024 * 1024
 PART = 5 * MIB
@@ -398,3 +398,37 @@ async def test_s3_server_checks_signatures(s3_server: S3Server, s3_bucket: str) 
         await asyncio.to_thread(urllib.request.urlopen, f"{s3_server.url}/{s3_bucket}/a/b.bin")
     refused.value.close()
     assert refused.value.code == 403
+
+
+async def test_a_restarting_s3_server_costs_a_wait_not_an_error() -> None:
+    """While the S3 server is down (connections refused: nothing was sent), calls are tried again
+    for up to ``unreachable_retry_seconds`` and succeed once it is back; with no retry window
+    they fail at once with STORAGE_UNAVAILABLE."""
+    with run_seaweedfs() as weed:
+        server = weed.server
+
+        def open_store(window: float) -> S3ObjectStore:
+            return S3ObjectStore(
+                endpoint=server.endpoint,
+                access_key=server.access_key,
+                secret_key=server.secret_key,
+                bucket="restarts",
+                unreachable_retry_seconds=window,
+            )
+
+        patient, impatient = open_store(60.0), open_store(0.0)
+        try:
+            await patient.put_bytes("a/b.bin", b"kept", content_type="application/octet-stream")
+            weed.kill()
+            with pytest.raises(Unavailable) as caught:
+                await impatient.stat("a/b.bin")
+            assert caught.value.reason == "STORAGE_UNAVAILABLE"
+            # Back after a while, on the same data and port: the waiting read gets the object.
+            restart = asyncio.get_running_loop().run_in_executor(None, weed.start)
+            try:
+                assert await read_all(patient, "a/b.bin") == b"kept"
+            finally:
+                await restart  # never leave the server starting behind the test's back
+        finally:
+            await patient.close()
+            await impatient.close()

@@ -20,6 +20,7 @@ def open_store(settings: CommonSettings) -> ObjectStore:
             part_size=settings.s3_part_size_mib * 1024 * 1024,
             threads=settings.storage_threads,
             public_url=settings.s3_public_url,
+            unreachable_retry_seconds=settings.s3_unreachable_retry_seconds,
         )
     from runtime.storage.local import LocalObjectStore
 

@@ -55,6 +55,7 @@ from minio.datatypes import Part
 from minio.deleteobjects import DeleteObject
 from minio.error import MinioException, S3Error, ServerError
 
+from reelmill.retry import Backoff, retry
 from runtime.errors import (
     FailedPrecondition,
     Internal,
@@ -278,6 +279,26 @@ class _S3Writer(StagedWriter):
         await self._store.delete(self.key)
 
 
+#: Between tries of a server that cannot be reached.
+UNREACHABLE_BACKOFF = Backoff(initial=0.25, maximum=2.0)
+
+
+def never_sent(exc: Exception) -> bool:
+    """Whether ``exc`` says no connection was made (refused, unresolvable, connect timeout):
+    the request never reached the server, so repeating it is safe for every call."""
+    if isinstance(exc, urllib3.exceptions.MaxRetryError):
+        return never_sent(exc.reason) if isinstance(exc.reason, Exception) else False
+    return isinstance(
+        exc,
+        (
+            urllib3.exceptions.NewConnectionError,
+            urllib3.exceptions.ConnectTimeoutError,
+            urllib3.exceptions.NameResolutionError,
+            ConnectionRefusedError,
+        ),
+    )
+
+
 class S3ObjectStore(ObjectStore):
     """Objects in one S3 bucket; see the module docstring for how writes work."""
 
@@ -299,6 +320,7 @@ class S3ObjectStore(ObjectStore):
         connect_timeout: float = 10.0,
         read_timeout: float = 120.0,
         public_url: str | None = None,
+        unreachable_retry_seconds: float = 15.0,
     ) -> None:
         if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
             raise ValueError(f"part_size must be within 5 MiB..5 GiB, got {part_size}")
@@ -306,6 +328,7 @@ class S3ObjectStore(ObjectStore):
             raise ValueError("threads and parts_in_flight must be at least 1")
         self.bucket = bucket
         self.region = region
+        self.unreachable_retry_seconds = unreachable_retry_seconds
         self.part_size = part_size
         self.parts_in_flight = parts_in_flight
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="s3")
@@ -347,10 +370,29 @@ class S3ObjectStore(ObjectStore):
         self._bucket_lock = asyncio.Lock()
 
     async def _call(self, fn: Callable[..., T], *args: Any, key: str = "", **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` in the pool; a server that cannot be reached (nothing was sent,
+        so any call may be made again) is tried again for up to ``unreachable_retry_seconds``."""
         loop = asyncio.get_running_loop()
+
+        def attempt() -> asyncio.Future[T]:
+            return loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+        def on_retry(retry_number: int, error: Exception, delay: float) -> None:
+            if retry_number == 1:
+                log.warning(
+                    "object store unreachable; retrying",
+                    extra={"error": type(error).__name__, "key": key},
+                )
+
         try:
-            return await loop.run_in_executor(
-                self._executor, functools.partial(fn, *args, **kwargs)
+            if self.unreachable_retry_seconds <= 0:
+                return await attempt()
+            return await retry(
+                attempt,
+                retry_on=never_sent,
+                backoff=UNREACHABLE_BACKOFF,
+                deadline=loop.time() + self.unreachable_retry_seconds,
+                on_retry=on_retry,
             )
         except Exception as exc:
             translated = translate(exc, key)

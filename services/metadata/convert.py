@@ -10,12 +10,20 @@ from runtime.durations import seconds
 from services.metadata.model import (
     Chapter,
     Engine,
+    KnowledgePoint,
     Metadata,
     MetadataOptions,
     Outcome,
+    Overlap,
     Source,
     TimedText,
 )
+
+_OVERLAPS = {
+    pipeline_pb2.OVERLAP_POLICY_MERGE: Overlap.MERGE,
+    pipeline_pb2.OVERLAP_POLICY_TRIM: Overlap.TRIM,
+    pipeline_pb2.OVERLAP_POLICY_ALLOW: Overlap.ALLOW,
+}
 
 _ENGINES = {
     pipeline_pb2.METADATA_ENGINE_EXTRACTIVE: Engine.EXTRACTIVE,
@@ -96,6 +104,24 @@ def options(spec: pipeline_pb2.MetadataSpec) -> MetadataOptions:
         ),
         max_chapter_seconds=seconds(spec.max_chapter_duration),
         min_chapters=spec.min_chapters if spec.HasField("min_chapters") else defaults.min_chapters,
+        knowledge_points=tuple(knowledge_point(p) for p in spec.knowledge_points),
+        overlap=_OVERLAPS.get(spec.overlap_policy, Overlap.REFUSE),
+    )
+
+
+def knowledge_point(point: pipeline_pb2.KnowledgePoint) -> KnowledgePoint:
+    place = point.WhichOneof("span")
+    return KnowledgePoint(
+        id=point.id,
+        title=point.title,
+        description=point.description,
+        range=(seconds(point.range.start), seconds(point.range.end)) if place == "range" else None,
+        segments=(
+            (point.segments.first_segment_id, point.segments.last_segment_id)
+            if place == "segments"
+            else None
+        ),
+        query=point.query if place == "query" else "",
     )
 
 
@@ -107,6 +133,7 @@ def chapter_message(chapter: Chapter) -> media_pb2.Chapter:
         summary=chapter.summary,
         keyphrases=list(chapter.keyphrases),
         segment_ids=list(chapter.segment_ids),
+        id=chapter.id,
     )
 
 

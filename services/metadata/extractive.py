@@ -26,7 +26,8 @@ import re
 from pathlib import PurePosixPath
 
 from services.metadata.keywords import Keyphrase, keyphrases
-from services.metadata.model import Chapter, Metadata, Source
+from services.metadata.knowledge import resolve
+from services.metadata.model import Chapter, KnowledgePoint, Metadata, Overlap, Source
 from services.metadata.text import (
     Sentence,
     clean,
@@ -38,7 +39,7 @@ from services.metadata.text import (
     title_case,
     words,
 )
-from services.metadata.topics import EMBEDDING_MODEL, Bounds, find_topics
+from services.metadata.topics import EMBEDDING_MODEL, Bounds, Topics, abstract, find_topics, prepare
 
 NAME = "extractive"
 MODEL = f"extractive-v2 ({EMBEDDING_MODEL})"
@@ -242,7 +243,39 @@ def screen_sentences(source: Source) -> list[Sentence]:
     ]
 
 
-def generate(source: Source, max_tags: int, bounds: Bounds | None = None) -> Metadata:
+def source_segments(source: Source) -> dict[int, tuple[float, float]]:
+    return {s.id: (s.start, s.end) for s in source.segments if s.id >= 0}
+
+
+def chapters_of(
+    source: Source,
+    bounds: Bounds,
+    knowledge_points: tuple[KnowledgePoint, ...] = (),
+    overlap: Overlap = Overlap.REFUSE,
+) -> Topics:
+    """The caller's knowledge points as chapters when there are any, else the topics found."""
+    duration = source.duration or (source.segments[-1].end if source.segments else 0.0)
+    if knowledge_points:
+        speech = prepare(source.segments, duration)
+        chapters = resolve(knowledge_points, overlap, speech, source_segments(source), duration)
+        whole = abstract(speech, chapters, len(chapters)) if speech is not None else ""
+        return Topics(tuple(chapters), len(chapters), whole)
+    return find_topics(
+        source.segments,
+        duration,
+        bounds,
+        shot_cuts=source.shot_cuts,
+        screen_starts=[line.start for line in source.on_screen],
+    )
+
+
+def generate(
+    source: Source,
+    max_tags: int,
+    bounds: Bounds | None = None,
+    knowledge_points: tuple[KnowledgePoint, ...] = (),
+    overlap: Overlap = Overlap.REFUSE,
+) -> Metadata:
     """Metadata for ``source``; a pure function of it."""
     spoken = sentences(source.segments)
     shown = screen_sentences(source)
@@ -250,14 +283,7 @@ def generate(source: Source, max_tags: int, bounds: Bounds | None = None) -> Met
     ranked = [k for k in keyphrases(texts, limit=2 * KEYWORDS) if is_searchable(k.phrase)]
     ranked = ranked[:KEYWORDS]
     keywords = tuple(k.phrase for k in ranked)
-    duration = source.duration or (source.segments[-1].end if source.segments else 0.0)
-    topics = find_topics(
-        source.segments,
-        duration,
-        bounds or Bounds(),
-        shot_cuts=source.shot_cuts,
-        screen_starts=[line.start for line in source.on_screen],
-    )
+    topics = chapters_of(source, bounds or Bounds(), knowledge_points, overlap)
     chapters = list(topics.chapters)
     # Without speech, the on-screen lines are what there is to read.
     summary = topics.abstract if chapters else " ".join(s.text for s in summarize(shown, ranked))

@@ -13,6 +13,27 @@ from typing import TypeAlias
 from runtime import artifacts
 
 
+class Overlap(enum.Enum):
+    """How the caller's knowledge points may overlap."""
+
+    REFUSE = "refuse"
+    MERGE = "merge"
+    TRIM = "trim"
+    ALLOW = "allow"
+
+
+@dataclass(frozen=True)
+class KnowledgePoint:
+    """One point as the caller gave it; exactly one of ``range``, ``segments`` and ``query``."""
+
+    id: str
+    title: str = ""
+    description: str = ""
+    range: tuple[float, float] | None = None
+    segments: tuple[int, int] | None = None
+    query: str = ""
+
+
 class Engine(enum.Enum):
     EXTRACTIVE = "extractive"
     GEMINI = "gemini"
@@ -70,6 +91,9 @@ class MetadataOptions:
     max_chapter_seconds: float = 0.0
     #: Fewest chapters when the speech is long enough for that many of the shortest.
     min_chapters: int = 3
+    #: The caller's knowledge points: the chapters are these instead of the topics found.
+    knowledge_points: tuple[KnowledgePoint, ...] = ()
+    overlap: Overlap = Overlap.REFUSE
 
 
 @dataclass(frozen=True)
@@ -84,6 +108,8 @@ class Chapter:
     keyphrases: tuple[str, ...] = ()
     #: The transcript segments it covers (their ids), in order.
     segment_ids: tuple[int, ...] = ()
+    #: Its knowledge id: the caller's knowledge point's, else "chapter-N".
+    id: str = ""
 
 
 @dataclass(frozen=True)

