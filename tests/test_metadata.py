@@ -518,7 +518,10 @@ async def test_gemini_request_and_response(
     store: LocalObjectStore, settings: MetadataSettings
 ) -> None:
     recorded = Recorded(
-        (200, "metadata_ok.json"), (200, "custom_invalid.json"), (200, "custom_ok.json")
+        (200, "metadata_bad_chapters.json"),
+        (200, "metadata_ok.json"),
+        (200, "custom_invalid.json"),
+        (200, "custom_ok.json"),
     )
     generator = gemini_generator(store, settings, recorded)
     schema = {
@@ -535,19 +538,24 @@ async def test_gemini_request_and_response(
     metadata = outcome.metadata
     assert (metadata.engine, metadata.model) == ("gemini", "gemini-2.5-flash")
     assert metadata.title == "Pasta, Bicycle Repair and Backyard Telescopes"
-    # Validated, then tidied: tags de-duplicated, lower-case, capped; chapters sorted, inside.
+    # The first answer's chapters were out of order and past the end: refused, asked again.
+    # Then tidied: tags de-duplicated, lower-case, capped; chapters contiguous, with the
+    # transcript segments they cover.
     assert metadata.tags == ("pasta", "bicycle repair", "telescopes")
-    assert [(c.start, c.title) for c in metadata.chapters] == [
-        (0.0, "Fresh pasta"),
-        (104.0, "Fixing a puncture"),
-        (208.0, "Choosing a telescope"),
+    assert [(c.start, c.end, c.title, c.id) for c in metadata.chapters] == [
+        (0.0, 109.0, "Fresh pasta", "chapter-1"),
+        (109.0, 218.0, "Fixing a puncture", "chapter-2"),
+        (218.0, 327.0, "Choosing a telescope", "chapter-3"),
     ]
+    assert metadata.chapters[1].segment_ids == tuple(range(8, 16))
+    assert metadata.chapters[1].keyphrases == ("inner tube", "patch glue")
+    assert metadata.chapters[2].summary == "Aperture matters more than magnification."
     # The first custom answer did not validate against the schema: asked again.
     custom = json.loads(metadata.custom_json)
     assert custom["headline"] == "Three skills in five minutes"
     jsonschema.validate(custom, schema)
     assert metadata.unfilled == () and metadata.custom_json_complete is True
-    assert len(recorded.requests) == 3
+    assert len(recorded.requests) == 4
 
     first = json.loads(recorded.requests[0].content)
     prompt = first["contents"][0]["parts"][0]["text"]
@@ -565,7 +573,7 @@ async def test_gemini_request_and_response(
 
     # Empty transcripts never reach Gemini.
     silent = await generator.generate(Source((), 10.0, filename="a.mp4"), MetadataOptions(), "j/")
-    assert silent.metadata.engine == "extractive" and len(recorded.requests) == 3
+    assert silent.metadata.engine == "extractive" and len(recorded.requests) == 4
 
 
 @pytest.mark.parametrize(

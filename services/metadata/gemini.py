@@ -10,7 +10,7 @@ like a transient error, then reported as UNAVAILABLE (GEMINI_INVALID_OUTPUT).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from google.genai import types
@@ -33,8 +33,11 @@ Do not invent facts that the transcript and the on-screen text do not support.
 - description: two to four sentences on what the video covers.
 - tags: up to {max_tags} short lower-case tags, most relevant first.
 - keywords: up to 15 key phrases that occur in the transcript.
-- chapters: only when the video has distinct parts; each with start_seconds taken from the
-  transcript's timestamps (the first at 0) and a short title. An empty list otherwise.
+- chapters: the topics of the speech in order, covering it: each with start_seconds and
+  end_seconds taken from the transcript's timestamps (the first starts at 0, each ends where
+  the next starts, the last ends at the end of the video), a short title, a one or two
+  sentence summary and up to five keyphrases said in it. An empty list when there is no
+  speech.
 - summary: one paragraph.
 - show_notes: a short plain-text outline with bullet points ("- ").
 """
@@ -48,6 +51,9 @@ Do not invent facts that the transcript does not support.
 class GeneratedChapter(BaseModel):
     start_seconds: float = Field(ge=0)
     title: str = Field(min_length=1, max_length=200)
+    end_seconds: float | None = Field(default=None, ge=0)
+    summary: str = ""
+    keyphrases: list[str] = Field(default_factory=list)
 
 
 class GeneratedMetadata(BaseModel):
@@ -100,25 +106,73 @@ def context(source: Source, budget: int) -> str:
 
 
 parse_metadata = parse_as(GeneratedMetadata, "metadata")
+#: A chapter may end this far past the next one's start (or the video's end): timestamps of
+#: whole seconds.
+CHAPTER_SLACK_SECONDS = 1.5
+
+
+def chapter_problem(chapters: list[GeneratedChapter], duration: float) -> str | None:
+    """Why the chapters cannot be accepted (None when they can): they must be in order, start
+    inside the video, and each end (when given) after its start and by the next one's start."""
+    for index, chapter in enumerate(chapters):
+        if duration and chapter.start_seconds >= duration:
+            return f"chapter {index} starts at {chapter.start_seconds:g} s, after the video"
+        if index and chapter.start_seconds <= chapters[index - 1].start_seconds:
+            return f"chapter {index} does not start after chapter {index - 1}"
+        limit = chapters[index + 1].start_seconds if index + 1 < len(chapters) else duration
+        end = chapter.end_seconds
+        if end is not None and (
+            end <= chapter.start_seconds or (limit and end > limit + CHAPTER_SLACK_SECONDS)
+        ):
+            return f"chapter {index} ends at {end:g} s, outside its place"
+    return None
+
+
+def parse_for(duration: float) -> Callable[[str], GeneratedMetadata]:
+    """``parse_metadata`` that also refuses chapters that are out of order or outside the video:
+    such an answer is retried like any invalid output."""
+
+    def parse(text: str) -> GeneratedMetadata:
+        generated = parse_metadata(text)
+        problem = chapter_problem(generated.chapters, duration)
+        if problem is not None:
+            raise invalid_output("metadata", problem)
+        return generated
+
+    return parse
 
 
 def tidy(generated: GeneratedMetadata, source: Source, max_tags: int, model: str) -> Metadata:
-    """Validated output made consistent: tags de-duplicated and capped, chapters sorted, inside
-    the duration, the first at 0."""
+    """Validated output made consistent: tags de-duplicated and capped; chapters contiguous (the
+    first from 0, each to the next one's start, the last to the end of the video), with the
+    transcript segments they cover."""
     tags: list[str] = []
     for tag in generated.tags:
         tag = clean(tag).lower().lstrip("#")
         if tag and tag not in tags:
             tags.append(tag)
-    starts: dict[float, str] = {}
-    for chapter in sorted(generated.chapters, key=lambda c: c.start_seconds):
-        start = round(chapter.start_seconds, 3)
-        if source.duration and start >= source.duration:
-            continue
-        starts.setdefault(start, clean(chapter.title))
-    chapters = [Chapter(start, title) for start, title in starts.items()]
-    if chapters and chapters[0].start > 0:
-        chapters[0] = Chapter(0.0, chapters[0].title)
+    kept = [
+        c
+        for c in sorted(generated.chapters, key=lambda c: c.start_seconds)
+        if not source.duration or c.start_seconds < source.duration
+    ]
+    starts = [0.0] + [round(c.start_seconds, 3) for c in kept[1:]]
+    end = round(source.duration or (source.segments[-1].end if source.segments else 0.0), 3)
+    ends = [*starts[1:], end]
+    chapters = [
+        Chapter(
+            start=start,
+            title=clean(c.title),
+            end=stop,
+            summary=clean(c.summary),
+            keyphrases=tuple(dict.fromkeys(clean(k) for k in c.keyphrases if clean(k)))[:5],
+            segment_ids=tuple(
+                s.id for s in source.segments if start <= s.start < stop and s.id >= 0
+            ),
+            id=f"chapter-{index + 1}",
+        )
+        for index, (c, start, stop) in enumerate(zip(kept, starts, ends, strict=True))
+    ]
     keywords = list(dict.fromkeys(clean(k) for k in generated.keywords if clean(k)))
     return Metadata(
         title=clean(generated.title).strip("\"'")[:MAX_TITLE_CHARS],
@@ -148,7 +202,9 @@ class GeminiGenerator:
             response_schema=GeneratedMetadata,
             temperature=0.2,
         )
-        generated = await self._client.generate(prompt, config, parse_metadata, what="metadata")
+        generated = await self._client.generate(
+            prompt, config, parse_for(source.duration), what="metadata"
+        )
         return tidy(generated, source, max_tags, self.model_name)
 
     async def custom(self, source: Source, schema: Mapping[str, Any], prompt: str) -> Any:
