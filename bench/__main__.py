@@ -16,6 +16,7 @@ BENCHMARKS = (
     "webhooks",
     "reuse",
     "queue",
+    "segmentation",
 )
 
 
