@@ -173,6 +173,10 @@ def show_job(job: job_pb2.Job) -> None:
     console.print(stages)
     if job.HasField("media_info"):
         show_media(job.media_info)
+    if job.HasField("scenes") or job.HasField("on_screen_text"):
+        show_vision(job)
+    if job.HasField("metadata"):
+        show_metadata(job.metadata)
     if job.artifacts:
         artifacts = Table("artifact", "kind", "bytes", "content type", box=None)
         for artifact in job.artifacts:
@@ -183,6 +187,51 @@ def show_job(job: job_pb2.Job) -> None:
                 artifact.content_type,
             )
         console.print(artifacts)
+
+
+def show_vision(job: job_pb2.Job) -> None:
+    """How many shots and transitions, and the distinct lines of on-screen text."""
+    parts = []
+    if job.HasField("scenes"):
+        scenes = job.scenes
+        parts.append(f"{len(scenes.shots)} shots, {len(scenes.transitions)} transitions")
+    if job.HasField("on_screen_text"):
+        text = job.on_screen_text
+        parts.append(f"{len(text.entries)} lines of on-screen text")
+    console.print("[bold]vision[/] " + "; ".join(parts))
+    for entry in list(job.on_screen_text.entries)[:10]:
+        console.print(
+            f"  {timecode(entry.start_seconds)}-{timecode(entry.end_seconds)} {entry.text}"
+        )
+
+
+def show_metadata(metadata: media_pb2.VideoMetadata) -> None:
+    console.print(f"[bold]title[/] {metadata.title}")
+    if metadata.tags:
+        console.print("[bold]tags[/] " + ", ".join(metadata.tags))
+    if metadata.summary:
+        console.print(f"[bold]summary[/] {metadata.summary}")
+    if metadata.chapters:
+        chapters = Table("start", "end", "id", "chapter", "keyphrases", box=None)
+        for chapter in metadata.chapters:
+            chapters.add_row(
+                timecode(chapter.start_seconds),
+                timecode(chapter.end_seconds),
+                chapter.id,
+                chapter.title,
+                ", ".join(chapter.keyphrases[:3]),
+            )
+        console.print(chapters)
+    if metadata.unfilled:
+        console.print("[yellow]schema fields not filled[/] " + ", ".join(metadata.unfilled))
+
+
+def timecode(seconds: float) -> str:
+    """ "1:02:03" or "02:03"."""
+    total = int(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
 def _clock(stamp: timestamp_pb2.Timestamp) -> str:
