@@ -220,7 +220,7 @@ def run_bare(clip: Path, work: Path) -> Bare:
     )
     assert plan.ladder is not None and plan.thumbnails is not None and info.audio is not None
     ladder, thumbs, board = plan.ladder, plan.thumbnails, plan.storyboard
-    assert not plan.webm and not plan.clips  # not in the default spec
+    assert not plan.webm  # not in the default spec
 
     def transcode() -> None:
         out = _fresh(work / "transcode")

@@ -43,8 +43,6 @@ from services.transcode.model import (
     ArtifactKind,
     AudioInfo,
     AudioOptions,
-    ClipContainer,
-    ClipOptions,
     Outcome,
     RungSpec,
     SourceInfo,
@@ -160,17 +158,11 @@ def test_storyboard_cues_cover_the_duration_inside_the_sheets() -> None:
     assert plan.vtt_timestamp(3723.4567) == "01:02:03.457"
 
 
-def test_thumbnail_times_and_clip_validation() -> None:
+def test_thumbnail_times() -> None:
     info = _source(1280, 720)
     thumbs = plan.plan_thumbnails(ThumbnailOptions(count=4, width=4000), info)
     assert thumbs.times == (1.25, 3.75, 6.25, 8.75)
     assert (thumbs.width, thumbs.height) == (1280, 720)  # never upscaled
-    clips = plan.plan_clips((ClipOptions(2, None), ClipOptions(1, 50, ClipContainer.WEBM)), info)
-    assert clips[0].end == 10 and not clips[0].encode
-    assert clips[1].end == 10 and clips[1].encode  # H.264 cannot be copied into WebM
-    for bad in (ClipOptions(-1, 2), ClipOptions(3, 3), ClipOptions(10, 12)):
-        with pytest.raises(InvalidArgument):
-            plan.plan_clips((bad,), info)
 
 
 def test_progress_parser_and_tracker() -> None:
@@ -213,7 +205,10 @@ def test_errors_are_sanitized_and_inputs_restricted() -> None:
     assert args[-2:] == ["-i", "file:/tmp/x.mp4"]
     remote = source_input_args("https://s3.example/b/k?X-Amz-Signature=abc", seek=2)
     assert remote[remote.index("-protocol_whitelist") + 1] == "http,https,tcp,tls"
-    assert remote[remote.index("-ss") + 1] == "2.000"
+    assert remote[remote.index("-ss") + 1] == "2.000000"
+    # A seek to a keyframe's time rounds up to ffmpeg's microsecond: never onto the one before.
+    ntsc = source_input_args("file:/tmp/x.mp4", seek=61 * 1001 / 30000)  # 2.0353666…
+    assert ntsc[ntsc.index("-ss") + 1] == "2.035367"
     assert normalize_prefix("jobs/1") == "jobs/1/"
     for bad in ("", "/abs/", "jobs/../x/", "a//b/", "x\n/"):
         with pytest.raises(InvalidArgument):
@@ -241,12 +236,20 @@ def test_messages_apply_the_contract_defaults() -> None:
         hls_segment_duration=duration_pb2.Duration(seconds=2),
         thumbnails=pipeline_pb2.ThumbnailSpec(enabled=False),
         storyboard=pipeline_pb2.StoryboardSpec(interval=duration_pb2.Duration(nanos=500_000_000)),
+        # Cut by the clips stage (CutClips, tests/test_clips.py): Transcode ignores them.
         clips=[pipeline_pb2.ClipSpec(start=duration_pb2.Duration(seconds=1))],
     )
     options = messages.transcode_options(spec)
     assert options.ladder == (RungSpec(360),) and not options.hls
     assert options.hls_segment_seconds == 2 and not options.thumbnails.enabled
-    assert options.storyboard.interval == 0.5 and options.clips == (ClipOptions(1.0, None),)
+    assert options.storyboard.interval == 0.5
+    assert options == TranscodeOptions(
+        ladder=(RungSpec(360),),
+        hls=False,
+        hls_segment_seconds=2,
+        thumbnails=ThumbnailOptions(enabled=False),
+        storyboard=StoryboardOptions(interval=0.5),
+    )
     assert messages.source_info(media_pb2.MediaInfo()) is None
     assert messages.audio_options(pipeline_pb2.AudioSpec()).m4a
 
@@ -418,11 +421,6 @@ async def test_landscape_everything(
         webm=True,
         thumbnails=ThumbnailOptions(count=3, width=160),
         storyboard=StoryboardOptions(interval=0.5, columns=4),
-        clips=(
-            ClipOptions(1.0, 2.0),
-            ClipOptions(1.0, 2.0, frame_accurate=True),
-            ClipOptions(0.5, 1.5, ClipContainer.WEBM, frame_accurate=True),
-        ),
     )
     progress, outcome = await _collect(transcoder.transcode(source, None, options, "jobs/j1/"))
     assert any(0 < update.fraction < 1 and update.speed > 0 for update in progress)
@@ -504,16 +502,6 @@ async def test_landscape_everything(
         sheet = _media(await _local(store, artifacts[f"storyboard/{sprite}"]))
         assert x >= 0 and x + w <= sheet.width and y >= 0 and y + h <= sheet.height
     assert (sheet.width, sheet.height) == (4 * 160, 2 * 90)
-
-    # Clips: the fast one snaps back to the keyframe at 0; the accurate ones are exact.
-    fast = artifacts["clips/clip_000.mp4"]
-    assert fast.attributes["mode"] == "copy"
-    fast_media = _media(await _local(store, fast))
-    assert 1.0 - frame <= fast_media.duration <= 2.0 + 2 * frame
-    accurate = _media(await _local(store, artifacts["clips/clip_001.mp4"]))
-    assert abs(accurate.duration - 1.0) <= 2 * frame and len(accurate.pts) == 25
-    clip_webm = _media(await _local(store, artifacts["clips/clip_002.webm"]))
-    assert clip_webm.video_codec == "vp9" and abs(clip_webm.duration - 1.0) <= 2 * frame
 
     # Everything stored under the prefix is an artifact; scratch is gone.
     assert sorted(await store.list_keys("jobs/j1/")) == sorted(a.key for a in outcome.artifacts)
@@ -652,12 +640,9 @@ async def test_audio_only_source(
     transcoder: Transcoder, store: LocalObjectStore, clips: Clips
 ) -> None:
     source = await _put(store, clips.audio_only)
-    options = TranscodeOptions(webm=True, clips=(ClipOptions(0.5, 1.5, frame_accurate=True),))
+    options = TranscodeOptions(webm=True)
     _, outcome = await _collect(transcoder.transcode(source, None, options, "jobs/a/"))
-    assert [a.name for a in outcome.artifacts] == ["clips/clip_000.mp4"]  # no video outputs
-    clip = _media(await _local(store, outcome.artifacts[0]))
-    assert clip.video_codec == "" and clip.audio_codec == "aac"
-    assert abs(clip.duration - 1.0) <= 0.05
+    assert outcome.artifacts == ()  # no video outputs (its clips are CutClips')
 
     _, audio = await _collect(transcoder.extract_audio(source, None, AudioOptions(), "jobs/a/"))
     artifacts = _by_name(audio)
@@ -677,13 +662,10 @@ async def test_audio_only_source(
 async def test_real_video(
     transcoder: Transcoder, store: LocalObjectStore, shared_media: Path
 ) -> None:
-    """The real 24 s 720p clip (no audio): a small rung, stills, storyboard and both clip kinds."""
+    """The real 24 s 720p clip (no audio): a small rung, stills and storyboard."""
     source = await _put(store, shared_media / "video" / "testvideo.mp4")
     options = TranscodeOptions(
-        ladder=(RungSpec(144),),
-        hls=False,
-        thumbnails=ThumbnailOptions(count=2),
-        clips=(ClipOptions(5.0, 7.0), ClipOptions(5.0, 7.0, frame_accurate=True)),
+        ladder=(RungSpec(144),), hls=False, thumbnails=ThumbnailOptions(count=2)
     )
     _, outcome = await _collect(transcoder.transcode(source, None, options, "jobs/real/"))
     artifacts = _by_name(outcome)
@@ -694,13 +676,7 @@ async def test_real_video(
     vtt = (await _local(store, artifacts["storyboard/storyboard.vtt"])).read_text()
     cues = _parse_vtt(vtt)
     assert len(cues) == 25 and math.isclose(cues[-1][1], 24.023, abs_tol=0.001)
-    fast = _media(await _local(store, artifacts["clips/clip_000.mp4"]))
-    accurate = _media(await _local(store, artifacts["clips/clip_001.mp4"]))
-    assert abs(accurate.duration - 2.0) <= 2 * frame and (accurate.width, accurate.height) == (
-        256,
-        144,
-    )
-    assert fast.duration >= 2.0 - frame and (fast.width, fast.height) == (1280, 720)
+    assert not any(name.startswith("clips/") for name in artifacts)
 
 
 @pytest.mark.parametrize(

@@ -17,10 +17,10 @@ from fractions import Fraction
 from pathlib import Path
 
 from runtime import demux
-from services.transcode.ffmpeg_runner import source_input_args
+from services.transcode.clip_plan import ClipPlan
+from services.transcode.ffmpeg_runner import source_input_args, source_url
 from services.transcode.model import ClipContainer
 from services.transcode.plan import (
-    ClipPlan,
     LadderPlan,
     Rung,
     StoryboardPlan,
@@ -249,27 +249,31 @@ def clip_command(
     clip: ClipPlan,
     output: Path,
     *,
-    size: tuple[int, int] | None,
-    fps: Fraction | None,
+    cut_start: float,
     preset: str,
     has_audio: bool,
     settings: EncoderSettings,
 ) -> list[str]:
-    """A time range, seeking on the input. Stream copy starts at the keyframe at or before
-    ``start`` (fast, no quality loss); re-encoding starts on the exact frame (after a seek,
-    ffmpeg decodes from the previous keyframe and drops frames until ``start``)."""
-    args = [*source_input_args(source, seek=clip.start), "-t", f"{clip.duration:.3f}"]
-    has_video = size is not None
-    if has_video:
+    """A time range, seeking on the input to ``cut_start`` and writing up to ``clip.end``.
+
+    A copy (``clip.encode`` false) is given the keyframe at or before the start as its
+    ``cut_start``, so the demuxer's seek lands on that very keyframe and the file starts there
+    (MP4 keeps the streams' start at 0 with an edit list, so no ``-avoid_negative_ts``). A
+    re-encode seeks to the start itself: ffmpeg decodes from the keyframe before and drops the
+    frames until the start, so the clip starts on the exact frame, at a constant rate."""
+    args = [*source_input_args(source, seek=cut_start), "-t", f"{clip.end - cut_start:.6f}"]
+    if clip.size is not None:
         args += ["-map", "0:v:0"]
     if has_audio:
         args += ["-map", "0:a:0"]
     webm = clip.container is ClipContainer.WEBM
     if not clip.encode:
-        args += ["-c", "copy", "-avoid_negative_ts", "make_zero"]
+        args += ["-c", "copy"]
+        if webm:
+            args += ["-avoid_negative_ts", "make_zero"]
     else:
-        if size is not None and fps is not None:
-            args += ["-vf", f"fps={_fps(fps)},{_scale(*size)}", "-fps_mode", "cfr"]
+        if clip.size is not None and clip.fps is not None:
+            args += ["-vf", f"fps={_fps(clip.fps)},{_scale(*clip.size)}", "-fps_mode", "cfr"]
             if webm:
                 args += ["-c:v", "libvpx-vp9", "-crf", "32", "-b:v", "0"]
                 args += ["-deadline", "good", "-cpu-used", str(settings.vp9_cpu_used)]
@@ -289,3 +293,9 @@ def clip_command(
     else:
         args += ["-movflags", "+faststart", "-f", "mp4", str(output)]
     return args
+
+
+def clip_poster_command(clip: Path, time: float, output: Path, size: tuple[int, int]) -> list[str]:
+    """The poster of a clip from the clip's own file (local, already cut): one frame at
+    ``time`` of it, at the clip's size."""
+    return still_command(source_url(str(clip)), [time], [output], *size)

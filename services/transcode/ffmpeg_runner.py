@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -83,7 +84,9 @@ def source_input_args(url: str, *, seek: float | None = None) -> list[str]:
         args += ["-rw_timeout", "30000000", "-reconnect", "1", "-reconnect_on_network_error", "1"]
         args += ["-reconnect_delay_max", "10"]
     if seek is not None and seek > 0:
-        args += ["-ss", f"{seek:.3f}"]
+        # Rounded up to the microsecond (ffmpeg's unit): a seek to a keyframe's exact time
+        # must not land before it, on the keyframe before.
+        args += ["-ss", f"{math.ceil(seek * 1_000_000 - 1e-6) / 1_000_000:.6f}"]
     return [*args, "-i", url]
 
 

@@ -6,13 +6,19 @@ the core sees complete options.
 
 from __future__ import annotations
 
-from reelmill.v1 import media_pb2, pipeline_pb2, vision_pb2
+from collections.abc import Sequence
+
+from reelmill.v1 import media_pb2, pipeline_pb2, transcode_service_pb2, vision_pb2
 from runtime.durations import seconds
+from runtime.errors import InvalidArgument
 from services.transcode.model import (
     AudioInfo,
     AudioOptions,
     ClipContainer,
     ClipOptions,
+    ClipRequest,
+    Cue,
+    CutClip,
     RungSpec,
     ShotStill,
     SourceInfo,
@@ -95,19 +101,6 @@ def transcode_options(
             columns=board.columns or 10,
             rows=board.rows or 10,
         ),
-        clips=tuple(
-            ClipOptions(
-                start=seconds(clip.start),
-                end=seconds(clip.end) if clip.HasField("end") else None,
-                container=(
-                    ClipContainer.WEBM
-                    if clip.container == pipeline_pb2.CLIP_CONTAINER_WEBM
-                    else ClipContainer.MP4
-                ),
-                frame_accurate=clip.frame_accurate,
-            )
-            for clip in spec.clips
-        ),
         preset=spec.preset,
         shots=shot_stills(scenes),
     )
@@ -115,3 +108,67 @@ def transcode_options(
 
 def audio_options(spec: pipeline_pb2.AudioSpec) -> AudioOptions:
     return AudioOptions(m4a=spec.m4a if spec.HasField("m4a") else True)
+
+
+_CONTAINERS = {
+    pipeline_pb2.CLIP_CONTAINER_UNSPECIFIED: ClipContainer.MP4,
+    pipeline_pb2.CLIP_CONTAINER_MP4: ClipContainer.MP4,
+    pipeline_pb2.CLIP_CONTAINER_WEBM: ClipContainer.WEBM,
+}
+
+
+def clip_options(clip: pipeline_pb2.ClipSpec, index: int = 0) -> ClipOptions:
+    """A ``ClipSpec``'s range; an unknown container value is refused."""
+    container = _CONTAINERS.get(clip.container)
+    if container is None:
+        raise InvalidArgument(
+            f"clip {index}: unknown container {clip.container}", reason="INVALID_CLIP_CONTAINER"
+        )
+    return ClipOptions(
+        start=seconds(clip.start),
+        end=seconds(clip.end) if clip.HasField("end") else None,
+        container=container,
+        frame_accurate=clip.frame_accurate,
+    )
+
+
+def clip_requests(
+    clips: Sequence[transcode_service_pb2.ClipRequest],
+) -> tuple[ClipRequest, ...]:
+    return tuple(
+        ClipRequest(
+            name=clip.name,
+            range=clip_options(clip.spec, index),
+            title=clip.spec.title,
+            description=clip.spec.description,
+            knowledge_id=clip.spec.knowledge_id,
+        )
+        for index, clip in enumerate(clips)
+    )
+
+
+def transcript_cues(transcript: media_pb2.Transcript) -> tuple[Cue, ...] | None:
+    """The transcript's segments as caption cues; None when the request carries none (then no
+    clip gets captions)."""
+    if not transcript.segments:
+        return None
+    return tuple(
+        Cue(segment.start_seconds, segment.end_seconds, segment.text)
+        for segment in transcript.segments
+    )
+
+
+def clip_message(clip: CutClip) -> media_pb2.Clip:
+    return media_pb2.Clip(
+        index=clip.index,
+        knowledge_id=clip.knowledge_id,
+        title=clip.title,
+        description=clip.description,
+        start_seconds=clip.start,
+        end_seconds=clip.end,
+        cut_start_seconds=clip.cut_start,
+        cut_end_seconds=clip.cut_end,
+        video=clip.video,
+        poster=clip.poster,
+        captions=clip.captions,
+    )

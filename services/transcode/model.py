@@ -121,6 +121,46 @@ class ClipOptions:
 
 
 @dataclass(frozen=True)
+class ClipRequest:
+    """One clip ``Transcoder.cut_clips`` cuts: its range, its name (its files are
+    ``clips/{name}.mp4|.webm``, ``.jpg`` and ``.vtt``) and what it is (carried to its result)."""
+
+    name: str
+    range: ClipOptions
+    title: str = ""
+    description: str = ""
+    knowledge_id: str = ""
+
+
+@dataclass(frozen=True)
+class Cue:
+    """A span of timed text: a transcript segment, or a clip's caption cut from one."""
+
+    start: float
+    end: float
+    text: str
+
+
+@dataclass(frozen=True)
+class CutClip:
+    """A clip as cut: the range asked for, the range the file holds, the names of its
+    artifacts (``captions`` empty without a transcript, ``poster`` without video)."""
+
+    index: int
+    name: str
+    knowledge_id: str
+    title: str
+    description: str
+    start: float
+    end: float
+    cut_start: float
+    cut_end: float
+    video: str
+    poster: str
+    captions: str
+
+
+@dataclass(frozen=True)
 class TranscodeOptions:
     """What ``Transcoder.transcode`` produces; the defaults are the pipeline's defaults."""
 
@@ -132,7 +172,6 @@ class TranscodeOptions:
     webm: bool = False
     thumbnails: ThumbnailOptions = field(default_factory=ThumbnailOptions)
     storyboard: StoryboardOptions = field(default_factory=StoryboardOptions)
-    clips: tuple[ClipOptions, ...] = ()
     #: x264 preset; empty uses the service default.
     preset: str = ""
     #: The source's shots, when the scenes stage found them: stills come from their keyframes.
@@ -159,9 +198,11 @@ class ArtifactKind(enum.Enum):
     AUDIO_WAV = "audio_wav"
     AUDIO_M4A = "audio_m4a"
     CLIP = "clip"
+    CLIP_POSTER = "clip_poster"
+    CLIP_VTT = "clip_vtt"
 
 
-#: A stored output; its stage is "transcode" or "audio".
+#: A stored output; its stage is "transcode", "stills", "audio" or "clips".
 Artifact: TypeAlias = artifacts.Artifact[ArtifactKind]
 
 
@@ -169,4 +210,12 @@ Artifact: TypeAlias = artifacts.Artifact[ArtifactKind]
 class Outcome:
     """The end of a request: every artifact it stored."""
 
+    artifacts: tuple[Artifact, ...]
+
+
+@dataclass(frozen=True)
+class ClipsOutcome:
+    """The end of a ``cut_clips`` request: the clips, in the order asked, and their files."""
+
+    clips: tuple[CutClip, ...]
     artifacts: tuple[Artifact, ...]

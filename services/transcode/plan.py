@@ -28,11 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
+from runtime.captions import vtt_timestamp
 from runtime.errors import InvalidArgument
 from services.transcode.model import (
-    AudioInfo,
-    ClipContainer,
-    ClipOptions,
     RungSpec,
     ShotStill,
     SourceInfo,
@@ -47,7 +45,6 @@ DEFAULT_AUDIO_KBPS = 128
 MAX_RUNGS = 8
 MIN_RUNG = 16
 MAX_RUNG = 4320
-MAX_CLIPS = 32
 MAX_THUMBNAILS = 100
 MAX_STORYBOARD_TILES = 10_000
 MAX_FPS = 60
@@ -90,15 +87,6 @@ STANDARD_RATES: tuple[Fraction, ...] = (
 )
 #: Storyboard intervals tried in order when the spec gives none.
 NICE_INTERVALS: tuple[float, ...] = (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600)
-#: Video codecs a fast (stream-copy) clip may carry, per container.
-COPYABLE_VIDEO = {
-    ClipContainer.MP4: frozenset({"h264", "hevc", "av1", "vp9", "mpeg4"}),
-    ClipContainer.WEBM: frozenset({"vp8", "vp9", "av1"}),
-}
-COPYABLE_AUDIO = {
-    ClipContainer.MP4: frozenset({"aac", "mp3", "opus", "ac3", "eac3", "alac", "flac"}),
-    ClipContainer.WEBM: frozenset({"opus", "vorbis"}),
-}
 
 
 def even_floor(value: float) -> int:
@@ -413,14 +401,6 @@ def storyboard_cues(plan: StoryboardPlan) -> tuple[StoryboardCue, ...]:
     return tuple(cues)
 
 
-def vtt_timestamp(seconds: float) -> str:
-    millis = round(seconds * 1000)
-    hours, millis = divmod(millis, 3_600_000)
-    minutes, millis = divmod(millis, 60_000)
-    secs, millis = divmod(millis, 1000)
-    return f"{hours:02d}:{minutes:02d}:{secs:02d}.{millis:03d}"
-
-
 def render_storyboard_vtt(plan: StoryboardPlan, sheet_names: tuple[str, ...]) -> str:
     """The WebVTT players read: each cue's payload is ``sprite.jpg#xywh=x,y,w,h``, relative to
     the VTT file's own location."""
@@ -433,55 +413,6 @@ def render_storyboard_vtt(plan: StoryboardPlan, sheet_names: tuple[str, ...]) ->
 
 
 @dataclass(frozen=True)
-class ClipPlan:
-    index: int
-    start: float
-    end: float
-    container: ClipContainer
-    #: Re-encode (frame-accurate, or the codecs cannot be copied into the container).
-    encode: bool
-    frame_accurate: bool
-
-    @property
-    def duration(self) -> float:
-        return self.end - self.start
-
-    @property
-    def name(self) -> str:
-        return f"clips/clip_{self.index:03d}.{self.container.value}"
-
-
-def _copyable(container: ClipContainer, video: VideoInfo | None, audio: AudioInfo | None) -> bool:
-    if video is not None and video.codec not in COPYABLE_VIDEO[container]:
-        return False
-    return audio is None or audio.codec in COPYABLE_AUDIO[container]
-
-
-def plan_clips(clips: tuple[ClipOptions, ...], source: SourceInfo) -> tuple[ClipPlan, ...]:
-    """Validated clips; ``end`` past the source is clamped to its end. A fast clip whose codecs
-    the container cannot carry is re-encoded instead (e.g. H.264 into WebM)."""
-    if len(clips) > MAX_CLIPS:
-        raise InvalidArgument(f"at most {MAX_CLIPS} clips", reason="INVALID_CLIP")
-    duration = source.duration
-    plans = []
-    for index, clip in enumerate(clips):
-        if clip.end is None:
-            end = duration
-        else:
-            end = min(clip.end, duration) if duration > 0 else clip.end
-        if clip.start < 0 or (duration > 0 and clip.start >= duration):
-            raise InvalidArgument(
-                f"clip {index} starts outside the source (0 to {duration:.3f} s)",
-                reason="INVALID_CLIP",
-            )
-        if end - clip.start < 0.04:
-            raise InvalidArgument(f"clip {index} must end after it starts", reason="INVALID_CLIP")
-        encode = clip.frame_accurate or not _copyable(clip.container, source.video, source.audio)
-        plans.append(ClipPlan(index, clip.start, end, clip.container, encode, clip.frame_accurate))
-    return tuple(plans)
-
-
-@dataclass(frozen=True)
 class TranscodePlan:
     """Everything one ``Transcode`` call will produce."""
 
@@ -490,18 +421,15 @@ class TranscodePlan:
     webm: bool
     thumbnails: ThumbnailPlan | None
     storyboard: StoryboardPlan | None
-    clips: tuple[ClipPlan, ...]
-    #: The clip re-encode size (the top rung's), when the source has video.
-    clip_size: tuple[int, int] | None
 
 
 def plan_transcode(options: TranscodeOptions, source: SourceInfo, *, preset: str) -> TranscodePlan:
-    """Audio-only sources get no video outputs (no ladder, HLS, WebM, stills), only clips."""
+    """Audio-only sources get no outputs here (no ladder, HLS, WebM, stills): their audio is
+    the audio stage's, their clips ``CutClips``'."""
     if source.video is None and source.audio is None:
         raise InvalidArgument("the source has no audio or video stream", reason="NO_STREAMS")
-    clips = plan_clips(options.clips, source)
     if source.video is None:
-        return TranscodePlan(None, False, False, None, None, clips, None)
+        return TranscodePlan(None, False, False, None, None)
     ladder = plan_ladder(
         options.ladder,
         source,
@@ -521,6 +449,4 @@ def plan_transcode(options: TranscodeOptions, source: SourceInfo, *, preset: str
         webm=options.webm,
         thumbnails=thumbnails,
         storyboard=storyboard,
-        clips=clips,
-        clip_size=(ladder.top.width, ladder.top.height),
     )

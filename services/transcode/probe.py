@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,3 +158,79 @@ def image_size(path: Path) -> tuple[int, int]:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         return stream.codec_context.width, stream.codec_context.height
+
+
+def keyframes_at_or_before(
+    url: str, times: Sequence[float], *, timeout: float = 30.0
+) -> list[float]:
+    """For each time (seconds from the source's start), the time of the keyframe at or before
+    it: where a stream copy cut there starts. Found by seeking in the source's index, as
+    ffmpeg's own input seek does (``-ss`` is relative to the container's start time, and so
+    are these), reading one packet per time. The first video stream's keyframes, or the first
+    audio stream's packets for an audio-only source."""
+    options = demux.pyav_options(remote=demux.is_remote(url))
+    try:
+        container = av.open(url, options=options, timeout=timeout)
+    except (av.error.FileNotFoundError, av.error.HTTPNotFoundError):
+        raise NotFound("the source could not be found", reason="SOURCE_NOT_FOUND") from None
+    except (av.error.HTTPError, av.error.TimeoutError, TimeoutError, ConnectionError):
+        raise Unavailable(
+            "the source could not be read; try again", reason="SOURCE_UNAVAILABLE"
+        ) from None
+    except (av.error.FFmpegError, OSError):
+        raise InvalidArgument(
+            "the source could not be decoded; it is corrupt or not a supported video",
+            reason="CORRUPT_SOURCE",
+        ) from None
+    with container:
+        streams = container.streams.video or container.streams.audio
+        if not streams:
+            raise InvalidArgument("the source has no audio or video stream", reason="NO_STREAMS")
+        stream = streams[0]
+        base = stream.time_base
+        if base is None:
+            raise InvalidArgument("the source has no time base", reason="CORRUPT_SOURCE")
+        origin = container.start_time / av.time_base if container.start_time else 0.0
+        found = []
+        for time in times:
+            found.append(_keyframe_before(container, stream, float(base), origin + time) - origin)
+        return found
+
+
+def _keyframe_before(
+    container: av.container.InputContainer, stream: av.stream.Stream, base: float, time: float
+) -> float:
+    target = math.floor(time / base + 1e-6)
+    try:
+        container.seek(target, stream=stream, backward=True, any_frame=False)
+        for packet in container.demux(stream):
+            if packet.pts is not None and packet.is_keyframe:
+                return float(packet.pts) * base
+    except (av.error.FFmpegError, OSError):
+        pass
+    raise InvalidArgument(
+        "the source could not be decoded; it is corrupt or not a supported video",
+        reason="CORRUPT_SOURCE",
+    )
+
+
+def media_span(path: Path) -> tuple[float, float]:
+    """Where a file the service wrote (trusted) starts and how long it lasts, from its packets:
+    the first video frame's time and the end of the last (or the audio's, without video)."""
+    with av.open(str(path)) as container:
+        streams = container.streams.video or container.streams.audio
+        if not streams:
+            return 0.0, 0.0
+        stream = streams[0]
+        base = float(stream.time_base or 0)
+        first = last = None
+        for packet in container.demux(stream):
+            if packet.pts is None:
+                continue
+            start = float(packet.pts) * base
+            stop = start + float(packet.duration or 0) * base
+            first = start if first is None else min(first, start)
+            last = stop if last is None else max(last, stop)
+        if first is None or last is None:
+            return 0.0, 0.0
+        return first, last - first

@@ -1,6 +1,6 @@
 """TranscodeService over gRPC: messages in, ``Transcoder`` calls, messages out.
 
-Both RPCs stream ``progress`` updates and end with one ``result``. Errors are raised as
+Every RPC streams ``progress`` updates and ends with one ``result``. Errors are raised as
 ``runtime.errors`` exceptions and mapped to statuses by the shared interceptor. A cancelled
 call (client cancel, deadline) ends the transcoder's work through ``runtime.streams.relay``,
 which stops ffmpeg and removes scratch however the call ends.
@@ -62,6 +62,27 @@ class TranscodeServicer(pb_grpc.TranscodeServiceServicer):
             else:
                 yield pb.ExtractStillsResponse(
                     result=pb.ExtractStillsResult(artifacts=artifact_messages(update.artifacts))
+                )
+
+    async def CutClips(
+        self, request: pb.CutClipsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.CutClipsResponse]:
+        updates = self._transcoder.cut_clips(
+            SourceRef(request.source.key, request.source.bucket),
+            messages.source_info(request.media_info),
+            messages.clip_requests(request.clips),
+            messages.transcript_cues(request.transcript),
+            request.output_prefix,
+        )
+        async for update in relay(updates, context, stage="clips"):
+            if isinstance(update, ProgressUpdate):
+                yield pb.CutClipsResponse(progress=progress_message(update))
+            else:
+                yield pb.CutClipsResponse(
+                    result=pb.CutClipsResult(
+                        clips=[messages.clip_message(clip) for clip in update.clips],
+                        artifacts=artifact_messages(update.artifacts),
+                    )
                 )
 
     async def ExtractAudio(

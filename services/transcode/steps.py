@@ -4,7 +4,8 @@ it made, named as they will be stored (relative to the request's output prefix).
 Scratch layout mirrors the artifact names: ``renditions/720p.mp4``, ``hls/master.m3u8``,
 ``hls/720p/index.m3u8``, ``hls/720p/seg_00000.ts``, ``renditions/720p.webm``,
 ``thumbnails/poster.jpg``, ``thumbnails/thumb_000.jpg``, ``storyboard/sprite_000.jpg``,
-``storyboard/storyboard.vtt``, ``clips/clip_000.mp4``, ``audio/audio.wav``, ``audio/audio.m4a``.
+``storyboard/storyboard.vtt``, ``audio/audio.wav``, ``audio/audio.m4a`` (and ``clip_steps``'
+``clips/{name}.mp4``, ``.jpg``, ``.vtt``).
 """
 
 from __future__ import annotations
@@ -30,11 +31,9 @@ from services.transcode.hls import (
 )
 from services.transcode.model import ArtifactKind, AudioOptions, SourceInfo
 from services.transcode.plan import (
-    ClipPlan,
     LadderPlan,
     StoryboardPlan,
     ThumbnailPlan,
-    TranscodePlan,
     render_storyboard_vtt,
 )
 from services.transcode.probe import OutputFacts, image_size, inspect_output
@@ -312,34 +311,6 @@ async def extract_thumbnails(ctx: StepContext, plan: ThumbnailPlan) -> list[Outp
         }
         outputs.append(ctx.output(path, kind, attributes))
     return outputs
-
-
-async def cut_clip(ctx: StepContext, clip: ClipPlan, plan: TranscodePlan, preset: str) -> Output:
-    path = ctx.path(clip.name)
-    ctx.tracker.begin(f"clip{clip.index}", f"cutting clip {clip.index + 1} of {len(plan.clips)}")
-    await ctx.runner.run(
-        commands.clip_command(
-            ctx.source,
-            clip,
-            path,
-            size=plan.clip_size,
-            fps=plan.ladder.fps if plan.ladder else None,
-            preset=preset,
-            has_audio=ctx.info.audio is not None,
-            settings=ctx.encoder,
-        ),
-        duration=clip.duration,
-        on_progress=ctx.tracker.ffmpeg,
-        redact=ctx.redact,
-        what="clip",
-    )
-    attributes = (await _facts(path)).attributes() | {
-        "start_seconds": f"{clip.start:.3f}",
-        "end_seconds": f"{clip.end:.3f}",
-        "frame_accurate": "true" if clip.frame_accurate else "false",
-        "mode": "encode" if clip.encode else "copy",
-    }
-    return ctx.output(path, ArtifactKind.CLIP, attributes)
 
 
 async def extract_audio(ctx: StepContext, options: AudioOptions) -> list[Output]:

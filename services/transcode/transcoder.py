@@ -1,11 +1,12 @@
 """The transcode service's core: a request in, progress and then the stored artifacts out.
 
-``Transcoder.transcode`` and ``Transcoder.extract_audio`` are async iterators of
-``ProgressUpdate`` ending with one ``Outcome``. The work runs in a task that reports through a
-``ProgressTracker`` into a queue the iterator drains. When the consumer goes away (the RPC is
-cancelled, its deadline passes) the iterator's ``finally`` cancels that task, which stops
-ffmpeg (``FfmpegRunner``), removes the scratch directory and deletes anything it had already
-uploaded, before the iterator itself finishes.
+``Transcoder.transcode``, ``extract_stills``, ``extract_audio`` and ``cut_clips`` are async
+iterators of ``ProgressUpdate`` ending with one ``Outcome`` (a ``ClipsOutcome`` for clips).
+The work runs in a task that reports through a ``ProgressTracker`` into a queue the iterator
+drains. When the consumer goes away (the RPC is cancelled, its deadline passes) the
+iterator's ``finally`` cancels that task, which stops ffmpeg (``FfmpegRunner``), removes the
+scratch directory and deletes anything it had already uploaded, before the iterator itself
+finishes.
 
 Flow of a request: check the output prefix; stat the source and get the URL ffmpeg reads
 (``ObjectStore.media_url``: a path for the local store, a presigned URL for S3); use the
@@ -24,7 +25,7 @@ import logging
 from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from runtime.errors import FailedPrecondition, InvalidArgument
 from runtime.progress import ProgressUpdate
@@ -32,12 +33,17 @@ from runtime.slots import Slots
 from runtime.storage import ObjectStore
 from runtime.storage.keys import normalize_prefix
 from runtime.tasks import shielded
-from services.transcode import steps
+from services.transcode import clip_steps, steps
+from services.transcode.clip_plan import ClipPlan, check_requests, plan_clips
 from services.transcode.commands import EncoderSettings
 from services.transcode.ffmpeg_runner import FfmpegRunner, source_url
 from services.transcode.model import (
     Artifact,
     AudioOptions,
+    ClipContainer,
+    ClipRequest,
+    ClipsOutcome,
+    Cue,
     Outcome,
     ShotStill,
     SourceInfo,
@@ -45,7 +51,7 @@ from services.transcode.model import (
     TranscodeOptions,
 )
 from services.transcode.plan import TranscodePlan, plan_thumbnails, plan_transcode
-from services.transcode.probe import probe_source
+from services.transcode.probe import keyframes_at_or_before, probe_source
 from services.transcode.progress import ProgressTracker
 from services.transcode.steps import Output, StepContext
 from services.transcode.workspace import scratch_dir
@@ -98,12 +104,21 @@ def step_weights(plan: TranscodePlan, info: SourceInfo) -> dict[str, float]:
         weights["storyboard"] = 0.1 + 0.002 * plan.storyboard.tiles
     if plan.thumbnails is not None:
         weights["thumbnails"] = 0.3 + 0.1 * (len(plan.thumbnails.times) + 1)
-    clip_pixels = (plan.clip_size[0] * plan.clip_size[1]) if plan.clip_size else REFERENCE_PIXELS
-    for clip in plan.clips:
-        if clip.encode:
-            weights[f"clip{clip.index}"] = 0.2 + clip.duration * clip_pixels / REFERENCE_PIXELS
+    weights["upload"] = 0.1 + 0.05 * sum(weights.values())
+    return weights
+
+
+def clip_weights(plans: Sequence[ClipPlan]) -> dict[str, float]:
+    """``step_weights`` for ``cut_clips``: a copy costs little more than its bytes, a
+    re-encode about as much as encoding its frames (VP9 more), a poster a seek."""
+    weights: dict[str, float] = {}
+    for plan in plans:
+        pixels = plan.size[0] * plan.size[1] if plan.size else REFERENCE_PIXELS / 4
+        if plan.encode:
+            cost = (2.5 if plan.container is ClipContainer.WEBM else 1.0) * pixels
+            weights[f"clip{plan.index}"] = 0.3 + plan.duration * cost / REFERENCE_PIXELS
         else:
-            weights[f"clip{clip.index}"] = 0.1 + 0.01 * clip.duration
+            weights[f"clip{plan.index}"] = 0.2 + 0.01 * plan.duration
     weights["upload"] = 0.1 + 0.05 * sum(weights.values())
     return weights
 
@@ -147,6 +162,20 @@ class Transcoder:
             lambda tracker: self._extract_stills(
                 source, info, options, shots, output_prefix, tracker
             )
+        )
+
+    def cut_clips(
+        self,
+        source: SourceRef,
+        info: SourceInfo | None,
+        requests: Sequence[ClipRequest],
+        cues: Sequence[Cue] | None,
+        output_prefix: str,
+    ) -> AsyncGenerator[ProgressUpdate | ClipsOutcome, None]:
+        """Clips cut from the source (``clip_plan``), each with its poster and, when ``cues``
+        (the transcript) are given, its captions; then the clips and their artifacts."""
+        return _stream(
+            lambda tracker: self._cut_clips(source, info, requests, cues, output_prefix, tracker)
         )
 
     def extract_audio(
@@ -214,6 +243,44 @@ class Transcoder:
             artifacts = await self._upload(outputs, prefix, tracker, stage="stills")
         tracker.finish()
         return Outcome(artifacts)
+
+    async def _cut_clips(
+        self,
+        source: SourceRef,
+        info: SourceInfo | None,
+        requests: Sequence[ClipRequest],
+        cues: Sequence[Cue] | None,
+        output_prefix: str,
+        tracker: ProgressTracker,
+    ) -> ClipsOutcome:
+        """Copies share the cheap work's slots (a copy is mostly I/O); a request with a
+        re-encode takes a transcode slot."""
+        prefix = normalize_prefix(output_prefix)
+        check_requests(requests)
+        url, redact = await self._resolve(source)
+        info = info or await self._probe(url)
+        plans = plan_clips(requests, info)
+        tracker.set_weights(clip_weights(plans))
+        encodes = any(plan.encode for plan in plans)
+        slots = self._transcode_slots if encodes else self._audio_slots
+        waiting = lambda: tracker.note("waiting for a free slot")  # noqa: E731
+        async with slots.hold(waiting), scratch_dir(self.config.scratch_dir, "clips") as scratch:
+            copies = [plan.start for plan in plans if not plan.encode]
+            found = iter(await self._keyframes(url, copies) if copies else ())
+            cut_starts = [plan.start if plan.encode else next(found) for plan in plans]
+            ctx = self._context(url, redact, info, scratch, tracker)
+            outputs, clips = await clip_steps.cut_clips(
+                ctx, plans, cut_starts, cues, preset=self.config.preset
+            )
+            artifacts = await self._upload(outputs, prefix, tracker, stage="clips")
+        tracker.finish()
+        log.info("cut clips", extra={"clips": len(clips), "prefix": prefix})
+        return ClipsOutcome(tuple(clips), artifacts)
+
+    async def _keyframes(self, url: str, times: Sequence[float]) -> list[float]:
+        return await asyncio.to_thread(
+            keyframes_at_or_before, url, times, timeout=self.config.probe_timeout
+        )
 
     async def _extract_audio(
         self,
@@ -340,9 +407,6 @@ async def _run_steps(ctx: StepContext, plan: TranscodePlan) -> list[Output]:
         if plan.thumbnails is not None:
             outputs += await steps.extract_thumbnails(ctx, plan.thumbnails)
         outputs += board
-    preset = plan.ladder.preset if plan.ladder else "veryfast"
-    for clip in plan.clips:
-        outputs.append(await steps.cut_clip(ctx, clip, plan, preset))
     return outputs
 
 
@@ -350,9 +414,12 @@ class _Done:
     pass
 
 
+R = TypeVar("R")
+
+
 async def _stream(
-    work: Callable[[ProgressTracker], Coroutine[Any, Any, Outcome]],
-) -> AsyncGenerator[Update, None]:
+    work: Callable[[ProgressTracker], Coroutine[Any, Any, R]],
+) -> AsyncGenerator[ProgressUpdate | R, None]:
     queue: asyncio.Queue[ProgressUpdate | _Done] = asyncio.Queue()
     tracker = ProgressTracker(queue.put_nowait)
     tracker.note("starting")

@@ -13,6 +13,7 @@ import json
 import re
 from typing import Any
 
+from runtime import captions
 from services.transcribe.model import Segment, Transcript, Word
 
 _MS = 0.001
@@ -144,27 +145,14 @@ def _clock(seconds: float, separator: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
 
 
-def vtt_time(seconds: float) -> str:
-    return _clock(seconds, ".")
-
-
 def srt_time(seconds: float) -> str:
     return _clock(seconds, ",")
 
 
-def _cue_text(text: str) -> str:
-    # One line, and never the timing arrow (a cue line holding "-->" ends the cue).
-    return _clean_text(text).replace("-->", "->")
-
-
 def to_vtt(transcript: Transcript) -> str:
-    """WebVTT: the header, then one cue per segment (text escaped as the format requires)."""
-    lines = ["WEBVTT", ""]
-    for segment in transcript.segments:
-        text = _cue_text(segment.text)
-        text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-        lines += [f"{vtt_time(segment.start)} --> {vtt_time(segment.end)}", text, ""]
-    return "\n".join(lines)
+    """WebVTT: the header, then one cue per segment (``runtime.captions``, the writer the
+    transcode service's clip captions use too)."""
+    return captions.render_vtt((s.start, s.end, s.text) for s in transcript.segments)
 
 
 def to_srt(transcript: Transcript) -> str:
@@ -174,7 +162,7 @@ def to_srt(transcript: Transcript) -> str:
         lines += [
             str(number),
             f"{srt_time(segment.start)} --> {srt_time(segment.end)}",
-            _cue_text(segment.text),
+            captions.cue_line(segment.text),
             "",
         ]
     return "\n".join(lines)
