@@ -4,6 +4,7 @@ recorded HTTP responses (a live call only when a key is set)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import AsyncIterator
@@ -669,8 +670,18 @@ async def test_gemini_live(store: LocalObjectStore, tmp_path: Path) -> None:
                 ),
                 timeout=300,
             )
-        assert response.metadata.engine == "gemini" and response.metadata.title
-        jsonschema.validate(json.loads(response.metadata.custom_json), SCHEMA)
+        metadata = response.metadata
+        assert metadata.engine == "gemini" and metadata.title
+        jsonschema.validate(json.loads(metadata.custom_json), SCHEMA)
+        # Its chapters are topic segments: contiguous, covering the talk, one per topic (±20 s).
+        chapters = metadata.chapters
+        assert chapters and chapters[0].start_seconds == 0.0
+        assert all(a.end_seconds == b.start_seconds for a, b in itertools.pairwise(chapters))
+        assert chapters[-1].end_seconds == source.duration
+        topic_starts = [source.segments[8].start, source.segments[16].start]
+        assert all(
+            any(abs(c.start_seconds - t) <= 20 for c in chapters[1:]) for t in topic_starts
+        ), [c.start_seconds for c in chapters]
     finally:
         await server.stop(0)
         assert spec.on_close is not None
