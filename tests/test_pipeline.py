@@ -51,7 +51,7 @@ async def test_an_uploaded_video_has_no_import_and_its_probe_depends_on_nothing(
         StagePlan("stills", ("probe", "scenes"), "PENDING"),
         StagePlan("audio", ("probe",), "PENDING"),
         StagePlan("transcribe", ("audio",), "PENDING"),
-        StagePlan("metadata", ("transcribe", "ocr"), "PENDING"),
+        StagePlan("metadata", ("transcribe", "scenes", "ocr"), "PENDING"),
     ]
 
 
@@ -81,7 +81,7 @@ async def test_a_disabled_stage_skips_what_depends_on_it(stages: list[Stage]) ->
 async def test_a_stage_waits_only_for_what_is_planned_to_run(stages: list[Stage]) -> None:
     """The stills come from the shots when the scenes stage runs, and by time when it does
     not (the ladder never waits for it); metadata reads the transcript and the on-screen text,
-    whichever exists."""
+    whichever exists, and the shots as a hint for its topic boundaries."""
     spec = pipeline_pb2.PipelineSpec(
         scenes=pipeline_pb2.ScenesSpec(disabled=True), audio=pipeline_pb2.AudioSpec(disabled=True)
     )
@@ -91,7 +91,7 @@ async def test_a_stage_waits_only_for_what_is_planned_to_run(stages: list[Stage]
     assert plans["metadata"] == StagePlan("metadata", (), "PENDING")
     spec = pipeline_pb2.PipelineSpec(audio=pipeline_pb2.AudioSpec(disabled=True))
     plans = {p.name: p for p in plan_stages(stages, spec, from_url=False)}
-    assert plans["metadata"] == StagePlan("metadata", ("ocr",), "PENDING")
+    assert plans["metadata"] == StagePlan("metadata", ("scenes", "ocr"), "PENDING")
     assert plans["transcribe"].state == "SKIPPED"
 
 
