@@ -104,6 +104,7 @@ def job_to_proto(
         on_screen_text=(
             from_json(row.on_screen_text, vision_pb2.OnScreenText) if row.on_screen_text else None
         ),
+        clips=[from_json(clip, media_pb2.Clip) for clip in row.clips or ()],
         queue_position=queue_position,
         last_event_sequence=row.last_event_sequence,
         deadline=timestamp(row.deadline),

@@ -29,7 +29,7 @@ _LOAD_JOB = text(
     """
     SELECT j.id, j.owner, j.video_id, j.source_url, j.spec, j.state, j.labels, j.request_id,
            j.error, j.media_info, j.metadata, j.attempts, j.last_event_sequence,
-           j.priority, j.batch_id,
+           j.priority, j.batch_id, j.clips,
            j.create_time, j.start_time, j.end_time, j.update_time, j.deadline, now() AS now,
            CASE WHEN :full THEN j.transcript ELSE j.transcript - 'segments' END AS transcript,
            CASE WHEN :full THEN j.scenes ELSE j.scenes - 'shots' - 'transitions' END AS scenes,

@@ -154,7 +154,7 @@ class ClaimedJob:
     video: media_pb2.Video | None
     source_url: str | None
     #: Job-level results so far (JSON): media_info, transcript, metadata, scenes,
-    #: on_screen_text.
+    #: on_screen_text, clips.
     fields: dict[str, Any]
     stages: tuple[StageRow, ...]
     #: When the job fails with DEADLINE_EXCEEDED if still running.
@@ -219,6 +219,7 @@ class Runs:
                     ("metadata", job.metadata_),
                     ("scenes", job.scenes),
                     ("on_screen_text", job.on_screen_text),
+                    ("clips", job.clips),
                 )
                 if value
             },

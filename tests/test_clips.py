@@ -17,9 +17,10 @@ import psutil
 import pytest
 import webvtt
 
+from gateway.pipeline.clips import name_of, resolve_clips, sentence_spans
 from reelmill.v1 import media_pb2, pipeline_pb2, transcode_service_pb2, transcode_service_pb2_grpc
 from runtime.captions import render_vtt
-from runtime.durations import duration_message
+from runtime.durations import duration_message, seconds
 from runtime.errors import InvalidArgument, NotFound, ReelmillError, error_info
 from runtime.ffmpeg import ffmpeg_path
 from runtime.progress import ProgressUpdate
@@ -664,3 +665,118 @@ async def test_grpc_cut_clips_streams_progress_then_clips(
     info = error_info(caught.value)
     assert info is not None and info.reason == "INVALID_CLIP_NAME"
     assert await store.list_keys("jobs/bad/") == []
+
+
+# --- the clips stage's ranges (gateway/pipeline/clips.py) ------------------------------------
+
+
+def _transcript(*segments: tuple[float, float, str]) -> media_pb2.Transcript:
+    return media_pb2.Transcript(
+        segments=[
+            media_pb2.Segment(id=i, start_seconds=s, end_seconds=e, text=t)
+            for i, (s, e, t) in enumerate(segments)
+        ]
+    )
+
+
+def _ranges(requests: list[transcode_service_pb2.ClipRequest]) -> list[tuple[str, float, float]]:
+    return [(r.name, seconds(r.spec.start), seconds(r.spec.end)) for r in requests]
+
+
+def test_chapters_then_ranges_then_the_transcode_clips() -> None:
+    metadata = media_pb2.VideoMetadata(
+        chapters=[
+            media_pb2.Chapter(
+                start_seconds=0, end_seconds=40, title="Intro", summary="S1", id="chapter-1"
+            ),
+            media_pb2.Chapter(start_seconds=40, end_seconds=95.5, title="Kp", id="KP.Two"),
+            media_pb2.Chapter(start_seconds=95.5, title="No end, no id"),  # from before ends
+        ]
+    )
+    spec = pipeline_pb2.PipelineSpec(
+        clips=pipeline_pb2.ClipsSpec(
+            by_chapters=True,
+            container=pipeline_pb2.CLIP_CONTAINER_WEBM,
+            ranges=[
+                pipeline_pb2.ClipSpec(start=duration_message(1), end=duration_message(2)),
+                pipeline_pb2.ClipSpec(
+                    start=duration_message(3), end=duration_message(4), knowledge_id="kp.two"
+                ),
+            ],
+        ),
+        transcode=pipeline_pb2.TranscodeSpec(
+            clips=[pipeline_pb2.ClipSpec(start=duration_message(5), frame_accurate=True)]
+        ),
+    )
+    requests = resolve_clips(spec, metadata, media_pb2.Transcript(), 120.0)
+    assert _ranges(requests) == [
+        ("chapter-1", 0, 40),
+        ("kp-two", 40, 95.5),
+        ("chapter-3", 95.5, 120),
+        ("range-1", 1, 2),
+        ("kp-two-2", 3, 4),  # the same name sanitised: made unique
+        ("clip_000", 5, 0),  # as it was asked (end unset: the source's end)
+    ]
+    first, second, third = requests[:3]
+    assert (first.spec.title, first.spec.description, first.spec.knowledge_id) == (
+        "Intro",
+        "S1",
+        "chapter-1",
+    )
+    assert second.spec.knowledge_id == "KP.Two" and third.spec.knowledge_id == "chapter-3"
+    assert {r.spec.container for r in requests[:3]} == {pipeline_pb2.CLIP_CONTAINER_WEBM}
+    assert requests[3].spec.container == pipeline_pb2.CLIP_CONTAINER_UNSPECIFIED
+    assert requests[5].spec.frame_accurate and not requests[5].spec.HasField("end")
+    assert all(clip_plan.NAME.fullmatch(r.name) for r in requests)
+    # No chapters (no speech): the ranges alone; nothing asked: nothing.
+    assert [
+        r.name for r in resolve_clips(spec, media_pb2.VideoMetadata(), media_pb2.Transcript(), 120)
+    ] == [
+        "range-1",
+        "kp-two",
+        "clip_000",
+    ]
+    spec.transcode.disabled = True
+    assert [r.name for r in resolve_clips(spec, metadata, media_pb2.Transcript(), 120)][
+        -1
+    ] == "kp-two-2"
+    assert resolve_clips(pipeline_pb2.PipelineSpec(), metadata, media_pb2.Transcript(), 120) == []
+
+
+def test_names_from_knowledge_ids() -> None:
+    assert name_of("Intro.Part_1", "x") == "intro-part_1"
+    assert name_of("..", "range-2") == "range-2"
+    assert name_of("ü" * 3 + "a" * 80, "x") == "a" * 64
+    assert clip_plan.NAME.fullmatch(name_of("A" * 64 + ".", "x"))
+
+
+def test_padding_to_sentences() -> None:
+    transcript = _transcript(
+        (0.0, 2.0, "We begin here,"),
+        (2.0, 4.5, "and this is one sentence."),
+        (5.0, 7.0, "Is this the second?"),
+        (7.0, 9.0, '"Yes!"'),
+        (9.5, 11.0, "a trailing fragment"),
+    )
+    assert sentence_spans(transcript.segments) == [(0.0, 4.5), (5.0, 7.0), (7.0, 9.0), (9.5, 11.0)]
+    spec = pipeline_pb2.PipelineSpec(
+        clips=pipeline_pb2.ClipsSpec(
+            pad_to_sentences=True,
+            ranges=[
+                pipeline_pb2.ClipSpec(start=duration_message(3), end=duration_message(6)),
+                pipeline_pb2.ClipSpec(start=duration_message(4.7), end=duration_message(9.2)),
+                pipeline_pb2.ClipSpec(start=duration_message(10), end=duration_message(12)),
+            ],
+        )
+    )
+    assert _ranges(resolve_clips(spec, media_pb2.VideoMetadata(), transcript, 10.5)) == [
+        ("range-1", 0.0, 7.0),  # back to the sentence's start, on to the next one's end
+        ("range-2", 4.7, 9.2),  # both ends in pauses: unchanged
+        ("range-3", 9.5, 10.5),  # never past the video's end
+    ]
+    spec.clips.pad_to_sentences = False
+    assert _ranges(resolve_clips(spec, media_pb2.VideoMetadata(), transcript, 10.5))[0] == (
+        "range-1",
+        3.0,
+        6.0,
+    )

@@ -100,9 +100,16 @@ async def test_upload_probe_and_job_through_real_processes(
     assert done.media_info.video_streams[0].width == 1280
     skipped = {s.name for s in done.stages if s.state == job_pb2.STAGE_STATE_SKIPPED}
     # switched off in the spec, and the stages that wait on them
-    assert skipped == {"scenes", "ocr", "transcode", "stills", "audio", "transcribe", "metadata"}, (
-        done.stages
-    )
+    assert skipped == {
+        "scenes",
+        "ocr",
+        "transcode",
+        "stills",
+        "audio",
+        "transcribe",
+        "metadata",
+        "clips",
+    }, done.stages
 
 
 async def test_full_pipeline_produces_downloadable_artifacts(
@@ -594,7 +601,7 @@ async def test_speech_becomes_transcript_and_metadata(
             "transcribe",
             "metadata",
         )
-    }
+    } | {"clips": job_pb2.STAGE_STATE_SKIPPED}  # none asked for
     text = " ".join(s.text for s in done.transcript.segments).lower()
     assert "ask not what your country can do for you" in text
     assert done.transcript.language == "en"

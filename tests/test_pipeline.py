@@ -35,6 +35,7 @@ def test_every_stage_calls_a_known_service_and_the_order_is_topological() -> Non
         "audio",
         "transcribe",
         "metadata",
+        "clips",
     ]
     assert {s.service for s in STAGES} <= set(SERVICES)
     check_order(STAGES)
@@ -52,6 +53,7 @@ async def test_an_uploaded_video_has_no_import_and_its_probe_depends_on_nothing(
         StagePlan("audio", ("probe",), "PENDING"),
         StagePlan("transcribe", ("audio",), "PENDING"),
         StagePlan("metadata", ("transcribe", "scenes", "ocr"), "PENDING"),
+        StagePlan("clips", ("probe", "transcribe", "metadata"), "SKIPPED"),  # none asked for
     ]
 
 
@@ -75,6 +77,7 @@ async def test_a_disabled_stage_skips_what_depends_on_it(stages: list[Stage]) ->
         "audio": "PENDING",
         "transcribe": "PENDING",
         "metadata": "PENDING",
+        "clips": "SKIPPED",
     }
 
 
@@ -132,3 +135,45 @@ async def test_the_stills_go_with_the_transcode_and_its_thumbnails(stages: list[
     ):
         states = {p.name: p.state for p in plan_stages(stages, spec, from_url=False)}
         assert states["stills"] == "SKIPPED"
+
+
+async def test_clips_run_when_asked_and_without_the_transcode(stages: list[Stage]) -> None:
+    """A clips-only job (transcode disabled) cuts from the source: probe, audio, transcribe,
+    metadata and clips run, no ladder; TranscodeSpec.clips count only with the transcode on."""
+    clips_only = pipeline_pb2.PipelineSpec(
+        transcode=pipeline_pb2.TranscodeSpec(disabled=True),
+        scenes=pipeline_pb2.ScenesSpec(disabled=True),
+        clips=pipeline_pb2.ClipsSpec(by_chapters=True),
+    )
+    plans = {p.name: p for p in plan_stages(stages, clips_only, from_url=False)}
+    assert {n: p.state for n, p in plans.items()} == {
+        "probe": "PENDING",
+        "scenes": "SKIPPED",
+        "ocr": "SKIPPED",
+        "transcode": "SKIPPED",
+        "stills": "SKIPPED",
+        "audio": "PENDING",
+        "transcribe": "PENDING",
+        "metadata": "PENDING",
+        "clips": "PENDING",
+    }
+    assert plans["clips"].depends_on == ("probe", "transcribe", "metadata")
+    ranges = pipeline_pb2.PipelineSpec(
+        audio=pipeline_pb2.AudioSpec(disabled=True),
+        clips=pipeline_pb2.ClipsSpec(ranges=[pipeline_pb2.ClipSpec()]),
+    )
+    plans = {p.name: p for p in plan_stages(stages, ranges, from_url=False)}
+    # Nothing to transcribe: the clips wait for the metadata (from the on-screen text) only.
+    assert plans["clips"] == StagePlan("clips", ("probe", "metadata"), "PENDING")
+    legacy = pipeline_pb2.TranscodeSpec(clips=[pipeline_pb2.ClipSpec()])
+    states = {
+        p.name: p.state
+        for p in plan_stages(stages, pipeline_pb2.PipelineSpec(transcode=legacy), from_url=False)
+    }
+    assert states["clips"] == "PENDING"
+    legacy.disabled = True
+    states = {
+        p.name: p.state
+        for p in plan_stages(stages, pipeline_pb2.PipelineSpec(transcode=legacy), from_url=False)
+    }
+    assert states["clips"] == "SKIPPED"

@@ -98,6 +98,7 @@ async def test_a_silent_captioned_video_gets_shots_text_stills_and_metadata(
         "audio": STATE.STAGE_STATE_SKIPPED,  # no audio track
         "transcribe": STATE.STAGE_STATE_SKIPPED,
         "metadata": STATE.STAGE_STATE_SUCCEEDED,
+        "clips": STATE.STAGE_STATE_SKIPPED,  # none asked for
     }
     # Shots: two 6 s shots, cut at frame 150; their keyframes lie inside them.
     shots = done.scenes.shots

@@ -85,6 +85,8 @@ class Job(Base):
     #: What the scenes and OCR stages found (reelmill.v1.Scenes, reelmill.v1.OnScreenText).
     scenes: Mapped[dict[str, Any] | None]
     on_screen_text: Mapped[dict[str, Any] | None]
+    #: What the clips stage cut: a list of reelmill.v1.Clip.
+    clips: Mapped[list[Any] | None] = mapped_column(JSONB)
     lease_owner: Mapped[str | None] = mapped_column(String(256))
     lease_expires_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -168,14 +170,6 @@ class ApiKey(Base):
     secret_hash: Mapped[str] = mapped_column(String(128))
     create_time: Mapped[datetime] = mapped_column(server_default=func.now())
     revoke_time: Mapped[datetime | None]
-
-
-class AiCache(Base):
-    __tablename__ = "ai_cache"
-
-    key: Mapped[str] = mapped_column(String(128), primary_key=True)
-    payload: Mapped[dict[str, Any]]
-    create_time: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
 class Purge(Base):

@@ -38,7 +38,7 @@ class StageContext:
     #: Outputs of every finished stage, by stage name.
     outputs: Mapping[str, Mapping[str, Any]]
     #: Job-level results so far (protobuf JSON): media_info, transcript, metadata, scenes,
-    #: on_screen_text.
+    #: on_screen_text, clips.
     fields: Mapping[str, Any]
     #: Reports progress (fraction 0..1, message); throttled before it is persisted.
     report: Report

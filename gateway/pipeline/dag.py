@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from gateway.pipeline.audio import AudioStage
 from gateway.pipeline.base import Stage, Wiring
+from gateway.pipeline.clips import ClipsStage
 from gateway.pipeline.metadata import MetadataStage
 from gateway.pipeline.ocr import OcrStage
 from gateway.pipeline.probe import ProbeStage
@@ -22,9 +23,10 @@ from reelmill.v1 import pipeline_pb2
 #:               │           └─> stills (poster,      │    (a URL job starts with the import)
 #:               │               thumbnails)          │
 #:               ├─> transcode (ladder, HLS, ...)     │
-#:               └─> audio ─> transcribe ─────────────┴─> metadata
+#:               └─> audio ─> transcribe ─────────────┴─> metadata ─> clips
 #: (stills and metadata wait for scenes and ocr when those run, and run without them; metadata
-#: reads the shots as a hint for its topic boundaries)
+#: reads the shots as a hint for its topic boundaries; clips needs only the probe, and waits
+#: for transcribe and metadata to cut the chapters and caption them)
 STAGES: tuple[type[Stage], ...] = (
     ImportStage,
     ProbeStage,
@@ -35,6 +37,7 @@ STAGES: tuple[type[Stage], ...] = (
     AudioStage,
     TranscribeStage,
     MetadataStage,
+    ClipsStage,
 )
 
 

@@ -1,5 +1,6 @@
-"""The transcode: renditions (MP4 ladder, HLS, WebM), storyboard and clips. The poster and
-thumbnails are the stills stage's (``stills.py``): they wait for the shots, the ladder does not."""
+"""The transcode: renditions (MP4 ladder, HLS, WebM) and storyboard. The poster and thumbnails
+are the stills stage's (``stills.py``): they wait for the shots, the ladder does not; the clips
+(``TranscodeSpec.clips`` too) are the clips stage's (``clips.py``), cut from the source."""
 
 from __future__ import annotations
 
@@ -31,16 +32,16 @@ class TranscodeStage(Stage):
         return {"source": ctx.video.sha256, "spec": spec_inputs(self._spec(ctx))}
 
     def skip_reason(self, ctx: StageContext) -> str | None:
-        if not has_video(ctx.media_info) and not ctx.job.spec.transcode.clips:
-            return "the source has no video stream"
-        return None
+        return None if has_video(ctx.media_info) else "the source has no video stream"
 
     @staticmethod
     def _spec(ctx: StageContext) -> pipeline_pb2.TranscodeSpec:
-        """The job's transcode spec without the stills, which the stills stage takes."""
+        """The job's transcode spec without the stills and the clips, which the stills and
+        clips stages take."""
         spec = pipeline_pb2.TranscodeSpec()
         spec.CopyFrom(ctx.job.spec.transcode)
         spec.thumbnails.enabled = False
+        del spec.clips[:]
         return spec
 
     async def run(self, ctx: StageContext) -> StageResult:

@@ -611,9 +611,9 @@ class Clip(_message.Message):
     """
     cut_end_seconds: _builtins.float
     video: _builtins.str
-    """Names of its artifacts (Job.artifacts): the video, a poster, and its
-    slice of the transcript as WebVTT with times from 0 (empty without a
-    transcript).
+    """Names of its artifacts (Job.artifacts): the video, a poster (empty
+    without video), and its slice of the transcript as WebVTT on the video's
+    own time line, 0 at cut_start_seconds (empty without a transcript).
     """
     poster: _builtins.str
     captions: _builtins.str

@@ -552,7 +552,12 @@ class TranscodeSpec(_message.Message):
     @_builtins.property
     def storyboard(self) -> Global___StoryboardSpec: ...
     @_builtins.property
-    def clips(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClipSpec]: ...
+    def clips(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClipSpec]:
+        """Clips by time range, from before the clips stage: the clips stage cuts
+        them (after ClipsSpec's, named clip_000, clip_001, ...), not the transcode
+        stage, and not when the transcode is disabled. Transcode ignores them.
+        """
+
     def __init__(
         self,
         *,
