@@ -2,11 +2,14 @@
 what determines them.
 
 A process may keep a cache, never the truth: entries are rebuilt by doing the work again, and a
-process restart simply starts cold. One event loop uses each, so they need no lock.
+process restart starts cold (``runtime.shared_cache`` keeps AI results for every replica).
+One event loop uses each, so they need no lock.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import hashlib
 import json
 from collections import OrderedDict
@@ -18,9 +21,22 @@ V = TypeVar("V")
 
 
 def cache_key(**parts: Any) -> str:
-    """SHA-256 of the canonical JSON of ``parts``."""
-    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """SHA-256 of the canonical JSON of ``parts`` (enums by their value, dataclasses as
+    objects, so ``dataclasses.asdict`` of options may go in as they are)."""
+    canonical = json.dumps(
+        parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_jsonable
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=repr)
+    raise TypeError(f"{type(value).__name__} has no canonical JSON form")
 
 
 class Lru(Generic[K, V]):

@@ -132,6 +132,21 @@ class GeminiServiceSettings(ServiceSettings):
     gemini_max_attempts: int = Field(default=4, ge=1, le=10)
 
 
+class AiServiceSettings(GeminiServiceSettings):
+    """What a server process that computes AI results (transcripts, metadata) reads: Gemini,
+    and the result cache every replica shares (``runtime.shared_cache``)."""
+
+    #: Where results are shared between replicas and restarts: "object-store" (under the
+    #: reserved prefix ``cache/ai/`` of the process's object store) or "off" (each process
+    #: keeps only its in-process cache).
+    ai_cache: Literal["off", "object-store"] = "object-store"
+    #: Days an entry answers; an older one is a miss and is overwritten.
+    ai_cache_ttl_days: float = Field(default=30.0, gt=0, le=3650)
+    #: Seconds a cache read or write may take before the request goes on without it (a miss;
+    #: a slow write finishes in the background).
+    ai_cache_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+
+
 def comma_separated(value: Any) -> Any:
     """A settings validator (``mode="before"``): "a, b,c" becomes ("a", "b", "c")."""
     if isinstance(value, str):

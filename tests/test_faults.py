@@ -85,8 +85,8 @@ FAST = {
     "REELMILL_FFMPEG_THREADS": "1",
 }
 
-#: Result caches off: every job does all of its work.
-UNCACHED = {"REELMILL_CACHE_ENTRIES": "0"}
+#: Result caches off (each process's and the shared one): every job does all of its work.
+UNCACHED = {"REELMILL_CACHE_ENTRIES": "0", "REELMILL_AI_CACHE": "off"}
 
 
 # fixtures --------------------------------------------------------------------------------------

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 from typing import Any
 
 from runtime.cache import ResultCache, cache_key
 from runtime.errors import FailedPrecondition, InvalidArgument
+from runtime.shared_cache import SharedCache, TieredCache, dumps_result, loads_result, source_digest
 from runtime.storage import ObjectStore
 from runtime.storage.keys import normalize_prefix
 from services.metadata import extractive
@@ -118,18 +120,31 @@ def known_values(metadata: Metadata, source: Source) -> dict[str, Any]:
 
 def _source_dict(source: Source) -> dict[str, Any]:
     data = dataclasses.asdict(source)
-    data["segments"] = [[s.start, s.end, s.text] for s in source.segments]
+    data["segments"] = [[s.start, s.end, s.text, s.id] for s in source.segments]
     data["on_screen"] = [[s.start, s.end, s.text] for s in source.on_screen]
     return data
 
 
 class MetadataGenerator:
     def __init__(
-        self, store: ObjectStore, gemini: GeminiGenerator | None, *, cache_entries: int
+        self,
+        store: ObjectStore,
+        gemini: GeminiGenerator | None,
+        *,
+        cache_entries: int,
+        shared: SharedCache | None = None,
     ) -> None:
         self._store = store
         self._gemini = gemini
         self.cache: ResultCache[Metadata] = ResultCache(cache_entries)
+        #: This process's cache, then the one every replica shares (``runtime.shared_cache``).
+        self.results = TieredCache(
+            self.cache,
+            shared,
+            "metadata",
+            encode=dumps_result,
+            decode=functools.partial(loads_result, Metadata),
+        )
 
     def _engine(self, engine: Engine | None) -> Engine:
         if engine is Engine.GEMINI and self._gemini is None:
@@ -161,8 +176,11 @@ class MetadataGenerator:
             bounds=dataclasses.asdict(bounds),
             schema=schema,
             prompt=options.prompt,
+            # Every option, so that one added later is in the key too; and the code itself.
+            options=dataclasses.replace(options, engine=engine),
+            code=source_digest("services.metadata"),
         )
-        metadata = self.cache.get(key)
+        metadata, found = await self.results.get(key)
         cached = metadata is not None
         if metadata is None:
             if gemini is not None:
@@ -187,11 +205,11 @@ class MetadataGenerator:
                     unfilled=filled.unfilled,
                     custom_json_complete=filled.complete,
                 )
-            self.cache.put(key, metadata)
+            await self.results.put(key, metadata)
         artifacts = await self.write_artifacts(metadata, prefix)
         log.info(
             "metadata generated",
-            extra={"engine": metadata.engine, "cached": cached, "prefix": prefix},
+            extra={"engine": metadata.engine, "cached": cached, "cache": found, "prefix": prefix},
         )
         return Outcome(metadata, artifacts, cached)
 

@@ -7,6 +7,7 @@ import grpc
 from reelmill.v1 import metadata_service_pb2, metadata_service_pb2_grpc
 from runtime.genai import GeminiClient, GeminiConfig, gemini_config
 from runtime.server import ServiceSpec
+from runtime.shared_cache import shared_cache
 from runtime.storage import ObjectStore
 from services.metadata.gemini import GeminiGenerator
 from services.metadata.generator import MetadataGenerator
@@ -24,7 +25,12 @@ def build_generator(
         if gemini is not None
         else None
     )
-    return MetadataGenerator(store, generator, cache_entries=settings.cache_entries)
+    return MetadataGenerator(
+        store,
+        generator,
+        cache_entries=settings.cache_entries,
+        shared=shared_cache(settings, store),
+    )
 
 
 def build_spec(

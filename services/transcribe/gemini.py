@@ -12,6 +12,7 @@ import asyncio
 import io
 import logging
 from collections.abc import AsyncGenerator
+from typing import Any
 
 from google.genai import types
 from pydantic import BaseModel, Field
@@ -75,6 +76,10 @@ class GeminiEngine:
         self._client = client
         self._inline_limit = inline_limit
         self.model_name = client.model
+
+    def cache_parts(self) -> dict[str, Any]:
+        """Nothing besides the model and the options (the prompt is this package's code)."""
+        return {}
 
     async def prepare(self, options: TranscribeOptions) -> None:
         """Nothing to load; Gemini takes any language."""

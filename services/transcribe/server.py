@@ -10,6 +10,7 @@ from reelmill.v1 import transcribe_service_pb2, transcribe_service_pb2_grpc
 from runtime.cpus import constrained_cpus
 from runtime.genai import GeminiClient, GeminiConfig, gemini_config
 from runtime.server import ServiceSpec
+from runtime.shared_cache import shared_cache
 from runtime.storage import ObjectStore
 from services.transcribe.gemini import GeminiEngine
 from services.transcribe.servicer import TranscribeServicer
@@ -50,6 +51,7 @@ def build_transcriber(
             max_waiting=settings.max_queued_transcriptions,
             cache_entries=settings.cache_entries,
         ),
+        shared=shared_cache(settings, store),
     )
 
 

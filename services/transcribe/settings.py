@@ -7,10 +7,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from runtime.settings import GeminiServiceSettings
+from runtime.settings import AiServiceSettings
 
 
-class TranscribeSettings(GeminiServiceSettings):
+class TranscribeSettings(AiServiceSettings):
     #: Calls served at once (0 = no limit); beyond them and the queue: RESOURCE_EXHAUSTED.
     max_concurrent_calls: int = Field(default=32, ge=0, le=100_000)
     listen: str = "127.0.0.1:50063"

@@ -2,9 +2,11 @@
 
 ``Transcriber.transcribe`` is an async generator of updates: progress (seconds transcribed over
 the audio's duration), each final segment when the caller asked for them, then one ``Outcome``.
-Results are cached by the audio's SHA-256 + engine + model + options; a hit skips decoding and
-recognition but still writes the artifacts under the requested prefix (keys are deterministic,
-so a retry overwrites rather than duplicates). Closing the generator (a cancelled call) stops
+Results are cached by the audio's SHA-256 + engine + model (and the engine's settings that
+change its output) + options + this package's code, in the process and in the object store
+every replica shares (``runtime.shared_cache``); a hit skips decoding and recognition but
+still writes the artifacts under the requested prefix (keys are deterministic, so a retry
+overwrites rather than duplicates). Closing the generator (a cancelled call) stops
 the decoding thread before it returns.
 """
 
@@ -13,16 +15,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import threading
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from runtime.cache import ResultCache, cache_key
 from runtime.errors import FailedPrecondition
 from runtime.progress import ProgressUpdate
+from runtime.shared_cache import (
+    Outcome as CacheOutcome,
+)
+from runtime.shared_cache import (
+    SharedCache,
+    TieredCache,
+    dumps_result,
+    loads_result,
+    source_digest,
+)
 from runtime.slots import Slots
 from runtime.storage import ObjectStore
 from runtime.storage.keys import normalize_prefix
@@ -64,6 +77,11 @@ class SpeechEngine(Protocol):
 
     async def prepare(self, options: TranscribeOptions) -> None: ...
 
+    def cache_parts(self) -> dict[str, Any]:
+        """What besides the options decides its output (model settings, library versions),
+        for cache keys."""
+        ...
+
     def transcribe(
         self, samples: Samples, options: TranscribeOptions
     ) -> AsyncGenerator[Language | Segment, None]: ...
@@ -92,12 +110,22 @@ class Transcriber:
         whisper: SpeechEngine,
         gemini: SpeechEngine | None,
         config: TranscriberConfig,
+        *,
+        shared: SharedCache | None = None,
     ) -> None:
         self._store = store
         self._whisper = whisper
         self._gemini = gemini
         self.config = config
         self.cache: ResultCache[Transcript] = ResultCache(config.cache_entries)
+        #: This process's cache, then the one every replica shares.
+        self.results = TieredCache(
+            self.cache,
+            shared,
+            "transcript",
+            encode=dumps_result,
+            decode=functools.partial(loads_result, Transcript),
+        )
         self._slots = Slots(
             config.max_concurrent,
             config.max_waiting,
@@ -133,11 +161,16 @@ class Transcriber:
                 engine=engine.name,
                 model=engine.model_name,
                 options=dataclasses.asdict(options),
+                engine_settings=engine.cache_parts(),
+                code=source_digest("services.transcribe"),
             )
-        transcript = self.cache.get(key) if key else None
+        transcript: Transcript | None = None
+        found: CacheOutcome = "miss"
+        if key:
+            transcript, found = await self.results.get(key)
         cached = transcript is not None
         if transcript is not None:
-            log.info("transcript served from the cache", extra={"key": audio.key})
+            log.info("transcript served from the cache", extra={"key": audio.key, "cache": found})
             yield ProgressUpdate(1.0, transcript.duration, 0.0, "cached")
             if stream_segments:
                 for segment in transcript.segments:
@@ -153,7 +186,7 @@ class Transcriber:
                             yield update
             assert transcript is not None
             if key:
-                self.cache.put(key, transcript)
+                await self.results.put(key, transcript)
         artifacts = await self.write_artifacts(transcript, prefix)
         log.info(
             "transcribed",
@@ -162,6 +195,7 @@ class Transcriber:
                 "segments": len(transcript.segments),
                 "engine": transcript.engine,
                 "cached": cached,
+                "cache": found,
             },
         )
         yield Outcome(transcript, artifacts, cached)

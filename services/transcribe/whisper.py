@@ -9,6 +9,7 @@ faster-whisper yields them, and a cancelled call stops the thread between two se
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import itertools
 import logging
 import threading
@@ -95,6 +96,17 @@ class WhisperEngine:
         #: Segments decoded since start (all calls): lets tests see that a cancelled call's
         #: thread stopped producing.
         self.segments_produced = 0
+
+    def cache_parts(self) -> dict[str, Any]:
+        """What besides the options and the model's name decides a transcript: the default
+        beam, the numeric precision and device, and the decoding libraries."""
+        return {
+            "beam_size": self.config.beam_size,
+            "compute_type": self.config.compute_type,
+            "device": self.config.device,
+            "faster_whisper": importlib.metadata.version("faster-whisper"),
+            "ctranslate2": importlib.metadata.version("ctranslate2"),
+        }
 
     async def prepare(self, options: TranscribeOptions) -> None:
         """Loads the model (once) and checks that it can do what ``options`` ask."""
