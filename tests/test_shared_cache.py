@@ -52,7 +52,7 @@ from services.metadata.settings import MetadataSettings
 from services.transcribe.model import Segment, Transcript, Word
 from services.transcribe.settings import TranscribeSettings
 from tests.conftest import FreshBucket
-from tests.servers import S3Server, free_port
+from tests.servers import PostgresServer, S3Server, free_port
 from tests.suite import INTERNAL_TOKEN, Suite, run_suite
 
 DAY = 86400.0
@@ -562,3 +562,56 @@ async def test_a_second_transcribe_replica_answers_from_the_shared_cache(
     log = [json.loads(line) for line in b.output().splitlines() if line.startswith("{")]
     done = [e for e in log if e["message"] == "transcribed"]
     assert [(e["cached"], e["cache"]) for e in done] == [(True, "hit")]
+
+
+# -- the unused ai_cache table ------------------------------------------------------------------
+
+
+async def test_migration_0009_drops_ai_cache_and_its_downgrade_recreates_it(
+    postgres: PostgresServer, empty_database: str
+) -> None:
+    """The results live in the object store; the table 0001 made for them was never used."""
+    from alembic import command
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import text
+    from sqlalchemy.engine import Connection
+
+    from gateway.db.engine import alembic_config, make_engine, migrate
+
+    url = postgres.url(empty_database)
+    before = ScriptDirectory.from_config(alembic_config(url)).get_revision("0009").down_revision
+    assert isinstance(before, str)
+
+    def run(connection: Connection, action: str, target: str) -> None:
+        config = alembic_config(url)
+        config.attributes["connection"] = connection
+        getattr(command, action)(config, target)
+
+    columns = text(
+        "SELECT column_name, data_type, character_maximum_length, is_nullable, column_default"
+        " FROM information_schema.columns WHERE table_name = 'ai_cache' ORDER BY ordinal_position"
+    )
+    engine = make_engine(url)
+    try:
+        await migrate(engine)
+        async with engine.connect() as connection:
+            assert (await connection.execute(columns)).all() == []
+        async with engine.begin() as connection:
+            await connection.run_sync(run, "downgrade", before)
+        async with engine.connect() as connection:
+            assert [tuple(row) for row in (await connection.execute(columns)).all()] == [
+                ("key", "character varying", 128, "NO", None),
+                ("payload", "jsonb", None, "NO", None),
+                ("create_time", "timestamp with time zone", None, "NO", "now()"),
+            ]
+            key = text(
+                "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid"
+                " AND a.attnum = ANY(i.indkey) WHERE i.indrelid = 'ai_cache'::regclass"
+                " AND i.indisprimary"
+            )
+            assert (await connection.execute(key)).scalars().all() == ["key"]
+        await migrate(engine)
+        async with engine.connect() as connection:
+            assert (await connection.execute(columns)).all() == []
+    finally:
+        await engine.dispose()

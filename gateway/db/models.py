@@ -172,14 +172,6 @@ class ApiKey(Base):
     revoke_time: Mapped[datetime | None]
 
 
-class AiCache(Base):
-    __tablename__ = "ai_cache"
-
-    key: Mapped[str] = mapped_column(String(128), primary_key=True)
-    payload: Mapped[dict[str, Any]]
-    create_time: Mapped[datetime] = mapped_column(server_default=func.now())
-
-
 class Purge(Base):
     """An object-store prefix to empty once ``not_before`` has passed (a failed or cancelled
     job's partial outputs, a deleted video's objects)."""
