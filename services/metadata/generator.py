@@ -21,7 +21,7 @@ from runtime.errors import FailedPrecondition, InvalidArgument
 from runtime.shared_cache import SharedCache, TieredCache, dumps_result, loads_result, source_digest
 from runtime.storage import ObjectStore
 from runtime.storage.keys import normalize_prefix
-from services.metadata import extractive
+from services.metadata import extractive, knowledge
 from services.metadata.gemini import GeminiGenerator
 from services.metadata.model import (
     Artifact,
@@ -59,6 +59,7 @@ def metadata_dict(metadata: Metadata) -> dict[str, Any]:
                 "summary": c.summary,
                 "keyphrases": list(c.keyphrases),
                 "segment_ids": list(c.segment_ids),
+                "id": c.id,
             }
             for c in metadata.chapters
         ],
@@ -163,6 +164,7 @@ class MetadataGenerator:
             )
         max_tags = options.max_tags or DEFAULT_MAX_TAGS
         bounds = chapter_bounds(options)
+        knowledge.check(options.knowledge_points)
         schema = parse_schema(options.json_schema) if options.json_schema.strip() else None
         engine = self._engine(options.engine)
         if not source.segments and not source.on_screen:
@@ -185,6 +187,15 @@ class MetadataGenerator:
         if metadata is None:
             if gemini is not None:
                 metadata = await gemini.generate(source, max_tags)
+                if options.knowledge_points:  # the caller's chapters, placed offline
+                    given = await asyncio.to_thread(
+                        extractive.chapters_of,
+                        source,
+                        bounds,
+                        options.knowledge_points,
+                        options.overlap,
+                    )
+                    metadata = dataclasses.replace(metadata, chapters=given.chapters)
                 custom = await gemini.custom(source, schema, options.prompt) if schema else None
                 filled = (
                     Filled(custom, (), validation_error(custom, schema) is None)
@@ -192,7 +203,14 @@ class MetadataGenerator:
                     else None
                 )
             else:
-                metadata = await asyncio.to_thread(extractive.generate, source, max_tags, bounds)
+                metadata = await asyncio.to_thread(
+                    extractive.generate,
+                    source,
+                    max_tags,
+                    bounds,
+                    options.knowledge_points,
+                    options.overlap,
+                )
                 filled = (
                     await asyncio.to_thread(fill_schema, schema, known_values(metadata, source))
                     if schema is not None
