@@ -4,6 +4,7 @@ generated media and the real 720p video, through the core (``Transcoder.cut_clip
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import html
 import subprocess
@@ -18,7 +19,14 @@ import pytest
 import webvtt
 
 from gateway.pipeline.clips import name_of, resolve_clips, sentence_spans
-from reelmill.v1 import media_pb2, pipeline_pb2, transcode_service_pb2, transcode_service_pb2_grpc
+from reelmill.cli import batch, render
+from reelmill.v1 import (
+    job_pb2,
+    media_pb2,
+    pipeline_pb2,
+    transcode_service_pb2,
+    transcode_service_pb2_grpc,
+)
 from runtime.captions import render_vtt
 from runtime.durations import duration_message, seconds
 from runtime.errors import InvalidArgument, NotFound, ReelmillError, error_info
@@ -780,3 +788,34 @@ def test_padding_to_sentences() -> None:
         3.0,
         6.0,
     )
+
+
+# --- the CLI ---------------------------------------------------------------------------------
+
+
+def test_submit_asks_for_chapter_clips_and_jobs_get_shows_them(tmp_path: Path) -> None:
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text('{"transcode": {"disabled": true}}')
+    spec = batch.spec_of(argparse.Namespace(spec=str(spec_file), clips_by_chapters=True))
+    assert spec.clips.by_chapters and spec.transcode.disabled
+    assert not batch.spec_of(argparse.Namespace()).clips.by_chapters
+    job = job_pb2.Job(
+        id="j1",
+        clips=[
+            media_pb2.Clip(
+                index=0,
+                knowledge_id="chapter-1",
+                title="Volcanoes",
+                start_seconds=0,
+                end_seconds=44.9,
+                cut_start_seconds=0,
+                cut_end_seconds=45.0,
+                video="clips/chapter-1.mp4",
+            )
+        ],
+    )
+    with render.console.capture() as captured:
+        render.show_job(job)
+    shown = captured.get()
+    assert "clips 1" in shown and "chapter-1" in shown and "Volcanoes" in shown
+    assert "00:00-00:44" in shown and "clips/chapter-1.mp4" in shown

@@ -17,7 +17,7 @@ from reelmill.v1 import job_pb2, job_service_pb2, pipeline_pb2
 
 def spec_of(args: argparse.Namespace) -> pipeline_pb2.PipelineSpec:
     """The pipeline spec ``submit``'s flags ask for: ``--spec FILE`` (a ``PipelineSpec`` as
-    protobuf JSON; defaults otherwise), and ``--no-reuse``."""
+    protobuf JSON; defaults otherwise), ``--no-reuse`` and ``--clips-by-chapters``."""
     spec = pipeline_pb2.PipelineSpec()
     if getattr(args, "spec", None):
         path = Path(args.spec)
@@ -27,6 +27,8 @@ def spec_of(args: argparse.Namespace) -> pipeline_pb2.PipelineSpec:
             raise SystemExit(f"reelmill: --spec {path}: {exc}") from None
     if getattr(args, "no_reuse", False):
         spec.reuse = False
+    if getattr(args, "clips_by_chapters", False):
+        spec.clips.by_chapters = True
     return spec
 
 

@@ -499,6 +499,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="compute every stage, even when an earlier job of yours had the same inputs",
     )
+    p.add_argument(
+        "--clips-by-chapters",
+        action="store_true",
+        help="cut one clip per chapter, each with its poster and captions (clips only, no "
+        "ladder: with a --spec that disables the transcode)",
+    )
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument(
         "--timeout", type=float, metavar="SECONDS", help="job deadline (default: the server's)"

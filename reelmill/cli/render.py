@@ -177,6 +177,8 @@ def show_job(job: job_pb2.Job) -> None:
         show_vision(job)
     if job.HasField("metadata"):
         show_metadata(job.metadata)
+    if job.clips:
+        show_clips(job.clips)
     if job.artifacts:
         artifacts = Table("artifact", "kind", "bytes", "content type", box=None)
         for artifact in job.artifacts:
@@ -224,6 +226,23 @@ def show_metadata(metadata: media_pb2.VideoMetadata) -> None:
         console.print(chapters)
     if metadata.unfilled:
         console.print("[yellow]schema fields not filled[/] " + ", ".join(metadata.unfilled))
+
+
+def show_clips(clips: Sequence[media_pb2.Clip]) -> None:
+    """Each clip: the range asked for, the range cut (a keyframe cut starts earlier), what it
+    is, and its video (``reelmill artifacts get JOB NAME`` downloads it)."""
+    table = Table("#", "range", "cut", "knowledge id", "title", "video", box=None)
+    for clip in clips:
+        table.add_row(
+            str(clip.index),
+            f"{timecode(clip.start_seconds)}-{timecode(clip.end_seconds)}",
+            f"{clip.cut_start_seconds:.2f}-{clip.cut_end_seconds:.2f} s",
+            clip.knowledge_id,
+            clip.title,
+            clip.video,
+        )
+    console.print(f"[bold]clips[/] {len(clips)}")
+    console.print(table)
 
 
 def timecode(seconds: float) -> str:
