@@ -2,8 +2,9 @@
 
 ``run_service`` builds a grpc.aio server with the error-mapping, tracing and (when metrics are
 on, ``runtime.metrics``) call-metrics interceptors, grpc.health.v1 reflecting real dependency
-health, and server reflection; serves the process's metrics; runs its background tasks in a
-TaskGroup; and on SIGTERM/SIGINT shuts down gracefully: health goes
+health, and server reflection (v1 and v1alpha, ``runtime.reflection``); serves the process's
+metrics; runs its background tasks in a TaskGroup; and on SIGTERM/SIGINT shuts down
+gracefully: health goes
 NOT_SERVING, the process stops taking new work (``on_drain``), in-flight calls get
 ``grace_seconds`` to finish, then the rest is cancelled.
 
@@ -25,7 +26,6 @@ from typing import TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from runtime.errors import ErrorMappingInterceptor
 from runtime.internal_auth import InternalAuth
@@ -35,6 +35,7 @@ from runtime.metrics import (
     setup_metrics,
     shutdown_metrics,
 )
+from runtime.reflection import enable_server_reflection
 from runtime.settings import ServiceSettings
 from runtime.slots import CallLimitInterceptor, Slots
 from runtime.telemetry import server_interceptors, setup_tracing, shutdown_tracing
@@ -178,13 +179,8 @@ async def run_service(
     spec.register(server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        [
-            *spec.service_names,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
+    enable_server_reflection(
+        [*spec.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], server
     )
     port = listen(server, settings.listen, internal.server_credentials() if internal else None)
     host = settings.listen.rsplit(":", 1)[0]
