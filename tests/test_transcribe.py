@@ -680,3 +680,78 @@ async def test_gemini_live(store: LocalObjectStore, tmp_path: Path, media: dict[
         await server.stop(0)
         assert spec.on_close is not None
         await spec.on_close()
+
+
+# --- a transcript the caller gives ---------------------------------------------------------------
+
+
+def _given(*segments: tuple[int, float, float, str], language: str = "en") -> Transcript:
+    return Transcript(
+        language=language,
+        language_probability=0.0,
+        duration=0.0,
+        segments=tuple(Segment(i, a, b, text) for i, a, b, text in segments),
+        engine="",
+        model="",
+    )
+
+
+async def test_a_given_transcript_is_kept_and_written_out(
+    transcriber: Transcriber, store: LocalObjectStore
+) -> None:
+    given = _given((10, 0.0, 4.0, " Hello  there. "), (20, 4.0, 9.5, "General Kenobi."))
+    # The audio is never read: the key names no object.
+    updates, outcome = await collect(
+        transcriber.transcribe(
+            AudioRef("audio/none.wav"),
+            TranscribeOptions(given=given),
+            "jobs/given/",
+            stream_segments=True,
+            duration=10.0,
+        )
+    )
+    transcript = outcome.transcript
+    assert (transcript.engine, transcript.language, transcript.duration) == ("caller", "en", 10.0)
+    assert [(s.id, s.start, s.end, s.text) for s in transcript.segments] == [
+        (10, 0.0, 4.0, "Hello there."),
+        (20, 4.0, 9.5, "General Kenobi."),
+    ]
+    assert [u.segment for u in updates if isinstance(u, SegmentUpdate)] == list(transcript.segments)
+    vtt = b"".join([c async for c in store.read("jobs/given/transcript/transcript.vtt")]).decode()
+    assert "00:00:04.000 --> 00:00:09.500\nGeneral Kenobi." in vtt
+    assert {a.name for a in outcome.artifacts} == {
+        "transcript/transcript.json",
+        "transcript/transcript.vtt",
+        "transcript/transcript.srt",
+        "transcript/transcript.txt",
+    }
+
+
+@pytest.mark.parametrize(
+    ("segments", "text"),
+    [
+        ((), "no segment with text"),
+        (((0, 0.0, 1.0, "   "),), "no segment with text"),
+        (((-1, 0.0, 1.0, "a"),), "segments[0] (id -1): ids must not be negative"),
+        (((1, 0.0, 1.0, "a"), (1, 1.0, 2.0, "b")), "segments[1] (id 1): id is also"),
+        (((1, 2.0, 1.0, "a"),), "needs 0 <= start <= end"),
+        (((1, -1.0, 1.0, "a"),), "needs 0 <= start <= end"),
+        (((1, 5.0, 6.0, "a"), (2, 1.0, 2.0, "b")), "segments[1] (id 2): starts at 1 s"),
+        (((1, 0.0, 30.0, "a"),), "after the audio (10 s)"),
+        (((1, 0.0, 1.0, "a" * 10_001),), "text is longer than"),
+    ],
+)
+async def test_a_bad_given_transcript_is_refused_by_name(
+    transcriber: Transcriber, store: LocalObjectStore, segments: Any, text: str
+) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        await collect(
+            transcriber.transcribe(
+                AudioRef("audio/none.wav"),
+                TranscribeOptions(given=_given(*segments)),
+                "jobs/bad-given/",
+                duration=10.0,
+            )
+        )
+    assert caught.value.reason == "INVALID_TRANSCRIPT" and text in str(caught.value)
+    assert await store.list_keys("jobs/bad-given/") == []

@@ -218,6 +218,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     INVALID_OCR_SPEC: _ErrorReason.ValueType  # 175
     CORRUPT_VIDEO: _ErrorReason.ValueType  # 176
     OCR_MODEL_MISSING: _ErrorReason.ValueType  # 177
+    INVALID_TRANSCRIPT: _ErrorReason.ValueType  # 178
+    """A transcript the caller gave (TranscribeSpec.transcript)."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Every reason a reelmill server sends in a failed call's `google.rpc.ErrorInfo` (its
@@ -433,4 +435,6 @@ INVALID_SCENES_SPEC: ErrorReason.ValueType  # 174
 INVALID_OCR_SPEC: ErrorReason.ValueType  # 175
 CORRUPT_VIDEO: ErrorReason.ValueType  # 176
 OCR_MODEL_MISSING: ErrorReason.ValueType  # 177
+INVALID_TRANSCRIPT: ErrorReason.ValueType  # 178
+"""A transcript the caller gave (TranscribeSpec.transcript)."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -24,53 +24,54 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from reelmill.v1 import media_pb2 as reelmill_dot_v1_dot_media__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1areelmill/v1/pipeline.proto\x12\x0breelmill.v1\x1a\x1egoogle/protobuf/duration.proto\"\xd3\x02\n\x0cPipelineSpec\x12-\n\ttranscode\x18\x01 \x01(\x0b\x32\x1a.reelmill.v1.TranscodeSpec\x12%\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x16.reelmill.v1.AudioSpec\x12/\n\ntranscribe\x18\x03 \x01(\x0b\x32\x1b.reelmill.v1.TranscribeSpec\x12+\n\x08metadata\x18\x04 \x01(\x0b\x32\x19.reelmill.v1.MetadataSpec\x12\'\n\x06scenes\x18\x05 \x01(\x0b\x32\x17.reelmill.v1.ScenesSpec\x12!\n\x03ocr\x18\x06 \x01(\x0b\x32\x14.reelmill.v1.OcrSpec\x12%\n\x05\x63lips\x18\x07 \x01(\x0b\x32\x16.reelmill.v1.ClipsSpec\x12\x12\n\x05reuse\x18\n \x01(\x08H\x00\x88\x01\x01\x42\x08\n\x06_reuse\"T\n\nLadderRung\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\x1a\n\x12video_bitrate_kbps\x18\x02 \x01(\x05\x12\x1a\n\x12\x61udio_bitrate_kbps\x18\x03 \x01(\x05\"\xdd\x01\n\x08\x43lipSpec\x12(\n\x05start\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\tcontainer\x18\x03 \x01(\x0e\x32\x1a.reelmill.v1.ClipContainer\x12\x16\n\x0e\x66rame_accurate\x18\x04 \x01(\x08\x12\r\n\x05title\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x14\n\x0cknowledge_id\x18\x07 \x01(\t\"\xa8\x01\n\tClipsSpec\x12\x13\n\x0b\x62y_chapters\x18\x01 \x01(\x08\x12%\n\x06ranges\x18\x02 \x03(\x0b\x32\x15.reelmill.v1.ClipSpec\x12-\n\tcontainer\x18\x03 \x01(\x0e\x32\x1a.reelmill.v1.ClipContainer\x12\x16\n\x0e\x66rame_accurate\x18\x04 \x01(\x08\x12\x18\n\x10pad_to_sentences\x18\x05 \x01(\x08\"@\n\x0bSegmentSpan\x12\x18\n\x10\x66irst_segment_id\x18\x01 \x01(\x05\x12\x17\n\x0flast_segment_id\x18\x02 \x01(\x05\"\xb0\x01\n\x0eKnowledgePoint\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\'\n\x05range\x18\x03 \x01(\x0b\x32\x16.reelmill.v1.TimeRangeH\x00\x12,\n\x08segments\x18\x04 \x01(\x0b\x32\x18.reelmill.v1.SegmentSpanH\x00\x12\x0f\n\x05query\x18\x05 \x01(\tH\x00\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\tB\x06\n\x04span\"]\n\tTimeRange\x12(\n\x05start\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"O\n\rThumbnailSpec\x12\x14\n\x07\x65nabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x42\n\n\x08_enabled\"\x92\x01\n\x0eStoryboardSpec\x12\x14\n\x07\x65nabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12+\n\x08interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\ntile_width\x18\x03 \x01(\x05\x12\x0f\n\x07\x63olumns\x18\x04 \x01(\x05\x12\x0c\n\x04rows\x18\x05 \x01(\x05\x42\n\n\x08_enabled\"\xd0\x02\n\rTranscodeSpec\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12\'\n\x06ladder\x18\x02 \x03(\x0b\x32\x17.reelmill.v1.LadderRung\x12\x10\n\x03hls\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x37\n\x14hls_segment_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\x04webm\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12.\n\nthumbnails\x18\x06 \x01(\x0b\x32\x1a.reelmill.v1.ThumbnailSpec\x12/\n\nstoryboard\x18\x07 \x01(\x0b\x32\x1b.reelmill.v1.StoryboardSpec\x12$\n\x05\x63lips\x18\x08 \x03(\x0b\x32\x15.reelmill.v1.ClipSpec\x12\x0e\n\x06preset\x18\t \x01(\tB\x06\n\x04_hlsB\x07\n\x05_webm\"7\n\tAudioSpec\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12\x10\n\x03m4a\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x06\n\x04_m4a\"\xd0\x01\n\x0eTranscribeSpec\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12-\n\x06\x65ngine\x18\x02 \x01(\x0e\x32\x1d.reelmill.v1.TranscribeEngine\x12\x10\n\x08language\x18\x03 \x01(\t\x12\x1c\n\x0fword_timestamps\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x17\n\nvad_filter\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12\x11\n\tbeam_size\x18\x06 \x01(\x05\x42\x12\n\x10_word_timestampsB\r\n\x0b_vad_filter\"\x8d\x03\n\x0cMetadataSpec\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12+\n\x06\x65ngine\x18\x02 \x01(\x0e\x32\x1b.reelmill.v1.MetadataEngine\x12\x10\n\x08max_tags\x18\x03 \x01(\x05\x12\x13\n\x0bjson_schema\x18\x04 \x01(\t\x12\x0e\n\x06prompt\x18\x05 \x01(\t\x12\x37\n\x14min_chapter_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x37\n\x14max_chapter_duration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x0cmin_chapters\x18\x08 \x01(\x05H\x00\x88\x01\x01\x12\x35\n\x10knowledge_points\x18\t \x03(\x0b\x32\x1b.reelmill.v1.KnowledgePoint\x12\x32\n\x0eoverlap_policy\x18\n \x01(\x0e\x32\x1a.reelmill.v1.OverlapPolicyB\x0f\n\r_min_chapters\"\xa5\x02\n\nScenesSpec\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12+\n\x08\x64\x65tector\x18\x02 \x01(\x0e\x32\x19.reelmill.v1.ShotDetector\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x19\n\x11min_content_value\x18\x04 \x01(\x01\x12\x34\n\x11min_shot_duration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12 \n\x13gradual_transitions\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12:\n\x17max_transition_duration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationB\x16\n\x14_gradual_transitions\"r\n\x07OcrSpec\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12+\n\x08interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0emin_confidence\x18\x03 \x01(\x01\x12\x10\n\x08max_side\x18\x04 \x01(\x05*`\n\rClipContainer\x12\x1e\n\x1a\x43LIP_CONTAINER_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43LIP_CONTAINER_MP4\x10\x01\x12\x17\n\x13\x43LIP_CONTAINER_WEBM\x10\x02*|\n\rOverlapPolicy\x12\x1e\n\x1aOVERLAP_POLICY_UNSPECIFIED\x10\x00\x12\x18\n\x14OVERLAP_POLICY_MERGE\x10\x01\x12\x17\n\x13OVERLAP_POLICY_TRIM\x10\x02\x12\x18\n\x14OVERLAP_POLICY_ALLOW\x10\x03*y\n\x10TranscribeEngine\x12!\n\x1dTRANSCRIBE_ENGINE_UNSPECIFIED\x10\x00\x12$\n TRANSCRIBE_ENGINE_FASTER_WHISPER\x10\x01\x12\x1c\n\x18TRANSCRIBE_ENGINE_GEMINI\x10\x02*m\n\x0eMetadataEngine\x12\x1f\n\x1bMETADATA_ENGINE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMETADATA_ENGINE_EXTRACTIVE\x10\x01\x12\x1a\n\x16METADATA_ENGINE_GEMINI\x10\x02*d\n\x0cShotDetector\x12\x1d\n\x19SHOT_DETECTOR_UNSPECIFIED\x10\x00\x12\x1a\n\x16SHOT_DETECTOR_ADAPTIVE\x10\x01\x12\x19\n\x15SHOT_DETECTOR_CONTENT\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1areelmill/v1/pipeline.proto\x12\x0breelmill.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17reelmill/v1/media.proto\"\xd3\x02\n\x0cPipelineSpec\x12-\n\ttranscode\x18\x01 \x01(\x0b\x32\x1a.reelmill.v1.TranscodeSpec\x12%\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x16.reelmill.v1.AudioSpec\x12/\n\ntranscribe\x18\x03 \x01(\x0b\x32\x1b.reelmill.v1.TranscribeSpec\x12+\n\x08metadata\x18\x04 \x01(\x0b\x32\x19.reelmill.v1.MetadataSpec\x12\'\n\x06scenes\x18\x05 \x01(\x0b\x32\x17.reelmill.v1.ScenesSpec\x12!\n\x03ocr\x18\x06 \x01(\x0b\x32\x14.reelmill.v1.OcrSpec\x12%\n\x05\x63lips\x18\x07 \x01(\x0b\x32\x16.reelmill.v1.ClipsSpec\x12\x12\n\x05reuse\x18\n \x01(\x08H\x00\x88\x01\x01\x42\x08\n\x06_reuse\"T\n\nLadderRung\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\x1a\n\x12video_bitrate_kbps\x18\x02 \x01(\x05\x12\x1a\n\x12\x61udio_bitrate_kbps\x18\x03 \x01(\x05\"\xdd\x01\n\x08\x43lipSpec\x12(\n\x05start\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\tcontainer\x18\x03 \x01(\x0e\x32\x1a.reelmill.v1.ClipContainer\x12\x16\n\x0e\x66rame_accurate\x18\x04 \x01(\x08\x12\r\n\x05title\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x14\n\x0cknowledge_id\x18\x07 \x01(\t\"\xa8\x01\n\tClipsSpec\x12\x13\n\x0b\x62y_chapters\x18\x01 \x01(\x08\x12%\n\x06ranges\x18\x02 \x03(\x0b\x32\x15.reelmill.v1.ClipSpec\x12-\n\tcontainer\x18\x03 \x01(\x0e\x32\x1a.reelmill.v1.ClipContainer\x12\x16\n\x0e\x66rame_accurate\x18\x04 \x01(\x08\x12\x18\n\x10pad_to_sentences\x18\x05 \x01(\x08\"@\n\x0bSegmentSpan\x12\x18\n\x10\x66irst_segment_id\x18\x01 \x01(\x05\x12\x17\n\x0flast_segment_id\x18\x02 \x01(\x05\"\xb0\x01\n\x0eKnowledgePoint\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\'\n\x05range\x18\x03 \x01(\x0b\x32\x16.reelmill.v1.TimeRangeH\x00\x12,\n\x08segments\x18\x04 \x01(\x0b\x32\x18.reelmill.v1.SegmentSpanH\x00\x12\x0f\n\x05query\x18\x05 \x01(\tH\x00\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\tB\x06\n\x04span\"]\n\tTimeRange\x12(\n\x05start\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"O\n\rThumbnailSpec\x12\x14\n\x07\x65nabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x42\n\n\x08_enabled\"\x92\x01\n\x0eStoryboardSpec\x12\x14\n\x07\x65nabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12+\n\x08interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\ntile_width\x18\x03 \x01(\x05\x12\x0f\n\x07\x63olumns\x18\x04 \x01(\x05\x12\x0c\n\x04rows\x18\x05 \x01(\x05\x42\n\n\x08_enabled\"\xd0\x02\n\rTranscodeSpec\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12\'\n\x06ladder\x18\x02 \x03(\x0b\x32\x17.reelmill.v1.LadderRung\x12\x10\n\x03hls\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x37\n\x14hls_segment_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\x04webm\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12.\n\nthumbnails\x18\x06 \x01(\x0b\x32\x1a.reelmill.v1.ThumbnailSpec\x12/\n\nstoryboard\x18\x07 \x01(\x0b\x32\x1b.reelmill.v1.StoryboardSpec\x12$\n\x05\x63lips\x18\x08 \x03(\x0b\x32\x15.reelmill.v1.ClipSpec\x12\x0e\n\x06preset\x18\t \x01(\tB\x06\n\x04_hlsB\x07\n\x05_webm\"7\n\tAudioSpec\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12\x10\n\x03m4a\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x06\n\x04_m4a\"\xfd\x01\n\x0eTranscribeSpec\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12-\n\x06\x65ngine\x18\x02 \x01(\x0e\x32\x1d.reelmill.v1.TranscribeEngine\x12\x10\n\x08language\x18\x03 \x01(\t\x12\x1c\n\x0fword_timestamps\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x17\n\nvad_filter\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12\x11\n\tbeam_size\x18\x06 \x01(\x05\x12+\n\ntranscript\x18\x07 \x01(\x0b\x32\x17.reelmill.v1.TranscriptB\x12\n\x10_word_timestampsB\r\n\x0b_vad_filter\"\x8d\x03\n\x0cMetadataSpec\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12+\n\x06\x65ngine\x18\x02 \x01(\x0e\x32\x1b.reelmill.v1.MetadataEngine\x12\x10\n\x08max_tags\x18\x03 \x01(\x05\x12\x13\n\x0bjson_schema\x18\x04 \x01(\t\x12\x0e\n\x06prompt\x18\x05 \x01(\t\x12\x37\n\x14min_chapter_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x37\n\x14max_chapter_duration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x0cmin_chapters\x18\x08 \x01(\x05H\x00\x88\x01\x01\x12\x35\n\x10knowledge_points\x18\t \x03(\x0b\x32\x1b.reelmill.v1.KnowledgePoint\x12\x32\n\x0eoverlap_policy\x18\n \x01(\x0e\x32\x1a.reelmill.v1.OverlapPolicyB\x0f\n\r_min_chapters\"\xa5\x02\n\nScenesSpec\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12+\n\x08\x64\x65tector\x18\x02 \x01(\x0e\x32\x19.reelmill.v1.ShotDetector\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x19\n\x11min_content_value\x18\x04 \x01(\x01\x12\x34\n\x11min_shot_duration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12 \n\x13gradual_transitions\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12:\n\x17max_transition_duration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationB\x16\n\x14_gradual_transitions\"r\n\x07OcrSpec\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12+\n\x08interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0emin_confidence\x18\x03 \x01(\x01\x12\x10\n\x08max_side\x18\x04 \x01(\x05*`\n\rClipContainer\x12\x1e\n\x1a\x43LIP_CONTAINER_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43LIP_CONTAINER_MP4\x10\x01\x12\x17\n\x13\x43LIP_CONTAINER_WEBM\x10\x02*|\n\rOverlapPolicy\x12\x1e\n\x1aOVERLAP_POLICY_UNSPECIFIED\x10\x00\x12\x18\n\x14OVERLAP_POLICY_MERGE\x10\x01\x12\x17\n\x13OVERLAP_POLICY_TRIM\x10\x02\x12\x18\n\x14OVERLAP_POLICY_ALLOW\x10\x03*y\n\x10TranscribeEngine\x12!\n\x1dTRANSCRIBE_ENGINE_UNSPECIFIED\x10\x00\x12$\n TRANSCRIBE_ENGINE_FASTER_WHISPER\x10\x01\x12\x1c\n\x18TRANSCRIBE_ENGINE_GEMINI\x10\x02*m\n\x0eMetadataEngine\x12\x1f\n\x1bMETADATA_ENGINE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMETADATA_ENGINE_EXTRACTIVE\x10\x01\x12\x1a\n\x16METADATA_ENGINE_GEMINI\x10\x02*d\n\x0cShotDetector\x12\x1d\n\x19SHOT_DETECTOR_UNSPECIFIED\x10\x00\x12\x1a\n\x16SHOT_DETECTOR_ADAPTIVE\x10\x01\x12\x19\n\x15SHOT_DETECTOR_CONTENT\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'reelmill.v1.pipeline_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CLIPCONTAINER']._serialized_start=2887
-  _globals['_CLIPCONTAINER']._serialized_end=2983
-  _globals['_OVERLAPPOLICY']._serialized_start=2985
-  _globals['_OVERLAPPOLICY']._serialized_end=3109
-  _globals['_TRANSCRIBEENGINE']._serialized_start=3111
-  _globals['_TRANSCRIBEENGINE']._serialized_end=3232
-  _globals['_METADATAENGINE']._serialized_start=3234
-  _globals['_METADATAENGINE']._serialized_end=3343
-  _globals['_SHOTDETECTOR']._serialized_start=3345
-  _globals['_SHOTDETECTOR']._serialized_end=3445
-  _globals['_PIPELINESPEC']._serialized_start=76
-  _globals['_PIPELINESPEC']._serialized_end=415
-  _globals['_LADDERRUNG']._serialized_start=417
-  _globals['_LADDERRUNG']._serialized_end=501
-  _globals['_CLIPSPEC']._serialized_start=504
-  _globals['_CLIPSPEC']._serialized_end=725
-  _globals['_CLIPSSPEC']._serialized_start=728
-  _globals['_CLIPSSPEC']._serialized_end=896
-  _globals['_SEGMENTSPAN']._serialized_start=898
-  _globals['_SEGMENTSPAN']._serialized_end=962
-  _globals['_KNOWLEDGEPOINT']._serialized_start=965
-  _globals['_KNOWLEDGEPOINT']._serialized_end=1141
-  _globals['_TIMERANGE']._serialized_start=1143
-  _globals['_TIMERANGE']._serialized_end=1236
-  _globals['_THUMBNAILSPEC']._serialized_start=1238
-  _globals['_THUMBNAILSPEC']._serialized_end=1317
-  _globals['_STORYBOARDSPEC']._serialized_start=1320
-  _globals['_STORYBOARDSPEC']._serialized_end=1466
-  _globals['_TRANSCODESPEC']._serialized_start=1469
-  _globals['_TRANSCODESPEC']._serialized_end=1805
-  _globals['_AUDIOSPEC']._serialized_start=1807
-  _globals['_AUDIOSPEC']._serialized_end=1862
-  _globals['_TRANSCRIBESPEC']._serialized_start=1865
-  _globals['_TRANSCRIBESPEC']._serialized_end=2073
-  _globals['_METADATASPEC']._serialized_start=2076
-  _globals['_METADATASPEC']._serialized_end=2473
-  _globals['_SCENESSPEC']._serialized_start=2476
-  _globals['_SCENESSPEC']._serialized_end=2769
-  _globals['_OCRSPEC']._serialized_start=2771
-  _globals['_OCRSPEC']._serialized_end=2885
+  _globals['_CLIPCONTAINER']._serialized_start=2957
+  _globals['_CLIPCONTAINER']._serialized_end=3053
+  _globals['_OVERLAPPOLICY']._serialized_start=3055
+  _globals['_OVERLAPPOLICY']._serialized_end=3179
+  _globals['_TRANSCRIBEENGINE']._serialized_start=3181
+  _globals['_TRANSCRIBEENGINE']._serialized_end=3302
+  _globals['_METADATAENGINE']._serialized_start=3304
+  _globals['_METADATAENGINE']._serialized_end=3413
+  _globals['_SHOTDETECTOR']._serialized_start=3415
+  _globals['_SHOTDETECTOR']._serialized_end=3515
+  _globals['_PIPELINESPEC']._serialized_start=101
+  _globals['_PIPELINESPEC']._serialized_end=440
+  _globals['_LADDERRUNG']._serialized_start=442
+  _globals['_LADDERRUNG']._serialized_end=526
+  _globals['_CLIPSPEC']._serialized_start=529
+  _globals['_CLIPSPEC']._serialized_end=750
+  _globals['_CLIPSSPEC']._serialized_start=753
+  _globals['_CLIPSSPEC']._serialized_end=921
+  _globals['_SEGMENTSPAN']._serialized_start=923
+  _globals['_SEGMENTSPAN']._serialized_end=987
+  _globals['_KNOWLEDGEPOINT']._serialized_start=990
+  _globals['_KNOWLEDGEPOINT']._serialized_end=1166
+  _globals['_TIMERANGE']._serialized_start=1168
+  _globals['_TIMERANGE']._serialized_end=1261
+  _globals['_THUMBNAILSPEC']._serialized_start=1263
+  _globals['_THUMBNAILSPEC']._serialized_end=1342
+  _globals['_STORYBOARDSPEC']._serialized_start=1345
+  _globals['_STORYBOARDSPEC']._serialized_end=1491
+  _globals['_TRANSCODESPEC']._serialized_start=1494
+  _globals['_TRANSCODESPEC']._serialized_end=1830
+  _globals['_AUDIOSPEC']._serialized_start=1832
+  _globals['_AUDIOSPEC']._serialized_end=1887
+  _globals['_TRANSCRIBESPEC']._serialized_start=1890
+  _globals['_TRANSCRIBESPEC']._serialized_end=2143
+  _globals['_METADATASPEC']._serialized_start=2146
+  _globals['_METADATASPEC']._serialized_end=2543
+  _globals['_SCENESSPEC']._serialized_start=2546
+  _globals['_SCENESSPEC']._serialized_end=2839
+  _globals['_OCRSPEC']._serialized_start=2841
+  _globals['_OCRSPEC']._serialized_end=2955
 # @@protoc_insertion_point(module_scope)

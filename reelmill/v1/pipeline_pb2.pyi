@@ -10,6 +10,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from reelmill.v1 import media_pb2 as _media_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -626,6 +627,7 @@ class TranscribeSpec(_message.Message):
     WORD_TIMESTAMPS_FIELD_NUMBER: _builtins.int
     VAD_FILTER_FIELD_NUMBER: _builtins.int
     BEAM_SIZE_FIELD_NUMBER: _builtins.int
+    TRANSCRIPT_FIELD_NUMBER: _builtins.int
     disabled: _builtins.bool
     engine: Global___TranscribeEngine.ValueType
     language: _builtins.str
@@ -638,6 +640,18 @@ class TranscribeSpec(_message.Message):
     """Voice-activity filter to skip silence; default true."""
     beam_size: _builtins.int
     """Beam size; 0 uses the service default."""
+    @_builtins.property
+    def transcript(self) -> _media_pb2.Transcript:
+        """A timed transcript the caller already has (seed 002): the stage takes it
+        instead of recognising the speech. It is checked (at least one segment
+        with text; ids unique and not negative; starts in order; 0 <= start <=
+        end, inside the audio's duration), kept as given (ids included, so
+        knowledge points may name them), written out as JSON, WebVTT, SRT and
+        text like a recognised one, and marked engine "caller". At most 100,000
+        segments. engine, language, word_timestamps, vad_filter and beam_size do
+        not apply.
+        """
+
     def __init__(
         self,
         *,
@@ -647,10 +661,11 @@ class TranscribeSpec(_message.Message):
         word_timestamps: _builtins.bool | None = ...,
         vad_filter: _builtins.bool | None = ...,
         beam_size: _builtins.int = ...,
+        transcript: _media_pb2.Transcript | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_vad_filter", b"_vad_filter", "_word_timestamps", b"_word_timestamps", "vad_filter", b"vad_filter", "word_timestamps", b"word_timestamps"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_vad_filter", b"_vad_filter", "_word_timestamps", b"_word_timestamps", "transcript", b"transcript", "vad_filter", b"vad_filter", "word_timestamps", b"word_timestamps"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_vad_filter", b"_vad_filter", "_word_timestamps", b"_word_timestamps", "beam_size", b"beam_size", "disabled", b"disabled", "engine", b"engine", "language", b"language", "vad_filter", b"vad_filter", "word_timestamps", b"word_timestamps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_vad_filter", b"_vad_filter", "_word_timestamps", b"_word_timestamps", "beam_size", b"beam_size", "disabled", b"disabled", "engine", b"engine", "language", b"language", "transcript", b"transcript", "vad_filter", b"vad_filter", "word_timestamps", b"word_timestamps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__vad_filter: _TypeAlias = _typing.Literal["vad_filter"]  # noqa: Y015
     _WhichOneofArgType__vad_filter: _TypeAlias = _typing.Literal["_vad_filter", b"_vad_filter"]  # noqa: Y015

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from reelmill.v1 import media_pb2, pipeline_pb2, transcribe_service_pb2
 from runtime.artifacts import artifact_messages
-from runtime.durations import duration_message
+from runtime.durations import duration_message, seconds
 from services.transcribe.model import (
     Engine,
     Outcome,
     Segment,
     TranscribeOptions,
     Transcript,
+    Word,
 )
 from services.transcribe.whisper import normalize_language
 
@@ -31,6 +32,31 @@ def transcribe_options(spec: pipeline_pb2.TranscribeSpec) -> TranscribeOptions:
         word_timestamps=spec.word_timestamps if spec.HasField("word_timestamps") else True,
         vad_filter=spec.vad_filter if spec.HasField("vad_filter") else True,
         beam_size=max(spec.beam_size, 0),
+        given=transcript(spec.transcript) if spec.HasField("transcript") else None,
+    )
+
+
+def transcript(message: media_pb2.Transcript) -> Transcript:
+    return Transcript(
+        language=message.language,
+        language_probability=message.language_probability,
+        duration=seconds(message.duration),
+        segments=tuple(
+            Segment(
+                id=s.id,
+                start=s.start_seconds,
+                end=s.end_seconds,
+                text=s.text,
+                words=tuple(
+                    Word(w.start_seconds, w.end_seconds, w.text, w.probability) for w in s.words
+                ),
+                avg_logprob=s.avg_logprob,
+                no_speech_probability=s.no_speech_probability,
+            )
+            for s in message.segments
+        ),
+        engine=message.engine,
+        model=message.model,
     )
 
 

@@ -31,6 +31,8 @@ class TranscribeOptions:
     vad_filter: bool = True
     #: 0 uses the service default.
     beam_size: int = 0
+    #: A transcript the caller already has: kept (checked) instead of recognised.
+    given: Transcript | None = None
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import grpc
 
 from reelmill.v1 import transcribe_service_pb2 as pb
 from reelmill.v1 import transcribe_service_pb2_grpc as pb_grpc
+from runtime.durations import seconds
 from runtime.progress import ProgressUpdate, progress_message
 from runtime.streams import relay
 from services.transcribe import convert
@@ -37,6 +38,7 @@ class TranscribeServicer(pb_grpc.TranscribeServiceServicer):
             convert.transcribe_options(request.spec),
             request.output_prefix,
             stream_segments=request.stream_segments,
+            duration=seconds(request.duration),
         )
         async for update in relay(updates, context, stage="transcribe"):
             if isinstance(update, ProgressUpdate):

@@ -40,6 +40,7 @@ from runtime.slots import Slots
 from runtime.storage import ObjectStore
 from runtime.storage.keys import normalize_prefix
 from services.transcribe import formats
+from services.transcribe import given as given_transcript
 from services.transcribe.audio import SAMPLE_RATE, Samples, decode_audio
 from services.transcribe.model import (
     Artifact,
@@ -147,8 +148,20 @@ class Transcriber:
         output_prefix: str,
         *,
         stream_segments: bool = False,
+        duration: float = 0.0,
     ) -> AsyncGenerator[Update, None]:
+        """``duration`` (the audio's, 0 when unknown) bounds a transcript the caller gave."""
         prefix = normalize_prefix(output_prefix)
+        if options.given is not None:  # the caller's own: checked and kept, nothing recognised
+            given = given_transcript.checked(options.given, duration)
+            yield ProgressUpdate(1.0, given.duration, 0.0, "given")
+            if stream_segments:
+                for segment in given.segments:
+                    yield SegmentUpdate(segment)
+            artifacts = await self.write_artifacts(given, prefix)
+            log.info("transcript given", extra={"segments": len(given.segments)})
+            yield Outcome(given, artifacts, False)
+            return
         self._store.check_ref(audio.bucket, audio.key, what="audio object")
         engine = self.engine_for(options.engine)
         options = dataclasses.replace(options, engine=None)
