@@ -17,6 +17,7 @@ BENCHMARKS = (
     "reuse",
     "queue",
     "segmentation",
+    "clips",
 )
 
 
