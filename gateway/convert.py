@@ -59,6 +59,7 @@ def stage_to_proto(row: models.JobStage) -> job_pb2.Stage:
         end_time=timestamp(row.end_time),
         depends_on=list(row.depends_on or []),
         reused_from_job_id=str(row.reused_from) if row.reused_from else "",
+        cached=bool((row.outputs or {}).get("cached")),
     )
 
 

@@ -635,6 +635,16 @@ async def test_speech_becomes_transcript_and_metadata(
     audio_start = order.index(("audio", job_pb2.STAGE_STATE_RUNNING))
     transcode_end = order.index(("transcode", job_pb2.STAGE_STATE_SUCCEEDED))
     assert audio_start < transcode_end
+    # The same speech again, reuse off: every stage runs, and the transcribe and metadata
+    # services answer from their result caches, which the stages say.
+    spec = pipeline_pb2.PipelineSpec(
+        reuse=False, transcode=pipeline_pb2.TranscodeSpec(disabled=True)
+    )
+    again = await client.create_job(video.id, spec=spec)
+    await asyncio.wait_for(run_to_end(client, again.id), 300)
+    second = {s.name: s for s in (await client.get_job(again.id)).stages}
+    assert second["transcribe"].cached and second["metadata"].cached
+    assert not second["transcribe"].reused_from_job_id and not second["probe"].cached
 
 
 async def test_video_without_audio_skips_the_speech_branch(

@@ -125,6 +125,7 @@ class Stage(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     DEPENDS_ON_FIELD_NUMBER: _builtins.int
     REUSED_FROM_JOB_ID_FIELD_NUMBER: _builtins.int
+    CACHED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """"import", "probe", "transcode", "scenes", "ocr", "audio", "transcribe" or
     "metadata".
@@ -140,6 +141,11 @@ class Stage(_message.Message):
     """Output only. Set when the stage did not run: its outputs were copied from
     this earlier job of the same owner, whose same stage had the same inputs
     (source sha256, options, upstream results). See PipelineSpec.reuse.
+    """
+    cached: _builtins.bool
+    """Output only. The stage's service answered from its result cache (its
+    process's, or the AI result cache every replica shares) instead of
+    computing: transcribe and metadata.
     """
     @_builtins.property
     def error(self) -> Global___JobError:
@@ -167,10 +173,11 @@ class Stage(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         depends_on: _abc.Iterable[_builtins.str] | None = ...,
         reused_from_job_id: _builtins.str = ...,
+        cached: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "depends_on", b"depends_on", "end_time", b"end_time", "error", b"error", "name", b"name", "progress", b"progress", "reused_from_job_id", b"reused_from_job_id", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cached", b"cached", "depends_on", b"depends_on", "end_time", b"end_time", "error", b"error", "name", b"name", "progress", b"progress", "reused_from_job_id", b"reused_from_job_id", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

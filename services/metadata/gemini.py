@@ -195,6 +195,11 @@ class GeminiGenerator:
         self._budget = max_transcript_chars
         self.model_name = client.model
 
+    @property
+    def transcript_budget(self) -> int:
+        """Characters of the transcript sent to Gemini (a longer one is cut)."""
+        return self._budget
+
     async def generate(self, source: Source, max_tags: int) -> Metadata:
         prompt = INSTRUCTIONS.format(max_tags=max_tags) + "\n" + context(source, self._budget)
         config = types.GenerateContentConfig(

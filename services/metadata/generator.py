@@ -174,6 +174,8 @@ class MetadataGenerator:
             source=_source_dict(source),
             engine=engine.value,
             model=gemini.model_name if gemini else extractive.MODEL,
+            # What of the transcript Gemini is sent (a longer one is cut): it changes the answer.
+            gemini_transcript_chars=gemini.transcript_budget if gemini else 0,
             max_tags=max_tags,
             bounds=dataclasses.asdict(bounds),
             schema=schema,
