@@ -1,7 +1,12 @@
-"""Generates the Python stubs in reelmill/v1 from protos/ (the one place they come from).
+"""Generates the code that comes from protos/ (the one contract), in the one place it comes from:
 
-python scripts/gen_protos.py          # regenerate in place
-python scripts/gen_protos.py --check  # exit 1 if the committed stubs differ from the protos
+- the Python stubs in reelmill/v1 (grpcio-tools' protoc: messages, grpc stubs, mypy stubs);
+- the TypeScript client's messages and service descriptors in clients/typescript/src/gen
+  (`buf generate` with buf.gen.yaml: @bufbuild/protoc-gen-es, the client package's pinned
+  devDependency, so `npm ci` in clients/typescript first; ./dev lint does).
+
+python scripts/gen_protos.py          # regenerate both in place
+python scripts/gen_protos.py --check  # exit 1 if what is committed differs from the protos
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import argparse
 import filecmp
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -19,6 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 PACKAGE = Path("reelmill") / "v1"
 HEADER = "# Generated from protos/ by scripts/gen_protos.py. Do not edit.\n"
+TYPESCRIPT = Path("clients") / "typescript" / "src" / "gen"
+PROTOC_GEN_ES = ROOT / "clients" / "typescript" / "node_modules" / ".bin" / "protoc-gen-es"
 
 
 def generate(out: Path) -> None:
@@ -47,6 +55,42 @@ def generate(out: Path) -> None:
     (out / PACKAGE / "__init__.py").write_text(HEADER)
 
 
+def generate_typescript(out: Path) -> None:
+    """``buf generate`` with buf.gen.yaml, its output under ``out`` (as under the repo root)."""
+    if not PROTOC_GEN_ES.exists():
+        raise SystemExit(
+            "protoc-gen-es not found: run `npm ci` in clients/typescript (./dev lint does)"
+        )
+    buf = Path(sys.executable).parent / "buf"
+    if not buf.exists():
+        found = shutil.which("buf")
+        if found is None:
+            raise SystemExit("buf not found: install the dev extras (buf-bin)")
+        buf = Path(found)
+    command = [str(buf), "generate", "--template", "buf.gen.yaml", "--output", str(out)]
+    if subprocess.run(command, cwd=ROOT, check=False).returncode != 0:
+        raise SystemExit("buf generate failed")
+
+
+def _files(root: Path) -> set[str]:
+    return (
+        {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+        if root.exists()
+        else set()
+    )
+
+
+def drift(fresh: Path, committed: Path, *, recursive: bool) -> list[str]:
+    """The files that differ between what was just generated and what is committed."""
+    if recursive:
+        new, old = _files(fresh), _files(committed)
+    else:
+        new = {p.name for p in fresh.iterdir()}
+        old = {p.name for p in committed.iterdir() if p.is_file()} if committed.exists() else set()
+    _, mismatch, errors = filecmp.cmpfiles(fresh, committed, sorted(new), shallow=False)
+    return sorted(set(mismatch) | set(errors) | (old ^ new))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true")
@@ -55,23 +99,29 @@ def main() -> int:
         out = Path(tmp)
         (out / PACKAGE).mkdir(parents=True)
         generate(out)
-        target = ROOT / PACKAGE
+        generate_typescript(out)
+        outputs = ((PACKAGE, False, "Python stubs"), (TYPESCRIPT, True, "TypeScript client"))
         if args.check:
-            fresh = {p.name for p in (out / PACKAGE).iterdir()}
-            old = {p.name for p in target.iterdir() if p.is_file()} if target.exists() else set()
-            _, mismatch, errors = filecmp.cmpfiles(
-                out / PACKAGE, target, sorted(fresh), shallow=False
-            )
-            drift = sorted(set(mismatch) | set(errors) | (old ^ fresh))
-            if drift:
-                print("stubs out of date with protos/: " + ", ".join(drift), file=sys.stderr)
+            failed = False
+            for path, recursive, what in outputs:
+                changed = drift(out / path, ROOT / path, recursive=recursive)
+                if changed:
+                    print(
+                        f"{what} ({path}) out of date with protos/: " + ", ".join(changed),
+                        file=sys.stderr,
+                    )
+                    failed = True
+                else:
+                    print(f"{what} in sync with protos/")
+            if failed:
                 print("run: python scripts/gen_protos.py", file=sys.stderr)
                 return 1
-            print("stubs in sync with protos/")
             return 0
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(out / PACKAGE, target)
+        for path, _, _ in outputs:
+            target = ROOT / path
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.copytree(out / path, target)
     return 0
 
 
