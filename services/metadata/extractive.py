@@ -160,14 +160,16 @@ def topic_title(chapters: list[Chapter], ranked: list[Keyphrase]) -> str:
 def _title(
     source: Source, chapters: list[Chapter], shown: list[Sentence], ranked: list[Keyphrase]
 ) -> str:
-    from_topics = topic_title(chapters, ranked)
+    """From the speech's topics; without speech, the best whole line shown on screen (a slide's
+    or a caption's, never cut); then the keyphrases; then the file name or the media facts."""
+    from_topics = topic_title(chapters, ranked) if source.segments else ""
     if from_topics:
         return from_topics
-    if ranked:  # on-screen text only
-        return topic_title([], ranked)
-    for sentence in shown:
+    for sentence in summarize(shown, ranked):
         if 2 <= len(words(sentence.text)) <= TITLE_MAX_WORDS:
             return headline(sentence.text)
+    if ranked:
+        return topic_title([], ranked)
     return filename_title(source.filename) or _media_title(source)
 
 
