@@ -258,3 +258,59 @@ async def test_clips_by_chapters_of_a_silent_video_are_skipped_with_a_reason(
         and e.stage_updated.stage.state == STATE.STAGE_STATE_SKIPPED
     ]
     assert messages and "no chapters" in messages[-1], messages
+
+
+async def test_seed_002_the_callers_transcript_and_knowledge_points_become_clips(
+    client: ReelmillClient, talk: Path
+) -> None:
+    """One job as seed 002 sends it: its own timed transcript (the talk's script, one segment per
+    topic here, with the caller's ids), knowledge points by segment ids, by time range and by
+    a text query, and one clip per knowledge point, each with the point's id and title."""
+    import json
+
+    truth = json.loads((TALK.parent / "talk.json").read_text())
+    segments = [
+        media_pb2.Segment(
+            id=100 + n,
+            start_seconds=topic["start_seconds"],
+            end_seconds=topic["end_seconds"] - 0.3,
+            text=" ".join(topic["sentences"]),
+        )
+        for n, topic in enumerate(truth["topics"])
+    ]
+    bread, bees = truth["topics"][1], truth["topics"][2]
+    spec = pipeline_pb2.PipelineSpec()
+    spec.CopyFrom(CLIPS_ONLY)
+    spec.transcribe.transcript.CopyFrom(media_pb2.Transcript(language="en", segments=segments))
+    spec.metadata.knowledge_points.extend(
+        [
+            pipeline_pb2.KnowledgePoint(
+                id="kp-volcano", title="How volcanoes erupt",
+                segments=pipeline_pb2.SegmentSpan(first_segment_id=100, last_segment_id=100),
+            ),
+            pipeline_pb2.KnowledgePoint(
+                id="kp-bread",
+                range=pipeline_pb2.TimeRange(
+                    start=duration_message(bread["start_seconds"]),
+                    end=duration_message(bread["end_seconds"]),
+                ),
+            ),
+            pipeline_pb2.KnowledgePoint(id="kp-bees", query="waggle dance of the honeybee"),
+        ]
+    )  # fmt: skip
+    video = await client.upload_file(talk)
+    done = await finish(client, (await client.create_job(video.id, spec=spec)).id)
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
+    assert done.transcript.engine == "caller"
+    assert [s.id for s in done.transcript.segments] == [100, 101, 102, 103, 104]
+    chapters = done.metadata.chapters
+    assert [c.id for c in chapters] == ["kp-volcano", "kp-bread", "kp-bees"]
+    assert chapters[0].title == "How volcanoes erupt"
+    assert chapters[0].start_seconds == 0.0 and list(chapters[0].segment_ids) == [100]
+    assert (chapters[1].start_seconds, chapters[1].end_seconds) == pytest.approx(
+        (bread["start_seconds"], bread["end_seconds"]), abs=1e-3
+    )
+    # The query found the segment that speaks of the dance: the bees' one.
+    assert list(chapters[2].segment_ids) == [102]
+    assert chapters[2].start_seconds == pytest.approx(bees["start_seconds"], abs=1e-3)
+    assert [(c.knowledge_id, c.title) for c in done.clips] == [(c.id, c.title) for c in chapters]
