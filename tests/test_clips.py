@@ -35,7 +35,6 @@ from runtime.progress import ProgressUpdate
 from runtime.server import build_server
 from runtime.storage.local import LocalObjectStore
 from services.transcode import clip_plan, messages
-from services.transcode.commands import EncoderSettings
 from services.transcode.ffmpeg_runner import FfmpegRunner
 from services.transcode.model import (
     Artifact,
@@ -55,8 +54,10 @@ from services.transcode.settings import TranscodeSettings
 from services.transcode.transcoder import SourceRef, Transcoder, TranscoderConfig
 from services.transcribe import formats
 from services.transcribe.model import Segment, Transcript
+from tests.test_transcode import FAST, _put, scratch, store, transcoder
 
-FAST = EncoderSettings(vp9_cpu_used=8)
+# The transcoder's fixtures are the transcode tests' own.
+__all__ = ["scratch", "store", "transcoder"]
 FPS = 25
 FRAME = 1 / FPS
 #: Keyframes of the generated source: every 2 s (``-g 50``), with B-frames.
@@ -207,27 +208,6 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Sources:
         *("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(long)),
     )
     return Sources(gop, webm, audio_only, long)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> LocalObjectStore:
-    return LocalObjectStore(tmp_path / "objects")
-
-
-@pytest.fixture
-def scratch(tmp_path: Path) -> Path:
-    return tmp_path / "scratch"
-
-
-@pytest.fixture
-def transcoder(store: LocalObjectStore, scratch: Path) -> Transcoder:
-    config = TranscoderConfig(scratch_dir=scratch, preset="ultrafast", encoder=FAST)
-    return Transcoder(store, FfmpegRunner(ffmpeg_path()), config)
-
-
-async def _put(store: LocalObjectStore, path: Path, key: str = "videos/v1/source") -> SourceRef:
-    await store.put_file(key, path, content_type="video/mp4")
-    return SourceRef(key)
 
 
 async def _cut(
