@@ -56,8 +56,20 @@ def test_demo_processes_a_sample_and_stops_cleanly(tmp_path: Path) -> None:
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    assert "state SUCCEEDED" in output
-    assert "probe" in output
+    assert " SUCCEEDED in " in output, output
+    # The sample's speech was transcribed and described: a title, the transcript's first
+    # lines (the tiny model's words of the JFK recording), a chapter with its times.
+    lines = output.splitlines()
+    title = next((line for line in lines if line.startswith("title ")), "")
+    assert title.removeprefix("title").strip(), output
+    assert "speech in en" in output, output
+    transcript = output[output.index("transcript (") :].lower()
+    assert "ask not what your country can do for you" in transcript, output
+    chapters = next(i for i, line in enumerate(lines) if line.startswith("chapters "))
+    assert "00:00" in lines[chapters + 2], output  # the first chapter, under the table's header
+    # Artifacts by group (no row per HLS segment), and how to get the rest.
+    assert "renditions" in output and "segments)" in output, output
+    assert "seg_00" not in output, output
     credentials = tmp_path / "home" / "credentials.json"
     assert credentials.is_file()
     # Every child was stopped: no process still runs from this home.
@@ -77,7 +89,8 @@ def test_up_with_seaweedfs_serves_artifacts_over_presigned_http_urls(tmp_path: P
     with log.open("wb") as output:
         up = subprocess.Popen(
             [sys.executable, "-m", *command],
-            env={**clean, "REELMILL_HOME": str(home), "COLUMNS": "200"},
+            # No COLUMNS: a log is 80 columns to rich, and the token must still be one line.
+            env={**clean, "REELMILL_HOME": str(home)},
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a process group of its own, as in a terminal
@@ -90,6 +103,11 @@ def test_up_with_seaweedfs_serves_artifacts_over_presigned_http_urls(tmp_path: P
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
         bearer = json.loads(credentials.read_text())["token"]
+        deadline = time.monotonic() + 30
+        while "Ctrl-C stops everything." not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        assert f"dev token: {bearer}\n" in log.read_text(), log.read_text()
         clip = make_clip(tmp_path / "clip.mp4", seconds=1)
         url, artifact = asyncio.run(_rendition(listen, bearer, clip))
         assert url.startswith("http://127.0.0.1:"), url

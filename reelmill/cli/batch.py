@@ -127,6 +127,9 @@ def _source(job: job_pb2.Job) -> str:
 
 async def batches_get(args: argparse.Namespace, client: ReelmillClient) -> int:
     jobs = await batch_jobs(client, args.batch_id)
+    if getattr(args, "json", False):
+        print(render.as_json(job_service_pb2.ListJobsResponse(jobs=jobs)))
+        return 0
     render.show_batch(jobs, {job.id: _source(job) for job in jobs})
     return 0
 

@@ -1,7 +1,7 @@
 """``reelmill``: run the suite and use it from a terminal.
 
 reelmill up [--storage seaweedfs]   start every process on localhost (Ctrl-C stops all)
-reelmill demo                       start, process a generated sample video, stop
+reelmill demo                       start, process a sample video with speech, stop
 reelmill submit FILE… [--watch]     upload, create a job (several: a batch), follow it
 reelmill jobs ls|get|cancel|watch|retry
                                     inspect and steer jobs
@@ -12,6 +12,9 @@ reelmill keys create|ls|revoke      manage your API keys
 reelmill webhooks create|ls|rm|rotate|deliveries|redeliver
                                     signed HTTP callbacks for your jobs' events
 reelmill migrate                    runs `python -m gateway migrate` (REELMILL_DATABASE_URL)
+
+JOB and VIDEO are whole ids or the start of one (unique among yours: `jobs get 3f2a9c`);
+`--json` prints what a command answers as protobuf JSON instead of a table.
 
 `up`, `demo` and `migrate` run the servers' code, so they need the server side (the gateway
 and services packages) installed beside the CLI; the other commands only call a gateway.
@@ -36,8 +39,10 @@ from rich.table import Column, Table
 
 from reelmill.cli import batch, render
 from reelmill.cli.config import CliSettings
+from reelmill.cli.ids import resolve_job, resolve_video
+from reelmill.cli.summary import show_summary
 from reelmill.client import ReelmillClient, error_reason, retry_after
-from reelmill.v1 import job_pb2, webhook_service_pb2
+from reelmill.v1 import api_key_service_pb2, job_pb2, job_service_pb2, webhook_service_pb2
 from reelmill.webhooks import event_type_name
 
 Command = Callable[[argparse.Namespace, ReelmillClient], Awaitable[int]]
@@ -61,7 +66,13 @@ def _show_page(table: Table, token: str) -> int:
     """Prints one page of a listing, and how to ask for the next one."""
     render.console.print(table)
     if token:
-        render.console.print(f"next page: --page-token {token}")
+        render.console.print(f"next page: --page-token {token}", soft_wrap=True)
+    return 0
+
+
+def _print_json(message: Any) -> int:
+    """``--json``: the response as protobuf JSON (the protos' field names) on stdout."""
+    print(render.as_json(message))
     return 0
 
 
@@ -103,9 +114,10 @@ async def submit(args: argparse.Namespace, client: ReelmillClient) -> int:
 
 
 async def _follow(client: ReelmillClient, job_id: str, after: int = 0) -> int:
-    final = await render.follow(client.watch_job(job_id, after_sequence=after))
-    job = final if final is not None else await client.get_job(job_id)
-    render.show_job(job)
+    """Live progress to the end, then the summary (of the whole job, as GetJob shows it)."""
+    await render.follow(client.watch_job(job_id, after_sequence=after))
+    job = await client.get_job(job_id)
+    show_summary(job)
     return 0 if job.state == job_pb2.JOB_STATE_SUCCEEDED else 1
 
 
@@ -117,39 +129,49 @@ async def jobs_ls(args: argparse.Namespace, client: ReelmillClient) -> int:
         page_token=args.page_token or "",
         batch_id=args.batch or "",
     )
-    table = Table("job", "state", "created", "video", "labels", box=None)
+    if args.json:
+        return _print_json(job_service_pb2.ListJobsResponse(jobs=jobs, next_page_token=token))
+    # Whole job ids, never cut (every command also takes a unique start of one); the video's
+    # start, which `videos get` takes.
+    table = Table(
+        Column("job", no_wrap=True, min_width=36),
+        Column("state", no_wrap=True),
+        Column("created", no_wrap=True),
+        Column("video", no_wrap=True),
+        "labels",
+        box=None,
+    )
     for job in jobs:
         table.add_row(
             job.id,
             render.state_name(job.state),
-            job.create_time.ToDatetime().isoformat(timespec="seconds"),
-            job.video_id,
+            job.create_time.ToDatetime().isoformat(sep=" ", timespec="minutes"),
+            job.video_id[:8] if job.video_id else job.source_url,
             ",".join(f"{k}={v}" for k, v in job.labels.items()),
         )
     return _show_page(table, token)
 
 
 async def jobs_get(args: argparse.Namespace, client: ReelmillClient) -> int:
-    job = await client.get_job(args.job_id)
+    job = await client.get_job(await resolve_job(client, args.job_id))
     if args.json:
-        print(render.as_json(job))
-    else:
-        render.show_job(job)
+        return _print_json(job)
+    render.show_job(job, every_artifact=args.artifacts)
     return 0
 
 
 async def jobs_cancel(args: argparse.Namespace, client: ReelmillClient) -> int:
-    job = await client.cancel_job(args.job_id)
+    job = await client.cancel_job(await resolve_job(client, args.job_id))
     render.console.print(f"job {job.id} {render.state_name(job.state)}")
     return 0
 
 
 async def jobs_watch(args: argparse.Namespace, client: ReelmillClient) -> int:
-    return await _follow(client, args.job_id)
+    return await _follow(client, await resolve_job(client, args.job_id))
 
 
 async def jobs_retry(args: argparse.Namespace, client: ReelmillClient) -> int:
-    job = await client.retry_job(args.job_id)
+    job = await client.retry_job(await resolve_job(client, args.job_id))
     kept = [s.name for s in job.stages if s.state == job_pb2.STAGE_STATE_SUCCEEDED]
     render.console.print(
         f"job {job.id} {render.state_name(job.state)} again"
@@ -161,8 +183,10 @@ async def jobs_retry(args: argparse.Namespace, client: ReelmillClient) -> int:
 
 
 async def videos_ls(args: argparse.Namespace, client: ReelmillClient) -> int:
-    videos, _ = await client.list_videos(page_size=args.limit)
-    table = Table("video", "file", "bytes", "created", box=None)
+    videos, token = await client.list_videos(page_size=args.limit, page_token=args.page_token or "")
+    if args.json:
+        return _print_json(job_service_pb2.ListVideosResponse(videos=videos, next_page_token=token))
+    table = Table(Column("video", no_wrap=True, min_width=36), "file", "bytes", "created", box=None)
     for video in videos:
         table.add_row(
             video.id,
@@ -170,20 +194,20 @@ async def videos_ls(args: argparse.Namespace, client: ReelmillClient) -> int:
             f"{video.size_bytes:,}",
             video.create_time.ToDatetime().isoformat(timespec="seconds"),
         )
-    render.console.print(table)
-    return 0
+    return _show_page(table, token)
 
 
 async def videos_get(args: argparse.Namespace, client: ReelmillClient) -> int:
-    video = await client.get_video(args.video_id)
+    video = await client.get_video(await resolve_video(client, args.video_id))
     print(render.as_json(video))
     return 0
 
 
 async def videos_rm(args: argparse.Namespace, client: ReelmillClient) -> int:
-    response = await client.delete_video(args.video_id)
+    video_id = await resolve_video(client, args.video_id)
+    response = await client.delete_video(video_id)
     render.console.print(
-        f"video {args.video_id} deleted; {response.cancelled_jobs} running or queued jobs "
+        f"video {video_id} deleted; {response.cancelled_jobs} running or queued jobs "
         f"cancelled, {response.deleted_artifacts} artifacts deleted"
     )
     return 0
@@ -191,18 +215,22 @@ async def videos_rm(args: argparse.Namespace, client: ReelmillClient) -> int:
 
 async def artifacts_get(args: argparse.Namespace, client: ReelmillClient) -> int:
     out = Path(args.output or Path(args.name).name)
-    artifact = await client.download_artifact(args.job_id, args.name, out)
+    artifact = await client.download_artifact(
+        await resolve_job(client, args.job_id), args.name, out
+    )
     render.console.print(f"{out} ({artifact.size_bytes:,} bytes, sha256 {artifact.sha256})")
     return 0
 
 
 async def artifacts_url(args: argparse.Namespace, client: ReelmillClient) -> int:
-    print(await client.artifact_url(args.job_id, args.name))
+    print(await client.artifact_url(await resolve_job(client, args.job_id), args.name))
     return 0
 
 
 async def keys_create(args: argparse.Namespace, client: ReelmillClient) -> int:
     key, secret = await client.create_api_key(args.name or "")
+    if args.json:
+        return _print_json(api_key_service_pb2.CreateApiKeyResponse(api_key=key, secret=secret))
     render.console.print(
         f"API key {key.id} created" + (f" ({key.display_name})" if key.display_name else "")
     )
@@ -213,7 +241,11 @@ async def keys_create(args: argparse.Namespace, client: ReelmillClient) -> int:
 
 async def keys_ls(args: argparse.Namespace, client: ReelmillClient) -> int:
     keys, token = await client.list_api_keys(page_size=args.limit, page_token=args.page_token or "")
-    table = Table("key", "name", "created", "revoked", box=None)
+    if args.json:
+        return _print_json(
+            api_key_service_pb2.ListApiKeysResponse(api_keys=keys, next_page_token=token)
+        )
+    table = Table(Column("key", no_wrap=True), "name", "created", "revoked", box=None)
     for key in keys:
         table.add_row(
             key.id,
@@ -260,6 +292,10 @@ async def webhooks_create(args: argparse.Namespace, client: ReelmillClient) -> i
         event_types=[WEBHOOK_EVENTS[name] for name in args.event],
         description=args.description or "",
     )
+    if args.json:
+        return _print_json(
+            webhook_service_pb2.CreateWebhookEndpointResponse(endpoint=endpoint, secret=secret)
+        )
     render.console.print(
         f"webhook endpoint {endpoint.id} created for {_event_names(endpoint.event_types)}"
     )
@@ -272,6 +308,12 @@ async def webhooks_ls(args: argparse.Namespace, client: ReelmillClient) -> int:
     endpoints, token = await client.list_webhook_endpoints(
         page_size=args.limit, page_token=args.page_token or ""
     )
+    if args.json:
+        return _print_json(
+            webhook_service_pb2.ListWebhookEndpointsResponse(
+                endpoints=endpoints, next_page_token=token
+            )
+        )
     table = Table(
         Column("endpoint", min_width=36, no_wrap=True), "url", "events", "state", box=None
     )
@@ -296,6 +338,10 @@ async def webhooks_rm(args: argparse.Namespace, client: ReelmillClient) -> int:
 async def webhooks_rotate(args: argparse.Namespace, client: ReelmillClient) -> int:
     overlap = timedelta(seconds=args.overlap) if args.overlap is not None else None
     endpoint, secret = await client.rotate_webhook_secret(args.endpoint_id, overlap=overlap)
+    if args.json:
+        return _print_json(
+            webhook_service_pb2.RotateWebhookSecretResponse(endpoint=endpoint, secret=secret)
+        )
     until = _when(endpoint.previous_secret_expire_time)
     render.console.print(
         f"new signing secret for {endpoint.id}"
@@ -312,11 +358,17 @@ async def webhooks_deliveries(args: argparse.Namespace, client: ReelmillClient) 
     ]
     deliveries, token = await client.list_webhook_deliveries(
         endpoint_id=args.endpoint_id or "",
-        job_id=args.job or "",
+        job_id=await resolve_job(client, args.job) if args.job else "",
         states=states,
         page_size=args.limit,
         page_token=args.page_token or "",
     )
+    if args.json:
+        return _print_json(
+            webhook_service_pb2.ListWebhookDeliveriesResponse(
+                deliveries=deliveries, next_page_token=token
+            )
+        )
     table = Table(
         Column("delivery (webhook-id)", min_width=36, no_wrap=True),
         "event",
@@ -393,22 +445,26 @@ def up(args: argparse.Namespace) -> int:
 
     settings = CliSettings(**({"up_storage": args.storage} if args.storage else {}))
     with run_suite(settings, listen=args.listen, echo=render.console.print) as suite:
+        # Never wrapped (a terminal or a log 80 columns wide): the token is copied whole.
         render.console.print(
             f"[bold green]reelmill is up[/]: gateway at [bold]{suite.gateway}[/]\n"
             f"credentials: {settings.credentials_file} (the CLI uses them)\n"
-            f"dev token: {suite.token}\nlogs: {suite.home / 'logs'}"
+            f"dev token: {suite.token}\nlogs: {suite.home / 'logs'}",
+            soft_wrap=True,
         )
         if suite.seaweedfs is not None:
             render.console.print(
                 f"S3 (SeaweedFS): {suite.seaweedfs.server.url}, "
-                f"keys in {suite.seaweedfs.root / 's3.json'}"
+                f"keys in {suite.seaweedfs.root / 's3.json'}",
+                soft_wrap=True,
             )
         render.console.print("Ctrl-C stops everything.")
         return serve_forever(suite)
 
 
 def demo(args: argparse.Namespace) -> int:
-    """Starts the suite, processes a generated sample video, shows the result, stops."""
+    """Starts the suite, processes the sample video (a test pattern over a short speech, so
+    that it has a transcript, a title and chapters), shows the result, stops."""
     _require_server_side("demo")
     from reelmill.cli.sample import make_sample
     from reelmill.cli.up import run_suite
@@ -447,6 +503,10 @@ def migrate(_args: argparse.Namespace) -> int:
     return subprocess.run(command, env=env, check=False).returncode
 
 
+JOB_HELP = "a job id, or the start of one (unique among your jobs)"
+VIDEO_HELP = "a video id, or the start of one (unique among your videos)"
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="reelmill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -462,7 +522,9 @@ def parser() -> argparse.ArgumentParser:
         "presigned http URLs players and browsers open (default: REELMILL_UP_STORAGE, local)",
     )
     p.set_defaults(run=up)
-    p = commands.add_parser("demo", help="start the suite, process a sample video, stop")
+    p = commands.add_parser(
+        "demo", help="start the suite, process a sample video with speech, show it, stop"
+    )
     p.add_argument("--listen", default="127.0.0.1:50051", help="gateway address")
     p.set_defaults(run=demo)
     p = commands.add_parser(
@@ -523,6 +585,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--page-token")
     p.add_argument("--batch", metavar="BATCH", help="only the jobs of this batch")
+    p.add_argument("--json", action="store_true", help="print the response as JSON")
     p.set_defaults(call=jobs_ls)
     for name, fn in (
         ("get", jobs_get),
@@ -531,9 +594,12 @@ def parser() -> argparse.ArgumentParser:
         ("retry", jobs_retry),
     ):
         p = sub.add_parser(name)
-        p.add_argument("job_id")
+        p.add_argument("job_id", metavar="JOB", help=JOB_HELP)
         if name == "get":
-            p.add_argument("--json", action="store_true")
+            p.add_argument("--json", action="store_true", help="print the job as JSON")
+            p.add_argument(
+                "--artifacts", action="store_true", help="one row per artifact (not by group)"
+            )
         if name == "retry":
             p.add_argument("--watch", action="store_true", help="follow the job to its end")
         p.set_defaults(call=fn)
@@ -542,6 +608,7 @@ def parser() -> argparse.ArgumentParser:
     sub = batches.add_subparsers(dest="action", required=True)
     p = sub.add_parser("get", help="every job of the batch and its state")
     p.add_argument("batch_id")
+    p.add_argument("--json", action="store_true", help="print the response as JSON")
     p.set_defaults(call=batch.batches_get)
     p = sub.add_parser("watch", help="one bar per job until every job ended, then a summary")
     p.add_argument("batch_id")
@@ -551,33 +618,37 @@ def parser() -> argparse.ArgumentParser:
     sub = videos.add_subparsers(dest="action", required=True)
     p = sub.add_parser("ls")
     p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--page-token")
+    p.add_argument("--json", action="store_true", help="print the response as JSON")
     p.set_defaults(call=videos_ls)
-    p = sub.add_parser("get")
-    p.add_argument("video_id")
+    p = sub.add_parser("get", help="a video as JSON")
+    p.add_argument("video_id", metavar="VIDEO", help=VIDEO_HELP)
     p.set_defaults(call=videos_get)
     p = sub.add_parser("rm", help="delete a video, its jobs and everything they produced")
-    p.add_argument("video_id")
+    p.add_argument("video_id", metavar="VIDEO", help=VIDEO_HELP)
     p.set_defaults(call=videos_rm)
 
     artifacts = commands.add_parser("artifacts", help="download what a job produced")
     sub = artifacts.add_subparsers(dest="action", required=True)
     p = sub.add_parser("get")
-    p.add_argument("job_id")
+    p.add_argument("job_id", metavar="JOB", help=JOB_HELP)
     p.add_argument("name")
     p.add_argument("-o", "--output")
     p.set_defaults(call=artifacts_get)
     p = sub.add_parser("url")
-    p.add_argument("job_id")
+    p.add_argument("job_id", metavar="JOB", help=JOB_HELP)
     p.add_argument("name")
     p.set_defaults(call=artifacts_url)
     keys = commands.add_parser("keys", help="create, list and revoke your API keys")
     sub = keys.add_subparsers(dest="action", required=True)
     p = sub.add_parser("create", help="a new API key; its secret is printed once")
     p.add_argument("--name", help="display name")
+    p.add_argument("--json", action="store_true", help="print the response as JSON")
     p.set_defaults(call=keys_create)
     p = sub.add_parser("ls")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--page-token")
+    p.add_argument("--json", action="store_true", help="print the response as JSON")
     p.set_defaults(call=keys_ls)
     p = sub.add_parser("revoke")
     p.add_argument("key_id")
@@ -597,10 +668,12 @@ def parser() -> argparse.ArgumentParser:
         help="an event type to receive (repeat; default: job.succeeded, job.failed, job.cancelled)",
     )
     p.add_argument("--description")
+    p.add_argument("--json", action="store_true", help="print the response as JSON")
     p.set_defaults(call=webhooks_create)
     p = sub.add_parser("ls")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--page-token")
+    p.add_argument("--json", action="store_true", help="print the response as JSON")
     p.set_defaults(call=webhooks_ls)
     p = sub.add_parser("rm", help="delete an endpoint and its deliveries")
     p.add_argument("endpoint_id")
@@ -613,15 +686,17 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long the old secret keeps signing (default: the server's, 24 h; 0: stop now)",
     )
+    p.add_argument("--json", action="store_true", help="print the response as JSON")
     p.set_defaults(call=webhooks_rotate)
     p = sub.add_parser("deliveries", help="deliveries and their attempts, newest first")
     p.add_argument("endpoint_id", nargs="?")
-    p.add_argument("--job")
+    p.add_argument("--job", metavar="JOB", help=JOB_HELP)
     p.add_argument(
         "--state", action="append", default=[], choices=["pending", "succeeded", "failed"]
     )
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--page-token")
+    p.add_argument("--json", action="store_true", help="print the response as JSON")
     p.set_defaults(call=webhooks_deliveries)
     p = sub.add_parser("redeliver", help="send a delivery again (re-enables its endpoint)")
     p.add_argument("delivery_id")

@@ -6,6 +6,7 @@ import collections
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 from google.protobuf import json_format, timestamp_pb2
+from google.protobuf.message import Message
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -142,7 +143,8 @@ def show_batch(jobs: Sequence[job_pb2.Job], names: Mapping[str, str]) -> None:
     console.print(", ".join(f"{count} {state.lower()}" for state, count in sorted(counts.items())))
 
 
-def show_job(job: job_pb2.Job) -> None:
+def show_job(job: job_pb2.Job, *, every_artifact: bool = False) -> None:
+    """Everything about a job (``jobs get``); its artifacts by group, or one row each."""
     console.print(
         f"[bold]job[/] {job.id}  state [bold]{state_name(job.state)}[/]"
         f"  video {job.video_id or job.source_url}"
@@ -160,6 +162,23 @@ def show_job(job: job_pb2.Job) -> None:
         console.print(
             f"priority {job.priority}" + (f"  batch {job.batch_id}" if job.batch_id else "")
         )
+    show_stages(job)
+    if job.HasField("media_info"):
+        show_media(job.media_info)
+    if job.HasField("scenes") or job.HasField("on_screen_text"):
+        show_vision(job)
+    if job.HasField("metadata"):
+        show_metadata(job.metadata)
+    if job.clips:
+        show_clips(job.clips)
+    if job.artifacts:
+        if every_artifact:
+            show_artifact_table(job.artifacts)
+        else:
+            show_artifacts(job.artifacts)
+
+
+def show_stages(job: job_pb2.Job) -> None:
     stages = Table("stage", "state", "progress", "attempts", "error", box=None)
     for stage in job.stages:
         stages.add_row(
@@ -171,24 +190,155 @@ def show_job(job: job_pb2.Job) -> None:
             stage.error.message,
         )
     console.print(stages)
-    if job.HasField("media_info"):
-        show_media(job.media_info)
-    if job.HasField("scenes") or job.HasField("on_screen_text"):
-        show_vision(job)
-    if job.HasField("metadata"):
-        show_metadata(job.metadata)
-    if job.clips:
-        show_clips(job.clips)
-    if job.artifacts:
-        artifacts = Table("artifact", "kind", "bytes", "content type", box=None)
-        for artifact in job.artifacts:
-            artifacts.add_row(
-                artifact.name,
-                media_pb2.ArtifactKind.Name(artifact.kind).removeprefix("ARTIFACT_KIND_"),
-                f"{artifact.size_bytes:,}",
-                artifact.content_type,
-            )
-        console.print(artifacts)
+
+
+def show_artifact_table(artifacts: Sequence[media_pb2.Artifact]) -> None:
+    """One row per artifact (``jobs get --artifacts``)."""
+    table = Table("artifact", "kind", "bytes", "content type", box=None)
+    for artifact in artifacts:
+        table.add_row(
+            artifact.name,
+            media_pb2.ArtifactKind.Name(artifact.kind).removeprefix("ARTIFACT_KIND_"),
+            f"{artifact.size_bytes:,}",
+            artifact.content_type,
+        )
+    console.print(table)
+
+
+_K = media_pb2.ArtifactKind
+#: The groups ``show_artifacts`` prints, in order, and the kinds in each.
+ARTIFACT_GROUPS: tuple[tuple[str, frozenset[int]], ...] = (
+    ("renditions", frozenset({_K.ARTIFACT_KIND_RENDITION_MP4, _K.ARTIFACT_KIND_RENDITION_WEBM})),
+    (
+        "HLS",
+        frozenset(
+            {
+                _K.ARTIFACT_KIND_HLS_MASTER_PLAYLIST,
+                _K.ARTIFACT_KIND_HLS_VARIANT_PLAYLIST,
+                _K.ARTIFACT_KIND_HLS_SEGMENT,
+            }
+        ),
+    ),
+    (
+        "stills",
+        frozenset(
+            {
+                _K.ARTIFACT_KIND_POSTER,
+                _K.ARTIFACT_KIND_THUMBNAIL,
+                _K.ARTIFACT_KIND_STORYBOARD_SPRITE,
+                _K.ARTIFACT_KIND_STORYBOARD_VTT,
+            }
+        ),
+    ),
+    ("audio", frozenset({_K.ARTIFACT_KIND_AUDIO_WAV, _K.ARTIFACT_KIND_AUDIO_M4A})),
+    (
+        "transcripts",
+        frozenset(
+            {
+                _K.ARTIFACT_KIND_TRANSCRIPT_JSON,
+                _K.ARTIFACT_KIND_TRANSCRIPT_VTT,
+                _K.ARTIFACT_KIND_TRANSCRIPT_SRT,
+                _K.ARTIFACT_KIND_TRANSCRIPT_TXT,
+            }
+        ),
+    ),
+    (
+        "clips",
+        frozenset({_K.ARTIFACT_KIND_CLIP, _K.ARTIFACT_KIND_CLIP_POSTER, _K.ARTIFACT_KIND_CLIP_VTT}),
+    ),
+    (
+        "descriptions",
+        frozenset(
+            {
+                _K.ARTIFACT_KIND_METADATA_JSON,
+                _K.ARTIFACT_KIND_CUSTOM_METADATA_JSON,
+                _K.ARTIFACT_KIND_SCENES_JSON,
+                _K.ARTIFACT_KIND_OCR_JSON,
+                _K.ARTIFACT_KIND_OCR_VTT,
+            }
+        ),
+    ),
+)
+
+
+def size(count: int) -> str:
+    """ "812 B", "45.1 kB", "3.2 MB"."""
+    value = float(count)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
+
+
+#: How a still or clip kind is counted: (one, many).
+_COUNTED = {
+    _K.ARTIFACT_KIND_POSTER: ("poster", "posters"),
+    _K.ARTIFACT_KIND_THUMBNAIL: ("thumbnail", "thumbnails"),
+    _K.ARTIFACT_KIND_STORYBOARD_SPRITE: ("storyboard sprite", "storyboard sprites"),
+    _K.ARTIFACT_KIND_STORYBOARD_VTT: ("storyboard index (VTT)", "storyboard indexes (VTT)"),
+    _K.ARTIFACT_KIND_CLIP: ("clip", "clips"),
+    _K.ARTIFACT_KIND_CLIP_POSTER: ("clip poster", "clip posters"),
+    _K.ARTIFACT_KIND_CLIP_VTT: ("clip caption file", "clip caption files"),
+}
+
+
+def _counted(members: Sequence[media_pb2.Artifact]) -> str:
+    counts = collections.Counter(a.kind for a in members)
+    return ", ".join(
+        f"{n} {_COUNTED[kind][0 if n == 1 else 1]}"
+        for kind, n in counts.items()
+        if kind in _COUNTED
+    )
+
+
+def artifact_groups(artifacts: Sequence[media_pb2.Artifact]) -> list[tuple[str, str]]:
+    """(group, one line saying what is in it) for the groups ``artifacts`` has: renditions
+    with their sizes, the HLS playlist with each variant's segment count, stills, audio,
+    transcripts, clips and descriptions counted or named; the rest by name."""
+    grouped: dict[str, list[media_pb2.Artifact]] = collections.defaultdict(list)
+    for artifact in artifacts:
+        group = next((name for name, kinds in ARTIFACT_GROUPS if artifact.kind in kinds), "other")
+        grouped[group].append(artifact)
+    lines = []
+    for group in [name for name, _ in ARTIFACT_GROUPS] + ["other"]:
+        members = grouped.get(group)
+        if not members:
+            continue
+        if group == "HLS":
+            lines.append((group, _hls(members)))
+        elif group in ("stills", "clips"):
+            lines.append((group, _counted(members)))
+        else:
+            lines.append((group, ", ".join(f"{a.name} ({size(a.size_bytes)})" for a in members)))
+    return lines
+
+
+def _hls(members: Sequence[media_pb2.Artifact]) -> str:
+    def folder(name: str) -> str:
+        return name.rsplit("/", 1)[0] if "/" in name else ""
+
+    masters = [a.name for a in members if a.kind == _K.ARTIFACT_KIND_HLS_MASTER_PLAYLIST]
+    segments = collections.Counter(
+        folder(a.name) for a in members if a.kind == _K.ARTIFACT_KIND_HLS_SEGMENT
+    )
+    variants = [
+        f"{a.name} ({segments.get(folder(a.name), 0)} segments)"
+        for a in members
+        if a.kind == _K.ARTIFACT_KIND_HLS_VARIANT_PLAYLIST
+    ]
+    return ", ".join(masters + variants)
+
+
+def show_artifacts(artifacts: Sequence[media_pb2.Artifact]) -> None:
+    """The artifacts by group, one line each (``jobs get --artifacts`` lists every one)."""
+    table = Table(box=None, show_header=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column()
+    for group, line in artifact_groups(artifacts):
+        table.add_row(group, line)
+    console.print(f"[bold]artifacts[/] {len(artifacts)}")
+    console.print(table)
 
 
 def show_vision(job: job_pb2.Job) -> None:
@@ -213,19 +363,25 @@ def show_metadata(metadata: media_pb2.VideoMetadata) -> None:
         console.print("[bold]tags[/] " + ", ".join(metadata.tags))
     if metadata.summary:
         console.print(f"[bold]summary[/] {metadata.summary}")
-    if metadata.chapters:
-        chapters = Table("start", "end", "id", "chapter", "keyphrases", box=None)
-        for chapter in metadata.chapters:
-            chapters.add_row(
-                timecode(chapter.start_seconds),
-                timecode(chapter.end_seconds),
-                chapter.id,
-                chapter.title,
-                ", ".join(chapter.keyphrases[:3]),
-            )
-        console.print(chapters)
+    show_chapters(metadata.chapters)
     if metadata.unfilled:
         console.print("[yellow]schema fields not filled[/] " + ", ".join(metadata.unfilled))
+
+
+def show_chapters(chapters: Sequence[media_pb2.Chapter]) -> None:
+    """The chapters with their times, ids and first keyphrases."""
+    if not chapters:
+        return
+    table = Table("start", "end", "id", "chapter", "keyphrases", box=None)
+    for chapter in chapters:
+        table.add_row(
+            timecode(chapter.start_seconds),
+            timecode(chapter.end_seconds),
+            chapter.id,
+            chapter.title,
+            ", ".join(chapter.keyphrases[:3]),
+        )
+    console.print(table)
 
 
 def show_clips(clips: Sequence[media_pb2.Clip]) -> None:
@@ -280,5 +436,6 @@ def show_media(info: media_pb2.MediaInfo) -> None:
         )
 
 
-def as_json(message: job_pb2.Job | media_pb2.Video) -> str:
+def as_json(message: Message) -> str:
+    """Protobuf JSON with the protos' field names (what ``--json`` prints)."""
     return json_format.MessageToJson(message, preserving_proto_field_name=True)

@@ -1,4 +1,6 @@
-"""A sample video for demos, generated with ffmpeg (no download, nothing shipped).
+"""The demo's sample video, generated with ffmpeg: a moving test pattern over a real recording
+of speech (``media/jfk.flac``, 11 s of a public-domain speech; its source and licence are in
+``media/SOURCES.md``), so that the demo's job has a transcript, a title and chapters.
 
 Server-side tooling, like ``reelmill.cli.up``: it finds ffmpeg as the services do
 (``runtime.ffmpeg``), so only ``reelmill demo`` imports it.
@@ -11,9 +13,11 @@ from pathlib import Path
 
 from runtime.ffmpeg import ffmpeg_path
 
+SPEECH = Path(__file__).resolve().parent / "media" / "jfk.flac"
 
-def make_sample(path: Path, seconds: int = 12) -> Path:
-    """A 640x360 H.264/AAC clip: a moving test pattern and a tone that changes pitch."""
+
+def make_sample(path: Path, speech: Path = SPEECH) -> Path:
+    """A 640x360 H.264/AAC MP4 as long as ``speech``: a moving test pattern, and the speech."""
     subprocess.run(
         [
             ffmpeg_path(),
@@ -24,11 +28,14 @@ def make_sample(path: Path, seconds: int = 12) -> Path:
             "-f",
             "lavfi",
             "-i",
-            f"testsrc2=size=640x360:rate=25:duration={seconds}",
-            "-f",
-            "lavfi",
+            "testsrc2=size=640x360:rate=25",
             "-i",
-            f"sine=frequency=330:beep_factor=4:duration={seconds}",
+            str(speech),
+            "-map",
+            "0:v",
+            "-map",
+            "1:a",
+            "-shortest",
             "-c:v",
             "libx264",
             "-preset",
