@@ -415,12 +415,15 @@ async def test_landscape_everything(
     transcoder: Transcoder, store: LocalObjectStore, scratch: Path, clips: Clips
 ) -> None:
     source = await _put(store, clips.landscape)
+    # Every rung encoded, keyframes on the segment grid (passthrough, which would copy the
+    # 360p source, is tests/test_passthrough.py's).
     options = TranscodeOptions(
         ladder=(RungSpec(480), RungSpec(360), RungSpec(240)),
         hls_segment_seconds=1.0,
         webm=True,
         thumbnails=ThumbnailOptions(count=3, width=160),
         storyboard=StoryboardOptions(interval=0.5, columns=4),
+        passthrough=False,
     )
     progress, outcome = await _collect(transcoder.transcode(source, None, options, "jobs/j1/"))
     assert any(0 < update.fraction < 1 and update.speed > 0 for update in progress)

@@ -171,6 +171,7 @@ class VideoStream(_message.Message):
     ROTATION_FIELD_NUMBER: _builtins.int
     FRAME_COUNT_FIELD_NUMBER: _builtins.int
     DURATION_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     codec: _builtins.str
     profile: _builtins.str
@@ -183,6 +184,10 @@ class VideoStream(_message.Message):
     rotation: _builtins.int
     """Display rotation in degrees from the stream's display matrix (0, 90, 180, 270)."""
     frame_count: _builtins.int
+    level: _builtins.int
+    """Codec level as the decoder reports it (H.264: 31 is level 3.1); 0 when
+    unknown.
+    """
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration: ...
     def __init__(
@@ -199,10 +204,11 @@ class VideoStream(_message.Message):
         rotation: _builtins.int = ...,
         frame_count: _builtins.int = ...,
         duration: _duration_pb2.Duration | None = ...,
+        level: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bit_rate", b"bit_rate", "codec", b"codec", "duration", b"duration", "fps", b"fps", "frame_count", b"frame_count", "height", b"height", "index", b"index", "pixel_format", b"pixel_format", "profile", b"profile", "rotation", b"rotation", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bit_rate", b"bit_rate", "codec", b"codec", "duration", b"duration", "fps", b"fps", "frame_count", b"frame_count", "height", b"height", "index", b"index", "level", b"level", "pixel_format", b"pixel_format", "profile", b"profile", "rotation", b"rotation", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -221,12 +227,15 @@ class AudioStream(_message.Message):
     BIT_RATE_FIELD_NUMBER: _builtins.int
     DURATION_FIELD_NUMBER: _builtins.int
     LANGUAGE_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     codec: _builtins.str
     channels: _builtins.int
     sample_rate: _builtins.int
     bit_rate: _builtins.int
     language: _builtins.str
+    profile: _builtins.str
+    """Codec profile, e.g. "LC" for AAC-LC; empty when unknown."""
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration: ...
     def __init__(
@@ -239,10 +248,11 @@ class AudioStream(_message.Message):
         bit_rate: _builtins.int = ...,
         duration: _duration_pb2.Duration | None = ...,
         language: _builtins.str = ...,
+        profile: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bit_rate", b"bit_rate", "channels", b"channels", "codec", b"codec", "duration", b"duration", "index", b"index", "language", b"language", "sample_rate", b"sample_rate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bit_rate", b"bit_rate", "channels", b"channels", "codec", b"codec", "duration", b"duration", "index", b"index", "language", b"language", "profile", b"profile", "sample_rate", b"sample_rate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

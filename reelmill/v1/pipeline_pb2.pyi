@@ -529,6 +529,7 @@ class TranscodeSpec(_message.Message):
     STORYBOARD_FIELD_NUMBER: _builtins.int
     CLIPS_FIELD_NUMBER: _builtins.int
     PRESET_FIELD_NUMBER: _builtins.int
+    PASSTHROUGH_FIELD_NUMBER: _builtins.int
     disabled: _builtins.bool
     """Skip the transcode stage."""
     hls: _builtins.bool
@@ -537,6 +538,14 @@ class TranscodeSpec(_message.Message):
     """VP9/Opus WebM of the top rung; default false."""
     preset: _builtins.str
     """x264 preset, e.g. "veryfast"; empty uses the service default."""
+    passthrough: _builtins.bool
+    """Passthrough; default true: when the source's video is H.264 that players
+    take (yuv420p; constrained baseline, main or high profile; level at most
+    5.1; a constant frame rate; keyframes at most 10 s apart; square pixels,
+    no rotation) and a rung has the source's size, that rung is the source's
+    stream copied, and the other rungs are encoded with keyframes at the
+    source's keyframe times. AAC audio (LC, mono or stereo) is copied too.
+    """
     @_builtins.property
     def ladder(self) -> _containers.RepeatedCompositeFieldContainer[Global___LadderRung]:
         """MP4 ladder; empty uses 1080p/720p/480p/360p. Rungs whose short side
@@ -571,17 +580,22 @@ class TranscodeSpec(_message.Message):
         storyboard: Global___StoryboardSpec | None = ...,
         clips: _abc.Iterable[Global___ClipSpec] | None = ...,
         preset: _builtins.str = ...,
+        passthrough: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_hls", b"_hls", "_webm", b"_webm", "hls", b"hls", "hls_segment_duration", b"hls_segment_duration", "storyboard", b"storyboard", "thumbnails", b"thumbnails", "webm", b"webm"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_hls", b"_hls", "_passthrough", b"_passthrough", "_webm", b"_webm", "hls", b"hls", "hls_segment_duration", b"hls_segment_duration", "passthrough", b"passthrough", "storyboard", b"storyboard", "thumbnails", b"thumbnails", "webm", b"webm"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_hls", b"_hls", "_webm", b"_webm", "clips", b"clips", "disabled", b"disabled", "hls", b"hls", "hls_segment_duration", b"hls_segment_duration", "ladder", b"ladder", "preset", b"preset", "storyboard", b"storyboard", "thumbnails", b"thumbnails", "webm", b"webm"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_hls", b"_hls", "_passthrough", b"_passthrough", "_webm", b"_webm", "clips", b"clips", "disabled", b"disabled", "hls", b"hls", "hls_segment_duration", b"hls_segment_duration", "ladder", b"ladder", "passthrough", b"passthrough", "preset", b"preset", "storyboard", b"storyboard", "thumbnails", b"thumbnails", "webm", b"webm"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__hls: _TypeAlias = _typing.Literal["hls"]  # noqa: Y015
     _WhichOneofArgType__hls: _TypeAlias = _typing.Literal["_hls", b"_hls"]  # noqa: Y015
+    _WhichOneofReturnType__passthrough: _TypeAlias = _typing.Literal["passthrough"]  # noqa: Y015
+    _WhichOneofArgType__passthrough: _TypeAlias = _typing.Literal["_passthrough", b"_passthrough"]  # noqa: Y015
     _WhichOneofReturnType__webm: _TypeAlias = _typing.Literal["webm"]  # noqa: Y015
     _WhichOneofArgType__webm: _TypeAlias = _typing.Literal["_webm", b"_webm"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__hls) -> _WhichOneofReturnType__hls | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__passthrough) -> _WhichOneofReturnType__passthrough | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__webm) -> _WhichOneofReturnType__webm | None: ...
 

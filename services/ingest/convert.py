@@ -34,6 +34,7 @@ def media_info(info: MediaInfo) -> media_pb2.MediaInfo:
                 rotation=v.rotation,
                 frame_count=v.frame_count,
                 duration=_duration(v.duration),
+                level=v.level,
             )
             for v in info.video_streams
         ],
@@ -46,6 +47,7 @@ def media_info(info: MediaInfo) -> media_pb2.MediaInfo:
                 bit_rate=a.bit_rate,
                 duration=_duration(a.duration),
                 language=a.language,
+                profile=a.profile,
             )
             for a in info.audio_streams
         ],

@@ -79,6 +79,8 @@ class VideoStream:
     frame_count: int
     #: Seconds, when known.
     duration: float | None
+    #: Codec level as the decoder reports it (H.264: 31 is 3.1); 0 when unknown.
+    level: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ class AudioStream:
     duration: float | None
     #: ISO 639 language tag, "" when unknown.
     language: str
+    #: Codec profile, e.g. "LC"; "" when unknown.
+    profile: str = ""
 
 
 @dataclass(frozen=True)
@@ -312,6 +316,7 @@ def _describe(
             rotation=rotations.get(s.index, 0),
             frame_count=int(s.frames or 0),
             duration=_seconds(s),
+            level=max(0, int(s.codec_context.level or 0)),
         )
         for s in videos
     )
@@ -324,6 +329,7 @@ def _describe(
             bit_rate=int(s.codec_context.bit_rate or 0),
             duration=_seconds(s),
             language="" if (s.language or "und") == "und" else str(s.language),
+            profile=s.profile or "",
         )
         for s in audios
     )

@@ -54,9 +54,15 @@ def _threads(settings: EncoderSettings) -> list[str]:
 
 
 def _keyframes(ladder: LadderPlan) -> list[str]:
-    """A keyframe at every segment boundary in every rung; no scene-cut keyframes."""
-    seg = f"{ladder.segment_seconds:g}"
+    """A keyframe at every segment boundary in every rung; no scene-cut keyframes. With a
+    copied rung (``passthrough``): keyframes at the source's keyframe times and nowhere else,
+    each asked a quarter frame early so that it lands on the source's own frame."""
     gop = str(ladder.gop_frames)
+    if ladder.copy is not None:
+        early = 0.25 / float(ladder.fps)
+        times = ",".join(f"{max(0.0, time - early):.6f}" for time in ladder.keyframes)
+        return ["-force_key_frames", times, "-sc_threshold", "0", "-g", gop]
+    seg = f"{ladder.segment_seconds:g}"
     return [
         "-force_key_frames",
         f"expr:gte(t,n_forced*{seg})",
@@ -97,31 +103,49 @@ def ladder_command(
     branch writes its tiles as small JPEGs (``fps,scale``: almost free once frames are
     decoded); ``sprite_command`` then lays them out. The tiles are not tiled here because a
     ``tile`` output emits nothing until a whole sheet is full, and ffmpeg reports no progress
-    until every output has started."""
-    branches = len(ladder.rungs) + (1 if storyboard is not None else 0)
+    until every output has started. With ``ladder.copy`` (``passthrough``) that rung is the
+    source's video stream copied, in the same run, and only the other rungs are decoded and
+    encoded (with no rung left to encode and no storyboard, nothing is decoded at all)."""
+    encoded = ladder.encoded
+    branches = len(encoded) + (1 if storyboard is not None else 0)
     labels = [f"s{i}" for i in range(branches)]
-    graph = [f"[0:v:0]fps={_fps(ladder.fps)},split={branches}" + "".join(f"[{x}]" for x in labels)]
-    for index, rung in enumerate(ladder.rungs):
+    graph = []
+    if branches:
+        split = f"split={branches}" + "".join(f"[{x}]" for x in labels)
+        graph.append(f"[0:v:0]fps={_fps(ladder.fps)},{split}")
+    for index, rung in enumerate(encoded):
         graph.append(f"[s{index}]{_scale(rung.width, rung.height)}[v{index}]")
     if storyboard is not None:
         # Exactly ``tiles`` frames whatever the rounding at the end: clone the last frame past
         # the end, cut at tiles x interval, then take one frame per interval.
         span = f"{storyboard.tiles * storyboard.interval:.6g}"
         graph.append(
-            f"[s{len(ladder.rungs)}]tpad=stop_mode=clone:stop_duration={span},trim=end={span},"
+            f"[s{len(encoded)}]tpad=stop_mode=clone:stop_duration={span},trim=end={span},"
             f"fps=1/{storyboard.interval:g},"
             f"{_jpeg_scale(storyboard.tile_width, storyboard.tile_height)}[sb]"
         )
-    args = [*source_input_args(source), "-filter_complex", ";".join(graph)]
-    if settings.threads > 0:
-        args += ["-filter_complex_threads", str(settings.threads)]
-    for index, rung in enumerate(ladder.rungs):
+    args = [*source_input_args(source)]
+    if graph:
+        args += ["-filter_complex", ";".join(graph)]
+        if settings.threads > 0:
+            args += ["-filter_complex_threads", str(settings.threads)]
+    if ladder.copy is not None:
+        # Passthrough: the source's video stream as it is, remuxed.
+        args += ["-map", "0:v:0"]
+        if ladder.audio:
+            args += ["-map", "0:a:0"]
+        args += ["-c:v", "copy"]
+        if ladder.audio:
+            args += _audio(ladder, ladder.copy, _rung(ladder, ladder.copy).audio_bitrate_kbps)
+        args += ["-map_metadata", "-1", "-map_chapters", "-1", "-movflags", "+faststart"]
+        args += ["-f", "mp4", str(outputs[ladder.copy])]
+    for index, rung in enumerate(encoded):
         args += ["-map", f"[v{index}]"]
         if ladder.audio:
             args += ["-map", "0:a:0"]
         args += _h264(rung, ladder, settings)
         if ladder.audio:
-            args += _aac(rung.audio_bitrate_kbps)
+            args += _audio(ladder, rung.name, rung.audio_bitrate_kbps)
         args += ["-map_metadata", "-1", "-map_chapters", "-1", "-movflags", "+faststart"]
         args += ["-f", "mp4", str(outputs[rung.name])]
     if storyboard is not None:
@@ -129,6 +153,15 @@ def ladder_command(
         args += ["-map", "[sb]", "-c:v", "mjpeg", "-q:v", "3", "-fps_mode", "passthrough"]
         args += ["-start_number", "0", "-f", "image2", str(tiles_dir / TILE_PATTERN)]
     return args
+
+
+def _rung(ladder: LadderPlan, name: str) -> Rung:
+    return next(rung for rung in ladder.rungs if rung.name == name)
+
+
+def _audio(ladder: LadderPlan, name: str, kbps: int) -> list[str]:
+    """The source's AAC copied when ``passthrough`` found it fit for this rung, else AAC."""
+    return ["-c:a", "copy"] if name in ladder.copy_audio else _aac(kbps)
 
 
 def sprite_command(storyboard: StoryboardPlan, tiles_dir: Path, board_dir: Path) -> list[str]:
@@ -167,17 +200,25 @@ def _h264(rung: Rung, ladder: LadderPlan, settings: EncoderSettings) -> list[str
     ]
 
 
-def hls_command(ladder: LadderPlan, renditions: dict[str, Path], hls_dir: Path) -> list[str]:
+def hls_command(
+    ladder: LadderPlan, renditions: dict[str, Path], hls_dir: Path, *, lead: float = 0.0
+) -> list[str]:
     """Packages every rung's MP4 as HLS (MPEG-TS segments) by stream copy, in one run. The
     keyframes the ladder forced at segment boundaries make every variant cut at the same
-    times."""
+    times. ``lead`` (seconds, the most any rendition's decode times run before zero) shifts
+    every variant alike, so that none has negative times for the muxer to shift on its own,
+    by its own lead: a copied rung without B-frames and an encoded one with them keep the same
+    presentation times, as HLS wants of variants."""
     args: list[str] = []
     for rung in ladder.rungs:
         args += ["-protocol_whitelist", demux.LOCAL_PROTOCOLS, "-f", "mp4"]
         args += ["-i", f"file:{renditions[rung.name]}"]
     for index, rung in enumerate(ladder.rungs):
         variant = hls_dir / rung.name
-        args += ["-map", str(index), "-c", "copy", "-f", "hls"]
+        args += ["-map", str(index), "-c", "copy"]
+        if lead > 0:
+            args += ["-output_ts_offset", f"{lead:.6f}"]
+        args += ["-f", "hls"]
         args += ["-hls_time", f"{ladder.segment_seconds:g}", "-hls_playlist_type", "vod"]
         args += ["-hls_flags", "independent_segments", "-hls_segment_type", "mpegts"]
         args += ["-start_number", "0", "-hls_list_size", "0"]

@@ -48,6 +48,8 @@ def source_info(media: media_pb2.MediaInfo) -> SourceInfo | None:
             pixel_format=stream.pixel_format,
             bit_rate=stream.bit_rate,
             duration=seconds(stream.duration),
+            profile=stream.profile,
+            level=stream.level,
         )
     if media.audio_streams:
         track = media.audio_streams[0]
@@ -57,6 +59,7 @@ def source_info(media: media_pb2.MediaInfo) -> SourceInfo | None:
             sample_rate=track.sample_rate,
             bit_rate=track.bit_rate,
             duration=seconds(track.duration),
+            profile=track.profile,
         )
     return SourceInfo(media.container, seconds(media.duration), video, audio)
 
@@ -103,6 +106,7 @@ def transcode_options(
         ),
         preset=spec.preset,
         shots=shot_stills(scenes),
+        passthrough=spec.passthrough if spec.HasField("passthrough") else True,
     )
 
 

@@ -28,6 +28,10 @@ class VideoInfo:
     bit_rate: int = 0
     #: Seconds; 0 when unknown.
     duration: float = 0.0
+    #: Codec profile as the decoder names it ("High", "Constrained Baseline"); "" unknown.
+    profile: str = ""
+    #: Codec level (H.264: 31 is 3.1); 0 when unknown.
+    level: int = 0
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -47,6 +51,8 @@ class AudioInfo:
     bit_rate: int = 0
     #: Seconds; 0 when unknown.
     duration: float = 0.0
+    #: Codec profile ("LC" for AAC-LC); "" when unknown.
+    profile: str = ""
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,8 @@ class TranscodeOptions:
     preset: str = ""
     #: The source's shots, when the scenes stage found them: stills come from their keyframes.
     shots: tuple[ShotStill, ...] = ()
+    #: Copy the source's H.264 as the rung of its size when players take it (``passthrough``).
+    passthrough: bool = True
 
 
 @dataclass(frozen=True)

@@ -140,10 +140,21 @@ class LadderPlan:
     preset: str
     #: Whether the rungs carry the source's first audio stream.
     audio: bool
+    #: The rung that is the source's video stream copied (``passthrough``), if any.
+    copy: str | None = None
+    #: With ``copy``: the source's keyframe times (seconds), where the other rungs get theirs.
+    keyframes: tuple[float, ...] = ()
+    #: Rungs whose audio is the source's, copied.
+    copy_audio: frozenset[str] = frozenset()
 
     @property
     def top(self) -> Rung:
         return self.rungs[0]
+
+    @property
+    def encoded(self) -> tuple[Rung, ...]:
+        """The rungs that are encoded (all but the copied one)."""
+        return tuple(rung for rung in self.rungs if rung.name != self.copy)
 
 
 def default_bitrate_kbps(short: int, fps: Fraction) -> int:

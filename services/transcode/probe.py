@@ -64,6 +64,8 @@ def probe_source(url: str, *, timeout: float = 30.0) -> SourceInfo:
                 pixel_format=_pixel_format(stream),
                 bit_rate=stream.codec_context.bit_rate or 0,
                 duration=_seconds(stream),
+                profile=stream.profile or "",
+                level=max(0, int(stream.codec_context.level or 0)),
             )
         if container.streams.audio:
             track = container.streams.audio[0]
@@ -73,6 +75,7 @@ def probe_source(url: str, *, timeout: float = 30.0) -> SourceInfo:
                 sample_rate=track.codec_context.sample_rate,
                 bit_rate=track.codec_context.bit_rate or 0,
                 duration=_seconds(track),
+                profile=track.profile or "",
             )
         return SourceInfo(container.format.name, duration, video, audio)
 
@@ -234,3 +237,18 @@ def media_span(path: Path) -> tuple[float, float]:
         if first is None or last is None:
             return 0.0, 0.0
         return first, last - first
+
+
+def decode_lead(path: Path, packets: int = 200) -> float:
+    """How far (seconds) a file the service wrote (trusted) has timestamps before zero: the
+    earliest decode time of its first ``packets`` packets, negated (B-frames' reordering
+    delay, AAC priming), 0 when none is negative."""
+    earliest = 0.0
+    with av.open(str(path)) as container:
+        for index, packet in enumerate(container.demux()):
+            if index >= packets:
+                break
+            stamp = packet.dts if packet.dts is not None else packet.pts
+            if stamp is not None and packet.time_base is not None:
+                earliest = min(earliest, float(stamp * packet.time_base))
+    return -earliest

@@ -36,7 +36,7 @@ from services.transcode.plan import (
     ThumbnailPlan,
     render_storyboard_vtt,
 )
-from services.transcode.probe import OutputFacts, image_size, inspect_output
+from services.transcode.probe import OutputFacts, decode_lead, image_size, inspect_output
 from services.transcode.progress import ProgressTracker
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,10 @@ async def encode_ladder(
     args = commands.ladder_command(
         ctx.source, ladder, files, ctx.encoder, storyboard=storyboard, tiles_dir=tiles_dir
     )
-    ctx.tracker.begin("ladder", "encoding " + ", ".join(rung.name for rung in ladder.rungs))
+    what = [
+        f"{rung.name} (copied)" if rung.name == ladder.copy else rung.name for rung in ladder.rungs
+    ]
+    ctx.tracker.begin("ladder", "encoding " + ", ".join(what))
     await ctx.runner.run(
         args,
         duration=ctx.info.duration,
@@ -133,6 +136,10 @@ async def encode_ladder(
             "rung": rung.name,
             "target_video_bit_rate": str(rung.video_bitrate_kbps * 1000),
         }
+        if rung.name == ladder.copy:
+            attributes["passthrough"] = "true"
+        if rung.name in ladder.copy_audio:
+            attributes["audio_passthrough"] = "true"
         renditions.append(ctx.output(files[rung.name], ArtifactKind.RENDITION_MP4, attributes))
     board: list[Output] = []
     if storyboard is not None:
@@ -194,9 +201,10 @@ async def package_hls(
     for rung in ladder.rungs:
         (hls_dir / rung.name).mkdir(parents=True, exist_ok=True)
     files = {rung.name: output.path for rung, output in zip(ladder.rungs, renditions, strict=True)}
+    leads = [await asyncio.to_thread(decode_lead, path) for path in files.values()]
     ctx.tracker.begin("hls", "packaging HLS")
     await ctx.runner.run(
-        commands.hls_command(ladder, files, hls_dir),
+        commands.hls_command(ladder, files, hls_dir, lead=max(leads, default=0.0)),
         duration=ctx.info.duration,
         on_progress=ctx.tracker.ffmpeg,
         reads_source=False,

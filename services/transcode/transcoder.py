@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from runtime.slots import Slots
 from runtime.storage import ObjectStore
 from runtime.storage.keys import normalize_prefix
 from runtime.tasks import shielded
-from services.transcode import clip_steps, steps
+from services.transcode import clip_steps, passthrough, steps
 from services.transcode.clip_plan import ClipPlan, check_requests, plan_clips
 from services.transcode.commands import EncoderSettings
 from services.transcode.ffmpeg_runner import FfmpegRunner, source_url
@@ -50,7 +51,7 @@ from services.transcode.model import (
     ThumbnailOptions,
     TranscodeOptions,
 )
-from services.transcode.plan import TranscodePlan, plan_thumbnails, plan_transcode
+from services.transcode.plan import LadderPlan, TranscodePlan, plan_thumbnails, plan_transcode
 from services.transcode.probe import keyframes_at_or_before, probe_source
 from services.transcode.progress import ProgressTracker
 from services.transcode.steps import Output, StepContext
@@ -93,8 +94,9 @@ def step_weights(plan: TranscodePlan, info: SourceInfo) -> dict[str, float]:
     weights: dict[str, float] = {}
     if plan.ladder is not None and info.video is not None:
         width, height = info.video.display_size
-        encode = sum(rung.width * rung.height for rung in plan.ladder.rungs) / REFERENCE_PIXELS
-        weights["ladder"] = duration * (0.25 * width * height / REFERENCE_PIXELS + encode)
+        encode = sum(rung.width * rung.height for rung in plan.ladder.encoded) / REFERENCE_PIXELS
+        decode = 0.25 * width * height / REFERENCE_PIXELS
+        weights["ladder"] = duration * (decode + encode + 0.02)
         if plan.hls:
             weights["hls"] = 0.2 + 0.01 * duration * len(plan.ladder.rungs)
         if plan.webm:
@@ -201,6 +203,8 @@ class Transcoder:
         url, redact = await self._resolve(source)
         info = info or await self._probe(url)
         plan = plan_transcode(options, info, preset=self.config.preset)
+        if plan.ladder is not None and options.passthrough:
+            plan = dataclasses.replace(plan, ladder=await self._passthrough(url, info, plan.ladder))
         tracker.set_weights(step_weights(plan, info))
         waiting = lambda: tracker.note("waiting for a free slot")  # noqa: E731
         async with (
@@ -276,6 +280,26 @@ class Transcoder:
         tracker.finish()
         log.info("cut clips", extra={"clips": len(clips), "prefix": prefix})
         return ClipsOutcome(tuple(clips), artifacts)
+
+    async def _passthrough(self, url: str, info: SourceInfo, ladder: LadderPlan) -> LadderPlan:
+        """``ladder`` with the rung of the source's size copied when ``passthrough`` allows it
+        (the probe's facts first, then a scan of the source's packets); else as it was."""
+        rung = passthrough.copy_rung(info, ladder)
+        if rung is None:
+            return ladder
+        try:
+            scan = await asyncio.to_thread(
+                passthrough.scan_source, url, timeout=self.config.probe_timeout
+            )
+        except Exception as exc:  # the encode reads it again and reports what is wrong
+            log.info("passthrough: the source scan failed", extra={"error": type(exc).__name__})
+            return ladder
+        refused = passthrough.refusal(scan, ladder)
+        if refused is not None:
+            log.info("passthrough refused", extra={"reason": refused})
+            return ladder
+        log.info("passthrough", extra={"rung": rung.name, "keyframes": len(scan.keyframes)})
+        return passthrough.apply(info, ladder, rung, scan)
 
     async def _keyframes(self, url: str, times: Sequence[float]) -> list[float]:
         return await asyncio.to_thread(
