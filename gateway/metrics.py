@@ -6,7 +6,9 @@
 - ``reelmill.watchers`` (up-down counter, ``{stream}``): WatchJob streams open in this process;
 - ``reelmill.stage.duration`` (histogram, ``s``, ``stage``, ``outcome``): ``stage_finished``;
 - ``reelmill.stage.retries`` (counter, ``{retry}``, ``stage``, ``code``): ``stage_retried``;
-- ``reelmill.webhook.deliveries`` (counter, ``{attempt}``, ``outcome``): ``webhook_attempted``.
+- ``reelmill.webhook.deliveries`` (counter, ``{attempt}``, ``outcome``): ``webhook_attempted``;
+- ``reelmill.retention.jobs`` (counter, ``{job}``): finished jobs this process deleted for
+  retention (``REELMILL_RETENTION_DAYS``), ``jobs_retained``.
 
 Upload bytes are ``runtime.metrics.upload_received``, shared with ingest.
 """
@@ -54,6 +56,11 @@ class GatewayMetrics:
             unit="{attempt}",
             description="Webhook delivery attempts, by outcome",
         )
+        self._retained = meter.create_counter(
+            "reelmill.retention.jobs",
+            unit="{job}",
+            description="Finished jobs deleted by retention (with their events and artifacts)",
+        )
         #: WatchJob streams open now (observed, so that the series exists before the first).
         self.watchers = 0
         meter.create_observable_up_down_counter(
@@ -86,6 +93,9 @@ class GatewayMetrics:
 
     def webhook_attempted(self, outcome: str) -> None:
         self._webhook_deliveries.add(1, {"outcome": outcome})
+
+    def jobs_retained(self, count: int) -> None:
+        self._retained.add(count)
 
     @contextlib.contextmanager
     def watching(self) -> Iterator[None]:
@@ -131,6 +141,11 @@ def webhook_attempted(outcome: str) -> None:
     "succeeded", "retrying" (failed, retried later), "exhausted" (failed, no retry left: the
     endpoint is disabled) or "gone" (410: the endpoint is disabled)."""
     instruments.webhook_attempted(outcome)
+
+
+def jobs_retained(count: int) -> None:
+    """Counts ``count`` finished jobs deleted by retention in ``reelmill.retention.jobs``."""
+    instruments.jobs_retained(count)
 
 
 def watching() -> contextlib.AbstractContextManager[None]:

@@ -29,6 +29,7 @@ from gateway.metrics import JobCounter
 from gateway.orchestrator import Orchestrator
 from gateway.pipeline import Wiring, build_stages
 from gateway.purges import Purger
+from gateway.retention import Retention
 from gateway.runs import Runs, database_unavailable
 from gateway.servicer import JobServicer
 from gateway.settings import GatewaySettings
@@ -223,6 +224,19 @@ async def assemble(settings: GatewaySettings) -> Gateway:
         if metrics_enabled(settings)
         else []
     )
+    # Retention of finished jobs, when it is on (every replica sweeps; batches are disjoint).
+    retaining = (
+        [
+            Retention(
+                sessions,
+                days=settings.retention_days,
+                interval=settings.retention_interval_seconds,
+                purge_delay=purge_delay,
+            ).run
+        ]
+        if settings.retention_days > 0
+        else []
+    )
     spec = ServiceSpec(
         name="gateway",
         service_names=[SERVICE_NAME, api_key_servicer.SERVICE_NAME, webhook_servicer.SERVICE_NAME],
@@ -239,6 +253,7 @@ async def assemble(settings: GatewaySettings) -> Gateway:
             deliverer.run,
             uploads.run_expiry,
             *counting,
+            *retaining,
         ],
         on_drain=drain,
         on_close=close,

@@ -93,6 +93,12 @@ class GatewaySettings(ServiceSettings):
     purge_delay_seconds: float = Field(default=30.0, ge=0)
     #: How often each gateway looks for purges that are due.
     purge_interval_seconds: float = Field(default=15.0, gt=0)
+    #: Retention: finished jobs (by end time) older than this many days are deleted, with
+    #: their stages, events and artifacts (their objects through the purge queue); queued
+    #: and running jobs never are. 0 keeps every job forever.
+    retention_days: float = Field(default=0.0, ge=0)
+    #: How often each gateway looks for jobs retention deletes (when it is on).
+    retention_interval_seconds: float = Field(default=300.0, gt=0)
     #: How often each gateway counts jobs by state for its metrics (when metrics are on).
     job_metrics_interval_seconds: float = Field(default=15.0, gt=0)
 
