@@ -11,7 +11,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import bindparam, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.convert import job_from_record, to_json
@@ -25,8 +26,9 @@ QUEUE_CHANNEL = "reelmill_jobs_queued"
 CANCEL_CHANNEL = "reelmill_jobs_cancelled"
 
 
-_LOAD_JOB = text(
-    """
+#: One job's columns, stages, artifacts, queue position and the inputs of its estimated start
+#: (``{position}``: the queue-position subquery of the job ``j``).
+_JOB_SELECT = """
     SELECT j.id, j.owner, j.video_id, j.source_url, j.spec, j.state, j.labels, j.request_id,
            j.error, j.media_info, j.metadata, j.attempts, j.last_event_sequence,
            j.priority, j.batch_id, j.clips,
@@ -42,9 +44,7 @@ _LOAD_JOB = text(
                             FROM artifacts a WHERE a.job_id = j.id), '[]')
                 ELSE '[]' END AS artifacts_json,
            CASE WHEN :position AND j.state = 'QUEUED' AND j.lease_owner IS NULL THEN
-                COALESCE(("""
-    + QUEUE_POSITION.text
-    + """), 0)
+                COALESCE(({position}), 0)
                 ELSE 0 END AS queue_position,
            CASE WHEN j.state = 'QUEUED' AND :estimate THEN
                 (SELECT count(*) FROM jobs r
@@ -62,9 +62,18 @@ _LOAD_JOB = text(
                           ORDER BY end_time DESC LIMIT 50) d)
                 END AS mean_job_seconds
       FROM jobs j
-     WHERE j.id = :id AND (CAST(:owner AS text) IS NULL OR j.owner = :owner)
-    """
+"""
+
+_LOAD_JOB = text(
+    _JOB_SELECT.format(position=QUEUE_POSITION.text)
+    + " WHERE j.id = :id AND (CAST(:owner AS text) IS NULL OR j.owner = :owner)"
 )
+#: The same for many jobs (a page of ListJobs) in one round trip: each queued one's position
+#: is ``QUEUE_POSITION`` of that row.
+_LOAD_JOBS = text(
+    _JOB_SELECT.format(position=QUEUE_POSITION.text.replace(":id", "j.id"))
+    + " WHERE j.id = ANY(:ids)"
+).bindparams(bindparam("ids", type_=ARRAY(UUID(as_uuid=True))))
 
 
 async def load_job(
@@ -92,6 +101,18 @@ async def load_job(
     if row is None:
         raise LookupError(str(job_id))
     return job_from_record(row, slots_per_worker=slots_per_worker)
+
+
+async def load_jobs(
+    session: AsyncSession, job_ids: Sequence[uuid.UUID], *, full: bool = False
+) -> list[job_pb2.Job]:
+    """``load_job`` of many jobs in one statement (without the estimated start), in the order
+    of ``job_ids``; a job that does not exist is left out."""
+    if not job_ids:
+        return []
+    params = {"ids": list(job_ids), "full": full, "estimate": False, "position": True}
+    rows = {row["id"]: row for row in (await session.execute(_LOAD_JOBS, params)).mappings()}
+    return [job_from_record(rows[job_id]) for job_id in job_ids if job_id in rows]
 
 
 async def append_event(

@@ -95,54 +95,104 @@ CLAIM = text(
     """
 ).bindparams(bindparam("busy", type_=ARRAY(UUID(as_uuid=True))))
 
+#: Positions up to this are exact; a job further back gets an estimate (``QUEUE_POSITION``).
+EXACT_POSITIONS = 10_000
+
+
+def queue_position_sql(exact: int = EXACT_POSITIONS) -> str:
+    """``QUEUE_POSITION`` with positions exact up to ``exact``."""
+    return _QUEUE_POSITION.replace(":exact", str(int(exact)))
+
+
 #: The 1-based position of waiting job ``:id`` in the claim order; no row when it is not
 #: waiting. The turn of each owner's waiting jobs is as in ``CLAIM``; ``-infinity`` stands for
 #: "never claimed", which wins ties as ``NULLS FIRST`` does there.
-QUEUE_POSITION = text(
-    """
-    WITH me AS (
+#:
+#: Its cost follows the position, not the queue: the owners with waiting jobs come from a loose
+#: scan of ``ix_jobs_waiting`` (one probe each, as in ``CLAIM``), and of each owner's waiting
+#: jobs only those that can be ahead of the job are counted (at most its turn's worth, each
+#: count a ``LIMIT``ed index-only scan). The counting stops once the jobs found ahead pass
+#: ``EXACT_POSITIONS``: then the owners left are only walked over, and what the counted owners
+#: put ahead is scaled by how many owners there are in all. So a position up to 10,000 is
+#: exact, and one beyond is an estimate (never below 10,001); a job deeper than 10,000 in
+#: its own owner's queue counts as its owner's 10,000th.
+_QUEUE_POSITION = """
+    WITH RECURSIVE me AS (
         SELECT owner, priority, create_time, id FROM jobs
          WHERE id = :id AND state = 'QUEUED' AND lease_owner IS NULL
     ),
-    held AS (
-        SELECT owner,
-               count(*) FILTER (WHERE lease_expires_at >= now()) AS live,
-               count(*) FILTER (WHERE lease_expires_at < now()) AS lost
-          FROM jobs
-         WHERE lease_owner IS NOT NULL AND state IN ('QUEUED', 'RUNNING')
-         GROUP BY owner
-    ),
-    owners AS (
-        SELECT w.owner, count(*) AS waiting
-          FROM jobs w
-         WHERE w.state = 'QUEUED' AND w.lease_owner IS NULL
-         GROUP BY w.owner
-    ),
-    turns AS (
-        SELECT o.owner, o.waiting, COALESCE(h.live, 0) AS live,
-               COALESCE((SELECT max(c.claim_time) FROM jobs c WHERE c.owner = o.owner),
-                        '-infinity') AS served
-          FROM owners o LEFT JOIN held h ON h.owner = o.owner
-    ),
     mine AS (
-        SELECT t.owner, t.served,
-               t.live + (SELECT count(*) FROM jobs m
-                          WHERE m.owner = me.owner AND m.state = 'QUEUED'
-                            AND m.lease_owner IS NULL
-                            AND (m.priority > me.priority
-                                 OR (m.priority = me.priority
-                                     AND (m.create_time, m.id) <= (me.create_time, me.id))))
-               AS turn
-          FROM turns t JOIN me ON me.owner = t.owner
+        SELECT me.owner, a.rank, l.live + a.rank AS turn,
+               COALESCE((SELECT max(c.claim_time) FROM jobs c WHERE c.owner = me.owner),
+                        '-infinity') AS served
+          FROM me
+         CROSS JOIN LATERAL (
+               SELECT count(*) AS live FROM jobs l
+                WHERE l.owner = me.owner AND l.lease_owner IS NOT NULL
+                  AND l.state IN ('QUEUED', 'RUNNING') AND l.lease_expires_at >= now()) l
+         CROSS JOIN LATERAL (
+               SELECT count(*) AS rank FROM (
+                      SELECT 1 FROM jobs m
+                       WHERE m.owner = me.owner AND m.state = 'QUEUED'
+                         AND m.lease_owner IS NULL
+                         AND (m.priority > me.priority
+                              OR (m.priority = me.priority
+                                  AND (m.create_time, m.id) <= (me.create_time, me.id)))
+                       LIMIT :exact) r) a
+    ),
+    -- Owner by owner (by name; '' sorts before every owner): what each puts ahead of the job,
+    -- summed while the sum stays within :exact, then only the owners counted and skipped.
+    walk(owner, ahead, counted, skipped) AS (
+        SELECT ''::varchar, 0::bigint, 0::bigint, 0::bigint
+        UNION ALL
+        SELECT n.owner,
+               w.ahead + x.ahead,
+               w.counted + f.counting::int,
+               w.skipped + (n.owner <> mine.owner AND NOT f.counting)::int
+          FROM walk w
+         CROSS JOIN mine
+         CROSS JOIN LATERAL (
+               SELECT j.owner FROM jobs j
+                WHERE j.state = 'QUEUED' AND j.lease_owner IS NULL AND j.owner > w.owner
+                ORDER BY j.owner LIMIT 1) n
+         CROSS JOIN LATERAL (
+               SELECT n.owner <> mine.owner AND mine.rank + w.ahead <= :exact AS counting) f
+         CROSS JOIN LATERAL (
+               SELECT count(*) AS live FROM jobs l
+                WHERE l.owner = n.owner AND l.lease_owner IS NOT NULL
+                  AND l.state IN ('QUEUED', 'RUNNING') AND l.lease_expires_at >= now()) h
+         CROSS JOIN LATERAL (
+               SELECT count(*) AS waiting FROM (
+                      SELECT 1 FROM jobs o
+                       WHERE o.owner = n.owner AND o.state = 'QUEUED' AND o.lease_owner IS NULL
+                       LIMIT CASE WHEN f.counting THEN GREATEST(mine.turn - h.live, 0)
+                                  ELSE 0 END) k) c
+         CROSS JOIN LATERAL (
+               SELECT CASE WHEN NOT f.counting THEN 0
+                           ELSE LEAST(GREATEST(mine.turn - 1 - h.live, 0), c.waiting)
+                                + CASE WHEN h.live < mine.turn
+                                            AND c.waiting >= mine.turn - h.live THEN
+                                       CASE WHEN (COALESCE(
+                                                     (SELECT max(s.claim_time) FROM jobs s
+                                                       WHERE s.owner = n.owner),
+                                                     '-infinity'), n.owner)
+                                                 < (mine.served, mine.owner)
+                                            THEN 1 ELSE 0 END
+                                       ELSE 0 END
+                           END AS ahead) x
+    ),
+    total AS (
+        SELECT ahead, counted, skipped FROM walk ORDER BY counted + skipped DESC LIMIT 1
     )
-    SELECT (SELECT COALESCE(sum(lost), 0) FROM held)
-         + (mine.turn - (SELECT live FROM turns WHERE owner = mine.owner))
-         + COALESCE((
-               SELECT sum(LEAST(GREATEST(mine.turn - 1 - o.live, 0), o.waiting)
-                          + CASE WHEN o.live < mine.turn AND mine.turn <= o.live + o.waiting
-                                      AND (o.served, o.owner) < (mine.served, mine.owner)
-                                 THEN 1 ELSE 0 END)
-                 FROM turns o WHERE o.owner <> mine.owner), 0) AS position
-      FROM mine
-    """
-)
+    SELECT (SELECT count(*) FROM jobs a
+             WHERE a.lease_owner IS NOT NULL AND a.state IN ('QUEUED', 'RUNNING')
+               AND a.lease_expires_at < now())
+         + mine.rank
+         + CASE WHEN total.skipped = 0 THEN total.ahead
+                ELSE GREATEST(ceil(total.ahead::numeric * (total.counted + total.skipped)
+                                   / GREATEST(total.counted, 1)), :exact + 1 - mine.rank)
+                END AS position
+      FROM mine, total
+"""
+
+QUEUE_POSITION = text(queue_position_sql())

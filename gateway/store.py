@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, delete, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import load_only
 
 from gateway.convert import artifact_to_proto, event_from_row, to_json, video_to_proto
 from gateway.db import models
@@ -29,6 +30,7 @@ from gateway.journal import (
     append_event,
     append_events,
     load_job,
+    load_jobs,
     notify_event,
     state_event,
 )
@@ -518,7 +520,12 @@ class Store:
         }
         if batch_id:
             filters["batch"] = batch_id
-        query = select(models.Job).where(models.Job.owner == owner)
+        # The page's positions only (its jobs are loaded in one statement below).
+        query = (
+            select(models.Job)
+            .options(load_only(models.Job.id, models.Job.create_time, raiseload=True))
+            .where(models.Job.owner == owner)
+        )
         if states:
             query = query.where(models.Job.state.in_(states))
         if labels:
@@ -529,7 +536,7 @@ class Store:
             query = query.where(models.Job.batch_id == parse_id(batch_id, "batch_id"))
         async with self.sessions() as session:
             rows, next_token = await keyset_page(session, query, models.Job, size, token, filters)
-            jobs = [await self._load(session, r.id, full=full) for r in rows]
+            jobs = await load_jobs(session, [r.id for r in rows], full=full)
         return jobs, next_token
 
     async def cancel_job(self, owner: str, job_id: str) -> job_pb2.Job:

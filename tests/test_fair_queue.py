@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, UUID
 
 from gateway.db import models
 from gateway.orchestrator import Orchestrator
-from gateway.queue import CLAIM
+from gateway.queue import CLAIM, queue_position_sql
 from gateway.runs import Runs
 from gateway.store import StagePlan
 from reelmill.v1 import job_pb2, pipeline_pb2
@@ -102,6 +102,31 @@ async def test_claim_order_with_held_jobs_and_queue_positions(harness: Harness) 
     assert (await h.store.get_job("ann", ann[0])).queue_position == 0  # claimed
     # The job at position 1 is the one the claim takes.
     assert await claim_one(runs) == bob[0]
+
+
+async def test_positions_beyond_the_exact_ones_are_estimates(harness: Harness) -> None:
+    """Owners take turns (never served: by name): ann 1, bob 1, cyd 1, ann 2, ... With positions
+    exact up to 5, the first five are exact and the others estimates above 5 (here, with
+    owners of the same size, even right)."""
+    h = harness
+    jobs = {owner: [await add_job(h, owner) for _ in range(4)] for owner in ("ann", "bob", "cyd")}
+    order = [jobs[owner][i] for i in range(4) for owner in ("ann", "bob", "cyd")]
+
+    async def positions(exact: int) -> list[int]:
+        async with h.sessions() as session:
+            return [
+                int(
+                    (await session.execute(text(queue_position_sql(exact)), {"id": j})).scalar_one()
+                )
+                for j in order
+            ]
+
+    assert await positions(10_000) == list(range(1, 13))
+    assert [await position(h, "cyd", jobs["cyd"][3])] == [12]  # GetJob's, the same
+    estimated = await positions(5)
+    assert estimated[:6] == [1, 2, 3, 4, 5, 6]  # counted in full: within the exact range
+    assert all(p > 5 for p in estimated[6:]), estimated
+    assert estimated[-1] == 12  # ann's 4 ahead of it, scaled to the three owners
 
 
 async def test_abandoned_jobs_come_first(harness: Harness) -> None:
