@@ -18,6 +18,7 @@ BENCHMARKS = (
     "queue",
     "segmentation",
     "clips",
+    "scale",
 )
 
 
