@@ -55,12 +55,12 @@ from runtime.ffmpeg import ffmpeg_path
 from services.metadata import extractive
 from services.metadata.generator import DEFAULT_MAX_TAGS
 from services.metadata.model import Source, TimedText
-from services.transcode import commands
+from services.transcode import commands, passthrough
 from services.transcode.commands import EncoderSettings
 from services.transcode.ffmpeg_runner import COMMON_ARGS, source_url
 from services.transcode.messages import audio_options, transcode_options
 from services.transcode.plan import plan_transcode
-from services.transcode.probe import probe_source
+from services.transcode.probe import decode_lead, probe_source
 from services.transcode.settings import TranscodeSettings
 from services.transcribe.server import whisper_config
 from services.transcribe.settings import TranscribeSettings
@@ -221,6 +221,12 @@ def run_bare(clip: Path, work: Path) -> Bare:
     assert plan.ladder is not None and plan.thumbnails is not None and info.audio is not None
     ladder, thumbs, board = plan.ladder, plan.thumbnails, plan.storyboard
     assert not plan.webm  # not in the default spec
+    # Passthrough, as the stage does by default (untimed, like the probe: a demux of packets).
+    rung = passthrough.copy_rung(info, ladder)
+    if rung is not None:
+        scan = passthrough.scan_source(url)
+        if passthrough.refusal(scan, ladder) is None:
+            ladder = passthrough.apply(info, ladder, rung, scan)
 
     def transcode() -> None:
         out = _fresh(work / "transcode")
@@ -235,7 +241,8 @@ def run_bare(clip: Path, work: Path) -> Bare:
         if plan.hls:
             for rung in ladder.rungs:
                 (out / "hls" / rung.name).mkdir(parents=True, exist_ok=True)
-            _ffmpeg(binary, commands.hls_command(ladder, files, out / "hls"))
+            lead = max(decode_lead(path) for path in files.values())
+            _ffmpeg(binary, commands.hls_command(ladder, files, out / "hls", lead=lead))
         stills = _fresh(out / "thumbnails")
         paths = [stills / f"thumb_{i:03d}.jpg" for i in range(len(thumbs.times))]
         _ffmpeg(binary, commands.thumbnail_command(url, thumbs, stills / "poster.jpg", paths))

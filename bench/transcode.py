@@ -7,7 +7,12 @@ On one generated 720p clip (60 s; 10 s with ``--quick``), with the service defau
            progress parsing, output inspection, upload with sha256) vs the same ffmpeg argument
            lists run back to back with ``subprocess.run`` (nothing else);
 - HLS:     ladder + HLS packaging vs ladder alone (the cost of packaging by stream copy);
-- decode:  the single-decode ladder (``split``) vs one ffmpeg run per rung.
+- decode:  the single-decode ladder (``split``) vs one ffmpeg run per rung;
+- passthrough (issue 15): the ladder with the 720p rung copied from the source and the others
+           keyed at its keyframes vs the full re-encode (the same ffmpeg run without the copy),
+           and the stage with ``passthrough`` on (the default) vs off. The clip is H.264 that
+           passes (x264 keyframes every 250 frames, 8.3 s), so the stage and its bare
+           counterpart both copy it.
 
 Run with ``python -m bench.transcode [--quick]``. Each figure is the best of ``--repeat``
 runs (default 1), in wall-clock seconds and in CPU seconds (ffmpeg children plus this
@@ -30,12 +35,12 @@ from pathlib import Path
 from bench.common import table
 from runtime.ffmpeg import ffmpeg_path
 from runtime.storage.local import LocalObjectStore
-from services.transcode import commands
+from services.transcode import commands, passthrough
 from services.transcode.commands import EncoderSettings
 from services.transcode.ffmpeg_runner import COMMON_ARGS, FfmpegRunner, source_url
 from services.transcode.model import Outcome, TranscodeOptions
 from services.transcode.plan import LadderPlan, plan_transcode
-from services.transcode.probe import probe_source
+from services.transcode.probe import decode_lead, probe_source
 from services.transcode.transcoder import SourceRef, Transcoder, TranscoderConfig
 
 PRESET = "veryfast"
@@ -113,17 +118,24 @@ def main(quick: bool = False, repeat: int = 1) -> None:
         info = probe_source(url)
         plan = plan_transcode(TranscodeOptions(), info, preset=PRESET)
         assert plan.ladder is not None and plan.thumbnails is not None
-        ladder, thumbs, board = plan.ladder, plan.thumbnails, plan.storyboard
+        full, thumbs, board = plan.ladder, plan.thumbnails, plan.storyboard
+        rung = passthrough.copy_rung(info, full)
+        scan = passthrough.scan_source(url)
+        assert rung is not None and passthrough.refusal(scan, full) is None
+        copied = passthrough.apply(info, full, rung, scan)
+        ladder = copied  # what the stage does by default
         encoder = EncoderSettings()
 
-        def bare_ladder(storyboard: bool) -> tuple[dict[str, Path], Path]:
+        def bare_ladder(
+            storyboard: bool, which: LadderPlan = ladder
+        ) -> tuple[dict[str, Path], Path]:
             out = _fresh(work / "bare")
             tiles = _fresh(out / "tiles")
-            files = _ladder_files(ladder, out)
+            files = _ladder_files(which, out)
             _ffmpeg(
                 commands.ladder_command(
                     url,
-                    ladder,
+                    which,
                     files,
                     encoder,
                     storyboard=board if storyboard else None,
@@ -135,7 +147,8 @@ def main(quick: bool = False, repeat: int = 1) -> None:
         def bare_hls(files: dict[str, Path], out: Path) -> None:
             for rung in ladder.rungs:
                 (out / "hls" / rung.name).mkdir(parents=True, exist_ok=True)
-            _ffmpeg(commands.hls_command(ladder, files, out / "hls"))
+            lead = max(decode_lead(path) for path in files.values())
+            _ffmpeg(commands.hls_command(ladder, files, out / "hls", lead=lead))
 
         def bare_stage() -> None:
             files, out = bare_ladder(storyboard=board is not None)
@@ -150,23 +163,26 @@ def main(quick: bool = False, repeat: int = 1) -> None:
         def ladder_only() -> None:
             bare_ladder(storyboard=False)
 
+        def ladder_full() -> None:
+            bare_ladder(storyboard=False, which=full)
+
         def ladder_and_hls() -> None:
             bare_hls(*bare_ladder(storyboard=False))
 
         def separate_encodes() -> None:
             out = _fresh(work / "separate")
-            for rung in ladder.rungs:
+            for rung in full.rungs:
                 single = LadderPlan(
                     (rung,),
-                    ladder.fps,
-                    ladder.segment_seconds,
-                    ladder.gop_frames,
-                    ladder.preset,
-                    ladder.audio,
+                    full.fps,
+                    full.segment_seconds,
+                    full.gop_frames,
+                    full.preset,
+                    full.audio,
                 )
                 _ffmpeg(commands.ladder_command(url, single, _ladder_files(single, out), encoder))
 
-        async def service_stage() -> None:
+        async def service_stage(on: bool = True) -> None:
             objects = _fresh(work / "objects")
             store = LocalObjectStore(objects)
             await store.put_file("videos/bench/source", source, content_type="video/mp4")
@@ -174,7 +190,10 @@ def main(quick: bool = False, repeat: int = 1) -> None:
             transcoder = Transcoder(store, FfmpegRunner(ffmpeg_path()), config)
             outcome = None
             async for update in transcoder.transcode(
-                SourceRef("videos/bench/source"), info, TranscodeOptions(), "jobs/bench/"
+                SourceRef("videos/bench/source"),
+                info,
+                TranscodeOptions(passthrough=on),
+                "jobs/bench/",
             ):
                 if isinstance(update, Outcome):
                     outcome = update
@@ -182,15 +201,22 @@ def main(quick: bool = False, repeat: int = 1) -> None:
 
         t_bare = _best(repeat, bare_stage)
         t_service = _best(repeat, lambda: asyncio.run(service_stage()))
+        t_service_off = _best(repeat, lambda: asyncio.run(service_stage(on=False)))
         t_ladder = _best(repeat, ladder_only)
+        t_ladder_full = _best(repeat, ladder_full)
         t_ladder_hls = _best(repeat, ladder_and_hls)
         t_separate = _best(repeat, separate_encodes)
 
-        rungs = "/".join(rung.name for rung in ladder.rungs)
+        rungs = "/".join(
+            f"{rung.name} (copied)" if rung.name == ladder.copy else rung.name
+            for rung in ladder.rungs
+        )
         rows = [
             _row("stage (service) vs bare ffmpeg", t_service, t_bare, "<= 1.05"),
             _row("ladder + HLS vs ladder alone", t_ladder_hls, t_ladder, "<= 1.05"),
-            _row("single-decode ladder vs separate", t_ladder, t_separate, "< 1"),
+            _row("single-decode ladder vs separate", t_ladder_full, t_separate, "< 1"),
+            _row("ladder: passthrough vs full re-encode", t_ladder, t_ladder_full, "<= 0.6"),
+            _row("stage: passthrough on vs off", t_service, t_service_off, "<= 0.6"),
         ]
         header = ("comparison", "ours s", "base s", "ratio", "ours cpu", "base cpu", "ratio")
         print(
