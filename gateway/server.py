@@ -7,12 +7,15 @@ Importing this module starts nothing; ``build`` wires the parts and
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import os
 import socket
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import grpc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -20,7 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway import api_key_servicer, webhook_servicer
 from gateway.api_key_servicer import ApiKeyServicer
 from gateway.api_keys import REVOKED_CHANNEL, ApiKeys
+from gateway.artifact_urls import ArtifactSigner
 from gateway.auth import AuthInterceptor, TokenVerifier, load_jwks, load_public_key
+from gateway.browser import BrowserApp, BrowserServer
 from gateway.db.engine import check_schema, head_revision, make_engine, make_sessionmaker, migrate
 from gateway.events import EventHub
 from gateway.journal import CANCEL_CHANNEL, QUEUE_CHANNEL
@@ -41,10 +46,12 @@ from gateway.webhooks.endpoints import Webhooks
 from gateway.webhooks.outbox import DUE_CHANNEL
 from gateway.webhooks.secrets import SecretBox, parse_key
 from reelmill.v1 import (
+    api_key_service_pb2,
     api_key_service_pb2_grpc,
     ingest_service_pb2_grpc,
     job_service_pb2,
     job_service_pb2_grpc,
+    webhook_service_pb2,
     webhook_service_pb2_grpc,
 )
 from runtime.channels import internal_channel
@@ -54,6 +61,7 @@ from runtime.metrics import metrics_enabled
 from runtime.netguard import NetGuard
 from runtime.server import ServiceSpec
 from runtime.storage import ObjectStore, open_store
+from runtime.storage.local import LocalObjectStore
 
 SERVICE_NAME = job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 
@@ -144,6 +152,63 @@ def webhook_parts(
     return webhooks, deliverer
 
 
+#: The console as ``clients/console`` builds it in this checkout (``./dev``).
+CONSOLE_DIST = Path(__file__).resolve().parent.parent / "clients" / "console" / "dist"
+
+
+def artifact_signer(settings: GatewaySettings, objects: ObjectStore) -> ArtifactSigner | None:
+    """Signed artifact URLs on the browser port: for the local store only (S3 presigns)."""
+    if not settings.browser_listen or not isinstance(objects, LocalObjectStore):
+        return None
+    secret = settings.artifact_url_secret.get_secret_value().encode()
+    if not secret:
+        jwt_secret = settings.jwt_secret.get_secret_value().encode()
+        if jwt_secret:
+            secret = hmac.new(jwt_secret, b"reelmill artifact urls", hashlib.sha256).digest()
+        else:
+            log.warning(
+                "REELMILL_ARTIFACT_URL_SECRET is not set: artifact URLs hold for this process only"
+            )
+            secret = os.urandom(32)
+    base = settings.browser_public_url or f"http://{settings.browser_listen}"
+    return ArtifactSigner(secret, base)
+
+
+def browser_server(
+    settings: GatewaySettings,
+    store: Store,
+    objects: ObjectStore,
+    signer: ArtifactSigner | None,
+) -> BrowserServer | None:
+    if not settings.browser_listen:
+        return None
+    console = settings.console_dir
+    if console is None and CONSOLE_DIST.is_dir():
+        console = CONSOLE_DIST
+    if console is not None and not (console / "index.html").is_file():
+        log.warning("no web console at %s (build it: ./dev console)", console)
+        console = None
+    origins = list(settings.cors_origins)
+
+    def make_app(target: str) -> BrowserApp:
+        return BrowserApp(
+            native_target=target,
+            max_message_bytes=settings.max_message_mib * 1024 * 1024,
+            cors_origins=origins,
+            files=[
+                job_service_pb2.DESCRIPTOR,
+                api_key_service_pb2.DESCRIPTOR,
+                webhook_service_pb2.DESCRIPTOR,
+            ],
+            store=store,
+            objects=objects,
+            signer=signer,
+            console_dir=console,
+        )
+
+    return BrowserServer(settings.browser_listen, make_app)
+
+
 async def assemble(settings: GatewaySettings) -> Gateway:
     verifier = token_verifier(settings)
     limiter = (
@@ -189,7 +254,11 @@ async def assemble(settings: GatewaySettings) -> Gateway:
     webhooks, deliverer = webhook_parts(settings, sessions, objects)
     hub.on(DUE_CHANNEL, deliverer.wake)
     uploads = ResumableUploads(settings, sessions, objects, ingest)
-    servicer = JobServicer(settings, store, hub, objects, ingest, stages, uploads)
+    signer = artifact_signer(settings, objects)
+    servicer = JobServicer(
+        settings, store, hub, objects, ingest, stages, uploads, artifact_urls=signer
+    )
+    browser = browser_server(settings, store, objects, signer)
 
     def register(server: grpc.aio.Server) -> None:
         job_service_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
@@ -207,6 +276,8 @@ async def assemble(settings: GatewaySettings) -> Gateway:
         await check_schema(engine, schema)
 
     async def drain() -> None:
+        if browser is not None:
+            browser.stop()
         hub.close()
         grace = max(settings.grace_seconds / 2, 1.0)
         await asyncio.gather(orchestrator.drain(grace), deliverer.drain(grace))
@@ -259,6 +330,7 @@ async def assemble(settings: GatewaySettings) -> Gateway:
         on_close=close,
         interceptors=[AuthInterceptor(verifier, api_keys, limiter)],
         public=True,
+        companions=[browser.run] if browser is not None else [],
     )
     return Gateway(
         store=store,

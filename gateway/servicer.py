@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from gateway.artifact_urls import ArtifactSigner
 from gateway.auth import current_owner
 from gateway.batches import Batches
 from gateway.db.models import TERMINAL_JOB_STATES
@@ -57,6 +58,11 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MAX_LABELS = 64
 MAX_URL_EXPIRY = timedelta(days=7)
 DEFAULT_URL_EXPIRY = timedelta(hours=1)
+
+
+def artifact_job_id(job_id: str) -> str:
+    """The job id as the store found it (canonical form), for a URL's signature."""
+    return str(uuid.UUID(job_id))
 
 
 def sanitize_filename(name: str) -> str:
@@ -146,6 +152,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         ingest: ingest_service_pb2_grpc.IngestServiceStub,
         stages: Sequence[Stage],
         uploads: ResumableUploads,
+        *,
+        artifact_urls: ArtifactSigner | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -154,6 +162,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self.ingest = ingest
         self.stages = tuple(stages)
         self.uploads = uploads
+        #: Signs http URLs of the browser port for the local store (``file://`` otherwise).
+        self.artifact_urls = artifact_urls
         self.batches = Batches(store.sessions)
 
     # videos -----------------------------------------------------------------------------------
@@ -573,7 +583,15 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 raise InvalidArgument(
                     "expires_in must be between 1 s and 7 days", reason="BAD_EXPIRY"
                 )
-        url = await self.objects.presigned_get_url(artifact.object.key, expires)
+        if self.artifact_urls is not None:
+            url = self.artifact_urls.url(
+                current_owner(),
+                artifact_job_id(request.job_id),
+                artifact.name,
+                expires.total_seconds(),
+            )
+        else:
+            url = await self.objects.presigned_get_url(artifact.object.key, expires)
         return job_service_pb2.GetArtifactUrlResponse(url=url, artifact=artifact)
 
     async def DownloadArtifact(

@@ -139,8 +139,30 @@ class GatewaySettings(ServiceSettings):
     #: For tests whose receiver listens on 127.0.0.1; leave empty in production.
     webhook_allow_hosts: Annotated[tuple[str, ...], NoDecode] = ()
 
+    #: The browser port (gateway.browser): Connect and gRPC-Web, resumable-upload writes,
+    #: signed artifact URLs of the local store and the web console, over HTTP/1.1, e.g.
+    #: "127.0.0.1:8080". Empty: off (``reelmill up`` turns it on).
+    browser_listen: str = ""
+    #: The browser port's address as pages reach it, the base of the local store's artifact
+    #: URLs (e.g. "https://reelmill.example.com"); default ``http://`` + browser_listen.
+    browser_public_url: str = ""
+    #: Origins (comma-separated, "https://app.example.com") whose pages may call the browser
+    #: port (CORS, preflights included); "*" allows any. Default none: same-origin only.
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    #: HMAC secret of the local store's artifact URLs (at least 16 characters); every
+    #: replica needs the same one. Default: derived from REELMILL_JWT_SECRET, or a random
+    #: one per process when there is none.
+    artifact_url_secret: SecretStr = SecretStr("")
+    #: The built web console (clients/console/dist) served at "/" of the browser port;
+    #: default that directory of this checkout when it exists. Empty or missing: no console.
+    console_dir: Path | None = None
+
     @field_validator(
-        "webhook_retry_schedule", "webhook_allowed_ports", "webhook_allow_hosts", mode="before"
+        "webhook_retry_schedule",
+        "webhook_allowed_ports",
+        "webhook_allow_hosts",
+        "cors_origins",
+        mode="before",
     )
     @classmethod
     def _split(cls, value: Any) -> Any:

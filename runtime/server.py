@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sys
@@ -72,6 +73,9 @@ class ServiceSpec:
     #: Whether anyone may connect (the gateway, which authenticates callers itself); the
     #: others accept only the gateway (``runtime.internal_auth``).
     public: bool = False
+    #: Long-running tasks like ``background`` that are given the port the gRPC server
+    #: listens on (the gateway's browser port, which forwards to it).
+    companions: Sequence[Callable[[int], Awaitable[None]]] = ()
 
 
 class ProcessStopped(Exception):
@@ -235,6 +239,13 @@ async def run_service(
             tasks = [
                 group.create_task(background(fn), name=getattr(fn, "__name__", "background"))
                 for fn in spec.background
+            ]
+            tasks += [
+                group.create_task(
+                    background(functools.partial(fn, port)),
+                    name=getattr(fn, "__name__", "companion"),
+                )
+                for fn in spec.companions
             ]
             await stop.wait()
             log.info("shutting down", extra={"grace_seconds": settings.grace_seconds})

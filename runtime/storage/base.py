@@ -162,6 +162,21 @@ class ObjectStore(abc.ABC):
     def read(self, key: str, *, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
         """Streams an object's bytes. Raises ``NotFound`` when it does not exist."""
 
+    async def read_range(
+        self, key: str, start: int, length: int, *, chunk_size: int = CHUNK_SIZE
+    ) -> AsyncIterator[bytes]:
+        """Streams ``length`` bytes of an object from ``start`` (an HTTP range request). This
+        default reads from the beginning; backends that can seek override it."""
+        position = 0
+        end = start + length
+        async for chunk in self.read(key, chunk_size=chunk_size):
+            lo, hi = max(start - position, 0), min(end - position, len(chunk))
+            position += len(chunk)
+            if lo < hi:
+                yield chunk[lo:hi]
+            if position >= end:
+                return
+
     @abc.abstractmethod
     async def download_file(self, key: str, path: Path) -> None:
         """Copies an object to a local file."""

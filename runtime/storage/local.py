@@ -322,6 +322,21 @@ class LocalObjectStore(ObjectStore):
         finally:
             handle.close()
 
+    async def read_range(
+        self, key: str, start: int, length: int, *, chunk_size: int = CHUNK_SIZE
+    ) -> AsyncIterator[bytes]:
+        handle = await asyncio.to_thread(self._open_for_read, key)
+        try:
+            await asyncio.to_thread(handle.seek, start)
+            left = length
+            while left > 0 and (
+                chunk := await asyncio.to_thread(handle.read, min(chunk_size, left))
+            ):
+                left -= len(chunk)
+                yield chunk
+        finally:
+            handle.close()
+
     async def download_file(self, key: str, path: Path) -> None:
         def copy() -> None:
             with self._open_for_read(key) as source, Path(path).open("wb") as target:
