@@ -216,6 +216,7 @@ class EventHub:
             woken = False
             while True:
                 batch = None if gap else feed.after(last)
+                live = batch is not None
                 if batch is None:
                     batch = [
                         job_service_pb2.WatchJobResponse(event=event)
@@ -228,10 +229,17 @@ class EventHub:
                         break
                     yield response
                     last = response.event.sequence
+                    # The job's last event so far ends the stream: from the feed, when the
+                    # feed knows of nothing after it (no query per watcher: a job's thousands
+                    # of watchers end together); read from the journal, when the journal has
+                    # nothing after it (a retried job's events go on).
                     if (
                         is_terminal(response.event)
                         and batch[-1] is response
-                        and not await self.load_events(job_id, last)
+                        and (
+                            (live and feed.latest <= last)
+                            or not await self.load_events(job_id, last)
+                        )
                     ):
                         return
                 if batch:
