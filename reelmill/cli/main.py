@@ -452,6 +452,12 @@ def up(args: argparse.Namespace) -> int:
             f"dev token: {suite.token}\nlogs: {suite.home / 'logs'}",
             soft_wrap=True,
         )
+        if suite.browser:
+            render.console.print(
+                f"web console and browser API (Connect, gRPC-Web): http://{suite.browser}/ "
+                "(sign in with the dev token)",
+                soft_wrap=True,
+            )
         if suite.seaweedfs is not None:
             render.console.print(
                 f"S3 (SeaweedFS): {suite.seaweedfs.server.url}, "

@@ -59,6 +59,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _port_or_free(port: int) -> int:
+    """``port`` when nothing listens on it on 127.0.0.1, else a free one."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return free_port()
+    return port
+
+
 def available_services() -> list[tuple[str, str]]:
     """The internal services this install has (each later issue adds one)."""
     import importlib.util
@@ -80,6 +90,8 @@ class Suite:
     gateway: str
     token: str
     children: list[Child] = field(default_factory=list)
+    #: The gateway's browser port (Connect, gRPC-Web, the web console), "" when off.
+    browser: str = ""
     postgres: Any = None
     #: The embedded S3 server (``REELMILL_UP_STORAGE=seaweedfs``), stopped after every child.
     seaweedfs: SeaweedFS | None = None
@@ -183,7 +195,17 @@ def run_suite(
         base_env.get("REELMILL_JWT_ISSUER", "reelmill"),
         base_env.get("REELMILL_JWT_AUDIENCE", "reelmill"),
     )
-    suite = Suite(home=home, gateway=listen, token=token)
+    # The browser port and its console: 8080 when it is free, another port otherwise;
+    # REELMILL_BROWSER_LISTEN="" turns it off. Pages on the console's own origins may call.
+    if "REELMILL_BROWSER_LISTEN" not in base_env:
+        base_env["REELMILL_BROWSER_LISTEN"] = f"127.0.0.1:{_port_or_free(8080)}"
+    browser = base_env["REELMILL_BROWSER_LISTEN"]
+    if browser:
+        port = browser.rsplit(":", 1)[1]
+        base_env.setdefault(
+            "REELMILL_CORS_ORIGINS", f"http://127.0.0.1:{port},http://localhost:{port}"
+        )
+    suite = Suite(home=home, gateway=listen, token=token, browser=browser)
     try:
         if "REELMILL_DATABASE_URL" not in base_env:
             import pgserver
