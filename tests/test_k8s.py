@@ -332,9 +332,19 @@ def test_probes_and_ports_match_the_listen_address(overlay: str, process: str) -
     if "startupProbe" in container:
         assert container["startupProbe"]["grpc"]["port"] == port
     service = r.get("Service", process)
-    (service_port,) = service["spec"]["ports"]
+    (service_port,) = [p for p in service["spec"]["ports"] if p["name"] == "grpc"]
     assert service_port["port"] == port
     assert service_port["targetPort"] in ("grpc", port)
+    # Only the gateway has another port: its browser port.
+    others = [p for p in service["spec"]["ports"] if p["name"] != "grpc"]
+    if process != GATEWAY:
+        assert others == []
+    else:
+        browser = port_of(plain_env(container)["REELMILL_BROWSER_LISTEN"])
+        (http,) = others
+        assert http["name"] == "http" and http["port"] == browser
+        (declared,) = [p for p in container["ports"] if p["name"] == "http"]
+        assert declared["containerPort"] == browser
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -605,6 +615,7 @@ def test_network_policies_let_only_the_gateway_reach_the_services(overlay: str) 
     assert policy["podSelector"] == {} and policy["policyTypes"] == ["Ingress"]
     expected: dict[tuple[str, int], set[str]] = {
         (GATEWAY, 50051): {"client", "client-here"},
+        (GATEWAY, 8080): {"client", "client-here"},  # the browser port
     }
     for process in INTERNAL:
         port = grpc_port(main_container(r.get("Deployment", process)))
