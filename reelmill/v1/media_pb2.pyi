@@ -285,7 +285,10 @@ class Video(_message.Message):
     """The URL the video was imported from, when it came from one."""
     @_builtins.property
     def object(self) -> Global___ObjectRef:
-        """Where the source bytes are stored."""
+        """Where the source bytes are stored: the bucket and the gateway's internal key.
+        Informational, for operators and services with access to the store; the key layout is
+        not a stable API and carries no permission. Callers read bytes through the API.
+        """
 
     @_builtins.property
     def media_info(self) -> Global___MediaInfo:
@@ -361,7 +364,13 @@ class Artifact(_message.Message):
     stage: _builtins.str
     """The stage that produced it."""
     @_builtins.property
-    def object(self) -> Global___ObjectRef: ...
+    def object(self) -> Global___ObjectRef:
+        """Where the bytes are stored: the bucket and the internal key. Informational, for
+        operators and services with access to the store (the key layout is not a stable API);
+        callers, browsers above all, use GetArtifactUrl or DownloadArtifact, which check the
+        owner.
+        """
+
     @_builtins.property
     def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Kind-specific facts: "width", "height", "bit_rate", "duration_seconds", ..."""

@@ -270,7 +270,9 @@ export type Video = Message<"reelmill.v1.Video"> & {
   sha256: string;
 
   /**
-   * Where the source bytes are stored.
+   * Where the source bytes are stored: the bucket and the gateway's internal key.
+   * Informational, for operators and services with access to the store; the key layout is
+   * not a stable API and carries no permission. Callers read bytes through the API.
    *
    * @generated from field: reelmill.v1.ObjectRef object = 6;
    */
@@ -324,6 +326,11 @@ export type Artifact = Message<"reelmill.v1.Artifact"> & {
   kind: ArtifactKind;
 
   /**
+   * Where the bytes are stored: the bucket and the internal key. Informational, for
+   * operators and services with access to the store (the key layout is not a stable API);
+   * callers, browsers above all, use GetArtifactUrl or DownloadArtifact, which check the
+   * owner.
+   *
    * @generated from field: reelmill.v1.ObjectRef object = 3;
    */
   object?: ObjectRef | undefined;
