@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import subprocess
+import time
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
@@ -15,6 +16,8 @@ import pytest
 from reelmill.v1 import pipeline_pb2
 from runtime.ffmpeg import ffmpeg_path
 from runtime.storage.local import LocalObjectStore
+from services.ingest import convert
+from services.ingest.probe import probe_sync
 from services.transcode import commands, hls, messages, passthrough
 from services.transcode.model import (
     ArtifactKind,
@@ -300,3 +303,16 @@ def test_the_spec_switch() -> None:
     assert messages.transcode_options(pipeline_pb2.TranscodeSpec()).passthrough is True
     spec = pipeline_pb2.TranscodeSpec(passthrough=False)
     assert messages.transcode_options(spec).passthrough is False
+
+
+def test_the_probe_reports_the_level_and_the_audio_profile(sources: dict[str, Path]) -> None:
+    """What the rule needs reaches the transcode service in MediaInfo (ingest's probe)."""
+    path = sources["good"]
+    info = probe_sync(path, size=path.stat().st_size, deadline=time.monotonic() + 30)
+    media = convert.media_info(info)
+    video, audio = media.video_streams[0], media.audio_streams[0]
+    assert (video.codec, video.profile, video.pixel_format) == ("h264", "High", "yuv420p")
+    assert 10 <= video.level <= 51 and audio.profile == "LC"
+    source = messages.source_info(media)
+    assert source is not None and source.video is not None and source.audio is not None
+    assert (source.video.level, source.audio.profile) == (video.level, "LC")
