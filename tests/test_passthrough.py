@@ -316,3 +316,28 @@ def test_the_probe_reports_the_level_and_the_audio_profile(sources: dict[str, Pa
     source = messages.source_info(media)
     assert source is not None and source.video is not None and source.audio is not None
     assert (source.video.level, source.audio.profile) == (video.level, "LC")
+
+
+async def test_a_ladder_of_the_source_size_alone_decodes_nothing(
+    transcoder: Transcoder, store: LocalObjectStore, sources: dict[str, Path]
+) -> None:
+    """No other rung and no storyboard: one ffmpeg run that only remuxes, then HLS from it."""
+    ladder = passthrough.apply(INFO, _ladder(), _ladder().rungs[0], SCAN)
+    alone = replace(ladder, rungs=ladder.rungs[:1])  # the copied rung alone
+    args = commands.ladder_command(
+        "file:/in.mp4", alone, {"360p": Path("/out/360p.mp4")}, commands.EncoderSettings()
+    )
+    assert "-filter_complex" not in args and "libx264" not in args
+    source = await _put(store, sources["good"])
+    options = replace(OPTIONS, ladder=(RungSpec(360),), storyboard=StoryboardOptions(enabled=False))
+    _, outcome = await _collect(transcoder.transcode(source, None, options, "jobs/alone/"))
+    artifacts = _by_name(outcome)
+    assert artifacts["renditions/360p.mp4"].attributes["passthrough"] == "true"
+    assert _packets(await _local(store, artifacts["renditions/360p.mp4"])) == _packets(
+        sources["good"]
+    )
+    playlist = hls.parse_media_playlist(
+        (await _local(store, artifacts["hls/360p/index.m3u8"])).read_text()
+    )
+    cuts = [sum(s.duration for s in playlist.segments[: i + 1]) for i in range(len(CUTS))]
+    assert cuts == pytest.approx(list(CUTS), abs=1 / FPS)
