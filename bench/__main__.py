@@ -19,6 +19,7 @@ BENCHMARKS = (
     "segmentation",
     "clips",
     "scale",
+    "browser",
 )
 
 

@@ -106,7 +106,7 @@ EXPOSED_HEADERS = (
 UPLOAD_MESSAGE_BYTES = 1024 * 1024
 #: Bytes of one artifact read.
 ARTIFACT_CHUNK = 256 * 1024
-_UPLOAD_PATH = re.compile(r"^/uploads/([0-9a-fA-F-]{1,64})$")
+_UPLOAD_PATH = re.compile(r"^/uploads/([^/]{1,128})$")
 _ARTIFACT_PATH = re.compile(r"^/artifacts/([A-Za-z0-9_.=-]{1,1024})/(.{1,1024})$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
@@ -861,12 +861,10 @@ class BrowserApp:
             return
         relative = urllib.parse.unquote(path).lstrip("/") or "index.html"
         target = (self.console_dir / relative).resolve()
+        # The console routes by the URL's fragment: nothing else is a page of it.
         if not target.is_relative_to(self.console_dir) or not target.is_file():
-            # The console is one page: unknown paths are its routes.
-            target = self.console_dir / "index.html"
-            if not target.is_file():
-                await self._plain(send, 404, b"not found\n", cors)
-                return
+            await self._plain(send, 404, b"not found\n", cors)
+            return
         body = await asyncio.to_thread(target.read_bytes)
         kind = STATIC_TYPES.get(target.suffix, "application/octet-stream")
         await self._plain(
