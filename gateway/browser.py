@@ -919,6 +919,7 @@ class BrowserServer:
             lifespan="off",
             timeout_graceful_shutdown=2,
             timeout_keep_alive=30,
+            server_header=False,
         )
         self._server = uvicorn.Server(config)
         host = self.listen.rpartition(":")[0]
