@@ -21,8 +21,8 @@ class CliSettings(BaseSettings):
     #: Working directory of `reelmill up`: database, objects, logs, credentials.
     home: Path = Path(".reelmill")
     #: The object store `reelmill up` runs: "local" (a directory, ``$REELMILL_HOME/objects``;
-    #: artifact URLs are the browser port's signed http URLs) or "seaweedfs" (an embedded S3 server on loopback,
-    #: ``$REELMILL_HOME/seaweedfs``; artifact URLs are presigned http URLs).
+    #: artifact URLs are the browser port's signed http URLs) or "seaweedfs" (an embedded S3
+    #: server on loopback, ``$REELMILL_HOME/seaweedfs``; artifact URLs are presigned http URLs).
     up_storage: Literal["local", "seaweedfs"] = "local"
     #: Gateway address for the CLI.
     gateway: str | None = None
