@@ -18,8 +18,11 @@ protocols an HTTPS request is made of. Nothing inside a source can reach another
 from __future__ import annotations
 
 import logging
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import av
 import av.error
@@ -27,6 +30,8 @@ import av.error
 from runtime.errors import Unavailable
 
 log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=Exception)
 
 #: Demuxers an untrusted source may use (libavformat names).
 FORMATS: tuple[str, ...] = (
@@ -108,4 +113,37 @@ def open_untrusted(
         raise Unavailable(f"the {what} could not be read", reason="STORAGE_UNAVAILABLE") from None
     except av.error.FFmpegError as exc:
         log.info("cannot open the %s: %s", what, exc)
-        raise refused() from None
+        raise unless_unreachable(source, refused(), what=what) from None
+
+
+#: How long the reachability check of a remote source may take.
+REACHABLE_TIMEOUT_SECONDS = 3.0
+
+
+def unreachable(source: str | Path, *, timeout: float = REACHABLE_TIMEOUT_SECONDS) -> bool:
+    """Whether a remote ``source`` cannot be read right now: the connection is refused or
+    times out, or the server answers 5xx. A decoder that failed on a remote source may have
+    failed for that (an object store restarting mid-read cuts the stream short, which reads as
+    a truncated file) rather than for the bytes; callers ask this before calling the source
+    corrupt, and report a transient error instead when it is so. A local path is never
+    unreachable. One ranged GET of one byte (presigned URLs are signed for GET only)."""
+    if not is_remote(source):
+        return False
+    request = urllib.request.Request(str(source), headers={"Range": "bytes=0-0"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return False
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return exc.code >= 500
+    except (urllib.error.URLError, OSError, TimeoutError):
+        return True
+
+
+def unless_unreachable(source: str | Path, error: E, *, what: str = "source") -> E | Unavailable:
+    """``error`` (the source looks corrupt, truncated or not media), unless the source is remote
+    and cannot be read right now: then Unavailable (STORAGE_UNAVAILABLE), which is retried."""
+    if unreachable(source):
+        log.warning("the %s became unreadable while it was read", what)
+        return Unavailable(f"the {what} could not be read; try again", reason="STORAGE_UNAVAILABLE")
+    return error

@@ -4,7 +4,9 @@ and a remote source cannot fall back to local files."""
 
 from __future__ import annotations
 
+import http.server
 import subprocess
+import threading
 from pathlib import Path
 
 import av
@@ -12,8 +14,10 @@ import av.error
 import pytest
 
 from runtime import demux
+from runtime.errors import InvalidArgument, Unavailable
 from runtime.ffmpeg import ffmpeg_path
 from tests.media import make_clip
+from tests.servers import free_port
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +83,41 @@ def test_only_http_urls_are_remote() -> None:
     assert not demux.is_remote("/tmp/x.mp4")
     assert not demux.is_remote("file:/tmp/x.mp4")
     assert not demux.is_remote(Path("https://not/a/url"))
+
+
+def test_a_failure_on_a_source_that_cannot_be_reached_is_transient(tmp_path: Path) -> None:
+    """A decoder that fails on a remote source calls it corrupt only when the source can still
+    be read: a refused connection (an object store restarting mid-read) or a 5xx makes the
+    failure Unavailable, which is retried; a local path and a server that answers keep it."""
+    corrupt = InvalidArgument("corrupt", reason="CORRUPT_SOURCE")
+    closed = f"http://127.0.0.1:{free_port()}/jobs/x/source"
+    assert demux.unreachable(closed)
+    error = demux.unless_unreachable(closed, corrupt)
+    assert isinstance(error, Unavailable) and error.reason == "STORAGE_UNAVAILABLE"
+    assert demux.unless_unreachable(str(tmp_path / "missing.mp4"), corrupt) is corrupt
+
+    class Answers(http.server.BaseHTTPRequestHandler):
+        status = 206
+
+        def do_GET(self) -> None:
+            self.send_response(type(self).status)
+            self.send_header("Content-Length", "1")
+            self.end_headers()
+            self.wfile.write(b"x")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answers)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/source"
+        assert demux.unless_unreachable(url, corrupt) is corrupt  # it answers: really corrupt
+        Answers.status = 403  # refused, but there: not a transient failure
+        assert demux.unless_unreachable(url, corrupt) is corrupt
+        Answers.status = 503
+        assert isinstance(demux.unless_unreachable(url, corrupt), Unavailable)
+    finally:
+        server.shutdown()
+        server.server_close()

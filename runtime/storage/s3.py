@@ -619,7 +619,11 @@ class S3ObjectStore(ObjectStore):
         return await self._presign(self._public, key, expires)
 
     async def media_url(self, key: str) -> str:
-        """Signed for the internal endpoint: ffmpeg inside the network reads from there."""
+        """Signed for the internal endpoint: ffmpeg inside the network reads from there. The
+        object is looked up first, so a missing one is NOT_FOUND here, and a server that is
+        restarting is waited for (``unreachable_retry_seconds``) before a decoder meets it."""
+        validate_key(key)
+        await self._call(self._client.stat_object, self.bucket, key, key=key)
         return await self._presign(self._client, key, MEDIA_URL_EXPIRY)
 
     # -- housekeeping ------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import re
@@ -194,6 +195,11 @@ _PATTERNS: tuple[tuple[re.Pattern[str], type[ReelmillError], str, str], ...] = (
 )
 
 
+def remote_inputs(args: Sequence[str]) -> list[str]:
+    """The http(s) URLs an ffmpeg command line reads (its ``-i`` arguments)."""
+    return [b for a, b in itertools.pairwise(args) if a == "-i" and demux.is_remote(b)]
+
+
 def classify_failure(stderr: str, *, reads_source: bool) -> ReelmillError:
     """The error a caller sees for a failed run; ``stderr`` only picks the class."""
     if "No space left on device" in stderr:
@@ -273,6 +279,10 @@ class FfmpegRunner:
         if returncode != 0:
             error = classify_failure(text, reads_source=reads_source)
             self._log_failure(what, args, text, returncode, redact, error)
+            if isinstance(error, InvalidArgument):
+                # A stream an object store cut short reads as a corrupt or truncated source.
+                for source in remote_inputs(args):
+                    error = await asyncio.to_thread(demux.unless_unreachable, source, error)
             raise error
         return FfmpegResult(parser.out_time, elapsed)
 

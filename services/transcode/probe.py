@@ -42,10 +42,7 @@ def probe_source(url: str, *, timeout: float = 30.0) -> SourceInfo:
             "the source could not be read; try again", reason="SOURCE_UNAVAILABLE"
         ) from None
     except (av.error.FFmpegError, OSError):
-        raise InvalidArgument(
-            "the source could not be decoded; it is corrupt or not a supported video",
-            reason="CORRUPT_SOURCE",
-        ) from None
+        raise demux.unless_unreachable(url, corrupt()) from None
     with container:
         duration = container.duration / av.time_base if container.duration else 0.0
         video = audio = None
@@ -181,10 +178,7 @@ def keyframes_at_or_before(
             "the source could not be read; try again", reason="SOURCE_UNAVAILABLE"
         ) from None
     except (av.error.FFmpegError, OSError):
-        raise InvalidArgument(
-            "the source could not be decoded; it is corrupt or not a supported video",
-            reason="CORRUPT_SOURCE",
-        ) from None
+        raise demux.unless_unreachable(url, corrupt()) from None
     with container:
         streams = container.streams.video or container.streams.audio
         if not streams:
@@ -195,8 +189,13 @@ def keyframes_at_or_before(
             raise InvalidArgument("the source has no time base", reason="CORRUPT_SOURCE")
         origin = container.start_time / av.time_base if container.start_time else 0.0
         found = []
-        for time in times:
-            found.append(_keyframe_before(container, stream, float(base), origin + time) - origin)
+        try:
+            for time in times:
+                found.append(
+                    _keyframe_before(container, stream, float(base), origin + time) - origin
+                )
+        except InvalidArgument as exc:
+            raise demux.unless_unreachable(url, exc) from None
         return found
 
 
@@ -211,7 +210,11 @@ def _keyframe_before(
                 return float(packet.pts) * base
     except (av.error.FFmpegError, OSError):
         pass
-    raise InvalidArgument(
+    raise corrupt()
+
+
+def corrupt() -> InvalidArgument:
+    return InvalidArgument(
         "the source could not be decoded; it is corrupt or not a supported video",
         reason="CORRUPT_SOURCE",
     )

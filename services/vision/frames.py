@@ -120,15 +120,21 @@ def decode_frames(
             ) from None
         except av.error.FFmpegError as exc:
             log.info("decoding failed: %s", exc)
-            raise _corrupt(last_time, index) from None
+            raise demux.unless_unreachable(source, _corrupt(last_time, index)) from None
         if index == 0:
-            raise not_a_video("its video stream has no decodable frame")
+            raise demux.unless_unreachable(
+                source, not_a_video("its video stream has no decodable frame")
+            )
         end = last_time + (1 / rate if rate else 0.0)
         if expected_duration > 0 and expected_duration - end > max(1.0, 0.05 * expected_duration):
-            raise InvalidArgument(
-                f"the video ends after {end:.1f} s of its declared {expected_duration:.1f} s; it "
-                "is truncated or damaged",
-                reason="TRUNCATED_SOURCE",
+            # A stream cut short by the object store reads as a truncated file.
+            raise demux.unless_unreachable(
+                source,
+                InvalidArgument(
+                    f"the video ends after {end:.1f} s of its declared {expected_duration:.1f} s;"
+                    " it is truncated or damaged",
+                    reason="TRUNCATED_SOURCE",
+                ),
             )
 
 
