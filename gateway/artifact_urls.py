@@ -5,9 +5,9 @@ gateway signs ``{base}/artifacts/{token}/{name}`` itself. The token binds, with 
 over a server secret (``REELMILL_ARTIFACT_URL_SECRET``):
 
 - the owner (the caller of GetArtifactUrl), the job and the expiry (seconds since the epoch);
-- a scope: the artifact's whole name, or for an HLS playlist (``*.m3u8``) its directory
-  (``hls/``), so that the playlist's relative URLs (variant playlists, segments, captions)
-  resolve under the same token without rewriting the playlist.
+- a scope: the artifact's whole name, or for an HLS playlist (``*.m3u8``) and the storyboard's
+  WebVTT its directory (``hls/``, ``storyboard/``), so that their relative URLs (variant
+  playlists, segments, sprite sheets) resolve under the same token without rewriting them.
 
 A request is served only if the signature holds, the expiry has not passed, the name is in the
 scope, and ``Store.get_artifact(owner, job, name)`` finds it: the same check as
@@ -37,9 +37,15 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+#: Artifacts whose relative URLs name their neighbours: HLS playlists (variants, segments) and
+#: the storyboard's WebVTT (its sprite sheets).
+DIRECTORY_SCOPED = (".m3u8", "storyboard.vtt")
+
+
 def scope_of(name: str) -> str:
-    """What one URL may reach: an HLS playlist's directory, or the artifact alone."""
-    if name.endswith(".m3u8") and "/" in name:
+    """What one URL may reach: the directory of a playlist or of the storyboard's VTT, or the
+    artifact alone."""
+    if name.endswith(DIRECTORY_SCOPED) and "/" in name:
         return posixpath.dirname(name) + "/"
     return name
 

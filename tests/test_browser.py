@@ -7,8 +7,9 @@ Connect (bundled by esbuild at build time, clients/console/build.mjs):
 - a clip with speech is uploaded through the file input (the drop zone's code path): the
   resumable upload's chunks by PUT, then the job, which the jobs list follows live (WatchJob
   over Connect server streaming) to SUCCEEDED;
-- the job page plays the HLS stream with hls.js (currentTime advances) and renders the
-  transcript as captions (an active cue while it plays);
+- the job page plays the HLS stream with hls.js (currentTime advances), renders the
+  transcript as captions (an active cue while it plays) and shows storyboard thumbnails over
+  the timeline (the sprite sheet fetched by the storyboard's signed URL);
 - an unknown job's page shows JOB_NOT_FOUND.
 
 On failure, a screenshot and the page's HTML and console log are saved in a directory the
@@ -250,6 +251,22 @@ def test_console_uploads_watches_plays_and_captions(
         )
         assert captions.strip()
         assert driver.execute_script("return document.getElementById('player').videoHeight") == 240
+        # Storyboard thumbnails over the timeline: the sprite under the pointer, fetched by the
+        # storyboard's signed URL (its directory's scope).
+        wait_for(lambda: driver.find_elements(By.ID, "storyboard-thumb"), 20, "the storyboard")
+        driver.execute_script(
+            "const t = document.getElementById('timeline'); const b = t.getBoundingClientRect();"
+            "t.dispatchEvent(new MouseEvent('mousemove', {clientX: b.left + b.width / 2,"
+            " clientY: b.top + 5, bubbles: true}));"
+        )
+        sprite = driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "const s = document.getElementById('storyboard-thumb').style;"
+            "const url = s.backgroundImage.slice(5, -2);"
+            "fetch(url).then(r => done([s.display, url, r.status, r.headers.get('content-type')]))"
+            ".catch(e => done([s.display, url, String(e), '']));"
+        )
+        assert sprite[0] == "block" and sprite[2] == 200 and sprite[3] == "image/jpeg", sprite
         links = driver.find_elements(By.CSS_SELECTOR, "#artifacts a[data-artifact]")
         assert any(link.get_attribute("data-artifact").endswith("master.m3u8") for link in links)
 

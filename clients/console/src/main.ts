@@ -406,6 +406,8 @@ async function jobPage(jobId: string): Promise<void> {
     }
   }
 
+  void storyboard(job, timeline, duration, video);
+
   if (meta) {
     right.append(el("h3", {}, "Metadata"));
     if (meta.summary || meta.description) right.append(el("p", { id: "summary" }, meta.summary || meta.description));
@@ -448,6 +450,51 @@ async function jobPage(jobId: string): Promise<void> {
     right.append(el("h3", {}, "Media"), el("p", { class: "muted" }, `${duration.toFixed(1)} s${stream ? `, ${stream.width}×${stream.height} ${stream.codec}` : ""}`));
   }
   right.append(el("h3", {}, "Artifacts"), artifactList(job));
+}
+
+/** Storyboard thumbnails over the timeline: the storyboard's WebVTT (sprite#xywh cues),
+ * fetched by its signed URL, whose sprite sheets resolve relative to it. */
+async function storyboard(job: Job, timeline: HTMLElement, duration: number, video: HTMLVideoElement): Promise<void> {
+  const board = job.artifacts.find((a) => a.name.startsWith("storyboard/") && a.name.endsWith(".vtt"));
+  if (!board || duration <= 0) return;
+  const url = await artifactUrl(job.id, board.name);
+  const text = await (await fetch(url)).text();
+  const cues: { start: number; end: number; image: string; x: number; y: number; w: number; h: number }[] = [];
+  const time = (t: string) => t.split(":").reduce((total, part) => total * 60 + Number(part), 0);
+  const lines = text.split(/\r?\n/);
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i] ?? "";
+    if (!line.includes("-->")) continue;
+    const [start = "0", end = "0"] = line.split("-->").map((part) => part.trim());
+    const target = lines[i + 1] ?? "";
+    const [file = "", fragment = ""] = target.split("#xywh=");
+    const [x = 0, y = 0, w = 0, h = 0] = fragment.split(",").map(Number);
+    cues.push({ start: time(start), end: time(end), image: new URL(file, url).href, x, y, w, h });
+  }
+  if (!cues.length) return;
+  const thumb = el("div", { class: "thumb", id: "storyboard-thumb" });
+  timeline.append(thumb);
+  timeline.addEventListener("mousemove", (event) => {
+    const box = timeline.getBoundingClientRect();
+    const at = ((event.clientX - box.left) / box.width) * duration;
+    const cue = cues.find((c) => at >= c.start && at < c.end) ?? cues[cues.length - 1]!;
+    Object.assign(thumb.style, {
+      display: "block",
+      left: `${Math.max(0, event.clientX - box.left - cue.w / 2)}px`,
+      width: `${cue.w}px`,
+      height: `${cue.h}px`,
+      backgroundImage: `url("${cue.image}")`,
+      backgroundPosition: `-${cue.x}px -${cue.y}px`,
+    });
+  });
+  timeline.addEventListener("mouseleave", () => {
+    thumb.style.display = "none";
+  });
+  timeline.addEventListener("click", (event) => {
+    if ((event.target as HTMLElement).closest(".chapter")) return;
+    const box = timeline.getBoundingClientRect();
+    video.currentTime = ((event.clientX - box.left) / box.width) * duration;
+  });
 }
 
 // -- routing ----------------------------------------------------------------------------------
