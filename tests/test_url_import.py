@@ -842,17 +842,18 @@ async def test_no_retry_is_made_when_retry_after_would_end_past_the_deadline(
         send(handler, b"busy", status=503, headers=[("Retry-After", "30")])
 
     server.routes["/x"] = busy
-    # Retry-After raises the wait to the backoff's maximum, 5 s: past the 1 s time limit.
-    async with importing(attempts=5, backoff=Backoff(initial=0.02, maximum=5.0)) as env:
+    # Retry-After raises the wait to 30 s: past the 20 s time limit. Refused at once, not after
+    # waiting out the limit (the margin is wide: a loaded machine takes a second or two).
+    async with importing(attempts=5, backoff=Backoff(initial=0.02, maximum=60.0)) as env:
         started = time.monotonic()
         error = await expect_error(
             env,
             server.url("/x"),
             grpc.StatusCode.DEADLINE_EXCEEDED,
             "DOWNLOAD_TIMEOUT",
-            timeout=seconds(1.0),
+            timeout=seconds(20.0),
         )
-        assert time.monotonic() - started < 1.0  # refused at once, not after waiting
+        assert time.monotonic() - started < 10.0
     assert "503" in (error.details() or "")
     assert server.paths() == ["/x"]
 
