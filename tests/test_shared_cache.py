@@ -277,10 +277,10 @@ async def test_a_store_that_hangs_costs_one_timeout_and_no_failure(hanging_serve
     try:
         began = time.monotonic()
         assert await cache.get("metadata", KEY) is None
-        assert 0.4 < time.monotonic() - began < 1.5
+        assert 0.4 < time.monotonic() - began < 10.0  # the 0.5 s timeout, not the 30 s read one
         began = time.monotonic()
         assert not await cache.put("metadata", KEY, b"result")  # goes on in the background
-        assert 0.4 < time.monotonic() - began < 1.5
+        assert 0.4 < time.monotonic() - began < 10.0  # the 0.5 s timeout, not the 30 s read one
         assert cache.counts == {"error": 1, "write_slow": 1}
     finally:
         hung._http.clear()  # drops the connections the background calls wait on
