@@ -69,12 +69,16 @@ def decode_frames(
     expected_duration: float = 0.0,
     threads: int = 0,
     reference_only: bool = False,
+    skip_loop_filter: bool = False,
 ) -> Iterator[Decoded]:
     """Every frame of the first video stream of ``source``, in order; with
     ``reference_only``, the frames other frames are predicted from (the decoder skips the
     rest, often most of them: a sampler that wants one frame every few seconds takes the next
-    one it gets). Raises ``InvalidArgument`` (NOT_A_VIDEO, CORRUPT_VIDEO, TRUNCATED_SOURCE),
-    ``Unavailable`` when a URL cannot be read, ``Cancelled`` once ``stop`` is set."""
+    one it gets). ``skip_loop_filter`` leaves out H.264's deblocking filter (and other codecs'
+    loop filters): about a fifth less decoding on real 720p video, blockier full-size frames
+    that a 256 px analysis frame does not show, not for frames read at full size. Raises
+    ``InvalidArgument`` (NOT_A_VIDEO, CORRUPT_VIDEO, TRUNCATED_SOURCE), ``Unavailable`` when
+    a URL cannot be read, ``Cancelled`` once ``stop`` is set."""
     with open_source(source) as container:
         if not container.streams.video:
             raise not_a_video("it has no video stream")
@@ -83,6 +87,8 @@ def decode_frames(
         stream.thread_count = threads
         if reference_only:
             stream.codec_context.skip_frame = "NONREF"
+        if skip_loop_filter:
+            stream.codec_context.options = {"skip_loop_filter": "all"}
         base = stream.start_time if stream.start_time is not None else None
         time_base = float(stream.time_base) if stream.time_base is not None else 0.0
         rate = float(stream.average_rate) if stream.average_rate else 0.0
@@ -226,10 +232,10 @@ def shrunk_frames(
     depth: int = 4,
     nice: int = 0,
 ) -> Generator[Small, None, None]:
-    """``decode_frames`` shrunk to ``width`` (bilinear), decoded and shrunk in a thread of its
-    own a few frames ahead of the caller (as PySceneDetect decodes beside its detectors), so
-    decoding and analysis use two cores. Its errors are raised here; closing this iterator,
-    or setting ``stop``, stops that thread and waits for it."""
+    """``decode_frames`` shrunk to ``width`` (bilinear, without the loop filter), decoded and
+    shrunk in a thread of its own a few frames ahead of the caller (as PySceneDetect decodes
+    beside its detectors), so decoding and analysis use two cores. Its errors are raised here;
+    closing this iterator, or setting ``stop``, stops that thread and waits for it."""
     ahead: queue.Queue[object] = queue.Queue(depth)
     done = threading.Event()
 
@@ -248,7 +254,7 @@ def shrunk_frames(
             size = (0, 0)
             for decoded in decode_frames(
                 source, stop=_either(stop, done), expected_duration=expected_duration,
-                threads=threads,
+                threads=threads, skip_loop_filter=True,
             ):  # fmt: skip
                 if size == (0, 0):
                     size = fit(decoded.frame.width, decoded.frame.height, width_to=width)
