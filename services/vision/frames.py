@@ -75,7 +75,7 @@ def decode_frames(
     ``reference_only``, the frames other frames are predicted from (the decoder skips the
     rest, often most of them: a sampler that wants one frame every few seconds takes the next
     one it gets). ``skip_loop_filter`` leaves out H.264's deblocking filter (and other codecs'
-    loop filters): about a fifth less decoding on real 720p video, blockier full-size frames
+    loop filters): about a sixth less decoding on real 720p video, blockier full-size frames
     that a 256 px analysis frame does not show, not for frames read at full size. Raises
     ``InvalidArgument`` (NOT_A_VIDEO, CORRUPT_VIDEO, TRUNCATED_SOURCE), ``Unavailable`` when
     a URL cannot be read, ``Cancelled`` once ``stop`` is set."""
