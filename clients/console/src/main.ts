@@ -24,6 +24,9 @@ const TOKEN_KEY = "reelmill.token";
 const SPEC_KEY = "reelmill.spec";
 const TERMINAL = new Set([JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED]);
 
+/** The gateway's browser port: this page's origin, or a `<meta name="reelmill-api">`'s content
+ * when the console is served from another host (whose origin is then in REELMILL_CORS_ORIGINS). */
+const API = (document.querySelector('meta[name="reelmill-api"]') as HTMLMetaElement | null)?.content || location.origin;
 const app = document.getElementById("app") as HTMLElement;
 let clients: ReelmillClients | null = null;
 let token = localStorage.getItem(TOKEN_KEY) ?? "";
@@ -53,7 +56,7 @@ export function describe(error: unknown): string {
 
 function connectClients(secret: string): ReelmillClients {
   const transport = createConnectTransport({
-    baseUrl: location.origin,
+    baseUrl: API,
     useBinaryFormat: true,
     interceptors: [bearerToken(secret)],
   });
@@ -117,7 +120,7 @@ function put(
 ): Promise<number> {
   return new Promise((resolve, reject) => {
     const request = new XMLHttpRequest();
-    request.open("PUT", `/uploads/${encodeURIComponent(uploadId)}?offset=${offset}`);
+    request.open("PUT", `${API}/uploads/${encodeURIComponent(uploadId)}?offset=${offset}`);
     request.setRequestHeader("authorization", `Bearer ${token}`);
     request.setRequestHeader("content-type", "application/octet-stream");
     request.upload.onprogress = (event) => progress(event.loaded);
