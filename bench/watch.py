@@ -220,9 +220,18 @@ async def _run(
     }
 
 
-def main(quick: bool = False) -> None:
-    jobs, per_job = (4, 25) if quick else (100, 100)
-    events, rate = (5, 5.0) if quick else (10, 0.5)
+def main(
+    quick: bool = False,
+    jobs: int | None = None,
+    per_job: int | None = None,
+    events: int | None = None,
+    rate: float | None = None,
+) -> None:
+    """``jobs`` x ``per_job`` streams; each job emits ``events`` at ``rate`` per second."""
+    jobs = jobs or (4 if quick else 100)
+    per_job = per_job or (25 if quick else 100)
+    events = events or (5 if quick else 10)
+    rate = rate or (5.0 if quick else 0.5)
     with run_postgres() as pg, tempfile.TemporaryDirectory(prefix="bench-watch-") as tmp:
         import asyncpg
 
@@ -264,7 +273,9 @@ def main(quick: bool = False) -> None:
     ms = 1000.0
     print(
         table(
-            f"WatchJob fan-out: {result['streams']} concurrent streams on one gateway",
+            f"WatchJob fan-out: {result['streams']} concurrent streams on one gateway "
+            f"({jobs} jobs x {per_job}; {events} events per job at {rate}/s: "
+            f"{jobs * per_job * rate:,.0f} deliveries/s)",
             ["metric", "value", "target"],
             [
                 ["streams the gateway counted", str(result["open_watchers"]), ""],
@@ -288,3 +299,16 @@ def main(quick: bool = False) -> None:
             ],
         )
     )
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.watch")
+    parser.add_argument("--quick", action="store_true", help="100 streams")
+    parser.add_argument("--jobs", type=int)
+    parser.add_argument("--watchers-per-job", type=int)
+    parser.add_argument("--events", type=int, help="events per job")
+    parser.add_argument("--rate", type=float, help="events per second per job")
+    args = parser.parse_args()
+    main(args.quick, args.jobs, args.watchers_per_job, args.events, args.rate)
