@@ -109,11 +109,18 @@ async def test_one_trace_connects_a_job_across_a_retry_and_a_gateway_takeover(
                     s.name == "job.run" and s.attributes.get("reelmill.job_id") == job.id
                     for s in spans
                 )
-                return (
-                    run_ended
-                    and bool(stage_spans(spans, job.id, "metadata"))
-                    and any(s.service == "metadata" and s.kind == SERVER for s in spans)
-                )
+                if not (run_ended and stage_spans(spans, job.id, "metadata")):
+                    return False
+                # Every service's spans of this job's trace arrived (each process exports on
+                # its own schedule: another trace's span of a service proves nothing).
+                traces = {
+                    s.trace_id for s in spans if s.attributes.get("reelmill.job_id") == job.id
+                }
+                return all(
+                    any(s.service == service and s.kind == SERVER and s.trace_id in traces
+                        for s in spans)
+                    for service in SERVICES
+                )  # fmt: skip
 
             spans = await asyncio.to_thread(collector.wait_for, complete)
 

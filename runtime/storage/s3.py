@@ -283,6 +283,17 @@ class _S3Writer(StagedWriter):
 UNREACHABLE_BACKOFF = Backoff(initial=0.25, maximum=2.0)
 
 
+def unreachable_for_now(exc: Exception) -> bool:
+    """Whether ``exc`` says the server cannot serve yet, in a way that makes trying again safe:
+    nothing was sent (``never_sent``), or urllib3 gave up after 5xx answers, which it retries
+    only for idempotent methods (a SeaweedFS that is still starting answers 500)."""
+    if never_sent(exc):
+        return True
+    return isinstance(exc, urllib3.exceptions.MaxRetryError) and isinstance(
+        exc.reason, urllib3.exceptions.ResponseError
+    )
+
+
 def never_sent(exc: Exception) -> bool:
     """Whether ``exc`` says no connection was made (refused, unresolvable, connect timeout):
     the request never reached the server, so repeating it is safe for every call."""
@@ -370,8 +381,8 @@ class S3ObjectStore(ObjectStore):
         self._bucket_lock = asyncio.Lock()
 
     async def _call(self, fn: Callable[..., T], *args: Any, key: str = "", **kwargs: Any) -> T:
-        """``fn(*args, **kwargs)`` in the pool; a server that cannot be reached (nothing was sent,
-        so any call may be made again) is tried again for up to ``unreachable_retry_seconds``."""
+        """``fn(*args, **kwargs)`` in the pool; a server that cannot be reached or cannot serve
+        yet (``unreachable_for_now``) is tried again for up to ``unreachable_retry_seconds``."""
         loop = asyncio.get_running_loop()
 
         def attempt() -> asyncio.Future[T]:
@@ -389,7 +400,7 @@ class S3ObjectStore(ObjectStore):
                 return await attempt()
             return await retry(
                 attempt,
-                retry_on=never_sent,
+                retry_on=unreachable_for_now,
                 backoff=UNREACHABLE_BACKOFF,
                 deadline=loop.time() + self.unreachable_retry_seconds,
                 on_retry=on_retry,
