@@ -24,59 +24,23 @@ import struct
 import tempfile
 import time
 import uuid
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from bench.common import percentile, table
+from bench.watch import running_jobs
 from gateway.db.engine import make_engine, make_sessionmaker, migrate
 from gateway.runs import Runs
-from gateway.store import StagePlan, Store
-from reelmill.v1 import job_service_pb2, job_service_pb2_grpc, media_pb2, pipeline_pb2
+from gateway.store import Store
+from reelmill.v1 import job_service_pb2, job_service_pb2_grpc
 from tests.servers import free_port, run_postgres
 from tests.suite import INTERNAL_TOKEN, JWT_SECRET, Suite, token
 
 CHANNELS = 8
 OPEN_RATE = 200.0
 MIB = 1024 * 1024
-
-
-async def _jobs(runs: Runs, store: Store, owner: str, count: int) -> dict[uuid.UUID, int]:
-    video_id = str(uuid.uuid4())
-    await store.add_video(
-        owner,
-        media_pb2.Video(
-            id=video_id,
-            filename="bench.mp4",
-            content_type="video/mp4",
-            size_bytes=1,
-            sha256="0" * 64,
-            object=media_pb2.ObjectRef(key="bench"),
-        ),
-    )
-    ids = []
-    for _ in range(count):
-        job, _ = await store.create_job(
-            owner,
-            video_id=video_id,
-            source_url=None,
-            spec=pipeline_pb2.PipelineSpec(),
-            request_id="",
-            labels={},
-            stages=[StagePlan("probe", (), "PENDING")],
-        )
-        ids.append(uuid.UUID(job.id))
-    claimed = await runs.claim(count, timedelta(hours=1))
-    assert len(claimed) == count
-    last = {}
-    for job_id in ids:
-        await runs.start(job_id)
-        last[job_id] = await runs.update_stage(
-            job_id, "probe", state="RUNNING", progress=0.0, started=True
-        )
-    return last
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> Any:
@@ -282,7 +246,9 @@ async def _run(suite: Suite, url: str, quick: bool) -> dict[str, Any]:
     events, rate = (5, 5.0) if quick else (10, 1.0)
     # Leased to this benchmark before the gateway starts, so its orchestrator leaves them.
     owners = {mode: f"bench-{mode}-{uuid.uuid4().hex[:6]}" for mode in ("native", "browser")}
-    prepared = {mode: await _jobs(runs, store, owner, jobs) for mode, owner in owners.items()}
+    prepared = {
+        mode: await running_jobs(runs, store, owner, jobs) for mode, owner in owners.items()
+    }
     await asyncio.to_thread(suite.add, "ingest", "services.ingest")
     gateway = await asyncio.to_thread(
         suite.add,

@@ -48,7 +48,13 @@ async def _setup(url: str, owner: str, jobs: int) -> tuple[Runs, dict[uuid.UUID,
     engine = make_engine(url, pool_size=5)
     await migrate(engine)
     sessions = make_sessionmaker(engine)
-    store = Store(sessions)
+    runs = Runs(sessions, "bench-writer")
+    return runs, await running_jobs(runs, Store(sessions), owner, jobs)
+
+
+async def running_jobs(runs: Runs, store: Store, owner: str, count: int) -> dict[uuid.UUID, int]:
+    """``count`` jobs of ``owner``, claimed and with their probe stage running: each job's last
+    event sequence so far (the watchers then wait for what comes after it)."""
     video_id = str(uuid.uuid4())
     await store.add_video(
         owner,
@@ -62,7 +68,7 @@ async def _setup(url: str, owner: str, jobs: int) -> tuple[Runs, dict[uuid.UUID,
         ),
     )
     ids = []
-    for _ in range(jobs):
+    for _ in range(count):
         job, _ = await store.create_job(
             owner,
             video_id=video_id,
@@ -73,16 +79,15 @@ async def _setup(url: str, owner: str, jobs: int) -> tuple[Runs, dict[uuid.UUID,
             stages=[StagePlan("probe", (), "PENDING")],
         )
         ids.append(uuid.UUID(job.id))
-    runs = Runs(sessions, "bench-writer")
-    claimed = await runs.claim(jobs, timedelta(hours=1))
-    assert len(claimed) == jobs
+    claimed = await runs.claim(count, timedelta(hours=1))
+    assert len(claimed) == count
     last = {}
     for job_id in ids:
         await runs.start(job_id)
         last[job_id] = await runs.update_stage(
             job_id, "probe", state="RUNNING", progress=0.0, started=True
         )
-    return runs, last
+    return last
 
 
 def _watchers(metrics_address: str) -> int:
