@@ -19,9 +19,17 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from opentelemetry import metrics
+
 from runtime.tasks import shielded
 
 log = logging.getLogger(__name__)
+
+_live_workers = metrics.get_meter("reelmill.runtime").create_up_down_counter(
+    "reelmill.worker.threads",
+    unit="{thread}",
+    description="Worker threads alive, by kind (a cancelled call's thread ends before it returns)",
+)
 
 T = TypeVar("T")
 
@@ -58,9 +66,12 @@ async def produce_in_thread(
     *,
     name: str,
     queue_size: int,
+    kind: str | None = None,
     join_timeout: float = 60.0,
 ) -> AsyncGenerator[T, None]:
-    """Yields what ``produce`` puts, in order; re-raises what it raises."""
+    """Yields what ``produce`` puts, in order; re-raises what it raises. ``kind`` (``name`` when
+    not given; keep it few-valued) labels the thread in ``reelmill.worker.threads``."""
+    attributes = {"kind": kind or name}
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[_Item[T] | _Failed | _End] = asyncio.Queue(queue_size)
     stop = threading.Event()
@@ -92,6 +103,7 @@ async def produce_in_thread(
             ended.set_result(None)
 
     def body() -> None:
+        _live_workers.add(1, attributes)
         try:
             produce(put, stop)
             put_raw(_END)
@@ -104,6 +116,7 @@ async def produce_in_thread(
                 if not isinstance(exc, Stopped):
                     log.info("worker failed after its consumer left: %r", exc)
         finally:
+            _live_workers.add(-1, attributes)
             # A closed loop has nobody waiting.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(mark_ended)

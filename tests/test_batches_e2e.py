@@ -38,9 +38,9 @@ from reelmill.v1 import job_pb2, job_service_pb2, pipeline_pb2
 from runtime.errors import error_info
 from tests.conftest import SuiteEnv
 from tests.media import make_clip
+from tests.scrape import scrape
 from tests.servers import free_port
 from tests.suite import PROBE_ONLY, Suite, run_suite, token
-from tests.test_metrics import scrape
 
 pytestmark = pytest.mark.e2e
 

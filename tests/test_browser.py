@@ -149,11 +149,21 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
 
 
-def text_of(driver: Any, css: str) -> str:
-    from selenium.webdriver.common.by import By
+def attribute(driver: Any, css: str, name: str) -> str | None:
+    """The attribute of the first element ``css`` matches, read in one script."""
+    return driver.execute_script(  # type: ignore[no-any-return]
+        "const e = document.querySelector(arguments[0]);"
+        " return e ? e.getAttribute(arguments[1]) : null",
+        css,
+        name,
+    )
 
-    found = driver.find_elements(By.CSS_SELECTOR, css)
-    return found[0].text if found else ""
+
+def text_of(driver: Any, css: str) -> str:
+    """The rendered text of the first element ``css`` matches, read in one script."""
+    return driver.execute_script(  # type: ignore[no-any-return]
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText : ''", css
+    )
 
 
 def test_console_uploads_watches_plays_and_captions(
@@ -210,24 +220,26 @@ def test_console_uploads_watches_plays_and_captions(
         row = f"tr[data-job='{job_id}']"
         wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, row), 20, "the job's row")
         # The row follows the job live (WatchJob), through running stages, to the end.
-        wait_for(
+        # The list re-renders the row on every event: each read below is one script, so no
+        # element is held across a re-render.
+        state = wait_for(
             lambda: (
-                driver.find_element(By.CSS_SELECTOR, row).get_attribute("data-state")
-                in ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED")
+                attribute(driver, row, "data-state") in ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED")
+                and attribute(driver, row, "data-state")
             ),
             420,
             "the job to end in the list",
             interval=1,
         )
-        assert (
-            driver.find_element(By.CSS_SELECTOR, row).get_attribute("data-state")
-            == "JOB_STATE_SUCCEEDED"
+        assert state == "JOB_STATE_SUCCEEDED"
+        chips = driver.execute_script(
+            "return [...document.querySelectorAll(arguments[0])].map(c => c.dataset.stage)",
+            f"{row} .stage.SUCCEEDED",
         )
-        chips = driver.find_elements(By.CSS_SELECTOR, f"{row} .stage.SUCCEEDED")
-        assert {c.get_attribute("data-stage") for c in chips} >= {"probe", "transcode"}
+        assert set(chips) >= {"probe", "transcode"}, chips
 
     with evidence(driver, "player"):
-        driver.find_element(By.CSS_SELECTOR, f"{row} a").click()
+        driver.execute_script("document.querySelector(arguments[0]).click()", f"{row} a")
         wait_for(lambda: driver.find_element(By.ID, "player"), 20, "the job page")
         wait_for(lambda: "ask not" in text_of(driver, "#transcript").lower(), 20, "the transcript")
         driver.execute_script(

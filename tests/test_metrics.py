@@ -9,8 +9,7 @@ import contextlib
 import socket
 import threading
 import time
-import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,7 +26,6 @@ from opentelemetry.proto.collector.metrics.v1 import (
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
 import gateway.metrics
 from gateway.db.engine import make_engine, make_sessionmaker
@@ -39,11 +37,9 @@ from runtime.metrics import MetricsEndpoint, RpcMetricsInterceptor, build_meter_
 from runtime.settings import ServiceSettings, load_settings
 from tests.conftest import SuiteEnv
 from tests.media import make_clip
+from tests.scrape import Labels, labels, scrape, value
 from tests.servers import free_port
 from tests.suite import PROBE_ONLY, Suite, run_suite, token
-
-Labels = frozenset[tuple[str, str]]
-
 
 # -- reading metrics back ------------------------------------------------------------------
 
@@ -60,27 +56,6 @@ def points(reader: InMemoryMetricReader, name: str) -> dict[Labels, Any]:
                         attributes = (point.attributes or {}).items()
                         found[frozenset((k, str(v)) for k, v in attributes)] = point
     return found
-
-
-def labels(**values: str) -> Labels:
-    return frozenset(values.items())
-
-
-def scrape(address: str) -> dict[str, dict[Labels, float]]:
-    """GET /metrics: sample name -> labels (without the otel_scope_* ones) -> value."""
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
-        assert response.status == 200
-        text = response.read().decode()
-    samples: dict[str, dict[Labels, float]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            kept = {k: v for k, v in sample.labels.items() if not k.startswith("otel_scope_")}
-            samples.setdefault(sample.name, {})[frozenset(kept.items())] = sample.value
-    return samples
-
-
-def value(samples: Mapping[str, Mapping[Labels, float]], name: str, **wanted: str) -> float | None:
-    return samples.get(name, {}).get(labels(**wanted))
 
 
 # -- runtime/metrics.py: readers and endpoint ----------------------------------------------

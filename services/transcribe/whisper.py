@@ -134,7 +134,10 @@ class WhisperEngine:
             self._produce(samples, options, put, stop)
 
         return produce_in_thread(
-            produce, name=f"transcribe-{next(self._ids)}", queue_size=self.config.queue_size
+            produce,
+            name=f"transcribe-{next(self._ids)}",
+            kind="transcribe",
+            queue_size=self.config.queue_size,
         )
 
     def _produce(
