@@ -86,10 +86,12 @@ def main(quick: bool = False) -> None:
             bucket = f"bench-{uuid.uuid4().hex[:8]}"
             client.make_bucket(bucket)
 
-            began = time.perf_counter()
-            client.fput_object(bucket, "direct", str(video), part_size=16 * MIB)
-            direct = time.perf_counter() - began
-            client.remove_object(bucket, "direct")
+            def direct_put(path: Path = video, bucket: str = bucket) -> float:
+                began = time.perf_counter()
+                client.fput_object(bucket, "direct", str(path), part_size=16 * MIB)
+                elapsed = time.perf_counter() - began
+                client.remove_object(bucket, "direct")
+                return elapsed
 
             env = {
                 **s3.env(bucket),
@@ -115,13 +117,17 @@ def main(quick: bool = False) -> None:
                         await rm.upload_file(path, verify_sha256=False, resumable=resumable)
                         return time.perf_counter() - start
 
+                # Alternated, so that a neighbour's load falls on each way alike.
+                directs = [direct_put()]
                 resumable = [asyncio.run(upload(True))]
                 after_resumable = peaks()
                 one_shot = [asyncio.run(upload(False))]
                 for _ in range(RUNS - 1):
+                    directs.append(direct_put())
                     resumable.append(asyncio.run(upload(True)))
                     one_shot.append(asyncio.run(upload(False)))
                 after_both = peaks()
+            direct = statistics.median(directs)
             ours, again = statistics.median(one_shot), statistics.median(resumable)
             rows.append(
                 [
@@ -130,7 +136,7 @@ def main(quick: bool = False) -> None:
                     f"{actual / MIB / ours:.0f}",
                     f"{direct / ours:.2f}",
                     f"{actual / MIB / again:.0f}",
-                    f"{ours / again:.2f}",
+                    f"{direct / again:.2f}",
                     f"{base[0]:.0f} -> {after_resumable[0]:.0f} -> {after_both[0]:.0f}",
                     f"{base[1]:.0f} -> {after_resumable[1]:.0f} -> {after_both[1]:.0f}",
                 ]
@@ -145,9 +151,9 @@ def main(quick: bool = False) -> None:
                 "size",
                 "direct put",
                 "UploadVideo",
-                "vs direct (target >= 0.8)",
+                "vs direct (target >= 0.9)",
                 "resumable",
-                "resumable / UploadVideo (target >= 0.95)",
+                "resumable vs direct (target >= 0.9)",
                 "gateway RSS",
                 "ingest RSS",
             ],

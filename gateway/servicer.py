@@ -247,8 +247,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                         )
                     )
                 else:
-                    upload_received("gateway", len(message.chunk))
-                    yield ingest_service_pb2.IngestVideoRequest(chunk=message.chunk)
+                    chunk = message.chunk  # read once: each read of a bytes field copies it
+                    upload_received("gateway", len(chunk))
+                    yield ingest_service_pb2.IngestVideoRequest(chunk=chunk)
                 message = await anext(source, None)
 
         # A request iterator, not explicit writes: the tracing interceptor on the channel

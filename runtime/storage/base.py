@@ -76,6 +76,13 @@ class ObjectWriter(abc.ABC):
     @abc.abstractmethod
     async def write(self, data: bytes) -> None: ...
 
+    async def staged_file(self) -> Path | None:
+        """A local file holding every byte written so far, readable before ``commit()`` (the
+        local store stages the object in one), or None when the bytes are elsewhere (S3's
+        multipart parts, readable only once committed). Writing again after reading it is
+        fine; the file is gone with the writer."""
+        return None
+
     @abc.abstractmethod
     async def commit(self) -> StoredObject: ...
 
@@ -191,6 +198,11 @@ class ObjectStore(abc.ABC):
         except NotFound:
             return False
         return True
+
+    @abc.abstractmethod
+    async def set_content_type(self, stored: StoredObject, content_type: str) -> StoredObject:
+        """``stored`` (a committed object) recorded with ``content_type`` instead: for an
+        object whose type was known only once its bytes were stored and probed."""
 
     @abc.abstractmethod
     async def delete(self, key: str) -> None:

@@ -34,6 +34,7 @@ import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -72,6 +73,13 @@ def _io_error(exc: OSError) -> Exception:
     return exc
 
 
+def _meta_text(stored: StoredObject) -> str:
+    """The sidecar of ``stored``."""
+    return json.dumps(
+        {"size": stored.size, "sha256": stored.sha256, "content_type": stored.content_type}
+    )
+
+
 class _LocalWriter(StagedWriter):
     def __init__(self, store: LocalObjectStore, key: str, content_type: str) -> None:
         super().__init__(key, bucket=store.bucket, content_type=content_type, executor=None)
@@ -94,6 +102,13 @@ class _LocalWriter(StagedWriter):
     def _write_sync(self, data: bytes) -> None:
         self._open().write(data)
 
+    async def staged_file(self) -> Path | None:
+        await self._run(self._flush_sync)
+        return self._temp
+
+    def _flush_sync(self) -> None:
+        self._open().flush()
+
     async def _commit(self) -> StoredObject:
         return await self._run(self._commit_sync)
 
@@ -110,11 +125,7 @@ class _LocalWriter(StagedWriter):
             content_type=self.content_type,
         )
         meta_temp = self._temp.with_suffix(".meta")
-        meta_temp.write_text(
-            json.dumps(
-                {"size": stored.size, "sha256": stored.sha256, "content_type": stored.content_type}
-            )
-        )
+        meta_temp.write_text(_meta_text(stored))
         try:
             self._store._place(self._temp, self._store._object_path(self.key), self.key)
             self._store._place(meta_temp, self._store._meta_path(self.key), self.key)
@@ -264,11 +275,7 @@ class LocalObjectStore(ObjectStore):
                 )
             os.fsync(handle.fileno())
         meta_temp = staged.with_suffix(".meta")
-        meta_temp.write_text(
-            json.dumps(
-                {"size": stored.size, "sha256": stored.sha256, "content_type": stored.content_type}
-            )
-        )
+        meta_temp.write_text(_meta_text(stored))
         try:
             self._place(staged, self._object_path(key), key)
             self._place(meta_temp, self._meta_path(key), key)
@@ -405,6 +412,20 @@ class LocalObjectStore(ObjectStore):
         self._prune(path.parent, self._objects)
         self._prune(meta.parent, self._meta)
         return removed
+
+    async def set_content_type(self, stored: StoredObject, content_type: str) -> StoredObject:
+        retyped = replace(stored, content_type=content_type)
+        await asyncio.to_thread(self._write_meta, retyped)
+        return retyped
+
+    def _write_meta(self, stored: StoredObject) -> None:
+        temp = self._incomplete / f"{uuid.uuid4().hex}.meta"
+        self._ensure_dirs()
+        temp.write_text(_meta_text(stored))
+        try:
+            self._place(temp, self._meta_path(stored.key), stored.key)
+        finally:
+            temp.unlink(missing_ok=True)
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self._delete_sync, key)

@@ -44,6 +44,7 @@ import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -220,7 +221,6 @@ class _S3Writer(StagedWriter):
             sha256=self.sha256,
             content_type=self.content_type,
         )
-        metadata = {"Content-Type": stored.content_type, SHA256_HEADER: stored.sha256}
         if self._upload_id is None:
             data = self._take(self._buffered)
             await self._store._ensure_bucket()
@@ -253,18 +253,10 @@ class _S3Writer(StagedWriter):
                 await self._run(self._client.set_object_tags, self.bucket, self.key, tags)
                 return stored
             # The content type changed after the upload began: rewrite the metadata.
-            await self._run(
-                self._client.copy_object,
-                self.bucket,
-                self.key,
-                CopySource(self.bucket, self.key),
-                metadata=metadata,
-                metadata_directive=REPLACE,
-            )
+            return await self._store.set_content_type(stored, stored.content_type)
         except Exception:
             await self._store.delete(self.key)
             raise
-        return stored
 
     async def _discard(self) -> None:
         self._chunks.clear()
@@ -589,6 +581,21 @@ class S3ObjectStore(ObjectStore):
         return await self._call(self._list_sync, prefix)
 
     # -- deletes -----------------------------------------------------------------------------
+
+    async def set_content_type(self, stored: StoredObject, content_type: str) -> StoredObject:
+        """A copy of the object onto itself with new metadata (S3 has no other way to change
+        it; a server-side copy, no bytes through this process)."""
+        metadata = {"Content-Type": content_type, SHA256_HEADER: stored.sha256}
+        await self._call(
+            self._client.copy_object,
+            self.bucket,
+            stored.key,
+            CopySource(self.bucket, stored.key),
+            metadata=metadata,
+            metadata_directive=REPLACE,
+            key=stored.key,
+        )
+        return replace(stored, content_type=content_type)
 
     async def delete(self, key: str) -> None:
         validate_key(key)

@@ -1,11 +1,16 @@
-"""Storing media: size and SHA-256 checked, probed, and committed only when whole.
+"""Storing media: size and SHA-256 checked, probed, and kept only when whole.
 
 Uploads (``Ingestor.ingest``) and URL imports (``services.ingest.url_import``) share one path,
-``Ingestor.store``. The bytes go two ways as they arrive, in constant memory: into the object
-store's two-phase writer (multipart parts upload while the stream goes on) and into a
-per-request scratch file that the probe reads. Only when every check passes is the object
-committed; anything else (a bad upload, a failed download, a failed probe, a cancelled call)
-aborts the write, and the scratch directory is removed whatever happens.
+``Ingestor.store``. The bytes go once, as they arrive, in constant memory, into the object
+store's two-phase writer (multipart parts upload while the stream goes on; the local store
+stages a file). A stream that is not the declared whole (size, SHA-256) aborts the write, so
+nothing becomes visible. Then the probe judges the media: the local store's staged file
+before the commit; with S3, whose parts cannot be read before they are completed, the
+committed object, read in HTTP ranges with the same checks (as a resumable upload's finish
+does), and an object the probe refuses, or whose probe is interrupted, is deleted again
+before the call returns. Only when S3 already holds an object at the key (which a refused
+upload must leave as it was) are the bytes also copied to a per-request scratch file as they
+arrive and probed before the commit; that directory is removed whatever happens.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
 
-from runtime.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
+from runtime.errors import DeadlineExceeded, InvalidArgument, ReelmillError, ResourceExhausted
 from runtime.storage import ObjectStore, StoredObject
 from runtime.tasks import shielded
 from services.ingest.probe import DEFAULT_LIMITS, MediaInfo, MediaLimits, probe
@@ -59,16 +64,18 @@ class IngestedMedia:
 
 
 class _Spool:
-    """The scratch copy of an upload: written in a worker thread, never closed under a write."""
+    """A scratch copy of an upload, in a directory of its own: written in a worker thread,
+    never closed under a write."""
 
-    def __init__(self, path: Path) -> None:
-        self._path = path
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self.path = directory / "upload"
         self._file: IO[bytes] | None = None
         self._pending: asyncio.Future[None] | None = None
 
     def _write(self, data: bytes) -> None:
         if self._file is None:
-            self._file = self._path.open("xb")
+            self._file = self.path.open("xb")
         self._file.write(data)
 
     async def write(self, data: bytes) -> None:
@@ -81,6 +88,10 @@ class _Spool:
             await asyncio.wait([self._pending])
         if self._file is not None:
             await asyncio.to_thread(self._file.close)
+
+    async def remove(self) -> None:
+        await self.close()
+        await asyncio.to_thread(shutil.rmtree, self._directory, ignore_errors=True)
 
 
 async def finish(cleanup: Coroutine[Any, Any, None]) -> None:
@@ -144,12 +155,6 @@ class Ingestor:
 
     # -- ingest ------------------------------------------------------------------------------
 
-    def _make_scratch(self) -> Path:
-        self._scratch_dir.mkdir(parents=True, exist_ok=True)
-        scratch = self._scratch_dir / f"{SCRATCH_PREFIX}{uuid.uuid4().hex}"
-        scratch.mkdir(mode=0o700)
-        return scratch
-
     async def ingest(self, header: UploadHeader, chunks: AsyncIterator[bytes]) -> IngestedMedia:
         """Stores ``chunks`` at ``header.key`` once they prove to be the declared, whole media."""
         header = self.check_header(header)
@@ -198,52 +203,92 @@ class Ingestor:
     ) -> IngestedMedia:
         """The one path from bytes to a committed, probed object, for uploads and imports.
 
-        ``chunks`` go to the object writer and the scratch file as they arrive; then
-        ``verify(size, sha256)`` judges the whole, the probe judges the media, and only then is
-        the object committed. ``deadline`` (event-loop time) bounds the arrival of the bytes,
-        not the probe: past it, ``DeadlineExceeded`` (DOWNLOAD_TIMEOUT). Whatever happens, the
-        scratch directory goes and an uncommitted write is aborted; ``chunks`` is closed.
+        ``chunks`` go to the object writer as they arrive; then ``verify(size, sha256)`` judges
+        the whole and the probe judges the media; only an object that passes both stays.
+        ``deadline`` (event-loop time) bounds the arrival of the bytes, not the probe: past
+        it, ``DeadlineExceeded`` (DOWNLOAD_TIMEOUT). Whatever happens, an uncommitted write is
+        aborted, a committed object that fails the probe is deleted, and ``chunks`` is closed.
         """
-        scratch = await asyncio.to_thread(self._make_scratch)
-        upload = scratch / "upload"
-        spool = _Spool(upload)
+        spool: _Spool | None = None
         try:
             async with (
                 contextlib.aclosing(chunks),
                 self._store.open_writer(key, content_type=content_type) as writer,
             ):
+                # The bytes are probed where they are (the local store's staged file; with S3,
+                # the committed object) unless S3 already holds an object at ``key``: a refused
+                # upload must not have replaced it, so those bytes are copied to a scratch file
+                # as they arrive and probed before the commit.
+                staged = await writer.staged_file()
+                if staged is None and await self._store.exists(key):
+                    spool = _Spool(await asyncio.to_thread(self._make_scratch))
+                    staged = spool.path
                 received = 0
                 try:
                     async with asyncio.timeout_at(deadline):
                         async for chunk in chunks:
                             received += len(chunk)
                             await writer.write(chunk)
-                            await spool.write(chunk)
+                            if spool is not None:
+                                await spool.write(chunk)
                 except TimeoutError:
                     raise DeadlineExceeded(
                         f"the bytes did not all arrive in time ({received} arrived)",
                         reason="DOWNLOAD_TIMEOUT",
                     ) from None
-                await spool.close()
                 verify(received, writer.sha256)
-                media = await probe(
-                    upload, size=received, timeout=self._probe_timeout, limits=self._limits
-                )
-                if not content_type:
-                    writer.content_type = media.content_type
-                stored = await writer.commit()
-            log.info(
-                "ingested",
-                extra={"key": stored.key, "size": stored.size, "container": media.container},
-            )
-            return IngestedMedia(object=stored, media=media)
+                if staged is not None:
+                    if spool is not None:
+                        await spool.close()
+                    else:
+                        await writer.staged_file()  # flushed
+                    media = await probe(
+                        staged, size=received, timeout=self._probe_timeout, limits=self._limits
+                    )
+                    if not content_type:
+                        writer.content_type = media.content_type
+                    stored = await writer.commit()
+                else:
+                    stored = await writer.commit()
+                    stored, media = await self.probe_committed(stored, declared_type=content_type)
         finally:
-            await finish(self._remove_scratch(spool, scratch))
+            if spool is not None:
+                await finish(spool.remove())
+        log.info(
+            "ingested",
+            extra={"key": stored.key, "size": stored.size, "container": media.container},
+        )
+        return IngestedMedia(object=stored, media=media)
 
-    @staticmethod
-    async def _remove_scratch(spool: _Spool, scratch: Path) -> None:
-        await spool.close()
-        await asyncio.to_thread(shutil.rmtree, scratch, ignore_errors=True)
+    async def probe_committed(
+        self, stored: StoredObject, *, declared_type: str, keep_on_transient: bool = False
+    ) -> tuple[StoredObject, MediaInfo]:
+        """``probe_stored`` of an object just committed, recorded with the probe's content type
+        when none was declared. Unless it passes, the object is deleted again; with
+        ``keep_on_transient``, only when the media is refused: after a transient failure or a
+        cancel, a resumable upload's retry finds it."""
+        try:
+            media = await self.probe_stored(stored.key, stored.size)
+            if not declared_type and media.content_type != stored.content_type:
+                stored = await self._store.set_content_type(stored, media.content_type)
+        except BaseException as exc:
+            refused = isinstance(exc, ReelmillError) and not exc.transient
+            if refused or not keep_on_transient:
+                await finish(self._delete_refused(stored.key))
+            raise
+        return stored, media
+
+    def _make_scratch(self) -> Path:
+        self._scratch_dir.mkdir(parents=True, exist_ok=True)
+        scratch = self._scratch_dir / f"{SCRATCH_PREFIX}{uuid.uuid4().hex}"
+        scratch.mkdir(mode=0o700)
+        return scratch
+
+    async def _delete_refused(self, key: str) -> None:
+        try:
+            await self._store.delete(key)
+        except Exception:  # the sweep cannot see a committed object: say where it is
+            log.error("could not delete a probed-out upload", extra={"key": key}, exc_info=True)
 
     # -- probe -------------------------------------------------------------------------------
 

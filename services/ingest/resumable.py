@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from runtime.errors import FailedPrecondition, InvalidArgument, OutOfRange, ReelmillError
+from runtime.errors import FailedPrecondition, InvalidArgument, OutOfRange
 from runtime.hashstate import BadHashState, Sha256
 from runtime.storage import ObjectStore
 from runtime.storage.base import Part
@@ -222,12 +222,7 @@ class ResumableWrites:
             sha256=digest,
             content_type=content_type,
         )
-        try:
-            media = await self._ingestor.probe_stored(target.key, target.size)
-        except ReelmillError as exc:
-            if not exc.transient:
-                await shielded(self._store.delete(target.key))
-            raise
-        if not content_type:
-            stored = replace(stored, content_type=media.content_type)
+        stored, media = await self._ingestor.probe_committed(
+            stored, declared_type=content_type, keep_on_transient=True
+        )
         return IngestedMedia(object=stored, media=media)

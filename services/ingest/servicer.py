@@ -50,10 +50,11 @@ async def read_upload(
                 raise InvalidArgument(
                     f"a second header arrived after {received} bytes", reason="DUPLICATE_HEADER"
                 )
-            if request.chunk:
-                received += len(request.chunk)
-                upload_received("ingest", len(request.chunk))
-                yield request.chunk
+            # Read once: each read of a bytes field is a copy of it.
+            if chunk := request.chunk:
+                received += len(chunk)
+                upload_received("ingest", len(chunk))
+                yield chunk
 
     return upload_header(header), chunks()
 
@@ -126,9 +127,9 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             async for request in iterator:
                 if request.WhichOneof("part") == "header":
                     raise InvalidArgument("a second header arrived", reason="DUPLICATE_HEADER")
-                if request.chunk:
-                    upload_received("ingest", len(request.chunk))
-                    yield request.chunk
+                if chunk := request.chunk:  # read once (a copy each time)
+                    upload_received("ingest", len(chunk))
+                    yield chunk
 
         parts = self._resumable.write(
             parts_target(header.target),
