@@ -13,12 +13,16 @@ anything else.
 from __future__ import annotations
 
 import asyncio
+import resource
 import statistics
 import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+
+import psutil
 
 from bench.common import table
 from reelmill.client import ReelmillClient
@@ -29,6 +33,7 @@ from tests.suite import run_suite, token
 MIB = 1024 * 1024
 #: Uploads of each kind per size (alternating); the median is shown.
 RUNS = 3
+CPU_COLUMNS = ("client", "gateway", "ingest", "s3")
 FRAME = 1280 * 720 * 3 // 2  # yuv420p
 
 
@@ -58,6 +63,27 @@ def make_video(path: Path, size: int) -> Path:
     return path
 
 
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each process (``"client"``: this one, its own threads only)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    found = {"client": own.ru_utime + own.ru_stime}
+    for name, pid in pids.items():
+        times = psutil.Process(pid).cpu_times()
+        found[name] = times.user + times.system
+    return found
+
+
+def measured(
+    run: Callable[[], float], pids: dict[str, int], cpu: dict[str, list[dict[str, float]]], way: str
+) -> float:
+    """``run()``'s wall seconds; its CPU seconds per process go to ``cpu[way]``."""
+    before = cpu_seconds(pids)
+    elapsed = run()
+    after = cpu_seconds(pids)
+    cpu.setdefault(way, []).append({k: after[k] - before[k] for k in after})
+    return elapsed
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -72,6 +98,7 @@ def main(quick: bool = False) -> None:
         else [(200 * MIB, "200 MiB"), (1024 * MIB, "1 GiB")]
     )
     rows = []
+    cpu_rows = []
     with (
         tempfile.TemporaryDirectory(prefix="bench-upload-") as tmp,
         run_seaweedfs() as weed,
@@ -80,6 +107,8 @@ def main(quick: bool = False) -> None:
         workdir = Path(tmp)
         s3 = weed.server
         client = s3.client()
+        assert weed.process is not None
+        weed_pid = weed.process.pid
         for size, label in sizes:
             video = make_video(workdir / f"{label.replace(' ', '')}.mkv", size)
             actual = video.stat().st_size
@@ -117,16 +146,35 @@ def main(quick: bool = False) -> None:
                         await rm.upload_file(path, verify_sha256=False, resumable=resumable)
                         return time.perf_counter() - start
 
+                # Where the CPU goes, per process: this one (the client), the gateway, ingest
+                # and the S3 server.
+                procs = {"gateway": pids[0], "ingest": pids[1], "s3": weed_pid}
+                cpu: dict[str, list[dict[str, float]]] = {}
+
+                def one_shot_upload() -> float:
+                    return asyncio.run(upload(False))
+
                 # Alternated, so that a neighbour's load falls on each way alike.
-                directs = [direct_put()]
+                directs = [measured(direct_put, procs, cpu, "direct put")]
                 resumable = [asyncio.run(upload(True))]
                 after_resumable = peaks()
-                one_shot = [asyncio.run(upload(False))]
+                one_shot = [measured(one_shot_upload, procs, cpu, "UploadVideo")]
                 for _ in range(RUNS - 1):
-                    directs.append(direct_put())
+                    directs.append(measured(direct_put, procs, cpu, "direct put"))
                     resumable.append(asyncio.run(upload(True)))
-                    one_shot.append(asyncio.run(upload(False)))
+                    one_shot.append(measured(one_shot_upload, procs, cpu, "UploadVideo"))
                 after_both = peaks()
+            gib = actual / (1024 * MIB)
+            for way, samples in cpu.items():
+                per = {k: statistics.median(s[k] for s in samples) / gib for k in samples[0]}
+                cpu_rows.append(
+                    [
+                        label,
+                        way,
+                        *(f"{per[k]:.2f}" for k in CPU_COLUMNS),
+                        f"{sum(per.values()):.2f}",
+                    ]
+                )
             direct = statistics.median(directs)
             ours, again = statistics.median(one_shot), statistics.median(resumable)
             rows.append(
@@ -158,5 +206,14 @@ def main(quick: bool = False) -> None:
                 "ingest RSS",
             ],
             rows,
+        )
+    )
+    print()
+    print(
+        table(
+            f"Upload CPU: seconds per GiB of each process (median of {RUNS}); the machine's cores "
+            "are shared by all of them",
+            ["size", "way", "client", "gateway", "ingest", "S3 server", "total"],
+            cpu_rows,
         )
     )
