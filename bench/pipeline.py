@@ -59,7 +59,7 @@ from services.transcode import commands, passthrough
 from services.transcode.commands import EncoderSettings
 from services.transcode.ffmpeg_runner import COMMON_ARGS, source_url
 from services.transcode.messages import audio_options, transcode_options
-from services.transcode.plan import plan_transcode
+from services.transcode.plan import LadderPlan, plan_transcode
 from services.transcode.probe import decode_lead, probe_source
 from services.transcode.settings import TranscodeSettings
 from services.transcribe.server import whisper_config
@@ -70,8 +70,16 @@ from tests.servers import PostgresServer, run_postgres
 from tests.suite import run_suite, token
 
 SPEECH = SHARED_MEDIA / "speech" / "multilingual.mp3"
-STAGES = ("probe", "transcode", "audio", "transcribe", "metadata")
-TARGET = 1.10
+STAGES = ("probe", "transcode", "stills", "audio", "transcribe", "metadata")
+#: The default spec without what the bare side has no tool for here (shots, on-screen text:
+#: ``bench.vision`` measures those against PySceneDetect and rapidocr).
+SPEC = pipeline_pb2.PipelineSpec(
+    scenes=pipeline_pb2.ScenesSpec(disabled=True), ocr=pipeline_pb2.OcrSpec(disabled=True)
+)
+#: Ours against the naive bare sum (every rung encoded); against the bare tools given our
+#: passthrough too, the figure is shown beside it.
+TARGET = 0.80
+NAIVE = "transcode (every rung encoded)"
 T = TypeVar("T")
 
 
@@ -138,7 +146,7 @@ async def _run_job(gateway: str, clip: Path, timeout: float) -> Ours:
             return last
 
         started = time.perf_counter()
-        job = await client.create_job(video.id, spec=pipeline_pb2.PipelineSpec())
+        job = await client.create_job(video.id, spec=SPEC)
         final = await asyncio.wait_for(to_the_end(job.id), timeout)
         elapsed = time.perf_counter() - started
         done = await client.get_job(job.id)
@@ -196,7 +204,13 @@ class Bare:
 
     @property
     def total(self) -> float:
-        return sum(self.stages.values())
+        """The bare tools in sequence, given our passthrough."""
+        return sum(v for k, v in self.stages.items() if k != NAIVE)
+
+    @property
+    def naive_total(self) -> float:
+        """The bare tools in sequence, every rung encoded."""
+        return sum(v for k, v in self.stages.items() if k != "transcode")
 
 
 def _ffmpeg(binary: str, args: list[str]) -> None:
@@ -221,6 +235,7 @@ def run_bare(clip: Path, work: Path) -> Bare:
     assert plan.ladder is not None and plan.thumbnails is not None and info.audio is not None
     ladder, thumbs, board = plan.ladder, plan.thumbnails, plan.storyboard
     assert not plan.webm  # not in the default spec
+    naive = ladder
     # Passthrough, as the stage does by default (untimed, like the probe: a demux of packets).
     rung = passthrough.copy_rung(info, ladder)
     if rung is not None:
@@ -228,7 +243,7 @@ def run_bare(clip: Path, work: Path) -> Bare:
         if passthrough.refusal(scan, ladder) is None:
             ladder = passthrough.apply(info, ladder, rung, scan)
 
-    def transcode() -> None:
+    def transcode(ladder: LadderPlan = ladder) -> None:
         out = _fresh(work / "transcode")
         tiles = _fresh(out / "tiles")
         files = _ladder_files(ladder, out)
@@ -267,6 +282,8 @@ def run_bare(clip: Path, work: Path) -> Bare:
         return kept, str(found.language)
 
     stages: dict[str, float] = {}
+    # The naive use of ffmpeg: every rung encoded from the source.
+    stages["transcode (every rung encoded)"], _ = _timed(lambda: transcode(naive))
     stages["transcode"], _ = _timed(transcode)
     stages["audio"], _ = _timed(audio)
     stages["transcribe"], (segments, language) = _timed(transcribe)
@@ -308,20 +325,25 @@ def main(quick: bool = False) -> None:
 
     s = ours.stages
     speech = s["audio"] + s["transcribe"] + s["metadata"]
-    critical = s["probe"] + max(s["transcode"], speech)
+    critical = s["probe"] + max(s["transcode"], s["stills"], speech)
     rows: list[tuple[str, ...]] = [
-        ("whole job (ours) vs bare sum", f"{ours.job:.2f}", f"{bare.total:.2f}",
-         _ratio(ours.job, bare.total), f"<= {TARGET:.2f}"),
+        ("whole job (ours) vs naive bare sum", f"{ours.job:.2f}", f"{bare.naive_total:.2f}",
+         _ratio(ours.job, bare.naive_total), f"<= {TARGET:.2f}"),
+        ("whole job (ours) vs bare sum with passthrough", f"{ours.job:.2f}",
+         f"{bare.total:.2f}", _ratio(ours.job, bare.total), "the tools given our plan"),
         ("  probe", _secs(s["probe"]), "-", "-", "ours only"),
     ]  # fmt: skip
+    rows.append((f"  {NAIVE}", "-", _secs(bare.stages[NAIVE]), "-", "bare only"))
     for name in ("transcode", "audio", "transcribe", "metadata"):
         b = bare.stages[name]
-        rows.append((f"  {name}", _secs(s[name]), _secs(b), _ratio(s[name], b), ""))
+        note = "ours: the ladder, HLS, storyboard" if name == "transcode" else ""
+        rows.append((f"  {name}", _secs(s[name]), _secs(b), _ratio(s[name], b), note))
+    rows.append(("  stills (in bare transcode)", _secs(s["stills"]), "-", "-", "poster, thumbs"))
     rows += [
         ("  speech branch (audio+transcribe+metadata)", f"{speech:.2f}",
          f"{bare.stages['audio'] + bare.stages['transcribe'] + bare.stages['metadata']:.2f}",
          "", ""),
-        ("critical path: probe + max(transcode, speech)", f"{critical:.2f}", "", "", ""),
+        ("critical path: probe + max(transcode, stills, speech)", f"{critical:.2f}", "", "", ""),
         ("orchestration overhead: job - critical path", f"{ours.job - critical:.2f}", "", "",
          f"{(ours.job - critical) / ours.job:.1%} of the job"),
         ("upload (not in the ratio)", f"{ours.upload:.2f}", "", "", ""),
@@ -331,7 +353,8 @@ def main(quick: bool = False) -> None:
     print(
         table(
             f"pipeline: {length:.2f} s 1280x720 25 fps testsrc2 + speech ({SPEECH.name}), "
-            "default spec, vs bare ffmpeg + faster-whisper + extractive metadata (wall s)",
+            "default spec without scenes and OCR, vs bare ffmpeg + faster-whisper + extractive "
+            "metadata in sequence (wall s)",
             ("part", "ours s", "bare s", "ours/bare", "target / note"),
             rows,
         )
