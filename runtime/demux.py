@@ -18,6 +18,7 @@ protocols an HTTPS request is made of. Nothing inside a source can reach another
 from __future__ import annotations
 
 import logging
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -110,7 +111,7 @@ def open_untrusted(
         )
     except av.error.HTTPError as exc:
         log.warning("cannot read the %s URL: %s", what, exc)
-        raise Unavailable(f"the {what} could not be read", reason="STORAGE_UNAVAILABLE") from None
+        raise unavailable(source, what=what) from None
     except av.error.FFmpegError as exc:
         log.info("cannot open the %s: %s", what, exc)
         raise unless_unreachable(source, refused(), what=what) from None
@@ -140,10 +141,37 @@ def unreachable(source: str | Path, *, timeout: float = REACHABLE_TIMEOUT_SECOND
         return True
 
 
+#: How long a reader that met an unreadable remote source waits for it to come back before it
+#: reports STORAGE_UNAVAILABLE (``configure``: REELMILL_S3_UNREACHABLE_RETRY_SECONDS).
+_readable_wait_seconds = 15.0
+#: Between two looks at a source that cannot be read.
+_READABLE_POLL_SECONDS = 0.5
+
+
+def configure(*, readable_wait_seconds: float) -> None:
+    """Sets how long ``unavailable`` waits for a remote source to become readable again."""
+    global _readable_wait_seconds
+    _readable_wait_seconds = readable_wait_seconds
+
+
+def unavailable(source: str | Path, *, what: str = "source") -> Unavailable:
+    """The transient error of a remote ``source`` that could not be read, returned once it can
+    be read again or the configured wait has passed, whichever is first (blocking: call it in
+    a worker thread). An object store that restarts answers its metadata calls before its
+    data is readable; a stage retried at once would spend its attempts inside that window,
+    while one that waits here is retried when the bytes are back, as the store's own calls
+    are (``runtime.storage.s3``)."""
+    deadline = time.monotonic() + _readable_wait_seconds
+    while time.monotonic() < deadline and unreachable(source):
+        time.sleep(_READABLE_POLL_SECONDS)
+    return Unavailable(f"the {what} could not be read; try again", reason="STORAGE_UNAVAILABLE")
+
+
 def unless_unreachable(source: str | Path, error: E, *, what: str = "source") -> E | Unavailable:
     """``error`` (the source looks corrupt, truncated or not media), unless the source is remote
-    and cannot be read right now: then Unavailable (STORAGE_UNAVAILABLE), which is retried."""
+    and cannot be read right now: then Unavailable (STORAGE_UNAVAILABLE, ``unavailable``),
+    which is retried."""
     if unreachable(source):
         log.warning("the %s became unreadable while it was read", what)
-        return Unavailable(f"the {what} could not be read; try again", reason="STORAGE_UNAVAILABLE")
+        return unavailable(source, what=what)
     return error

@@ -28,6 +28,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from runtime import demux
 from runtime.errors import ErrorMappingInterceptor
 from runtime.internal_auth import InternalAuth
 from runtime.metrics import (
@@ -176,6 +177,8 @@ async def run_service(
     internal = None if spec.public else auth
     setup_tracing(spec.name, settings.otlp_endpoint)
     setup_metrics(spec.name, settings)
+    # Readers of presigned URLs wait for a restarting store as the store's own calls do.
+    demux.configure(readable_wait_seconds=settings.s3_unreachable_retry_seconds)
     server = build_server(
         settings,
         [*(internal.server_interceptors() if internal else ()), *spec.interceptors],

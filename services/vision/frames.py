@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from runtime import demux
-from runtime.errors import Cancelled, InvalidArgument, Unavailable
+from runtime.errors import Cancelled, InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +121,7 @@ def decode_frames(
                     index += 1
         except av.error.HTTPError as exc:
             log.warning("reading the source failed: %s", exc)
-            raise Unavailable(
-                "the source could not be read", reason="STORAGE_UNAVAILABLE"
-            ) from None
+            raise demux.unavailable(source) from None
         except av.error.FFmpegError as exc:
             log.info("decoding failed: %s", exc)
             raise demux.unless_unreachable(source, _corrupt(last_time, index)) from None
