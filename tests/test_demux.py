@@ -85,10 +85,13 @@ def test_only_http_urls_are_remote() -> None:
     assert not demux.is_remote(Path("https://not/a/url"))
 
 
-def test_a_failure_on_a_source_that_cannot_be_reached_is_transient(tmp_path: Path) -> None:
+def test_a_failure_on_a_source_that_cannot_be_reached_is_transient(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A decoder that fails on a remote source calls it corrupt only when the source can still
     be read: a refused connection (an object store restarting mid-read) or a 5xx makes the
     failure Unavailable, which is retried; a local path and a server that answers keep it."""
+    monkeypatch.setattr(demux, "_readable_wait_seconds", 0.0)
     corrupt = InvalidArgument("corrupt", reason="CORRUPT_SOURCE")
     closed = f"http://127.0.0.1:{free_port()}/jobs/x/source"
     assert demux.unreachable(closed)
@@ -119,5 +122,42 @@ def test_a_failure_on_a_source_that_cannot_be_reached_is_transient(tmp_path: Pat
         Answers.status = 503
         assert isinstance(demux.unless_unreachable(url, corrupt), Unavailable)
     finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_unreadable_source_is_reported_once_it_is_back_or_the_wait_is_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``unavailable`` waits while the store answers 5xx (a restarting SeaweedFS serves HEAD
+    before its data), so the stage's retry finds the bytes; it gives up after the wait."""
+    answers = [503, 503, 503, 206]
+
+    class Restarting(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(answers.pop(0) if len(answers) > 1 else answers[0])
+            self.send_header("Content-Length", "1")
+            self.end_headers()
+            self.wfile.write(b"x")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Restarting)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/source"
+        monkeypatch.setattr(demux, "_READABLE_POLL_SECONDS", 0.01)
+        monkeypatch.setattr(demux, "_readable_wait_seconds", 60.0)
+        error = demux.unavailable(url)
+        assert error.reason == "STORAGE_UNAVAILABLE"
+        assert answers == [206]  # it looked until the store answered again, and no longer
+        # Never back: the wait ends (a refused connection, the store still down).
+        demux.configure(readable_wait_seconds=0.2)
+        closed = f"http://127.0.0.1:{free_port()}/source"
+        assert demux.unavailable(closed).reason == "STORAGE_UNAVAILABLE"
+    finally:
+        demux.configure(readable_wait_seconds=15.0)
         server.shutdown()
         server.server_close()
