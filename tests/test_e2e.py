@@ -19,6 +19,7 @@ import pytest
 from reelmill.client import ReelmillClient
 from reelmill.v1 import job_pb2, job_service_pb2, media_pb2, pipeline_pb2
 from runtime.errors import error_info
+from runtime.storage.local import HEALTH_PROBE_PREFIX
 from tests.conftest import SuiteEnv
 from tests.media import make_clip
 from tests.servers import S3Server, entries_under, free_port
@@ -59,11 +60,13 @@ def stored_keys(suite: Suite) -> set[str]:
         s3: S3Server = suite.s3
         return {o.object_name for o in s3.client().list_objects(bucket, recursive=True)}
     # Objects live under <root>/<bucket>/<key>; metadata and unfinished writes beside them
-    # (.meta, .incomplete) count as stored too.
+    # (.meta, .incomplete) count as stored too; a health check's probe file (written and removed
+    # at once by every process's readiness check) does not.
     root = Path(suite.env["REELMILL_STORAGE_DIR"])
     return {
         str(p.relative_to(root)).removeprefix("local/")
         for p in entries_under(root, files_only=True)
+        if not (p.parent.name == ".incomplete" and p.name.startswith(HEALTH_PROBE_PREFIX))
     }
 
 

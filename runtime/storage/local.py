@@ -73,6 +73,10 @@ def _io_error(exc: OSError) -> Exception:
     return exc
 
 
+#: The file a health check writes and removes at once in ``.incomplete`` (not an object).
+HEALTH_PROBE_PREFIX = "check-"
+
+
 def _meta_text(stored: StoredObject) -> str:
     """The sidecar of ``stored``."""
     return json.dumps(
@@ -523,7 +527,7 @@ class LocalObjectStore(ObjectStore):
     def _check_sync(self) -> None:
         try:
             self._ensure_dirs()
-            probe = self._incomplete / f"check-{uuid.uuid4().hex}"
+            probe = self._incomplete / f"{HEALTH_PROBE_PREFIX}{uuid.uuid4().hex}"
             probe.write_bytes(b"ok")
             probe.unlink()
         except OSError as exc:
