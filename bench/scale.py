@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -51,7 +53,7 @@ from gateway.journal import state_event
 from gateway.runs import Runs
 from gateway.store import StagePlan, Store
 from reelmill.v1 import job_pb2, media_pb2, pipeline_pb2
-from tests.servers import run_postgres
+from tests.servers import PostgresServer, run_postgres
 
 SIZES = (10_000, 100_000, 1_000_000)
 OWNERS = 1000
@@ -464,32 +466,94 @@ async def measure(dsn: str, url: str, jobs: int, calls: int) -> tuple[list[list[
     return rows, claim_plan
 
 
+async def _counts(dsn: str) -> dict[str, int]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        counts = {
+            name: int(await connection.fetchval(f"SELECT count(*) FROM {name}"))
+            for name in ("jobs", "job_stages", "artifacts", "job_events")
+        }
+        counts["queued"] = int(
+            await connection.fetchval("SELECT count(*) FROM jobs WHERE state = 'QUEUED'")
+        )
+        counts["bytes"] = int(
+            await connection.fetchval("SELECT pg_database_size(current_database())")
+        )
+    finally:
+        await connection.close()
+    return counts
+
+
+async def _existing(server: Any, name: str, *, create: bool) -> bool:
+    """Whether database ``name`` exists; with ``create`` it is created when it does not."""
+    connection = await asyncpg.connect(server.dsn())
+    try:
+        found = bool(
+            await connection.fetchval("SELECT count(*) FROM pg_database WHERE datname = $1", name)
+        )
+        if not found and create:
+            await connection.execute(f'CREATE DATABASE "{name}"')
+        return found
+    finally:
+        await connection.close()
+
+
 async def one_size(
-    server: Any, name: str, jobs: int, calls: int
+    server: Any, name: str, jobs: int, calls: int, *, keep: bool = False
 ) -> tuple[dict[str, int], list[list[str]], str]:
+    """Fills database ``name`` with ``jobs`` jobs and measures it; with ``keep`` a database
+    filled by an earlier run is measured again (migrated to this code's schema first) and is
+    kept for the next."""
     dsn, url = server.dsn(name), server.url(name)
+    refill = not (await _existing(server, name, create=True) and keep)
     engine = make_engine(url)
     await migrate(engine)
     await engine.dispose()
     began = time.monotonic()
-    counts = await fill(dsn, jobs)
-    counts["fill_seconds"] = int(time.monotonic() - began)
+    if refill:
+        counts = await fill(dsn, jobs)
+        counts["fill_seconds"] = int(time.monotonic() - began)
+    else:
+        counts = await _counts(dsn)
+        counts["fill_seconds"] = 0
     rows, plan = await measure(dsn, url, jobs, calls)
-    connection = await asyncpg.connect(server.dsn())
-    try:
-        await connection.execute(f'DROP DATABASE "{name}"')
-    finally:
-        await connection.close()
+    if not keep:
+        connection = await asyncpg.connect(server.dsn())
+        try:
+            await connection.execute(f'DROP DATABASE "{name}"')
+        finally:
+            await connection.close()
     return counts, rows, plan
 
 
-def main(quick: bool = False, sizes: tuple[int, ...] = SIZES, calls: int = 300) -> None:
+@contextlib.contextmanager
+def _postgres(keep: str) -> Iterator[Any]:
+    if not keep:
+        with run_postgres() as server:
+            yield server
+        return
+    import pgserver
+
+    data = Path(keep)
+    data.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(data, cleanup_mode="stop")
+    try:
+        yield PostgresServer(socket_dir=data)
+    finally:
+        server.cleanup()
+
+
+def main(
+    quick: bool = False, sizes: tuple[int, ...] = SIZES, calls: int = 300, keep: str = ""
+) -> None:
     sizes = (SIZES[0],) if quick else sizes
     results = []
-    with run_postgres() as server:
+    with _postgres(keep) as server:
         for jobs in sizes:
-            name = server.create_database(f"bench_scale_{jobs}")
-            counts, rows, plan = asyncio.run(one_size(server, name, jobs, 100 if quick else calls))
+            name = f"bench_scale_{jobs}"
+            counts, rows, plan = asyncio.run(
+                one_size(server, name, jobs, 100 if quick else calls, keep=bool(keep))
+            )
             results.append((jobs, counts, rows, plan))
             print(
                 f"filled {jobs:,} jobs in {counts['fill_seconds']} s: "
@@ -522,9 +586,16 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="10,000 jobs only")
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
     parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument(
+        "--keep",
+        default="",
+        metavar="DIR",
+        help="keep Postgres's data in DIR: a size filled by an earlier run is measured again",
+    )
     args = parser.parse_args()
     main(
         quick=args.quick,
         sizes=tuple(int(s) for s in args.sizes.split(",")),
         calls=args.calls,
+        keep=args.keep,
     )
