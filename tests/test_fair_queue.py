@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import bindparam, text, update
@@ -104,29 +105,192 @@ async def test_claim_order_with_held_jobs_and_queue_positions(harness: Harness) 
     assert await claim_one(runs) == bob[0]
 
 
-async def test_positions_beyond_the_exact_ones_are_estimates(harness: Harness) -> None:
-    """Owners take turns (never served: by name): ann 1, bob 1, cyd 1, ann 2, ... With positions
-    exact up to 5, the first five are exact and the others estimates above 5 (here, with
-    owners of the same size, even right)."""
+async def test_positions_follow_the_turns_and_an_owners_own_depth_is_capped(
+    harness: Harness,
+) -> None:
+    """Owners take turns (never served: by name): ann 1, bob 1, cyd 1, ann 2, ... Every
+    position is exact; a job deeper in its own owner's queue than ``exact`` counts as that
+    owner's ``exact``-th."""
     h = harness
     jobs = {owner: [await add_job(h, owner) for _ in range(4)] for owner in ("ann", "bob", "cyd")}
     order = [jobs[owner][i] for i in range(4) for owner in ("ann", "bob", "cyd")]
 
-    async def positions(exact: int) -> list[int]:
+    async def positions(exact: int, ids: list[str]) -> list[int]:
         async with h.sessions() as session:
             return [
                 int(
                     (await session.execute(text(queue_position_sql(exact)), {"id": j})).scalar_one()
                 )
-                for j in order
+                for j in ids
             ]
 
-    assert await positions(10_000) == list(range(1, 13))
+    assert await positions(10_000, order) == list(range(1, 13))
     assert [await position(h, "cyd", jobs["cyd"][3])] == [12]  # GetJob's, the same
-    estimated = await positions(5)
-    assert estimated[:6] == [1, 2, 3, 4, 5, 6]  # counted in full: within the exact range
-    assert all(p > 5 for p in estimated[6:]), estimated
-    assert estimated[-1] == 12  # ann's 4 ahead of it, scaled to the three owners
+    # cyd's 3rd and 4th count as her 2nd: the position of her 2nd.
+    assert await positions(2, jobs["cyd"]) == [3, 6, 6, 6]
+
+
+async def summary(h: Harness) -> dict[str, tuple[int, int]]:
+    async with h.sessions() as session:
+        rows = await session.execute(text("SELECT owner, waiting, held FROM job_queue_owners"))
+        return {r.owner: (r.waiting, r.held) for r in rows if r.waiting or r.held}
+
+
+async def recount(h: Harness) -> dict[str, tuple[int, int]]:
+    """The summary's counts recounted from the jobs."""
+    async with h.sessions() as session:
+        rows = await session.execute(
+            text(
+                """
+                SELECT owner,
+                       count(*) FILTER (WHERE state = 'QUEUED' AND lease_owner IS NULL) AS waiting,
+                       count(*) FILTER (WHERE lease_owner IS NOT NULL
+                                          AND state IN ('QUEUED', 'RUNNING')) AS held
+                  FROM jobs GROUP BY owner
+                """
+            )
+        )
+        return {r.owner: (r.waiting, r.held) for r in rows if r.waiting or r.held}
+
+
+async def dump(h: Harness) -> str:
+    async with h.sessions() as session:
+        rows = await session.execute(
+            text(
+                "SELECT left(id::text, 8), owner, priority, create_time, state, lease_owner, "
+                "lease_expires_at < now(), claim_time FROM jobs "
+                "ORDER BY owner, priority DESC, create_time, id"
+            )
+        )
+        owners = await session.execute(text("SELECT * FROM job_queue_owners"))
+        return "\n".join(map(str, [*rows, *owners]))
+
+
+async def modelled_positions(h: Harness, served: dict[str, float]) -> dict[str, int]:
+    """Every waiting job's position by the rule in ``gateway.queue``'s docstring, computed
+    from the jobs in Python: abandoned jobs first, then turn (live jobs held + rank in the
+    owner's own order), then the owner served least recently (never first), then by name.
+    ``served`` carries each owner's last claim from call to call: it stays when the job that
+    had it is deleted."""
+    async with h.sessions() as session:
+        rows = (
+            await session.execute(
+                text(
+                    """
+                    SELECT id::text, owner, priority, create_time, state, lease_owner,
+                           lease_expires_at < now() AS expired, claim_time FROM jobs
+                    """
+                )
+            )
+        ).all()
+    active = [r for r in rows if r.state in ("QUEUED", "RUNNING")]
+    abandoned = sum(1 for r in active if r.lease_owner is not None and r.expired)
+    live: dict[str, int] = {}
+    for r in active:
+        if r.lease_owner is not None and not r.expired:
+            live[r.owner] = live.get(r.owner, 0) + 1
+    for r in rows:
+        if r.claim_time is not None:
+            served[r.owner] = max(served.get(r.owner, float("-inf")), r.claim_time.timestamp())
+    waiting: dict[str, list[Any]] = {}
+    for r in active:
+        if r.state == "QUEUED" and r.lease_owner is None:
+            waiting.setdefault(r.owner, []).append(r)
+    keys = []
+    for owner, mine in waiting.items():
+        mine.sort(key=lambda r: (-r.priority, r.create_time, r.id))
+        for rank, r in enumerate(mine, 1):
+            turn = live.get(owner, 0) + rank
+            keys.append(((turn, served.get(owner, float("-inf")), owner, rank), r.id))
+    keys.sort()
+    return {job_id: abandoned + place for place, (_key, job_id) in enumerate(keys, 1)}
+
+
+async def test_the_summary_and_positions_follow_every_change_to_the_jobs(
+    harness: Harness,
+) -> None:
+    """Seeded random steps through the gateway's own code and plain SQL (jobs created one by
+    one and many in one statement, claims of several owners' jobs at once, finishes, cancels,
+    leases running out, deletions): after each, the triggers' summary equals a recount of the
+    jobs, and every waiting job's GetJob position equals the rule computed in Python."""
+    import random
+
+    h = harness
+    rng = random.Random(20261202)
+    owners = ("ann", "bob", "cyd", "dee")
+    workers = [Runs(h.sessions, f"worker-{i}") for i in range(2)]
+    held: list[str] = []
+    jobs: dict[str, str] = {}  # job id -> owner
+    served: dict[str, float] = {}
+    for step in range(70):
+        action = rng.choice(
+            ["create", "create", "many", "claim", "claim", "finish", "cancel", "expire", "delete"]
+        )
+        if action == "create":
+            owner = rng.choice(owners)
+            jobs[await add_job(h, owner, rng.randint(-2, 2))] = owner
+        elif action == "many":
+            owner = rng.choice(owners)
+            async with h.sessions.begin() as session:
+                created = await session.execute(
+                    text(
+                        """
+                        INSERT INTO jobs (id, owner, spec, state, labels, priority, create_time)
+                        SELECT gen_random_uuid(), :owner, '{}', 'QUEUED', '{}', n % 3 - 1,
+                               now() + make_interval(secs => n)
+                          FROM generate_series(1, :n) AS n
+                        RETURNING id::text
+                        """
+                    ),
+                    {"owner": owner, "n": rng.randint(2, 6)},
+                )
+                jobs.update({job_id: owner for job_id in created.scalars()})
+        elif action == "claim":
+            claimed = await rng.choice(workers).claim(rng.randint(1, 3), LEASE)
+            held += [str(c.id) for c in claimed]
+        elif action == "finish" and held:
+            job_id = held.pop(rng.randrange(len(held)))
+            async with h.sessions.begin() as session:
+                await session.execute(
+                    update(models.Job)
+                    .where(models.Job.id == uuid.UUID(job_id))
+                    .values(state=rng.choice(["SUCCEEDED", "FAILED"]), lease_owner=None,
+                            lease_expires_at=None)
+                )  # fmt: skip
+        elif action == "cancel" and jobs:
+            job_id = rng.choice(sorted(jobs))
+            job = await h.store.get_job(jobs[job_id], job_id)
+            if job.state in (job_pb2.JOB_STATE_QUEUED, job_pb2.JOB_STATE_RUNNING):
+                await h.store.cancel_job(jobs[job_id], job_id)
+        elif action == "expire" and held:
+            async with h.sessions.begin() as session:
+                await session.execute(
+                    update(models.Job)
+                    .where(models.Job.id == uuid.UUID(rng.choice(held)))
+                    .values(lease_expires_at=text("now() - interval '1 second'"))
+                )
+        elif action == "delete" and jobs:
+            owner = rng.choice(owners)
+            async with h.sessions.begin() as session:
+                deleted = await session.execute(
+                    text("DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE owner = :owner "
+                         "ORDER BY random() LIMIT 2) RETURNING id::text"),
+                    {"owner": owner},
+                )  # fmt: skip
+                for job_id in deleted.scalars():
+                    jobs.pop(job_id, None)
+                    if job_id in held:
+                        held.remove(job_id)
+        assert await summary(h) == await recount(h), (step, action)
+        expected = await modelled_positions(h, served)
+        shown = {
+            job_id: (await h.store.get_job(owner, job_id)).queue_position
+            for job_id, owner in jobs.items()
+            if job_id in expected
+        }
+        expected = {job_id: expected[job_id] for job_id in shown}
+        assert shown == expected, (step, action, await dump(h))
+    assert len(jobs) > 40 and held, "the steps did too little to show anything"
 
 
 async def test_abandoned_jobs_come_first(harness: Harness) -> None:
