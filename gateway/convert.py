@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
@@ -26,12 +26,18 @@ def from_json(data: dict[str, Any] | None, cls: type[M]) -> M:
     return message
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """``Timestamp.FromDatetime`` in integer arithmetic (a quarter of its cost: a page of jobs
+    converts hundreds). A naive ``value`` is taken as UTC, as ``FromDatetime`` takes it."""
     if value is None:
         return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
+    delta = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)) - _EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000
+    )
 
 
 def video_to_proto(row: models.Video) -> media_pb2.Video:
@@ -48,10 +54,16 @@ def video_to_proto(row: models.Video) -> media_pb2.Video:
     )
 
 
+#: Stored state names (``SUCCEEDED``) to enum values, looked up once rather than per row.
+_STAGE_STATES = {
+    name.removeprefix("STAGE_STATE_"): value for name, value in job_pb2.StageState.items()
+}
+
+
 def stage_to_proto(row: models.JobStage) -> job_pb2.Stage:
     return job_pb2.Stage(
         name=row.name,
-        state=job_pb2.StageState.Value(f"STAGE_STATE_{row.state}"),
+        state=_STAGE_STATES[row.state],
         progress=row.progress,
         attempts=row.attempts,
         error=from_json(row.error, job_pb2.JobError) if row.error else None,

@@ -37,7 +37,14 @@ _JOB_SELECT = """
            CASE WHEN :full THEN j.scenes ELSE j.scenes - 'shots' - 'transitions' END AS scenes,
            CASE WHEN :full THEN j.on_screen_text ELSE j.on_screen_text - 'entries' END
                 AS on_screen_text,
-           COALESCE((SELECT json_agg(s ORDER BY s.position)
+           COALESCE((SELECT json_agg(json_build_object(
+                                'name', s.name, 'position', s.position, 'state', s.state,
+                                'progress', s.progress, 'attempts', s.attempts,
+                                'error', s.error, 'start_time', s.start_time,
+                                'end_time', s.end_time, 'depends_on', s.depends_on,
+                                'reused_from', s.reused_from,
+                                'outputs', json_build_object('cached', s.outputs -> 'cached'))
+                              ORDER BY s.position)
                        FROM job_stages s WHERE s.job_id = j.id), '[]') AS stages_json,
            CASE WHEN :full THEN
                 COALESCE((SELECT json_agg(a ORDER BY a.name)

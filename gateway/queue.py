@@ -64,7 +64,7 @@ CLAIM = text(
     contenders AS (
         SELECT owner, held, served FROM owners
          ORDER BY held, served NULLS FIRST, owner
-         LIMIT :limit * 4 + 16 + cardinality(:busy)
+         LIMIT :limit * 4 + 16 + cardinality(CAST(:busy AS uuid[]))
     ),
     candidates AS (
         SELECT e.id, 0::bigint AS turn, NULL::timestamptz AS served, ''::text AS owner,
