@@ -13,12 +13,13 @@ overtake another. Between owners the queue is max-min fair, in turns:
 
 So a free slot goes to the owner with the fewest jobs running, and an owner's 1,000-job batch
 waits behind another owner's single job instead of starving it. The claim evaluates this in
-one statement with ``FOR UPDATE SKIP LOCKED``. What it needs of each owner (how many jobs it
-has waiting, how many workers hold, when it was last served) is one row of the summary
-``job_queue_owners``, which triggers on ``jobs`` keep in the same transaction as every change
-(migration 0012); of the owners waiting it ranks only those that can be first, and takes
-their jobs from ``ix_jobs_waiting``. So its cost grows neither with the number of jobs queued
-nor (beyond reading one small row each) with the number of owners waiting.
+one statement with ``FOR UPDATE SKIP LOCKED``. How many jobs each owner has waiting and when
+it was last served is one row of the summary ``job_queue_owners``, which triggers on ``jobs``
+keep in the transaction of every change (migration 0012); how many of its jobs workers hold is
+counted from the held jobs themselves (few: those running now, on ``ix_jobs_leased``). Of the
+owners waiting it ranks only those that can be first, and takes their jobs from
+``ix_jobs_waiting``. So its cost grows neither with the number of jobs queued nor (beyond
+reading one small row each) with the number of owners waiting.
 
 ``QUEUE_POSITION`` computes the same order for one waiting job (GetJob's position and
 estimated start), assuming no new jobs arrive and none finishes meanwhile, from the same
@@ -33,22 +34,27 @@ from sqlalchemy.dialects.postgresql import ARRAY, UUID
 MIN_PRIORITY = -100
 MAX_PRIORITY = 100
 
-#: Jobs whose worker vanished: claimed or running, their lease run out. Few (a crashed
-#: replica's), found through ``ix_jobs_leased``.
-_EXPIRED = """
-        SELECT id, owner FROM jobs
+#: The jobs workers hold: claimed or running under a lease, ``expired`` when it ran out (their
+#: worker vanished). Few (the jobs running now), found through ``ix_jobs_leased``.
+_LEASED = """
+        SELECT id, owner, lease_expires_at < now() AS expired FROM jobs
          WHERE lease_owner IS NOT NULL AND state IN ('QUEUED', 'RUNNING')
-           AND lease_expires_at < now()
 """
 #: The owners with waiting jobs from the summary (``job_queue_owners``, kept by triggers on
-#: ``jobs``, migration 0012): what each waits with, how many of its jobs live workers hold (the
-#: summary's ``held`` less its expired leases) and when it was last served.
+#: ``jobs``, migration 0012): what each waits with, how many of its jobs live workers hold
+#: (from ``leased``) and when it was last served.
 _OWNERS = """
-        SELECT q.owner, q.waiting,
-               q.held - (SELECT count(*) FROM expired e WHERE e.owner = q.owner) AS held,
-               q.served
+        SELECT q.owner, q.waiting, COALESCE(h.held, 0) AS held, q.served
           FROM job_queue_owners q
+          LEFT JOIN (SELECT owner, count(*) AS held FROM leased WHERE NOT expired
+                      GROUP BY owner) h ON h.owner = q.owner
          WHERE q.waiting > 0
+"""
+#: The CTEs both statements start from.
+_COMMON = f"""
+    leased AS MATERIALIZED ({_LEASED}),
+    expired AS (SELECT id, owner FROM leased WHERE expired),
+    owners AS MATERIALIZED ({_OWNERS})
 """
 
 #: Claims up to ``:limit`` jobs for ``:worker`` with a ``:lease`` (seconds), skipping the ids in
@@ -59,8 +65,7 @@ _OWNERS = """
 #: owners' first jobs ahead of its own first one. Their jobs come from ``ix_jobs_waiting``.
 CLAIM = text(
     f"""
-    WITH expired AS MATERIALIZED ({_EXPIRED}),
-    owners AS MATERIALIZED ({_OWNERS}),
+    WITH {_COMMON},
     contenders AS (
         SELECT owner, held, served FROM owners
          ORDER BY held, served NULLS FIRST, owner
@@ -126,8 +131,7 @@ def queue_position_sql(exact: int = EXACT_POSITIONS) -> str:
 #: lower turn, and the one with the same turn when that owner wins the tie. So the cost is
 #: one row per waiting owner, not a walk through the jobs' indexes.
 _QUEUE_POSITION = f"""
-    WITH expired AS MATERIALIZED ({_EXPIRED}),
-    owners AS MATERIALIZED ({_OWNERS}),
+    WITH {_COMMON},
     me AS (
         SELECT owner, priority, create_time, id FROM jobs
          WHERE id = :id AND state = 'QUEUED' AND lease_owner IS NULL

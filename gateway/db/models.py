@@ -109,15 +109,14 @@ class Job(Base):
 
 
 class JobQueueOwner(Base):
-    """The queue's summary of one owner (``gateway.queue``): its jobs waiting, its jobs held by
-    workers (expired leases included) and its last claim. Written only by the triggers on
-    ``jobs`` (migration 0012), in the transaction of the change; the application reads it."""
+    """The queue's summary of one owner (``gateway.queue``): its jobs waiting and its last
+    claim. Written only by the triggers on ``jobs`` (migration 0012), in the transaction of the
+    change; the application reads it."""
 
     __tablename__ = "job_queue_owners"
 
     owner: Mapped[str] = mapped_column(String(256), primary_key=True)
     waiting: Mapped[int] = mapped_column(BigInteger)
-    held: Mapped[int] = mapped_column(BigInteger)
     served: Mapped[datetime | None]
 
 

@@ -1,15 +1,18 @@
 """The queue's per-owner summary (issue 15): ``job_queue_owners``, kept by triggers on ``jobs``
-in the same transaction as every change to a job, so that the claim and every queue position
-read one small row per waiting owner instead of walking the owners through the jobs' indexes.
+in the transaction of every change to a job that changes it, so that the claim and every queue
+position read one small row per waiting owner instead of walking the owners through the jobs'
+indexes.
 
 For each owner that ever had a job:
 
 - ``waiting``: its jobs queued and not claimed (``state = 'QUEUED' AND lease_owner IS NULL``);
-- ``held``: its jobs a worker holds (``lease_owner IS NOT NULL AND state IN ('QUEUED',
-  'RUNNING')``), whether or not the lease has run out (the readers subtract the expired ones,
-  which are few and found through ``ix_jobs_leased``);
 - ``served``: when a worker last claimed one of its jobs (``max(claim_time)``, never going
   back, also when retention deletes the job that set it).
+
+How many of an owner's jobs workers hold is not kept here: those jobs are few (the ones running
+now, bounded by the workers' slots) and the readers count them through ``ix_jobs_leased``. So
+a job's end, the busiest write of a shared owner, changes no summary row, and finishing jobs
+never wait on each other's row locks.
 
 The triggers are statement-level with transition tables: a batch of 1,000 jobs or a claim of
 16 changes each owner's row once, and rows are changed in owner order, so two statements
@@ -33,31 +36,27 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 WAITING = "(state = 'QUEUED' AND lease_owner IS NULL)"
-HELD = "(lease_owner IS NOT NULL AND state IN ('QUEUED', 'RUNNING'))"
 
 #: Each owner's change, from the rows a statement added (``new_rows``) and removed
 #: (``old_rows``); only owners whose counts or last claim changed.
 _UPSERT = """
-    INSERT INTO job_queue_owners AS q (owner, waiting, held, served)
-    SELECT owner, sum(waiting), sum(held), max(served)
+    INSERT INTO job_queue_owners AS q (owner, waiting, served)
+    SELECT owner, sum(waiting), max(served)
       FROM ({rows}) d
      GROUP BY owner
-    HAVING sum(waiting) <> 0 OR sum(held) <> 0
+    HAVING sum(waiting) <> 0
         OR COALESCE(max(served), '-infinity') > COALESCE(max(before), '-infinity')
      ORDER BY owner
     ON CONFLICT (owner) DO UPDATE
        SET waiting = q.waiting + excluded.waiting,
-           held = q.held + excluded.held,
            served = GREATEST(q.served, excluded.served)
 """
 _NEW = f"""
-    SELECT owner, {WAITING}::int AS waiting, {HELD}::int AS held, claim_time AS served,
-           NULL::timestamptz AS before
+    SELECT owner, {WAITING}::int AS waiting, claim_time AS served, NULL::timestamptz AS before
       FROM new_rows
 """
 _OLD = f"""
-    SELECT owner, -{WAITING}::int AS waiting, -{HELD}::int AS held, NULL::timestamptz AS served,
-           claim_time AS before
+    SELECT owner, -{WAITING}::int AS waiting, NULL::timestamptz AS served, claim_time AS before
       FROM old_rows
 """
 
@@ -82,7 +81,6 @@ $$
 RECOUNT = f"""
     SELECT owner,
            count(*) FILTER (WHERE {WAITING}) AS waiting,
-           count(*) FILTER (WHERE {HELD}) AS held,
            max(claim_time) AS served
       FROM jobs
      GROUP BY owner
@@ -94,7 +92,6 @@ def upgrade() -> None:
         "job_queue_owners",
         sa.Column("owner", sa.String(256), primary_key=True),
         sa.Column("waiting", sa.BigInteger, nullable=False, server_default="0"),
-        sa.Column("held", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("served", sa.DateTime(timezone=True), nullable=True),
     )
     # (No CHECK that the counts stay >= 0: Postgres checks the row an INSERT proposes before ON
@@ -121,7 +118,7 @@ def upgrade() -> None:
         "CREATE TRIGGER job_queue_owners_truncate AFTER TRUNCATE ON jobs "
         "FOR EACH STATEMENT EXECUTE FUNCTION job_queue_owners_sync()"
     )
-    op.execute(f"INSERT INTO job_queue_owners (owner, waiting, held, served) {RECOUNT}")
+    op.execute(f"INSERT INTO job_queue_owners (owner, waiting, served) {RECOUNT}")
 
 
 def downgrade() -> None:
