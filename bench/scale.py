@@ -321,18 +321,22 @@ async def fill(dsn: str, jobs: int) -> dict[str, int]:
         await connection.execute("DROP TABLE bench_ids")
         for name in ("jobs", "job_stages", "artifacts", "job_events"):
             await connection.execute(f"VACUUM (ANALYZE) {name}")
-        counts = {
-            name: int(await connection.fetchval(f"SELECT count(*) FROM {name}"))
-            for name in ("jobs", "job_stages", "artifacts", "job_events")
-        }
-        counts["queued"] = int(
-            await connection.fetchval("SELECT count(*) FROM jobs WHERE state = 'QUEUED'")
-        )
-        counts["bytes"] = int(
-            await connection.fetchval("SELECT pg_database_size(current_database())")
-        )
+        counts = await _counts(connection)
     finally:
         await connection.close()
+    return counts
+
+
+async def _counts(connection: asyncpg.Connection) -> dict[str, int]:
+    """The filled database's row counts, queued jobs and size."""
+    counts = {
+        name: int(await connection.fetchval(f"SELECT count(*) FROM {name}"))
+        for name in ("jobs", "job_stages", "artifacts", "job_events")
+    }
+    counts["queued"] = int(
+        await connection.fetchval("SELECT count(*) FROM jobs WHERE state = 'QUEUED'")
+    )
+    counts["bytes"] = int(await connection.fetchval("SELECT pg_database_size(current_database())"))
     return counts
 
 
@@ -477,24 +481,6 @@ async def measure(dsn: str, url: str, jobs: int, calls: int) -> tuple[list[list[
     return rows, claim_plan
 
 
-async def _counts(dsn: str) -> dict[str, int]:
-    connection = await asyncpg.connect(dsn)
-    try:
-        counts = {
-            name: int(await connection.fetchval(f"SELECT count(*) FROM {name}"))
-            for name in ("jobs", "job_stages", "artifacts", "job_events")
-        }
-        counts["queued"] = int(
-            await connection.fetchval("SELECT count(*) FROM jobs WHERE state = 'QUEUED'")
-        )
-        counts["bytes"] = int(
-            await connection.fetchval("SELECT pg_database_size(current_database())")
-        )
-    finally:
-        await connection.close()
-    return counts
-
-
 async def _existing(server: Any, name: str, *, create: bool) -> bool:
     """Whether database ``name`` exists; with ``create`` it is created when it does not."""
     connection = await asyncpg.connect(server.dsn())
@@ -525,7 +511,11 @@ async def one_size(
         counts = await fill(dsn, jobs)
         counts["fill_seconds"] = int(time.monotonic() - began)
     else:
-        counts = await _counts(dsn)
+        connection = await asyncpg.connect(dsn)
+        try:
+            counts = await _counts(connection)
+        finally:
+            await connection.close()
         counts["fill_seconds"] = 0
     rows, plan = await measure(dsn, url, jobs, calls)
     if not keep:
