@@ -145,11 +145,12 @@ class Rig:
         return digest.hexdigest()
 
     async def expire(self, upload_id: str) -> None:
-        """Moves an upload's expiry into the past, as a day's wait would."""
+        """Moves an upload's expiry to now, as a day's wait would (the sweep removes it a
+        purge delay later)."""
         conn = await asyncpg.connect(self.dsn)
         try:
             await conn.execute(
-                "UPDATE uploads SET expire_time = now() - interval '1 second' WHERE id = $1",
+                "UPDATE uploads SET expire_time = now() WHERE id = $1",
                 upload_id,
             )
         finally:

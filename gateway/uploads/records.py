@@ -368,16 +368,19 @@ class UploadRecords:
     # -- expiry --------------------------------------------------------------------------------
 
     async def sweep_expired(self) -> int:
-        """Removes expired uploads (any replica; ``SKIP LOCKED``): an unfinished one's bytes
-        are purged with it (parts, or an object a finish completed without recording it); a
-        finished one's video stays. Returns how many went."""
+        """Removes uploads expired for longer than the purge delay (any replica; ``SKIP
+        LOCKED``): an unfinished one's bytes are purged with it (parts, or an object a finish
+        completed without recording it); a finished one's video stays. Returns how many went.
+
+        Until then a write or finish is told UPLOAD_EXPIRED rather than UPLOAD_NOT_FOUND, so
+        what a caller hears right after the expiry does not depend on when a sweep ran."""
         removed = 0
         while True:
             async with self.sessions.begin() as session:
                 rows = (
                     await session.scalars(
                         select(models.Upload)
-                        .where(models.Upload.expire_time <= func.now())
+                        .where(models.Upload.expire_time <= func.now() - self.purge_delay)
                         .order_by(models.Upload.expire_time)
                         .limit(SWEEP_BATCH)
                         .with_for_update(skip_locked=True)
