@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import bindparam, text, update
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 
 from gateway.db import models
@@ -132,7 +132,7 @@ async def test_positions_follow_the_turns_and_an_owners_own_depth_is_capped(
 
 async def summary(h: Harness) -> dict[str, tuple[int, Any]]:
     async with h.sessions() as session:
-        rows = await session.execute(text("SELECT owner, waiting, served FROM job_queue_owners"))
+        rows = await session.scalars(select(models.JobQueueOwner))
         return {r.owner: (r.waiting, r.served) for r in rows if r.waiting}
 
 

@@ -77,7 +77,7 @@ END
 $$
 """
 
-#: The summary recounted from ``jobs`` (the backfill; ``tests/test_fair_queue.py`` compares).
+#: The summary recounted from ``jobs``: the backfill.
 RECOUNT = f"""
     SELECT owner,
            count(*) FILTER (WHERE {WAITING}) AS waiting,
