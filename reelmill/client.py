@@ -170,9 +170,8 @@ class ReelmillClient:
         deadline)."""
         if resumable:
             started = await self.start_upload(path, verify_sha256=verify_sha256)
-            return await self.resume_upload(
-                path, started.id, timeout=timeout, on_sent=on_sent, on_resume=on_resume
-            )
+            # Just started: nothing to ask the server before writing.
+            return await self._file_upload(path, timeout, on_sent, on_resume).run(started)
         sha256 = await asyncio.to_thread(file_sha256, path) if verify_sha256 else ""
         size = (await asyncio.to_thread(path.stat)).st_size
 

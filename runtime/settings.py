@@ -43,6 +43,9 @@ class CommonSettings(BaseSettings):
     s3_public_url: str | None = None
     #: Part size of multipart uploads to S3, in MiB (5 to 5120).
     s3_part_size_mib: int = Field(default=16, ge=5, le=5120)
+    #: Parts one upload sends to S3 at once. More than one hides a slow PUT behind the others
+    #: (minio's own put_object sends three).
+    s3_parts_in_flight: int = Field(default=3, ge=1, le=32)
     #: How long a call to an S3 server that cannot be reached (refused, or no connection made in
     #: time: nothing was sent) is retried before it fails with STORAGE_UNAVAILABLE. A restarting
     #: server costs a wait, not a stage attempt. 0 fails at once.

@@ -187,18 +187,19 @@ class ResumableUploads:
                         f"{expected} bytes written so far",
                     )
                     return
-                if expected + len(message.data) > size:
+                data = message.data  # read once: each read of a bytes field copies it
+                if expected + len(data) > size:
                     refusal = (
                         OutOfRange,
                         "WRITE_PAST_END",
-                        f"{len(message.data)} bytes at offset {expected} run past the declared "
+                        f"{len(data)} bytes at offset {expected} run past the declared "
                         f"size of {size} bytes",
                     )
                     return
-                if message.data:
-                    upload_received("gateway", len(message.data))
-                    expected += len(message.data)
-                    yield ingest_service_pb2.WritePartsRequest(chunk=message.data)
+                if data:
+                    upload_received("gateway", len(data))
+                    expected += len(data)
+                    yield ingest_service_pb2.WritePartsRequest(chunk=data)
                 message = await anext(source, None)
 
         committed = claim.committed

@@ -104,6 +104,8 @@ class ObjectWriter(abc.ABC):
 
 class ObjectStore(abc.ABC):
     bucket: str
+    #: Parts one write stores at once (a multipart upload's parts; a resumable write's).
+    parts_in_flight: int = 2
 
     def check_ref(self, bucket: str, key: str, *, what: str = "object") -> str:
         """``key``, when (``bucket``, ``key``) may name an object of this store: the bucket is

@@ -18,6 +18,7 @@ def open_store(settings: CommonSettings) -> ObjectStore:
             region=settings.s3_region,
             secure=settings.s3_secure,
             part_size=settings.s3_part_size_mib * 1024 * 1024,
+            parts_in_flight=settings.s3_parts_in_flight,
             threads=settings.storage_threads,
             public_url=settings.s3_public_url,
             unreachable_retry_seconds=settings.s3_unreachable_retry_seconds,

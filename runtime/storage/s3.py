@@ -319,7 +319,7 @@ class S3ObjectStore(ObjectStore):
         part_size: int = 16 * 1024 * 1024,
         threads: int = 8,
         *,
-        parts_in_flight: int = 2,
+        parts_in_flight: int = 3,
         connect_timeout: float = 10.0,
         read_timeout: float = 120.0,
         public_url: str | None = None,

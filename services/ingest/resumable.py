@@ -12,8 +12,10 @@ committed bytes) and hands ingest what a call needs:
   bytes, so writing it again after a crash replaces it — and stores each part durably. Each
   part it reports, in order, is durable: its etag, the size committed with it, and the hash
   state there. A partial part when the stream ends is dropped (the caller resumes from the
-  last boundary), since S3 parts other than the last must be at least 5 MiB. Memory is about
-  ``parts_in_flight + 1`` parts, whatever the file's size.
+  last boundary), since S3 parts other than the last must be at least 5 MiB. At most
+  ``parts_in_flight`` parts are being stored at once, and a slot frees when any of them is
+  stored (a slow PUT does not hold back the parts behind it, whose reports wait for it).
+  Memory is about ``parts_in_flight + 1`` parts, whatever the file's size.
 - ``finish``: the digest from the saved state is checked against the declared SHA-256 before
   anything is visible (a mismatch aborts the write); then the write is completed, the object
   checked and probed as an upload's (``Ingestor.probe_stored``) and, when the media is refused,
@@ -89,10 +91,13 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 
 class ResumableWrites:
-    def __init__(self, store: ObjectStore, ingestor: Ingestor, *, parts_in_flight: int = 2) -> None:
+    def __init__(
+        self, store: ObjectStore, ingestor: Ingestor, *, parts_in_flight: int | None = None
+    ) -> None:
         self._store = store
         self._ingestor = ingestor
-        self._parts_in_flight = parts_in_flight
+        #: The store's own number unless given.
+        self._parts_in_flight = parts_in_flight or store.parts_in_flight
 
     def _check_target(self, target: PartsTarget) -> None:
         self._store.check_ref(target.bucket, target.key)
@@ -165,9 +170,19 @@ class ResumableWrites:
                     view = view[len(data) :]
                     if position < end:
                         continue
-                    while len(inflight) >= self._parts_in_flight:
+                    # A slot frees when any part is stored, not only the oldest: one slow
+                    # PUT must not hold back the parts behind it. Reports stay in order.
+                    while (
+                        len(uploading := [f for _, f in inflight if not f.done()])
+                        >= self._parts_in_flight
+                    ):
+                        await asyncio.wait(uploading, return_when=asyncio.FIRST_COMPLETED)
+                    for _, stored in inflight:  # a failed part ends the write at once
+                        if stored.done() and not stored.cancelled() and stored.exception():
+                            stored.result()
+                    while inflight and inflight[0][1].done():
                         part, future = inflight.popleft()
-                        yield replace(part, etag=await future)
+                        yield replace(part, etag=future.result())
                     future = asyncio.ensure_future(
                         self._store.write_part(
                             target.key,
