@@ -24,6 +24,10 @@ Then, p50/p99 over many calls with random owners and jobs:
 - WatchJob replay (``EventHub.watch`` of a finished job from sequence 0: its stored events, to
   the end of the stream).
 
+GetJob of any job, the deep ListJobs page and the replay are timed with
+``gateway.protojson.parse`` and with ``json_format.ParseDict`` (the JSONB-to-message converter
+it replaced) as the converter, alternating call by call.
+
 One table per table size, side by side::
 
     python -m bench.scale [--quick] [--sizes 10000,100000,1000000] [--calls N]
@@ -44,10 +48,12 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, json_format
+from google.protobuf.message import Message
 
 from bench.common import percentile, table
 from bench.queue import FAIR_CLAIM
+from gateway import protojson
 from gateway.convert import to_json
 from gateway.db.engine import make_engine, make_sessionmaker, migrate
 from gateway.events import EventHub
@@ -357,6 +363,31 @@ def _row(label: str, times: list[float], target: str = "") -> list[str]:
     return [label, f"{percentile(times, 50):.2f}", f"{percentile(times, 99):.2f}", target]
 
 
+def _parse_dict(data: dict[str, Any] | None, cls: type[Message]) -> Message:
+    message = cls()
+    if data:
+        json_format.ParseDict(data, message, ignore_unknown_fields=True)
+    return message
+
+
+async def _paired(calls: int, one: Callable[[], Awaitable[Any]]) -> tuple[list[float], list[float]]:
+    """``_series`` of ``one`` with ``gateway.protojson.parse`` as the JSONB converter and with
+    ``json_format.ParseDict`` (what it replaced), alternating call by call, so that caches and
+    load fall on both alike."""
+    fast = protojson.parse
+    times: tuple[list[float], list[float]] = ([], [])
+    await one()  # warm: connections, plans
+    try:
+        for call in range(2 * calls):
+            protojson.parse = fast if call % 2 == 0 else _parse_dict  # type: ignore[assignment]
+            began = time.perf_counter()
+            await one()
+            times[call % 2].append((time.perf_counter() - began) * 1000)
+    finally:
+        protojson.parse = fast
+    return times
+
+
 async def measure(dsn: str, url: str, jobs: int, calls: int) -> tuple[list[list[str]], str]:
     engine = make_engine(url, pool_size=5)
     sessions = make_sessionmaker(engine)
@@ -400,8 +431,9 @@ async def measure(dsn: str, url: str, jobs: int, calls: int) -> tuple[list[list[
         job = rng.choice(queued)
         await store.get_job(job["owner"], str(job["id"]))
 
-    rows.append(_row("GetJob (any job, FULL)", await _series(calls, get_any), "p99 <= 10"))
-    print(rows[-1], flush=True)
+    ours, before = await _paired(calls, get_any)
+    rows.append(_row("GetJob (any job, FULL)", ours, "p99 <= 10"))
+    rows.append(_row("  the same with ParseDict", before))
     rows.append(_row("GetJob (a queued job)", await _series(calls, get_queued), "p99 <= 10"))
 
     async def list_page(owner: str, token: str) -> str:
@@ -431,11 +463,9 @@ async def measure(dsn: str, url: str, jobs: int, calls: int) -> tuple[list[list[
         owner, token = rng.choice(deep_tokens)
         await list_page(owner, token)
 
-    rows.append(
-        _row(
-            f"ListJobs page {deepest} of a big owner", await _series(calls, deep_page), "p99 <= 25"
-        )
-    )
+    ours, before = await _paired(calls, deep_page)
+    rows.append(_row(f"ListJobs page {deepest} of a big owner", ours, "p99 <= 25"))
+    rows.append(_row("  the same with ParseDict", before))
 
     # Owners under the active-jobs limit (at 1M a big owner has 250 queued: refused).
     small = [owner for owner in owners if owner not in big]
@@ -476,7 +506,9 @@ async def measure(dsn: str, url: str, jobs: int, calls: int) -> tuple[list[list[
         seen = [r async for r in hub.watch(job["id"], 0)]
         assert len(seen) == EVENTS_PER_JOB, len(seen)
 
-    rows.append(_row(f"WatchJob replay ({EVENTS_PER_JOB} events)", await _series(calls, replay)))
+    ours, before = await _paired(calls, replay)
+    rows.append(_row(f"WatchJob replay ({EVENTS_PER_JOB} events)", ours))
+    rows.append(_row("  the same with ParseDict", before))
     await engine.dispose()
     return rows, claim_plan
 

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 
+from gateway import protojson
 from gateway.db import models
 from reelmill.v1 import job_pb2, media_pb2, pipeline_pb2, vision_pb2
 
@@ -20,10 +21,8 @@ def to_json(message: Message) -> dict[str, Any]:
 
 
 def from_json(data: dict[str, Any] | None, cls: type[M]) -> M:
-    message = cls()
-    if data:
-        json_format.ParseDict(data, message, ignore_unknown_fields=True)
-    return message
+    """``ParseDict``'s message, at a fraction of its cost (``gateway.protojson``)."""
+    return protojson.parse(data, cls)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
