@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
 import pytest
+import pytest_asyncio
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gateway.db.engine import make_engine, make_sessionmaker
 from tests.servers import PostgresServer, S3Server, run_postgres, run_seaweedfs
 
 SHARED_MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
@@ -110,6 +113,14 @@ def fresh_database(postgres: PostgresServer, migrated_template: str) -> FreshDat
 def database_url(postgres: PostgresServer, fresh_database: FreshDatabase) -> str:
     """A fresh, migrated database per test."""
     return postgres.url(fresh_database())
+
+
+@pytest_asyncio.fixture
+async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions of the gateway's engine on a fresh, migrated database."""
+    engine = make_engine(database_url)
+    yield make_sessionmaker(engine)
+    await engine.dispose()
 
 
 @pytest.fixture

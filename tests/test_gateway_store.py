@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
-import pytest_asyncio
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.events import EventHub
 from gateway.journal import parse_event_notification
 from gateway.runs import LeaseLost, Runs
@@ -21,13 +18,6 @@ from reelmill.v1 import job_pb2, media_pb2, pipeline_pb2
 from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 
 STAGES = [StagePlan("probe", (), "PENDING")]
-
-
-@pytest_asyncio.fixture
-async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = make_engine(database_url)
-    yield make_sessionmaker(engine)
-    await engine.dispose()
 
 
 @pytest.fixture

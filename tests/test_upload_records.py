@@ -4,27 +4,17 @@ what a caller hears about an expired upload, whenever the expiry sweep runs."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db import models
-from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.uploads.records import UploadRecords
 from runtime.errors import NotFound
 
 PURGE_DELAY = timedelta(hours=1)
-
-
-@pytest_asyncio.fixture
-async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = make_engine(database_url)
-    yield make_sessionmaker(engine)
-    await engine.dispose()
 
 
 @pytest.fixture
