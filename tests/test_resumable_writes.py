@@ -14,7 +14,9 @@ import pytest
 
 from runtime.errors import Unavailable
 from runtime.hashstate import Sha256
+from runtime.settings import CommonSettings
 from runtime.storage.base import Part
+from runtime.storage.factory import open_store
 from runtime.storage.local import LocalObjectStore
 from services.ingest.ingest import Ingestor
 from services.ingest.resumable import CommittedPart, PartsTarget, ResumableWrites
@@ -118,3 +120,21 @@ async def test_a_failed_part_ends_the_write_without_waiting_for_a_slow_one(
     assert reported == []
     store.release.set()
     await store.abort_resumable(KEY, token)
+
+
+async def test_the_s3_store_takes_its_parts_in_flight_from_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REELMILL_STORAGE_BACKEND", "s3")
+    monkeypatch.setenv("REELMILL_S3_PARTS_IN_FLIGHT", "5")
+    store = open_store(CommonSettings())
+    try:
+        assert store.parts_in_flight == 5
+    finally:
+        await store.close()
+    monkeypatch.delenv("REELMILL_S3_PARTS_IN_FLIGHT")
+    store = open_store(CommonSettings())
+    try:
+        assert store.parts_in_flight == 3  # the default, as minio's put_object sends
+    finally:
+        await store.close()

@@ -91,13 +91,9 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 
 class ResumableWrites:
-    def __init__(
-        self, store: ObjectStore, ingestor: Ingestor, *, parts_in_flight: int | None = None
-    ) -> None:
+    def __init__(self, store: ObjectStore, ingestor: Ingestor) -> None:
         self._store = store
         self._ingestor = ingestor
-        #: The store's own number unless given.
-        self._parts_in_flight = parts_in_flight or store.parts_in_flight
 
     def _check_target(self, target: PartsTarget) -> None:
         self._store.check_ref(target.bucket, target.key)
@@ -174,7 +170,7 @@ class ResumableWrites:
                     # PUT must not hold back the parts behind it. Reports stay in order.
                     while (
                         len(uploading := [f for _, f in inflight if not f.done()])
-                        >= self._parts_in_flight
+                        >= self._store.parts_in_flight
                     ):
                         await asyncio.wait(uploading, return_when=asyncio.FIRST_COMPLETED)
                     for _, stored in inflight:  # a failed part ends the write at once
