@@ -41,6 +41,8 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
             bucket=bucket,
             part_size=PART,
             threads=4,
+            # What the bounded-memory test counts on: two parts uploading at a time.
+            parts_in_flight=2,
         )
     yield backend
     await backend.close()
