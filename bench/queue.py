@@ -56,6 +56,14 @@ def _numbered(sql: str, names: list[str]) -> str:
 
 FAIR_CLAIM = _numbered(CLAIM.text, ["worker", "lease", "limit", "busy"])
 FAIR_POSITION = _numbered(QUEUE_POSITION.text, ["id"])
+#: How many of an owner's jobs the fair claim reads: its jobs with a turn up to ``reach``.
+_EACH_OWNER = "LIMIT GREATEST(reach.turn - o.held, 0)) q"
+assert _EACH_OWNER in FAIR_CLAIM
+#: The fair claim before it read spares from each owner: an owner's first ``limit`` jobs only
+#: (a claim racing another replica's on the same owner came away empty).
+NO_SPARES_CLAIM = FAIR_CLAIM.replace(_EACH_OWNER, "LIMIT $3) q")
+#: The simplest fix: as many jobs from every owner as the claim reads in all.
+EVERY_OWNER_CLAIM = FAIR_CLAIM.replace(_EACH_OWNER, "LIMIT $3 * 4 + 16) q")
 
 
 async def _fill(connection: asyncpg.Connection, jobs: int, owners: int) -> None:
@@ -125,8 +133,28 @@ async def run(dsn: str, url: str, jobs: int, owners: int, repeat: int) -> None:
         results = []
         for label, sql, args in (
             ("claim 4, fair (turns per owner)", FAIR_CLAIM, ("bench", 30.0, 4, [])),
+            (
+                "claim 4, fair without spares per owner (before)",
+                NO_SPARES_CLAIM,
+                ("bench", 30.0, 4, []),
+            ),
+            (
+                "claim 4, fair, every owner's first 32 (simplest fix)",
+                EVERY_OWNER_CLAIM,
+                ("bench", 30.0, 4, []),
+            ),
             ("claim 4, FIFO (before)", FIFO_CLAIM, ("bench", 4)),
             ("claim 16, fair", FAIR_CLAIM, ("bench", 30.0, 16, [])),
+            (
+                "claim 16, fair without spares per owner (before)",
+                NO_SPARES_CLAIM,
+                ("bench", 30.0, 16, []),
+            ),
+            (
+                "claim 16, fair, every owner's first 80 (simplest fix)",
+                EVERY_OWNER_CLAIM,
+                ("bench", 30.0, 16, []),
+            ),
             ("claim 16, FIFO (before)", FIFO_CLAIM, ("bench", 16)),
             ("queue position, fair: a small owner's job", FAIR_POSITION, (single,)),
             ("queue position, fair: the batch's last job", FAIR_POSITION, (deep,)),

@@ -60,16 +60,32 @@ _COMMON = f"""
 #: Claims up to ``:limit`` jobs for ``:worker`` with a ``:lease`` (seconds), skipping the ids in
 #: ``:busy`` (runs of this worker still ending); returns their ids.
 #:
-#: Of the owners waiting, only the first ``:limit * 4 + 16`` (+ the busy ones) by their first
-#: job's turn can hold the first that many candidates: an owner further back has that many
-#: owners' first jobs ahead of its own first one. Their jobs come from ``ix_jobs_waiting``.
+#: It reads ``:limit * 4 + 16`` candidates in the queue's order (``ranked``), more than it
+#: claims: the spares are for the jobs other replicas are claiming at this very moment (locked,
+#: so skipped; or just claimed, so no longer claimable once locked). Of the owners waiting, only
+#: the first that many (+ the busy ones) by their first job's turn can hold them: an owner
+#: further back has that many owners' first jobs ahead of its own first one. How many each of
+#: those gives follows from the summary rows: every owner's k-th job has turn ``held + k``, so
+#: the candidates are exactly the jobs with a turn up to ``reach``, the first turn by which the
+#: owners have that many jobs waiting; an owner gives its ``reach - held`` first jobs, from
+#: ``ix_jobs_waiting``. (With one owner waiting, a claim that took only each owner's first
+#: ``:limit`` jobs found just those another replica was claiming, and came away empty.)
 CLAIM = text(
     f"""
     WITH {_COMMON},
-    contenders AS (
-        SELECT owner, held, served FROM owners
+    contenders AS MATERIALIZED (
+        SELECT owner, held, served, waiting FROM owners
          ORDER BY held, served NULLS FIRST, owner
          LIMIT :limit * 4 + 16 + cardinality(CAST(:busy AS uuid[]))
+    ),
+    reach AS (
+        SELECT min(t.turn) AS turn
+          FROM generate_series(1, :limit * 4 + 16 + cardinality(CAST(:busy AS uuid[]))
+                                  + (SELECT COALESCE(max(held), 0) FROM contenders)) AS t(turn)
+         WHERE (SELECT sum(LEAST(c.waiting, GREATEST(t.turn - c.held, 0))) FROM contenders c)
+               >= :limit * 4 + 16 + cardinality(CAST(:busy AS uuid[]))
+            OR t.turn = :limit * 4 + 16 + cardinality(CAST(:busy AS uuid[]))
+                        + (SELECT COALESCE(max(held), 0) FROM contenders)
     ),
     candidates AS (
         SELECT e.id, 0::bigint AS turn, NULL::timestamptz AS served, ''::text AS owner,
@@ -78,13 +94,14 @@ CLAIM = text(
         UNION ALL
         SELECT q.id, o.held + q.rank, o.served, o.owner, q.rank
           FROM contenders o
+          CROSS JOIN reach
           CROSS JOIN LATERAL (
                 SELECT t.id,
                        row_number() OVER (ORDER BY t.priority DESC, t.create_time, t.id) AS rank
                   FROM jobs t
                  WHERE t.owner = o.owner AND t.state = 'QUEUED' AND t.lease_owner IS NULL
                  ORDER BY t.priority DESC, t.create_time, t.id
-                 LIMIT :limit) q
+                 LIMIT GREATEST(reach.turn - o.held, 0)) q
     ),
     -- The first few in the queue's order: as many as asked for, and some to spare for those
     -- another replica is claiming at this very moment (skipped, locked).

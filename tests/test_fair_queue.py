@@ -22,6 +22,7 @@ from gateway.queue import CLAIM, queue_position_sql
 from gateway.runs import Runs
 from gateway.store import StagePlan
 from reelmill.v1 import job_pb2, pipeline_pb2
+from tests.test_gateway_store import blocked_or_done
 from tests.test_orchestrator import (
     Harness,
     Scripted,
@@ -302,6 +303,37 @@ async def test_the_summary_and_positions_follow_every_change_to_the_jobs(
         expected = {job_id: expected[job_id] for job_id in shown}
         assert shown == expected, (step, action, await dump(h))
     assert len(jobs) > 40 and held, "the steps did too little to show anything"
+
+
+async def test_a_racing_claim_takes_the_next_jobs_in_the_queues_order(harness: Harness) -> None:
+    """A claim while another replica's claim of 25 is not yet committed takes jobs 26-28 of the
+    queue's order (GetJob's positions), with owners holding different numbers of jobs: the
+    claim reads exactly the candidates it needs, its spares included, from each owner."""
+    h = harness
+    jobs = {owner: [await add_job(h, owner) for _ in range(20)] for owner in ("ann", "bob", "cyd")}
+    held = jobs["ann"][:5] + jobs["cyd"][:2]  # ann holds 5 jobs, cyd 2, bob none
+    async with h.sessions.begin() as session:
+        await session.execute(
+            update(models.Job)
+            .where(models.Job.id.in_([uuid.UUID(j) for j in held]))
+            .values(
+                lease_owner="worker-0",
+                lease_expires_at=text("now() + interval '1 hour'"),
+                claim_time=text("now()"),
+            )
+        )
+    waiting = [(owner, j) for owner, ids in jobs.items() for j in ids if j not in held]
+    positions = {j: await position(h, owner, j) for owner, j in waiting}
+    order = sorted(positions, key=positions.__getitem__)
+    assert [positions[j] for j in order] == list(range(1, 54))
+    params = {"worker": "worker-1", "lease": 30.0, "limit": 25, "busy": []}
+    async with h.sessions.begin() as session:  # worker-1's claim, not yet committed
+        first = {str(i) for i in (await session.execute(CLAIM, params)).scalars().all()}
+        second_claim = asyncio.create_task(Runs(h.sessions, "worker-2").claim(3, LEASE))
+        await blocked_or_done(second_claim, h.sessions)
+    second = {str(job.id) for job in await second_claim}
+    assert first == set(order[:25])
+    assert second == set(order[25:28])
 
 
 async def test_abandoned_jobs_come_first(harness: Harness) -> None:

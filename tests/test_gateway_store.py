@@ -6,18 +6,22 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.events import EventHub
 from gateway.journal import parse_event_notification
+from gateway.queue import CLAIM
 from gateway.runs import LeaseLost, Runs
 from gateway.store import StagePlan, Store
 from reelmill.v1 import job_pb2, media_pb2, pipeline_pb2
 from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 
 STAGES = [StagePlan("probe", (), "PENDING")]
+LEASE = timedelta(seconds=30)
 
 
 @pytest.fixture
@@ -162,6 +166,44 @@ async def test_concurrent_claims_never_share_a_job(
     claims = await asyncio.gather(*(w.claim(5, timedelta(seconds=30)) for w in workers))
     claimed = [str(job.id) for batch in claims for job in batch]
     assert sorted(claimed) == sorted(ids)  # every job once, none twice
+
+
+async def test_a_claim_takes_the_next_jobs_while_another_claim_holds_the_first(
+    sessions: async_sessionmaker[AsyncSession], store: Store
+) -> None:
+    """A replica claiming while another replica's claim of the same owner's first jobs is not
+    yet committed skips those (locked) and takes the next ones, instead of coming away empty
+    while jobs wait: the claim reads spare candidates beyond its limit from each owner. (Its
+    write of the owner's queue summary then waits for the first claim to commit.)"""
+    video = await add_video(store)
+    ids = [(await create(store, video))[0].id for _ in range(10)]
+    params = {"worker": "first", "lease": 30.0, "limit": 5, "busy": []}
+    async with sessions.begin() as held:  # the first replica's claim, not yet committed
+        first = [str(i) for i in (await held.execute(CLAIM, params)).scalars().all()]
+        second_claim = asyncio.create_task(Runs(sessions, "second").claim(5, LEASE))
+        await blocked_or_done(second_claim, sessions)
+    second = [str(job.id) for job in await second_claim]
+    assert len(first) == 5 and len(second) == 5
+    assert sorted(first + second) == sorted(ids)
+
+
+async def blocked_or_done(
+    task: asyncio.Task[Any], sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """Returns once ``task`` has ended or a statement on the database waits for a lock."""
+    while not task.done() and not await waits_for_a_lock(sessions):
+        await asyncio.wait({task}, timeout=0.02)
+
+
+async def waits_for_a_lock(sessions: async_sessionmaker[AsyncSession]) -> bool:
+    async with sessions() as session:
+        waiting = await session.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        )
+    return bool(waiting)
 
 
 async def test_expired_lease_lets_another_worker_take_over(
