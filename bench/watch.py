@@ -10,6 +10,8 @@
 - The gateway's memory: its RSS (psutil) before the streams open, with all of them open, and
   the difference per watcher.
 - GetJob latency (p50/p99) under an open-loop load of 200 requests/s.
+- The gateway's garbage-collector pauses while the events flow (``reelmill.gc.pause``): how
+  many, and the bucket of the longest.
 
 The events are written exactly as the orchestrator writes them (``Runs.update_stage`` under a
 lease this benchmark holds, so the gateway's own orchestrator leaves the jobs alone).
@@ -19,10 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,9 @@ from gateway.db.engine import make_engine, make_sessionmaker, migrate
 from gateway.runs import Runs
 from gateway.store import StagePlan, Store
 from reelmill.v1 import job_service_pb2, job_service_pb2_grpc, media_pb2, pipeline_pb2
-from tests.servers import free_port, run_postgres
+from runtime import heap
+from tests.scrape import scrape
+from tests.servers import free_port, run_postgres, stop_process
 from tests.suite import INTERNAL_TOKEN, JWT_SECRET, Suite, token
 
 #: HTTP/2 connections the clients' streams are spread over.
@@ -92,12 +96,32 @@ async def running_jobs(runs: Runs, store: Store, owner: str, count: int) -> dict
 
 def _watchers(metrics_address: str) -> int:
     """The gateway's open WatchJob streams, from its /metrics."""
-    import urllib.request
+    found = scrape(metrics_address).get("reelmill_watchers", {})
+    return int(sum(found.values())) if found else -1
 
-    with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    found = re.search(r"^reelmill_watchers\S* ([0-9.e+]+)$", text, re.MULTILINE)
-    return int(float(found.group(1))) if found else -1
+
+def _gc_pauses(metrics_address: str) -> dict[float, float]:
+    """The gateway's ``reelmill.gc.pause`` histogram summed over generations: upper bound
+    (seconds, ``inf`` last) -> cumulative count."""
+    buckets: dict[float, float] = {}
+    for key, count in scrape(metrics_address).get("reelmill_gc_pause_seconds_bucket", {}).items():
+        bound = float(dict(key)["le"])
+        buckets[bound] = buckets.get(bound, 0.0) + count
+    return buckets
+
+
+def _pauses_between(before: dict[float, float], after: dict[float, float]) -> tuple[int, str]:
+    """How many collections paused the gateway between two scrapes, and the bucket the
+    longest fell in ("≤ 25 ms")."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = int(counts[-1]) if counts else 0
+    longest = ""
+    for i, bound in enumerate(bounds):
+        below = counts[i - 1] if i else 0.0
+        if counts[i] > below:
+            longest = "> 2.5 s" if bound == float("inf") else f"<= {bound * 1000:g} ms"
+    return total, longest
 
 
 async def _run(
@@ -109,6 +133,7 @@ async def _run(
     rate: float,
     get_rps: float,
     get_seconds: float,
+    gc_policy: str,
 ) -> dict[str, Any]:
     owner = f"bench-{uuid.uuid4().hex[:6]}"
     # The jobs are leased to this benchmark before the gateway starts, so its orchestrator
@@ -117,7 +142,10 @@ async def _run(
     ids = list(last)
     metrics_address = f"127.0.0.1:{free_port()}"
     gateway = await asyncio.to_thread(
-        suite.add, "gateway", "gateway", {"REELMILL_METRICS_LISTEN": metrics_address}
+        suite.add,
+        "gateway",
+        "gateway",
+        {"REELMILL_METRICS_LISTEN": metrics_address, "REELMILL_GC_POLICY": gc_policy},
     )
     process = psutil.Process(gateway.proc.pid)
     address = gateway.address
@@ -179,10 +207,12 @@ async def _run(
         await runs.update_stage(job_id, "probe", state="SUCCEEDED")
         await runs.finish(job_id, "SUCCEEDED")
 
+    pauses_before = await asyncio.to_thread(_gc_pauses, metrics_address)
     began = time.monotonic()
     await asyncio.gather(*(emit(j) for j in ids))
     await asyncio.wait_for(asyncio.gather(*watchers), 300)
     emit_seconds = time.monotonic() - began
+    pauses = _pauses_between(pauses_before, await asyncio.to_thread(_gc_pauses, metrics_address))
     latencies = [t - commit_time[key] for key, t in receipts if key in commit_time]
 
     # GetJob at a fixed arrival rate (open loop: requests are sent on schedule, not after
@@ -205,6 +235,7 @@ async def _run(
     await asyncio.gather(*pending)
     for channel in channels:
         await channel.close()
+    await asyncio.to_thread(stop_process, gateway.proc)
     return {
         "streams": streams,
         "open_watchers": open_watchers,
@@ -219,10 +250,15 @@ async def _run(
         "p99": percentile(latencies, 99),
         "max": max(latencies) if latencies else float("nan"),
         "emit_seconds": emit_seconds,
+        "gc_pauses": pauses,
         "get_n": len(get_latencies),
         "get_p50": percentile(get_latencies, 50),
         "get_p99": percentile(get_latencies, 99),
     }
+
+
+#: The gateway's collector policies compared (``REELMILL_GC_POLICY``).
+POLICIES = ("cpython", "server")
 
 
 def main(
@@ -231,12 +267,22 @@ def main(
     per_job: int | None = None,
     events: int | None = None,
     rate: float | None = None,
+    client_gc: str = "server",
+    rounds: int = 1,
 ) -> None:
-    """``jobs`` x ``per_job`` streams; each job emits ``events`` at ``rate`` per second."""
+    """``jobs`` x ``per_job`` streams; each job emits ``events`` at ``rate`` per second. A
+    gateway with each collector policy in turn, ``rounds`` times, side by side. ``client_gc``:
+    the client process's collector, ``server`` (``runtime.heap.settle``) or ``default``."""
     jobs = jobs or (4 if quick else 100)
     per_job = per_job or (25 if quick else 100)
     events = events or (5 if quick else 10)
     rate = rate or (5.0 if quick else 0.5)
+    if client_gc == "server":
+        # The one client process stands in for 10,000 callers, each with a small heap of its
+        # own: its collector gets the servers' policy, or its full collections of all the
+        # streams' objects would be measured as the gateway's latency.
+        heap.settle()
+    runs: list[tuple[str, dict[str, Any]]] = []
     with run_postgres() as pg, tempfile.TemporaryDirectory(prefix="bench-watch-") as tmp:
         import asyncpg
 
@@ -261,46 +307,58 @@ def main(
             logs=Path(tmp) / "logs",
         )
         try:
-            result = asyncio.run(
-                _run(
-                    suite,
-                    url,
-                    per_job,
-                    jobs,
-                    events,
-                    rate,
-                    get_rps=200.0,
-                    get_seconds=3.0 if quick else 10.0,
-                )
-            )
+            for round_ in range(1, rounds + 1):
+                for policy in POLICIES:
+                    result = asyncio.run(
+                        _run(
+                            suite,
+                            url,
+                            per_job,
+                            jobs,
+                            events,
+                            rate,
+                            get_rps=200.0,
+                            get_seconds=3.0 if quick else 10.0,
+                            gc_policy=policy,
+                        )
+                    )
+                    runs.append((f"{policy} #{round_}" if rounds > 1 else policy, result))
         finally:
             suite.stop()
     ms = 1000.0
+
+    def row(metric: str, cell: Callable[[dict[str, Any]], str], target: str = "") -> list[str]:
+        return [metric, *(cell(result) for _, result in runs), target]
+
+    streams = runs[0][1]["streams"]
     print(
         table(
-            f"WatchJob fan-out: {result['streams']} concurrent streams on one gateway "
+            f"WatchJob fan-out: {streams} concurrent streams on one gateway "
             f"({jobs} jobs x {per_job}; {events} events per job at {rate}/s: "
-            f"{jobs * per_job * rate:,.0f} deliveries/s)",
-            ["metric", "value", "target"],
+            f"{jobs * per_job * rate:,.0f} deliveries/s), by the gateway's REELMILL_GC_POLICY "
+            f"(client collector: {client_gc})",
+            ["metric", *(name for name, _ in runs), "target"],
             [
-                ["streams the gateway counted", str(result["open_watchers"]), ""],
-                ["streams failed", f"{result['failures']} {result['failure']}".strip(), "0"],
-                ["time to open them", f"{result['open_seconds']:.1f} s", ""],
-                ["gateway RSS before", f"{result['rss_before'] / 2**20:.0f} MiB", ""],
-                ["gateway RSS, all open", f"{result['rss_open'] / 2**20:.0f} MiB", ""],
-                [
+                row("streams the gateway counted", lambda r: str(r["open_watchers"])),
+                row("streams failed", lambda r: f"{r['failures']} {r['failure']}".strip(), "0"),
+                row("time to open them", lambda r: f"{r['open_seconds']:.1f} s"),
+                row("gateway RSS before", lambda r: f"{r['rss_before'] / 2**20:.0f} MiB"),
+                row("gateway RSS, all open", lambda r: f"{r['rss_open'] / 2**20:.0f} MiB"),
+                row(
                     "memory per watcher",
-                    f"{(result['rss_open'] - result['rss_before']) / result['streams'] / 1024:.1f}"
-                    " KiB",
-                    "",
-                ],
-                ["events delivered", f"{result['deliveries']}/{result['expected']}", "all"],
-                ["commit -> receipt p50", f"{result['p50'] * ms:.1f} ms", ""],
-                ["commit -> receipt p99", f"{result['p99'] * ms:.1f} ms", "<= 250 ms"],
-                ["commit -> receipt max", f"{result['max'] * ms:.1f} ms", ""],
-                ["GetJob @200/s p50", f"{result['get_p50'] * ms:.2f} ms", ""],
-                ["GetJob @200/s p99", f"{result['get_p99'] * ms:.2f} ms", "<= 10 ms"],
-                ["GetJob requests", str(result["get_n"]), ""],
+                    lambda r: f"{(r['rss_open'] - r['rss_before']) / r['streams'] / 1024:.1f} KiB",
+                ),
+                row("events delivered", lambda r: f"{r['deliveries']}/{r['expected']}", "all"),
+                row("commit -> receipt p50", lambda r: f"{r['p50'] * ms:.1f} ms"),
+                row("commit -> receipt p99", lambda r: f"{r['p99'] * ms:.1f} ms", "<= 250 ms"),
+                row("commit -> receipt max", lambda r: f"{r['max'] * ms:.1f} ms"),
+                row(
+                    "gateway GC pauses while events flowed",
+                    lambda r: f"{r['gc_pauses'][0]}, longest {r['gc_pauses'][1] or '-'}",
+                ),
+                row("GetJob @200/s p50", lambda r: f"{r['get_p50'] * ms:.2f} ms"),
+                row("GetJob @200/s p99", lambda r: f"{r['get_p99'] * ms:.2f} ms", "<= 10 ms"),
+                row("GetJob requests", lambda r: str(r["get_n"])),
             ],
         )
     )
@@ -315,5 +373,22 @@ if __name__ == "__main__":
     parser.add_argument("--watchers-per-job", type=int)
     parser.add_argument("--events", type=int, help="events per job")
     parser.add_argument("--rate", type=float, help="events per second per job")
+    parser.add_argument(
+        "--client-gc",
+        choices=("server", "default"),
+        default="server",
+        help="the client process's garbage collector: the servers' policy or CPython's",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="each policy this many times, alternated"
+    )
     args = parser.parse_args()
-    main(args.quick, args.jobs, args.watchers_per_job, args.events, args.rate)
+    main(
+        args.quick,
+        args.jobs,
+        args.watchers_per_job,
+        args.events,
+        args.rate,
+        args.client_gc,
+        args.rounds,
+    )

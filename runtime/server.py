@@ -28,7 +28,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from runtime import demux
+from runtime import demux, heap
 from runtime.errors import ErrorMappingInterceptor
 from runtime.internal_auth import InternalAuth
 from runtime.metrics import (
@@ -202,6 +202,10 @@ async def run_service(
             "health listening",
             extra={"address": f"{settings.health_listen.rsplit(':', 1)[0]}:{health_port}"},
         )
+    # Everything is built and imported: out of the collector's way from here on.
+    heap.record_pauses()
+    if settings.gc_policy == "server":
+        heap.settle()
     await server.start()
     # Liveness says only that the process runs: a dependency outage must not restart it.
     await health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)

@@ -86,6 +86,10 @@ class ServiceSettings(CommonSettings):
     metrics_listen: str | None = None
     #: Seconds between two exports of the metrics over OTLP (with ``otlp_endpoint``).
     metrics_export_interval_seconds: float = Field(default=60.0, gt=0)
+    #: The cyclic garbage collector (``runtime.heap``): "server" freezes what start-up made
+    #: and collects the young generations less often and the oldest rarely; "cpython" keeps
+    #: CPython's defaults.
+    gc_policy: Literal["server", "cpython"] = "server"
 
     #: How internal services know their caller is the gateway (``runtime.internal_auth``):
     #: "token" (a shared secret in call metadata), "mtls" (client certificates signed by

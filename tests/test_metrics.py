@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +36,7 @@ from gateway.db.engine import make_engine, make_sessionmaker
 from gateway.metrics import GatewayMetrics, JobCounter
 from reelmill.client import ReelmillClient
 from reelmill.v1 import job_pb2, job_service_pb2, pipeline_pb2
+from runtime import heap
 from runtime.errors import ErrorMappingInterceptor, InvalidArgument, NotFound
 from runtime.metrics import MetricsEndpoint, RpcMetricsInterceptor, build_meter_provider
 from runtime.settings import ServiceSettings, load_settings
@@ -203,6 +208,49 @@ def test_stage_finished_and_stage_retried() -> None:
         labels(stage="probe", code="DEADLINE_EXCEEDED"): 1,
     }
     provider.shutdown()
+
+
+def test_collector_pauses_by_generation() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    recorder = heap.PauseRecorder(provider.get_meter("reelmill.runtime"))
+    enabled = gc.isenabled()
+    gc.disable()  # only the collections asked for below
+    gc.callbacks.append(recorder)
+    try:
+        gc.collect(0)
+        gc.collect(0)
+        gc.collect(2)
+    finally:
+        gc.callbacks.remove(recorder)
+        if enabled:
+            gc.enable()
+    pauses = points(reader, "reelmill.gc.pause")
+    assert {key: point.count for key, point in pauses.items()} == {
+        labels(generation="0"): 2,
+        labels(generation="2"): 1,
+    }
+    full = pauses[labels(generation="2")]
+    assert list(full.explicit_bounds) == list(heap.PAUSE_BUCKETS)
+    assert 0 < full.sum < 60
+    provider.shutdown()
+
+
+def test_settle_freezes_start_up_and_sets_the_server_thresholds() -> None:
+    # In a process of its own: freezing the test process's heap would outlive the test.
+    script = (
+        "import gc, json; import gateway.server; from runtime import heap; "
+        "before = gc.get_freeze_count(); heap.settle(); "
+        "print(json.dumps([before, gc.get_freeze_count(), gc.get_threshold()]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    before, frozen, thresholds = json.loads(done.stdout.splitlines()[-1])
+    assert before == 0
+    # The gateway's modules, classes and functions: never traversed again.
+    assert frozen > 50_000
+    assert tuple(thresholds) == heap.THRESHOLDS
 
 
 def test_jobs_queue_depth_and_watchers_gauges() -> None:
@@ -380,6 +428,10 @@ async def test_every_process_serves_metrics_that_follow_a_job(
         samples = await asyncio.to_thread(scrape, addresses[name])
         (info,) = samples["target_info"]
         assert ("service_name", name) in info, (name, info)
+        # Every process settled its collector before serving (runtime.heap): the full
+        # collection before the freeze was recorded.
+        full = value(samples, "reelmill_gc_pause_seconds_count", generation="2")
+        assert full is not None and full >= 1, (name, full)
 
     def gateway() -> dict[str, dict[Labels, float]]:
         return scrape(addresses["gateway"])
