@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, delete, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import load_only
 
+from gateway import snapshots
 from gateway.convert import artifact_to_proto, event_from_row, to_json, video_to_proto
 from gateway.db import models
 from gateway.journal import (
@@ -112,16 +112,22 @@ async def keyset_page(
     token: str,
     filters: dict[str, Any],
     parse_row_id: Callable[[str], Any] = uuid.UUID,
-) -> tuple[list[PagedModel], str]:
-    """One page, newest first, continuing after the token's (create_time, id) position."""
+    *,
+    columns: bool = False,
+) -> tuple[list[Any], str]:
+    """One page, newest first, continuing after the token's (create_time, id) position: the
+    model's rows, or with ``columns`` the rows of a query of columns (``id`` and
+    ``create_time`` among them)."""
     if (position := decode_page_token(token, filters, parse_row_id)) is not None:
         query = query.where(tuple_(model.create_time, model.id) < tuple_(*position))
     query = query.order_by(model.create_time.desc(), model.id.desc()).limit(size + 1)
-    rows = list((await session.scalars(query)).all())
+    result = await session.execute(query)
+    rows = list(result.all() if columns else result.scalars().all())
     if len(rows) <= size:
         return rows, ""
     rows = rows[:size]
-    return rows, encode_page_token(rows[-1].create_time, rows[-1].id, filters)
+    last: Any = rows[-1]
+    return rows, encode_page_token(last.create_time, last.id, filters)
 
 
 async def lock_owner(session: AsyncSession, what: str, owner: str) -> None:
@@ -520,12 +526,21 @@ class Store:
         }
         if batch_id:
             filters["batch"] = batch_id
-        # The page's positions only (its jobs are loaded in one statement below).
-        query = (
-            select(models.Job)
-            .options(load_only(models.Job.id, models.Job.create_time, raiseload=True))
-            .where(models.Job.owner == owner)
-        )
+        # The page's positions, and (BASIC view) each job's version and the snapshot kept of
+        # it; the jobs without a usable one are loaded in one statement below.
+        columns: list[Any] = [models.Job.id, models.Job.create_time]
+        if not full:
+            columns += [
+                models.Job.state,
+                snapshots.VERSION.label("version"),
+                models.JobSnapshot.format,
+                models.JobSnapshot.version.label("snapshot_version"),
+                models.JobSnapshot.body,
+            ]
+        query = select(*columns)
+        if not full:
+            query = query.outerjoin(models.JobSnapshot, models.JobSnapshot.job_id == models.Job.id)
+        query = query.where(models.Job.owner == owner)
         if states:
             query = query.where(models.Job.state.in_(states))
         if labels:
@@ -535,9 +550,29 @@ class Store:
         if batch_id:
             query = query.where(models.Job.batch_id == parse_id(batch_id, "batch_id"))
         async with self.sessions() as session:
-            rows, next_token = await keyset_page(session, query, models.Job, size, token, filters)
-            jobs = await load_jobs(session, [r.id for r in rows], full=full)
-        return jobs, next_token
+            rows, next_token = await keyset_page(
+                session, query, models.Job, size, token, filters, columns=True
+            )
+            kept = {
+                r.id: snapshots.parse(r.body)
+                for r in rows
+                if not full and snapshots.usable(r.state, r.version, r.format, r.snapshot_version)
+            }
+            missing = [r.id for r in rows if r.id not in kept]
+            loaded = {
+                uuid.UUID(job.id): job for job in await load_jobs(session, missing, full=full)
+            }
+        if not full:
+            await snapshots.store(
+                self.sessions,
+                [
+                    (r.id, r.version, loaded[r.id])
+                    for r in rows
+                    if r.id in loaded and r.state in models.TERMINAL_JOB_STATES
+                ],
+            )
+        jobs = (kept[r.id] if r.id in kept else loaded.get(r.id) for r in rows)
+        return [job for job in jobs if job is not None], next_token
 
     async def cancel_job(self, owner: str, job_id: str) -> job_pb2.Job:
         async with self.sessions.begin() as session:

@@ -327,3 +327,102 @@ def test_an_event_notification_names_the_job_and_the_sequence() -> None:
     for malformed in ("", str(job_id), f"{job_id}:x", "not-a-uuid:1"):
         with pytest.raises(ValueError, match="not an event notification"):
             parse_event_notification(malformed)
+
+
+async def _list(store: Store, owner: str = "alice", *, full: bool = False) -> list[job_pb2.Job]:
+    jobs, _ = await store.list_jobs(
+        owner, size=50, token="", states=[], labels={}, video_id="", full=full
+    )
+    return jobs
+
+
+async def _snapshots(store: Store) -> dict[str, bytes]:
+    async with store.sessions() as session:
+        rows = await session.execute(text("SELECT job_id, body FROM job_snapshots"))
+        return {str(job_id): bytes(body) for job_id, body in rows}
+
+
+async def _forge(store: Store, job_id: str, **values: str) -> None:
+    """Replaces a job's snapshot body with the listed message changed, so a test can tell a
+    page served from the snapshot from one converted again."""
+    async with store.sessions.begin() as session:
+        body = await session.scalar(
+            text("SELECT body FROM job_snapshots WHERE job_id = :id"), {"id": job_id}
+        )
+        forged = job_pb2.Job.FromString(body)
+        for name, value in values.items():
+            setattr(forged, name, value)
+        await session.execute(
+            text("UPDATE job_snapshots SET body = :body WHERE job_id = :id"),
+            {"id": job_id, "body": forged.SerializeToString()},
+        )
+
+
+async def test_list_jobs_keeps_ended_jobs_and_never_serves_a_changed_one(store: Store) -> None:
+    video = await add_video(store)
+    queued, _ = await create(store, video)
+    cancelled, _ = await create(store, video)
+    finished, _ = await create(store, video)
+    await store.cancel_job("alice", cancelled.id)
+    async with store.sessions.begin() as session:
+        await session.execute(
+            text("UPDATE jobs SET state = 'SUCCEEDED', end_time = now() WHERE id = :id"),
+            {"id": finished.id},
+        )
+        await session.execute(
+            text("UPDATE job_stages SET state = 'SUCCEEDED', progress = 1 WHERE job_id = :id"),
+            {"id": finished.id},
+        )
+
+    first = await _list(store)
+    # Only the ended jobs are kept, each as the very message the conversion made.
+    kept = await _snapshots(store)
+    assert sorted(kept) == sorted([cancelled.id, finished.id])
+    by_id = {job.id: job for job in first}
+    for job_id, body in kept.items():
+        assert job_pb2.Job.FromString(body) == by_id[job_id]
+    assert by_id[finished.id].stages[0].state == job_pb2.STAGE_STATE_SUCCEEDED
+    assert await _list(store) == first
+    assert [j.id for j in first] == [finished.id, cancelled.id, queued.id]
+
+    # A page of ended jobs is served from the snapshots...
+    await _forge(store, finished.id, request_id="from-the-snapshot")
+    assert (await _list(store))[0].request_id == "from-the-snapshot"
+    # ...but not in the FULL view, which has the artifacts,
+    assert (await _list(store, full=True))[0].request_id == ""
+    # nor once a stage of the job changed (any writer, no invalidation needed),
+    async with store.sessions.begin() as session:
+        await session.execute(
+            text("UPDATE job_stages SET attempts = 3 WHERE job_id = :id"), {"id": finished.id}
+        )
+    relisted = await _list(store)
+    assert relisted[0].request_id == "" and relisted[0].stages[0].attempts == 3
+    # nor once the job's row changed,
+    await _forge(store, finished.id, request_id="from-the-snapshot")
+    async with store.sessions.begin() as session:
+        await session.execute(
+            text("""UPDATE jobs SET labels = '{"k": "v"}' WHERE id = :id"""), {"id": finished.id}
+        )
+    relisted = await _list(store)
+    assert relisted[0].request_id == "" and dict(relisted[0].labels) == {"k": "v"}
+    # nor when another conversion or other protos made it.
+    await _forge(store, finished.id, request_id="from-the-snapshot")
+    async with store.sessions.begin() as session:
+        await session.execute(
+            text("UPDATE job_snapshots SET format = 'an-older-format' WHERE job_id = :id"),
+            {"id": finished.id},
+        )
+    assert (await _list(store))[0].request_id == ""
+
+    # A retried job is queued again, and listed as such.
+    retried = await store.retry_job("alice", cancelled.id)
+    assert retried.state == job_pb2.JOB_STATE_QUEUED
+    states = {j.id: j.state for j in await _list(store)}
+    assert states[cancelled.id] == job_pb2.JOB_STATE_QUEUED
+    # (Its snapshot of the cancelled job is still stored, and unused: no longer its version.)
+    stale = job_pb2.Job.FromString((await _snapshots(store))[cancelled.id])
+    assert stale.state == job_pb2.JOB_STATE_CANCELLED
+
+    # Deleting the jobs deletes their snapshots.
+    await store.delete_video("alice", video)
+    assert await _snapshots(store) == {}

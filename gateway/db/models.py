@@ -143,6 +143,22 @@ class JobStage(Base):
     reused_from: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
 
 
+class JobSnapshot(Base):
+    """An ended job's BASIC message, serialized (``gateway.snapshots``): valid while the job's
+    row and stage rows are the versions named by ``version``."""
+
+    __tablename__ = "job_snapshots"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    #: The conversion and the protos that made ``body`` (``gateway.snapshots.FORMAT``).
+    format: Mapped[str] = mapped_column(String(64))
+    #: The job row's xmin, then its stage rows' in position order.
+    version: Mapped[str] = mapped_column(Text)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class JobEvent(Base):
     __tablename__ = "job_events"
 
